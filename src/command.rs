@@ -1,0 +1,471 @@
+//! Decoding one Kafka record into a command: the pure checks that need no database.
+//!
+//! The checks run in the REST endpoint's order: the value must be JSON (DRF's parse error),
+//! then the event UUID (404), then the envelope fields and the body (400). What is left for
+//! the database transaction (409, 422, 200/201) is an [`Action::Apply`]. Decoding never fails:
+//! every record becomes a [`Command`] with an effective request id and something to answer.
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::pyjson;
+use crate::reply::detail;
+use crate::validate::{self, ValidBody};
+
+/// A record as it came off the command topic.
+#[derive(Debug, Clone, Default)]
+pub struct Incoming {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// The record's timestamp (producer's create time, or the broker's log-append time).
+    pub timestamp_ms: Option<i64>,
+}
+
+impl Incoming {
+    /// The first header named `name` (case-insensitively), with a value.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(k, v)| k.eq_ignore_ascii_case(name) && v.is_some())
+            .and_then(|(_, v)| v.as_deref())
+    }
+}
+
+/// A decoded command, ready for the transaction.
+#[derive(Debug, Clone)]
+pub struct Command {
+    /// The idempotency key: the value's `request_id`, else the `request-id` header, else
+    /// `topic/partition/offset`.
+    pub request_id: String,
+    /// SHA-256 of the command's content, to tell a redelivery from a reused request id.
+    pub fingerprint: [u8; 32],
+    /// Key of the reply record: the canonical UUID, or the command's own key.
+    pub reply_key: Option<Vec<u8>>,
+    pub action: Action,
+    /// Why a copy goes to the dead-letter topic (the record could not be decoded at all).
+    pub dead_letter: Option<String>,
+}
+
+/// What the transaction does with a command.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// A valid body for an event: check `expected_version`, then create or update.
+    Apply {
+        event_uuid: Uuid,
+        expected_version: Option<i64>,
+        body: Box<ValidBody>,
+    },
+    /// Answered without touching the event (400, 404); the answer is stored all the same.
+    Reject {
+        event_uuid: Option<Uuid>,
+        status: u16,
+        body: Value,
+    },
+}
+
+/// Decodes `msg`; values over `max_bytes` are refused without being parsed.
+pub fn decode(msg: &Incoming, max_bytes: usize) -> Command {
+    let payload = msg.payload.as_deref().unwrap_or_default();
+    let fallback_id = header_request_id(msg)
+        .unwrap_or_else(|| format!("{}/{}/{}", msg.topic, msg.partition, msg.offset));
+    let raw_fingerprint = || Sha256::digest(payload).into();
+    let reject = |request_id: String, fingerprint, status, body, event_uuid, dead_letter| Command {
+        request_id,
+        fingerprint,
+        reply_key: match event_uuid {
+            Some(u) => Some(Uuid::to_string(&u).into_bytes()),
+            None => msg.key.clone(),
+        },
+        action: Action::Reject {
+            event_uuid,
+            status,
+            body,
+        },
+        dead_letter,
+    };
+
+    if payload.len() > max_bytes {
+        let text = format!(
+            "Command value is {} bytes, over the limit of {max_bytes} bytes.",
+            payload.len()
+        );
+        return reject(
+            fallback_id,
+            raw_fingerprint(),
+            400,
+            detail(text.clone()),
+            None,
+            Some(text),
+        );
+    }
+    let value = match pyjson::parse(payload) {
+        Ok(v) => v,
+        Err(e) => {
+            let text = format!("JSON parse error - {}", e.message);
+            return reject(
+                fallback_id,
+                raw_fingerprint(),
+                400,
+                detail(text.clone()),
+                None,
+                Some(text),
+            );
+        }
+    };
+    let fingerprint = fingerprint(&value);
+    let Value::Object(obj) = &value else {
+        let message = match &value {
+            Value::Null => "No data provided".to_string(),
+            other => format!(
+                "Invalid data. Expected a dictionary, but got {}.",
+                python_type(other)
+            ),
+        };
+        return reject(
+            fallback_id,
+            fingerprint,
+            400,
+            errors("non_field_errors", vec![message.clone()]),
+            None,
+            Some(message),
+        );
+    };
+
+    let (request_id, request_id_errors) = match obj.get("request_id") {
+        None | Some(Value::Null) => (fallback_id, None),
+        Some(v) => match validate::validate_request_id(v) {
+            Ok(id) => (id, None),
+            Err(messages) => (fallback_id, Some(messages)),
+        },
+    };
+    let Some(event_uuid) = obj.get("event_uuid").and_then(validate::parse_event_uuid) else {
+        return reject(
+            request_id,
+            fingerprint,
+            404,
+            detail("Not found."),
+            None,
+            None,
+        );
+    };
+    let mut envelope_errors = Map::new();
+    if let Some(messages) = request_id_errors {
+        envelope_errors.insert("request_id".into(), strings(messages));
+    }
+    let expected_version = match obj.get("expected_version") {
+        None | Some(Value::Null) => None,
+        Some(v) => match validate::validate_expected_version(v) {
+            Ok(n) => Some(n),
+            Err(messages) => {
+                envelope_errors.insert("expected_version".into(), strings(messages));
+                None
+            }
+        },
+    };
+    if !envelope_errors.is_empty() {
+        return reject(
+            request_id,
+            fingerprint,
+            400,
+            Value::Object(envelope_errors),
+            Some(event_uuid),
+            None,
+        );
+    }
+    match validate::validate_body(obj.get("body")) {
+        Ok(body) => Command {
+            request_id,
+            fingerprint,
+            reply_key: Some(event_uuid.to_string().into_bytes()),
+            action: Action::Apply {
+                event_uuid,
+                expected_version,
+                body: Box::new(body),
+            },
+            dead_letter: None,
+        },
+        Err(errors) => reject(
+            request_id,
+            fingerprint,
+            400,
+            Value::Object(errors),
+            Some(event_uuid),
+            None,
+        ),
+    }
+}
+
+/// The `request-id` header, when it is a usable id (UTF-8, 1..=200 characters, no NUL).
+fn header_request_id(msg: &Incoming) -> Option<String> {
+    let raw = msg.header("request-id")?;
+    let s = std::str::from_utf8(raw).ok()?;
+    let n = s.chars().count();
+    ((1..=200).contains(&n) && !s.contains('\0')).then(|| s.to_string())
+}
+
+/// SHA-256 of the value with object keys sorted: two serialisations of one command match.
+fn fingerprint(v: &Value) -> [u8; 32] {
+    fn write(v: &Value, out: &mut Vec<u8>) {
+        match v {
+            Value::Object(m) => {
+                let mut entries: Vec<_> = m.iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(b.0));
+                out.push(b'{');
+                for (i, (k, v)) in entries.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend(serde_json::to_vec(k).unwrap_or_default());
+                    out.push(b':');
+                    write(v, out);
+                }
+                out.push(b'}');
+            }
+            Value::Array(a) => {
+                out.push(b'[');
+                for (i, v) in a.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write(v, out);
+                }
+                out.push(b']');
+            }
+            scalar => out.extend(serde_json::to_vec(scalar).unwrap_or_default()),
+        }
+    }
+    let mut out = Vec::new();
+    write(v, &mut out);
+    Sha256::digest(&out).into()
+}
+
+/// Python's `type(data).__name__` for a parsed JSON value.
+fn python_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "NoneType",
+        Value::Bool(_) => "bool",
+        Value::Number(n) => {
+            if n.to_string().contains(['.', 'e', 'E']) {
+                "float"
+            } else {
+                "int"
+            }
+        }
+        Value::String(_) => "str",
+        Value::Array(_) => "list",
+        Value::Object(_) => "dict",
+    }
+}
+
+fn strings(messages: Vec<String>) -> Value {
+    Value::Array(messages.into_iter().map(Value::String).collect())
+}
+
+fn errors(field: &str, messages: Vec<String>) -> Value {
+    let mut m = Map::new();
+    m.insert(field.into(), strings(messages));
+    Value::Object(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn msg(payload: &str) -> Incoming {
+        Incoming {
+            topic: "cmds".into(),
+            partition: 2,
+            offset: 7,
+            key: Some(b"the-key".to_vec()),
+            payload: Some(payload.as_bytes().to_vec()),
+            headers: vec![],
+            timestamp_ms: None,
+        }
+    }
+
+    fn rejected(c: &Command) -> (u16, Value) {
+        match &c.action {
+            Action::Reject { status, body, .. } => (*status, body.clone()),
+            Action::Apply { .. } => panic!("expected a rejection, got {c:?}"),
+        }
+    }
+
+    const U: &str = "3fa85f64-5717-4562-b3fc-2c963f66afa6";
+
+    #[test]
+    fn a_valid_command_is_applied() {
+        let c = decode(
+            &msg(&format!(
+                r#"{{"request_id":"r1","event_uuid":"{}","expected_version":3,"body":{{"action":"login","app":"a"}}}}"#,
+                U.to_uppercase()
+            )),
+            1 << 20,
+        );
+        assert_eq!(c.request_id, "r1");
+        assert_eq!(c.reply_key.as_deref(), Some(U.as_bytes()));
+        match c.action {
+            Action::Apply {
+                event_uuid,
+                expected_version,
+                body,
+            } => {
+                assert_eq!(event_uuid.to_string(), U);
+                assert_eq!(expected_version, Some(3));
+                assert_eq!(body.action, "login");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(c.dead_letter.is_none());
+    }
+
+    #[test]
+    fn not_json_is_a_parse_error_with_pythons_text_and_a_dead_letter() {
+        let c = decode(&msg("{nope"), 1 << 20);
+        assert_eq!(
+            rejected(&c),
+            (
+                400,
+                json!({"detail": "JSON parse error - Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"})
+            )
+        );
+        assert_eq!(c.request_id, "cmds/2/7");
+        assert_eq!(c.reply_key.as_deref(), Some(&b"the-key"[..]));
+        assert!(c.dead_letter.is_some());
+    }
+
+    #[test]
+    fn empty_and_missing_values_are_parse_errors() {
+        for m in [
+            msg(""),
+            Incoming {
+                payload: None,
+                ..msg("")
+            },
+        ] {
+            assert_eq!(
+                rejected(&decode(&m, 100)).1,
+                json!({"detail": "JSON parse error - Expecting value: line 1 column 1 (char 0)"})
+            );
+        }
+    }
+
+    #[test]
+    fn non_object_values_get_drfs_non_field_errors() {
+        for (v, t) in [
+            ("[]", "list"),
+            ("\"x\"", "str"),
+            ("1", "int"),
+            ("1.5", "float"),
+            ("true", "bool"),
+        ] {
+            assert_eq!(
+                rejected(&decode(&msg(v), 100)),
+                (
+                    400,
+                    json!({"non_field_errors": [format!("Invalid data. Expected a dictionary, but got {t}.")]})
+                )
+            );
+        }
+        assert_eq!(
+            rejected(&decode(&msg("null"), 100)).1,
+            json!({"non_field_errors": ["No data provided"]})
+        );
+    }
+
+    #[test]
+    fn oversized_values_are_refused_unparsed() {
+        let c = decode(&msg("{\"a\": 1}"), 4);
+        assert_eq!(
+            rejected(&c),
+            (
+                400,
+                json!({"detail": "Command value is 8 bytes, over the limit of 4 bytes."})
+            )
+        );
+    }
+
+    #[test]
+    fn missing_or_bad_uuid_is_404_before_the_body_is_looked_at() {
+        for v in [
+            r#"{"body": 5}"#,
+            r#"{"event_uuid": "nope", "body": 5}"#,
+            r#"{"event_uuid": 5, "body": {}}"#,
+        ] {
+            assert_eq!(
+                rejected(&decode(&msg(v), 100)),
+                (404, json!({"detail": "Not found."}))
+            );
+        }
+    }
+
+    #[test]
+    fn uuid_forms_name_one_event() {
+        for form in [
+            U.to_string(),
+            U.replace('-', ""),
+            format!("{{{U}}}"),
+            format!("urn:uuid:{U}"),
+        ] {
+            let c = decode(
+                &msg(&format!(
+                    r#"{{"event_uuid":"{form}","body":{{"action":"login","app":"a"}}}}"#
+                )),
+                1000,
+            );
+            assert_eq!(c.reply_key.as_deref(), Some(U.as_bytes()), "{form}");
+        }
+    }
+
+    #[test]
+    fn request_id_falls_back_to_the_header_then_the_coordinates() {
+        let mut m = msg(&format!(r#"{{"event_uuid":"{U}"}}"#));
+        assert_eq!(decode(&m, 1000).request_id, "cmds/2/7");
+        m.headers
+            .push(("request-id".into(), Some(b"from-header".to_vec())));
+        assert_eq!(decode(&m, 1000).request_id, "from-header");
+    }
+
+    #[test]
+    fn envelope_errors_are_400s_keyed_by_field() {
+        let c = decode(
+            &msg(&format!(
+                r#"{{"request_id":"","event_uuid":"{U}","expected_version":-1,"body":{{}}}}"#
+            )),
+            1000,
+        );
+        let (status, body) = rejected(&c);
+        assert_eq!(status, 400);
+        assert_eq!(
+            body,
+            json!({"request_id": ["This field may not be blank."], "expected_version": ["Ensure this value is greater than or equal to 0."]})
+        );
+        assert_eq!(c.request_id, "cmds/2/7");
+    }
+
+    #[test]
+    fn body_errors_are_drfs() {
+        let c = decode(&msg(&format!(r#"{{"event_uuid":"{U}"}}"#)), 1000);
+        assert_eq!(
+            rejected(&c),
+            (
+                400,
+                json!({"action": ["This field is required."], "app": ["This field is required."]})
+            )
+        );
+    }
+
+    #[test]
+    fn fingerprint_ignores_key_order_but_not_content() {
+        let a = decode(&msg(r#"{"request_id":"x","event_uuid":"nope"}"#), 1000);
+        let b = decode(&msg(r#"{"event_uuid":"nope","request_id":"x"}"#), 1000);
+        let c = decode(&msg(r#"{"event_uuid":"nope2","request_id":"x"}"#), 1000);
+        assert_eq!(a.fingerprint, b.fingerprint);
+        assert_ne!(a.fingerprint, c.fingerprint);
+    }
+}

@@ -1,0 +1,234 @@
+//! Configuration: one typed struct, read from command-line flags with environment fallbacks.
+//!
+//! Every option has a flag and an environment variable (`--database-url` / `DATABASE_URL`), and
+//! `--help` lists them with their defaults. librdkafka properties not covered here (TLS, SASL,
+//! timeouts, ...) pass through unchanged with `--kafka-property key=value` or `KAFKA_PROPERTIES`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The `event-updater` command line.
+#[derive(Debug, Parser)]
+#[command(name = "event-updater", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub config: Config,
+    #[command(subcommand)]
+    pub command: Option<CliCommand>,
+}
+
+/// What to do; `serve` when none is given.
+#[derive(Debug, Subcommand)]
+pub enum CliCommand {
+    /// Consume update commands, apply them, publish replies (the default).
+    Serve,
+    /// Create the database if missing and run the migrations, then exit.
+    Migrate,
+    /// Print an event's current view and its history of versions.
+    Show {
+        /// The event UUID (any form Python's uuid.UUID accepts).
+        event_uuid: String,
+    },
+    /// Serve with a demonstration: when no broker answers at KAFKA_BOOTSTRAP_SERVERS, start an
+    /// embedded Kafka-protocol broker (librdkafka's mock cluster) on a local port; send a handful
+    /// of commands, print their replies, and keep serving.
+    Demo,
+}
+
+/// Every setting of the processor. Built by clap from flags and environment variables; tests
+/// build it with [`Config::for_tests`]-style struct literals.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// PostgreSQL URL; the database is created when it does not exist.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/event_updater",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+
+    /// Kafka bootstrap servers (comma-separated host:port).
+    #[arg(
+        long,
+        env = "KAFKA_BOOTSTRAP_SERVERS",
+        default_value = "127.0.0.1:9092"
+    )]
+    pub kafka_bootstrap_servers: String,
+
+    /// Topic the update commands arrive on.
+    #[arg(long, env = "COMMAND_TOPIC", default_value = "event-update-commands")]
+    pub command_topic: String,
+
+    /// Topic the replies are published to.
+    #[arg(long, env = "REPLY_TOPIC", default_value = "event-update-replies")]
+    pub reply_topic: String,
+
+    /// Topic that receives a copy of every command that could not be decoded.
+    #[arg(long, env = "DLQ_TOPIC", default_value = "event-update-dlq")]
+    pub dlq_topic: String,
+
+    /// Kafka consumer group id.
+    #[arg(long, env = "KAFKA_GROUP_ID", default_value = "event-updater")]
+    pub kafka_group_id: String,
+
+    /// Partitions of each topic the processor creates when it is missing.
+    #[arg(long, env = "TOPIC_PARTITIONS", default_value_t = 6)]
+    pub topic_partitions: i32,
+
+    /// Replication factor of the topics the processor creates.
+    #[arg(long, env = "TOPIC_REPLICATION_FACTOR", default_value_t = 1)]
+    pub topic_replication_factor: i32,
+
+    /// Extra librdkafka properties, `key=value`, for every client (TLS, SASL, ...). Repeatable;
+    /// the environment variable takes them separated by `;`.
+    #[arg(long = "kafka-property", env = "KAFKA_PROPERTIES", value_delimiter = ';', value_parser = parse_property)]
+    pub kafka_properties: Vec<(String, String)>,
+
+    /// Address of the HTTP server for /healthz, /readyz and /metrics (port 0: any free port).
+    #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:9464")]
+    pub http_addr: SocketAddr,
+
+    /// Most commands handled in one database transaction (1 = one transaction and one
+    /// synchronous reply per command, the naive baseline).
+    #[arg(long, env = "MAX_BATCH", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_batch: u32,
+
+    /// How long to wait for more commands once a batch has its first, in milliseconds.
+    #[arg(long, env = "BATCH_LINGER_MS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=1_000))]
+    pub batch_linger_ms: u64,
+
+    /// Largest command value accepted, in bytes; larger ones get a 400 reply.
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 1_048_576)]
+    pub max_message_bytes: usize,
+
+    /// Connections in the PostgreSQL pool.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 4)]
+    pub database_max_connections: u32,
+
+    /// On SIGTERM, how long the in-flight batch may take to finish before exiting, in seconds.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Config {
+    /// The linger as a [`Duration`].
+    pub fn batch_linger(&self) -> Duration {
+        Duration::from_millis(self.batch_linger_ms)
+    }
+
+    /// The shutdown bound as a [`Duration`].
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_secs)
+    }
+
+    /// The configuration with every default, as `event-updater` with no flags and no
+    /// environment would have it.
+    pub fn defaults() -> Config {
+        Cli::parse_from(["event-updater"]).config
+    }
+
+    /// The database URL with any password replaced by `***`, for logs.
+    pub fn database_url_masked(&self) -> String {
+        mask_url_password(&self.database_url)
+    }
+}
+
+fn parse_property(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not key=value"))?;
+    let k = k.trim();
+    if k.is_empty() {
+        return Err(format!("`{s}` has an empty key"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// `postgres://user:secret@host/db` -> `postgres://user:***@host/db`.
+pub fn mask_url_password(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match (authority.rfind('@'), authority.find(':')) {
+        (Some(at), Some(colon)) if colon < at => format!(
+            "{}{}:***{}",
+            &url[..scheme_end + 3],
+            &authority[..colon],
+            &rest[at..]
+        ),
+        _ => url.to_string(),
+    }
+}
+
+/// Names of librdkafka properties whose values are secrets and never logged.
+pub fn is_secret_property(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    k.contains("password") || k.contains("secret") || k.ends_with(".pem") || k.contains("key")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let c = Config::defaults();
+        assert_eq!(
+            c.database_url,
+            "postgres://postgres@127.0.0.1:5432/event_updater"
+        );
+        assert_eq!(c.kafka_bootstrap_servers, "127.0.0.1:9092");
+        assert_eq!(c.command_topic, "event-update-commands");
+        assert_eq!(c.reply_topic, "event-update-replies");
+        assert_eq!(c.dlq_topic, "event-update-dlq");
+        assert_eq!(c.kafka_group_id, "event-updater");
+        assert_eq!(c.http_addr.to_string(), "0.0.0.0:9464");
+        assert_eq!(c.max_message_bytes, 1_048_576);
+    }
+
+    #[test]
+    fn kafka_properties_parse_as_key_value() {
+        let cli = Cli::parse_from([
+            "event-updater",
+            "--kafka-property",
+            "security.protocol=SASL_SSL",
+            "--kafka-property",
+            "sasl.password=a=b",
+        ]);
+        assert_eq!(
+            cli.config.kafka_properties,
+            vec![
+                ("security.protocol".into(), "SASL_SSL".into()),
+                ("sasl.password".into(), "a=b".into())
+            ]
+        );
+        assert!(Cli::try_parse_from(["event-updater", "--kafka-property", "novalue"]).is_err());
+    }
+
+    #[test]
+    fn max_batch_is_bounded() {
+        assert!(Cli::try_parse_from(["event-updater", "--max-batch", "0"]).is_err());
+        assert!(Cli::try_parse_from(["event-updater", "--max-batch", "1"]).is_ok());
+    }
+
+    #[test]
+    fn passwords_are_masked() {
+        assert_eq!(
+            mask_url_password("postgres://u:hunter2@db:5432/x"),
+            "postgres://u:***@db:5432/x"
+        );
+        assert_eq!(
+            mask_url_password("postgres://postgres@127.0.0.1/x"),
+            "postgres://postgres@127.0.0.1/x"
+        );
+        assert!(is_secret_property("sasl.password"));
+        assert!(is_secret_property("ssl.key.pem"));
+        assert!(!is_secret_property("bootstrap.servers"));
+    }
+}

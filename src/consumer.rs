@@ -1,0 +1,425 @@
+//! The processing loop: poll a batch, decode it, apply it in one transaction, publish the
+//! replies, and only then store the offsets.
+//!
+//! Invariants:
+//! - An offset is stored (and so committed) only after the transaction holding the command's
+//!   effect has committed and its reply has been acknowledged by the broker. A crash anywhere
+//!   before that redelivers the command, and the stored reply answers it again (no new version).
+//! - Batches are handled one at a time, in poll order, so commands of one partition are applied
+//!   and answered in partition order.
+//! - A database that is down is retried with back-off, without polling further; data the
+//!   database refuses is isolated to its command, which gets a 400, so a partition never stalls.
+//! - On shutdown the batch in hand is finished (applied, answered, offsets committed) first.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::command::{self, Action, Command, Incoming};
+use crate::config::Config;
+use crate::kafka::{self, Publisher};
+use crate::metrics;
+use crate::reply::{detail, Destination, Outgoing};
+use crate::store::{self, Outcome, OutcomeKind, Source, StoreError};
+
+/// What `/healthz` and `/readyz` report; written by the processor.
+#[derive(Debug, Default)]
+pub struct Health {
+    pub migrated: AtomicBool,
+    pub subscribed: AtomicBool,
+    pub database_ok: AtomicBool,
+    pub assigned_partitions: AtomicUsize,
+}
+
+impl Health {
+    /// Migrations ran and the consumer is subscribed.
+    pub fn is_live(&self) -> bool {
+        self.migrated.load(Ordering::Relaxed) && self.subscribed.load(Ordering::Relaxed)
+    }
+    /// Live, the database answers, and partitions are assigned.
+    pub fn is_ready(&self) -> bool {
+        self.is_live()
+            && self.database_ok.load(Ordering::Relaxed)
+            && self.assigned_partitions.load(Ordering::Relaxed) > 0
+    }
+}
+
+/// Consumer callbacks: rebalances are logged, counted and reflected in [`Health`].
+#[derive(Debug)]
+pub struct ProcessorContext {
+    health: Arc<Health>,
+}
+
+impl ClientContext for ProcessorContext {}
+
+impl ConsumerContext for ProcessorContext {
+    fn pre_rebalance(&self, _: &BaseConsumerRef<'_>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            tracing::info!(partitions = tpl.count(), "partitions revoked");
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumerRef<'_>, rebalance: &Rebalance<'_>) {
+        let assigned = consumer.assignment().map(|a| a.count()).unwrap_or(0);
+        self.health
+            .assigned_partitions
+            .store(assigned, Ordering::Relaxed);
+        metrics::record_rebalance(assigned);
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                tracing::info!(partitions = tpl.count(), assigned, "partitions assigned")
+            }
+            Rebalance::Revoke(_) => tracing::info!(assigned, "revocation done"),
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+type BaseConsumerRef<'a> = rdkafka::consumer::BaseConsumer<ProcessorContext>;
+
+/// The command consumer with its context.
+pub type CommandConsumer = StreamConsumer<ProcessorContext>;
+
+/// Creates the consumer: offsets are stored by hand after each batch and auto-committed.
+pub fn create_consumer(cfg: &Config, health: Arc<Health>) -> KafkaResult<CommandConsumer> {
+    let mut c = kafka::client_config(cfg);
+    c.set("group.id", &cfg.kafka_group_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false");
+    for (k, v) in &cfg.kafka_properties {
+        c.set(k, v);
+    }
+    c.create_with_context(ProcessorContext { health })
+}
+
+/// The processor: owns the consumer, the publisher and the pool.
+pub struct Processor {
+    pub consumer: CommandConsumer,
+    pub publisher: Publisher,
+    pub pool: PgPool,
+    pub cfg: Config,
+    pub health: Arc<Health>,
+}
+
+impl std::fmt::Debug for Processor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Processor").finish_non_exhaustive()
+    }
+}
+
+impl Processor {
+    /// Subscribes and runs until `shutdown` turns true; then finishes the batch in hand,
+    /// commits the stored offsets and returns.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> KafkaResult<()> {
+        self.consumer.subscribe(&[&self.cfg.command_topic])?;
+        self.health.subscribed.store(true, Ordering::Relaxed);
+        tracing::info!(topic = %self.cfg.command_topic, group = %self.cfg.kafka_group_id, "subscribed");
+        loop {
+            let batch = tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|s| *s) => break,
+                b = self.next_batch() => b,
+            };
+            if !batch.is_empty() {
+                self.handle(batch, &mut shutdown).await;
+            }
+        }
+        tracing::info!("shutting down: committing stored offsets");
+        self.publisher.flush(Duration::from_secs(5));
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => {}
+            // Nothing stored since the last auto-commit.
+            Err(e)
+                if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::NoOffset) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "final commit failed; the last batch will be redelivered and answered from the stored replies")
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for one record, then takes what arrives within the linger, up to `max_batch`.
+    async fn next_batch(&self) -> Vec<Incoming> {
+        let mut batch = Vec::new();
+        match self.consumer.recv().await {
+            Ok(m) => batch.push(to_incoming(&m)),
+            Err(e) => {
+                tracing::warn!(error = %e, "consumer error");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return batch;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + self.cfg.batch_linger();
+        while batch.len() < self.cfg.max_batch as usize {
+            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Ok(Ok(m)) => batch.push(to_incoming(&m)),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "consumer error");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        batch
+    }
+
+    async fn handle(&self, batch: Vec<Incoming>, shutdown: &mut watch::Receiver<bool>) {
+        let span = tracing::debug_span!("batch", size = batch.len());
+        async {
+            let commands: Vec<(Command, Source)> = batch
+                .iter()
+                .map(|m| {
+                    let c = command::decode(m, self.cfg.max_message_bytes);
+                    let s = Source {
+                        topic: m.topic.clone(),
+                        partition: m.partition,
+                        offset: m.offset,
+                    };
+                    (c, s)
+                })
+                .collect();
+            let outcomes = self.apply_durably(commands.clone(), shutdown).await;
+            let Some(outcomes) = outcomes else { return };
+            let records = outgoing(&batch, &commands, &outcomes);
+            if !self.publisher.publish_all(&records, shutdown).await {
+                tracing::warn!("shutdown before every reply was acknowledged; offsets not stored");
+                return;
+            }
+            let now = Utc::now();
+            for ((m, (c, _)), o) in batch.iter().zip(&commands).zip(&outcomes) {
+                let latency = m.timestamp_ms.and_then(|t| {
+                    (now.timestamp_millis() - t)
+                        .try_into()
+                        .ok()
+                        .map(Duration::from_millis)
+                });
+                metrics::record_command(o.status, o.kind, latency);
+                tracing::debug!(request_id = %c.request_id, partition = m.partition, offset = m.offset, status = o.status, outcome = ?o.kind, "answered");
+            }
+            self.store_offsets(&batch);
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Applies the batch, retrying while the database is unavailable or a concurrent writer
+    /// conflicts; if the database refuses the data, applies the commands one by one so that
+    /// only the offending command is answered with a 400. `None`: shutdown came first.
+    async fn apply_durably(
+        &self,
+        commands: Vec<(Command, Source)>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<Vec<Outcome>> {
+        match self.apply_retrying(&commands, shutdown).await? {
+            Ok(o) => Some(o),
+            Err(e) => {
+                tracing::warn!(error = %e, size = commands.len(), "batch refused; applying its commands one by one");
+                let mut out = Vec::with_capacity(commands.len());
+                for c in commands {
+                    out.push(self.apply_one(c, shutdown).await?);
+                }
+                Some(out)
+            }
+        }
+    }
+
+    async fn apply_one(
+        &self,
+        (cmd, source): (Command, Source),
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<Outcome> {
+        let single = [(cmd, source)];
+        let e = match self.apply_retrying(&single, shutdown).await? {
+            Ok(mut o) => return o.pop(),
+            Err(e) => e,
+        };
+        let [(cmd, source)] = single;
+        tracing::warn!(request_id = %cmd.request_id, error = %e, "the database refused a command; answering 400");
+        let refused = Command {
+            action: Action::Reject {
+                event_uuid: match &cmd.action {
+                    Action::Apply { event_uuid, .. } => Some(*event_uuid),
+                    Action::Reject { event_uuid, .. } => *event_uuid,
+                },
+                status: 400,
+                body: detail(refusal_text(&e)),
+            },
+            ..cmd
+        };
+        let single = [(refused, source)];
+        match self.apply_retrying(&single, shutdown).await? {
+            Ok(mut o) => o.pop(),
+            Err(e) => {
+                // Even the rejection cannot be stored: answer without storing it.
+                tracing::error!(error = %e, "could not store a rejection");
+                let [(cmd, _)] = single;
+                let reply = crate::reply::Reply {
+                    request_id: cmd.request_id,
+                    event_uuid: None,
+                    status: 400,
+                    version: None,
+                    body: detail(refusal_text(&e)),
+                };
+                Some(Outcome {
+                    status: 400,
+                    reply: Arc::new(reply.to_bytes()),
+                    kind: OutcomeKind::New,
+                })
+            }
+        }
+    }
+
+    /// `None`: shutdown while waiting; `Some(Err)`: refused data (never a transient error).
+    async fn apply_retrying(
+        &self,
+        commands: &[(Command, Source)],
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<Result<Vec<Outcome>, StoreError>> {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let started = std::time::Instant::now();
+            let wait = match store::apply_batch(&self.pool, commands, Utc::now()).await {
+                Ok(o) => {
+                    metrics::record_batch(commands.len(), started.elapsed());
+                    self.health.database_ok.store(true, Ordering::Relaxed);
+                    return Some(Ok(o));
+                }
+                Err(e @ StoreError::Conflict(_)) => {
+                    metrics::record_db_error("conflict");
+                    tracing::info!(error = %e, "concurrent writer; retrying the batch");
+                    Duration::from_millis(10)
+                }
+                Err(
+                    e @ (StoreError::Unavailable(_) | StoreError::Url(_) | StoreError::Migrate(_)),
+                ) => {
+                    metrics::record_db_error("unavailable");
+                    self.health.database_ok.store(false, Ordering::Relaxed);
+                    tracing::warn!(error = %e, retry_in = ?backoff, "database unavailable; retrying the batch");
+                    let b = backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    b
+                }
+                Err(e) => {
+                    metrics::record_db_error("refused");
+                    return Some(Err(e));
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                // Shutdown while the database is away: leave the batch uncommitted; it is
+                // redelivered after the restart.
+                _ = shutdown.wait_for(|s| *s) => return None,
+            }
+        }
+    }
+
+    fn store_offsets(&self, batch: &[Incoming]) {
+        let mut next: HashMap<(&str, i32), i64> = HashMap::new();
+        for m in batch {
+            let e = next.entry((&m.topic, m.partition)).or_insert(0);
+            *e = (*e).max(m.offset + 1);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in next {
+            if let Err(e) = tpl.add_partition_offset(topic, partition, Offset::Offset(offset)) {
+                tracing::warn!(error = %e, "bad offset");
+            }
+        }
+        // Fails for partitions revoked meanwhile; their new owner re-reads them and is
+        // answered from the stored replies.
+        if let Err(e) = self.consumer.store_offsets(&tpl) {
+            tracing::info!(error = %e, "could not store offsets (partition revoked?)");
+        }
+    }
+}
+
+fn refusal_text(e: &StoreError) -> String {
+    let inner = match e {
+        StoreError::Refused(sqlx::Error::Database(db)) => db.message().to_string(),
+        other => other.to_string(),
+    };
+    format!("The database cannot store this command: {inner}")
+}
+
+/// The records a batch publishes: one reply per command, plus a dead letter for each record
+/// that could not be decoded, the first time it is handled.
+fn outgoing(
+    batch: &[Incoming],
+    commands: &[(Command, Source)],
+    outcomes: &[Outcome],
+) -> Vec<Outgoing> {
+    let mut out = Vec::with_capacity(batch.len());
+    for ((m, (c, _)), o) in batch.iter().zip(commands).zip(outcomes) {
+        let mut headers = vec![("request-id".to_string(), c.request_id.clone().into_bytes())];
+        for name in ["correlation-id", "traceparent"] {
+            if let Some(v) = m.header(name) {
+                headers.push((name.to_string(), v.to_vec()));
+            }
+        }
+        out.push(Outgoing {
+            destination: Destination::Reply,
+            key: c.reply_key.clone(),
+            value: o.reply.clone(),
+            headers,
+        });
+        if let (Some(reason), OutcomeKind::New) = (&c.dead_letter, o.kind) {
+            let mut headers: Vec<(String, Vec<u8>)> = m
+                .headers
+                .iter()
+                .filter_map(|(k, v)| v.as_ref().map(|v| (k.clone(), v.clone())))
+                .collect();
+            headers.push(("dlq-reason".into(), reason.clone().into_bytes()));
+            headers.push(("dlq-status".into(), o.status.to_string().into_bytes()));
+            headers.push(("dlq-source-topic".into(), m.topic.clone().into_bytes()));
+            headers.push((
+                "dlq-source-partition".into(),
+                m.partition.to_string().into_bytes(),
+            ));
+            headers.push((
+                "dlq-source-offset".into(),
+                m.offset.to_string().into_bytes(),
+            ));
+            headers.push(("request-id".into(), c.request_id.clone().into_bytes()));
+            out.push(Outgoing {
+                destination: Destination::DeadLetter,
+                key: m.key.clone(),
+                value: Arc::new(m.payload.clone().unwrap_or_default()),
+                headers,
+            });
+        }
+    }
+    out
+}
+
+fn to_incoming(m: &BorrowedMessage<'_>) -> Incoming {
+    let headers = m
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                .collect()
+        })
+        .unwrap_or_default();
+    Incoming {
+        topic: m.topic().to_string(),
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key().map(<[u8]>::to_vec),
+        payload: m.payload().map(<[u8]>::to_vec),
+        headers,
+        timestamp_ms: m.timestamp().to_millis(),
+    }
+}

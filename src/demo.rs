@@ -1,0 +1,128 @@
+//! `event-updater demo`: the processor on this machine with nothing installed but PostgreSQL.
+//!
+//! Where no broker answers at the configured address, it starts librdkafka's mock cluster (a
+//! Kafka-protocol broker inside this process, on a local port other clients can use), creates
+//! the topics, starts the processor, sends a handful of commands (valid, invalid, conflicting,
+//! redelivered), prints their replies, and keeps serving until Ctrl-C. Production points
+//! `KAFKA_BOOTSTRAP_SERVERS` at a real Kafka instead.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::json;
+use uuid::Uuid;
+
+use event_updater::{kafka, Application, Config};
+
+pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
+    let _cluster = if broker_answers(&cfg) {
+        println!("Using the Kafka broker at {}.", cfg.kafka_bootstrap_servers);
+        None
+    } else {
+        let cluster = MockCluster::new(1).context("could not start the embedded broker")?;
+        for topic in [&cfg.command_topic, &cfg.reply_topic, &cfg.dlq_topic] {
+            cluster.create_topic(topic, cfg.topic_partitions, 1)?;
+        }
+        cfg.kafka_bootstrap_servers = cluster.bootstrap_servers();
+        println!(
+            "No Kafka broker answers at the configured address; started an embedded Kafka-protocol \
+             broker (librdkafka's mock cluster, for demonstration only) at {}.\n\
+             Production points KAFKA_BOOTSTRAP_SERVERS at a real Kafka.",
+            cfg.kafka_bootstrap_servers
+        );
+        Some(cluster)
+    };
+    crate::log_config(&cfg);
+    let bound = cfg.shutdown_timeout();
+    let app = Application::build(cfg.clone()).await?;
+    println!(
+        "Processor running: metrics and health at http://{}/metrics, /healthz, /readyz",
+        app.http_addr()
+    );
+
+    let replies = reply_reader(&cfg)?;
+    let producer: FutureProducer = kafka::client_config(&cfg).create()?;
+    let run = &Uuid::new_v4().simple().to_string()[..8];
+    let event = Uuid::new_v4();
+    let id = |n: u32| format!("demo-{run}-{n}");
+    let commands: Vec<(&str, String)> = vec![
+        ("create (PUT creates)", json!({"request_id": id(1), "event_uuid": event, "expected_version": 0,
+            "body": {"action": "login", "app": "authentik.core", "user": {"pk": 1, "username": "akadmin"},
+                     "client_ip": "2001:0DB8::0001", "context": {"mfa": true}}}).to_string()),
+        ("update, fields left out are kept", json!({"request_id": id(2), "event_uuid": event.simple().to_string(), "expected_version": 1,
+            "body": {"action": "logout", "app": "  authentik.flows  ", "expires": "2027-01-01T12:00:00+02:00"}}).to_string()),
+        ("invalid body", json!({"request_id": id(3), "event_uuid": event,
+            "body": {"action": "LOGIN", "app": " ", "client_ip": "999.1.1.1", "expires": "tomorrow", "user": null}}).to_string()),
+        ("stale expected_version", json!({"request_id": id(4), "event_uuid": event, "expected_version": 1,
+            "body": {"action": "login", "app": "x"}}).to_string()),
+        ("not a UUID", json!({"request_id": id(5), "event_uuid": "not-a-uuid", "body": {}}).to_string()),
+        ("redelivery of the update", json!({"request_id": id(2), "event_uuid": event.simple().to_string(), "expected_version": 1,
+            "body": {"action": "logout", "app": "  authentik.flows  ", "expires": "2027-01-01T12:00:00+02:00"}}).to_string()),
+        ("request_id reused for another command", json!({"request_id": id(2), "event_uuid": event,
+            "body": {"action": "login", "app": "other"}}).to_string()),
+        ("not JSON", format!("{{\"request_id\": \"{}\", oops", id(8))),
+    ];
+    for (what, value) in &commands {
+        producer
+            .send(
+                FutureRecord::to(&cfg.command_topic)
+                    .key(event.to_string().as_bytes())
+                    .payload(value.as_bytes()),
+                Timeout::After(Duration::from_secs(10)),
+            )
+            .await
+            .map_err(|(e, _)| e)?;
+        println!("\n-> {what}\n   {value}");
+        let m = tokio::time::timeout(Duration::from_secs(30), replies.recv())
+            .await
+            .context("no reply within 30 s")??;
+        println!(
+            "<- {}",
+            String::from_utf8_lossy(m.payload().unwrap_or_default())
+        );
+    }
+    println!("\nThe event's history: event-updater show {event}\nServing; Ctrl-C to stop.");
+    crate::run_until_signal(app, bound).await
+}
+
+/// True when a broker answers a metadata request within 3 seconds.
+fn broker_answers(cfg: &Config) -> bool {
+    let consumer: Result<BaseConsumer, _> =
+        kafka::client_config(cfg).set("log_level", "0").create();
+    consumer.is_ok_and(|c| {
+        c.fetch_metadata(None, Timeout::After(Duration::from_secs(3)))
+            .is_ok()
+    })
+}
+
+/// A consumer of the reply topic positioned at its current end, so it sees this run's replies.
+fn reply_reader(cfg: &Config) -> anyhow::Result<StreamConsumer> {
+    let consumer: StreamConsumer = kafka::client_config(cfg)
+        .set("group.id", format!("event-updater-demo-{}", Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let metadata = consumer.fetch_metadata(
+        Some(&cfg.reply_topic),
+        Timeout::After(Duration::from_secs(10)),
+    )?;
+    let Some(topic) = metadata.topics().first() else {
+        bail!("reply topic {} not found", cfg.reply_topic);
+    };
+    let mut tpl = TopicPartitionList::new();
+    for p in topic.partitions() {
+        let (_, high) = consumer.fetch_watermarks(
+            &cfg.reply_topic,
+            p.id(),
+            Timeout::After(Duration::from_secs(10)),
+        )?;
+        tpl.add_partition_offset(&cfg.reply_topic, p.id(), Offset::Offset(high))?;
+    }
+    consumer.assign(&tpl)?;
+    Ok(consumer)
+}

@@ -1,0 +1,216 @@
+//! Kafka clients: their configuration, topic creation, and the reply publisher.
+//!
+//! Every client starts from [`client_config`], so the pass-through librdkafka properties (TLS,
+//! SASL, ...) apply to the consumer, the producer and the admin client alike. The
+//! [`Publisher`] delivers a batch's replies and dead letters and retries until the broker has
+//! acknowledged every one: the consumer stores no offset before that.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use tokio::sync::watch;
+
+use crate::config::{is_secret_property, Config};
+use crate::metrics;
+use crate::reply::{Destination, Outgoing};
+
+/// The base configuration of every client: bootstrap servers plus the pass-through properties.
+pub fn client_config(cfg: &Config) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.kafka_bootstrap_servers);
+    for (k, v) in &cfg.kafka_properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// The pass-through properties with secret values masked, for the start-up log.
+pub fn masked_properties(cfg: &Config) -> Vec<String> {
+    cfg.kafka_properties
+        .iter()
+        .map(|(k, v)| {
+            if is_secret_property(k) {
+                format!("{k}=***")
+            } else {
+                format!("{k}={v}")
+            }
+        })
+        .collect()
+}
+
+/// Creates the command, reply and dead-letter topics where they do not exist yet.
+pub async fn ensure_topics(cfg: &Config) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(cfg).create()?;
+    let names = [&cfg.command_topic, &cfg.reply_topic, &cfg.dlq_topic];
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, Timeout::After(Duration::from_secs(10)))?;
+    let missing: Vec<&String> = names
+        .into_iter()
+        .filter(|n| {
+            !metadata.topics().iter().any(|t| {
+                t.name() == n.as_str() && t.error().is_none() && !t.partitions().is_empty()
+            })
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let topics: Vec<NewTopic> = missing
+        .iter()
+        .map(|n| {
+            NewTopic::new(
+                n,
+                cfg.topic_partitions,
+                TopicReplication::Fixed(cfg.topic_replication_factor),
+            )
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.create_topics(&topics, &opts).await? {
+        match result {
+            Ok(name) => {
+                tracing::info!(topic = %name, partitions = cfg.topic_partitions, "created topic")
+            }
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(KafkaError::AdminOp(code)).inspect_err(
+                    |_| tracing::error!(topic = %name, error = %code, "could not create topic"),
+                )
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The idempotent producer used for replies and dead letters.
+pub fn producer(cfg: &Config) -> Result<FutureProducer, KafkaError> {
+    let mut c = client_config(cfg);
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "2")
+        .set("compression.type", "lz4");
+    // The operator's properties win over the defaults above.
+    for (k, v) in &cfg.kafka_properties {
+        c.set(k, v);
+    }
+    c.create()
+}
+
+/// Publishes a batch's records and waits until every one is acknowledged.
+#[derive(Clone)]
+pub struct Publisher {
+    producer: FutureProducer,
+    reply_topic: String,
+    dlq_topic: String,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("reply_topic", &self.reply_topic)
+            .field("dlq_topic", &self.dlq_topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Publisher {
+    pub fn new(producer: FutureProducer, cfg: &Config) -> Publisher {
+        Publisher {
+            producer,
+            reply_topic: cfg.reply_topic.clone(),
+            dlq_topic: cfg.dlq_topic.clone(),
+        }
+    }
+
+    /// Sends all `records` and returns once each is acknowledged, or refused for good (a
+    /// record the broker will never take, such as one over its size limit, is logged and
+    /// counted, so that it cannot stall the partition). Transient failures are retried with
+    /// back-off; when `shutdown` fires while records are still unacknowledged, it returns
+    /// `false` and the caller must not store the batch's offsets.
+    pub async fn publish_all(
+        &self,
+        records: &[Outgoing],
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let mut pending: Vec<&Outgoing> = records.iter().collect();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let results = join_all(pending.iter().map(|r| self.send(r))).await;
+            let mut retry = Vec::new();
+            for (record, result) in pending.into_iter().zip(results) {
+                match result {
+                    Ok(()) => metrics::record_published(record.destination),
+                    Err(e) if is_permanent(&e) => {
+                        metrics::record_publish_failed(record.destination, true);
+                        tracing::error!(error = %e, destination = ?record.destination, "the broker refuses this record for good; dropped");
+                    }
+                    Err(e) => {
+                        metrics::record_publish_failed(record.destination, false);
+                        tracing::warn!(error = %e, destination = ?record.destination, "publish failed; will retry");
+                        retry.push(record);
+                    }
+                }
+            }
+            if retry.is_empty() {
+                return true;
+            }
+            pending = retry;
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.wait_for(|s| *s) => return false,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn send(&self, r: &Outgoing) -> Result<(), KafkaError> {
+        let topic = match r.destination {
+            Destination::Reply => &self.reply_topic,
+            Destination::DeadLetter => &self.dlq_topic,
+        };
+        let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+        for (k, v) in &r.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_slice()),
+            });
+        }
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
+            .payload(r.value.as_slice())
+            .headers(headers);
+        if let Some(k) = &r.key {
+            record = record.key(k.as_slice());
+        }
+        self.producer
+            .send(record, Timeout::Never)
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| e)
+    }
+
+    /// Waits for everything queued to be delivered (on shutdown).
+    pub fn flush(&self, timeout: Duration) {
+        if let Err(e) = self.producer.flush(Timeout::After(timeout)) {
+            tracing::warn!(error = %e, "producer flush incomplete");
+        }
+    }
+}
+
+fn is_permanent(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidMessage
+        )
+    )
+}

@@ -1,0 +1,140 @@
+//! The `event-updater` binary: reads the configuration, sets up logging, runs a subcommand.
+//!
+//! This is the edge of the program, so errors are `anyhow` here and typed everywhere else.
+
+mod demo;
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use serde_json::{json, Value};
+use tracing_subscriber::EnvFilter;
+
+use event_updater::config::{Cli, CliCommand, Config};
+use event_updater::{kafka, projection, store, validate, Application};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing();
+    let cfg = cli.config;
+    match cli.command.unwrap_or(CliCommand::Serve) {
+        CliCommand::Serve => serve(cfg).await,
+        CliCommand::Migrate => {
+            store::connect(&cfg.database_url, 1).await?;
+            println!("database {} is migrated", cfg.database_url_masked());
+            Ok(())
+        }
+        CliCommand::Show { event_uuid } => show(&cfg, &event_uuid).await,
+        CliCommand::Demo => demo::run(cfg).await,
+    }
+}
+
+/// Logs go to stderr: readable by default, JSON with `LOG_FORMAT=json`; `RUST_LOG` filters.
+fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Logs the effective configuration, secrets masked.
+pub(crate) fn log_config(cfg: &Config) {
+    tracing::info!(
+        database_url = %cfg.database_url_masked(),
+        kafka_bootstrap_servers = %cfg.kafka_bootstrap_servers,
+        command_topic = %cfg.command_topic,
+        reply_topic = %cfg.reply_topic,
+        dlq_topic = %cfg.dlq_topic,
+        kafka_group_id = %cfg.kafka_group_id,
+        topic_partitions = cfg.topic_partitions,
+        http_addr = %cfg.http_addr,
+        max_batch = cfg.max_batch,
+        batch_linger_ms = cfg.batch_linger_ms,
+        max_message_bytes = cfg.max_message_bytes,
+        kafka_properties = ?kafka::masked_properties(cfg),
+        "configuration"
+    );
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    log_config(&cfg);
+    let bound = cfg.shutdown_timeout();
+    let app = Application::build(cfg).await.context("start-up failed")?;
+    run_until_signal(app, bound).await
+}
+
+/// Runs `app` until SIGTERM or Ctrl-C, then lets it finish its batch within `bound`.
+pub(crate) async fn run_until_signal(app: Application, bound: Duration) -> anyhow::Result<()> {
+    let handle = app.shutdown_handle();
+    let stopped = app.run_until_stopped();
+    tokio::pin!(stopped);
+    tokio::select! {
+        r = &mut stopped => {
+            r.context("the processor stopped")?;
+            bail!("the processor stopped without being asked to");
+        }
+        _ = shutdown_signal() => {
+            tracing::info!(bound = ?bound, "stop requested; finishing the batch in hand");
+            handle.shutdown();
+        }
+    }
+    match tokio::time::timeout(bound, stopped).await {
+        Ok(r) => r.context("error while stopping")?,
+        Err(_) => bail!("did not stop within {bound:?}; uncommitted commands will be redelivered"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn show(cfg: &Config, event_uuid: &str) -> anyhow::Result<()> {
+    let Some(uuid) = validate::parse_event_uuid(&Value::String(event_uuid.to_string())) else {
+        bail!("{event_uuid:?} is not a UUID");
+    };
+    let pool = store::connect(&cfg.database_url, 1).await?;
+    let view = store::load_view(&pool, uuid).await?;
+    let history = store::load_history(&pool, uuid).await?;
+    if view.is_none() && history.is_empty() {
+        bail!("event {uuid} does not exist");
+    }
+    let out = json!({
+        "view": view.as_ref().map(|s| json!({"version": s.version, "event": projection::representation(s)})),
+        "history": history.iter().map(|e| json!({
+            "version": e.version,
+            "request_id": e.request_id,
+            "recorded_at": event_updater::isodate::to_representation(e.recorded_at),
+            "source": format!("{}/{}/{}", e.source.topic, e.source.partition, e.source.offset),
+            "change": e.change,
+        })).collect::<Vec<_>>(),
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}

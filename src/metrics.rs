@@ -1,0 +1,99 @@
+//! Metrics: every name the processor exports, and the one function that records each happening.
+//!
+//! Names follow Prometheus conventions (`_total`, `_seconds`, base units). The recorder is
+//! process-wide (the `metrics` crate allows one), installed once by [`install`]; `/metrics`
+//! renders it.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::reply::Destination;
+use crate::store::OutcomeKind;
+
+pub const COMMANDS: &str = "event_updater_commands_total";
+pub const COMMAND_LATENCY: &str = "event_updater_command_latency_seconds";
+pub const BATCH_SIZE: &str = "event_updater_batch_size";
+pub const DB_TRANSACTION: &str = "event_updater_db_transaction_seconds";
+pub const DB_ERRORS: &str = "event_updater_db_errors_total";
+pub const PUBLISHED: &str = "event_updater_records_published_total";
+pub const PUBLISH_FAILED: &str = "event_updater_publish_failures_total";
+pub const REBALANCES: &str = "event_updater_rebalances_total";
+pub const ASSIGNED_PARTITIONS: &str = "event_updater_assigned_partitions";
+
+static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder (once) and returns its handle.
+pub fn install() -> Result<PrometheusHandle, String> {
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Suffix("_seconds".into()),
+                    &[
+                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                        10.0,
+                    ],
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(BATCH_SIZE.into()),
+                        &[
+                            1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0,
+                        ],
+                    )
+                })
+                .map_err(|e| e.to_string())?
+                .install_recorder()
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+}
+
+/// One command answered: its status, whether it was new, and how long since it was produced.
+pub fn record_command(status: u16, kind: OutcomeKind, latency: Option<Duration>) {
+    let outcome = match kind {
+        OutcomeKind::New => "new",
+        OutcomeKind::Duplicate => "duplicate",
+        OutcomeKind::ReusedRequestId => "reused_request_id",
+    };
+    counter!(COMMANDS, "status" => status.to_string(), "outcome" => outcome).increment(1);
+    if let Some(l) = latency {
+        histogram!(COMMAND_LATENCY).record(l.as_secs_f64());
+    }
+}
+
+/// One batch committed to PostgreSQL.
+pub fn record_batch(size: usize, transaction: Duration) {
+    histogram!(BATCH_SIZE).record(size as f64);
+    histogram!(DB_TRANSACTION).record(transaction.as_secs_f64());
+}
+
+/// A transaction failed; `kind` is `unavailable`, `conflict` or `refused`.
+pub fn record_db_error(kind: &'static str) {
+    counter!(DB_ERRORS, "kind" => kind).increment(1);
+}
+
+pub fn record_published(d: Destination) {
+    counter!(PUBLISHED, "topic" => topic_label(d)).increment(1);
+}
+
+pub fn record_publish_failed(d: Destination, permanent: bool) {
+    counter!(PUBLISH_FAILED, "topic" => topic_label(d), "permanent" => permanent.to_string())
+        .increment(1);
+}
+
+/// A rebalance changed the assignment to `assigned` partitions.
+pub fn record_rebalance(assigned: usize) {
+    counter!(REBALANCES).increment(1);
+    gauge!(ASSIGNED_PARTITIONS).set(assigned as f64);
+}
+
+fn topic_label(d: Destination) -> &'static str {
+    match d {
+        Destination::Reply => "reply",
+        Destination::DeadLetter => "dlq",
+    }
+}

@@ -1,0 +1,128 @@
+//! `Application::build`: everything the service needs, started in order, on ports that tests
+//! can choose (`HTTP_ADDR=127.0.0.1:0`).
+//!
+//! Start-up order: the Prometheus recorder, the database (created if missing, migrated), the
+//! topics (created if missing), the HTTP server, then the processor. A failure in any step is
+//! an error from `build`; nothing is left running.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use rdkafka::error::KafkaError;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::consumer::{self, Health, Processor};
+use crate::http;
+use crate::kafka::{self, Publisher};
+use crate::metrics;
+use crate::store::{self, StoreError};
+
+/// Why the service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("http server: {0}")]
+    Http(#[from] std::io::Error),
+    #[error("a task panicked: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// A running service.
+#[derive(Debug)]
+pub struct Application {
+    http_addr: SocketAddr,
+    pool: PgPool,
+    health: Arc<Health>,
+    shutdown: watch::Sender<bool>,
+    processor: JoinHandle<Result<(), KafkaError>>,
+    http: JoinHandle<std::io::Result<()>>,
+}
+
+impl Application {
+    /// Starts the service described by `cfg`.
+    pub async fn build(cfg: Config) -> Result<Application, StartupError> {
+        let metrics = match metrics::install() {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics recorder unavailable; /metrics will be empty");
+                None
+            }
+        };
+        let health = Arc::new(Health::default());
+        let pool = store::connect(&cfg.database_url, cfg.database_max_connections).await?;
+        health.migrated.store(true, Ordering::Relaxed);
+        health.database_ok.store(true, Ordering::Relaxed);
+        kafka::ensure_topics(&cfg).await?;
+
+        let listener = TcpListener::bind(cfg.http_addr).await?;
+        let http_addr = listener.local_addr()?;
+        let (shutdown, rx) = watch::channel(false);
+        let http = tokio::spawn(http::serve(listener, health.clone(), metrics, rx.clone()));
+
+        let processor = Processor {
+            consumer: consumer::create_consumer(&cfg, health.clone())?,
+            publisher: Publisher::new(kafka::producer(&cfg)?, &cfg),
+            pool: pool.clone(),
+            cfg,
+            health: health.clone(),
+        };
+        let processor = tokio::spawn(processor.run(rx));
+        tracing::info!(%http_addr, "event-updater started");
+        Ok(Application {
+            http_addr,
+            pool,
+            health,
+            shutdown,
+            processor,
+            http,
+        })
+    }
+
+    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The service's database pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Health flags, as `/healthz` and `/readyz` see them.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// A handle that asks the service to stop (finish the batch in hand, commit, exit).
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.shutdown.clone())
+    }
+
+    /// Waits until the processor has stopped (after a shutdown request, or on a fatal error).
+    pub async fn run_until_stopped(self) -> Result<(), StartupError> {
+        let result = self.processor.await;
+        let _ = self.shutdown.send(true);
+        self.http.await??;
+        self.pool.close().await;
+        result??;
+        Ok(())
+    }
+}
+
+/// Asks a running [`Application`] to stop.
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle(watch::Sender<bool>);
+
+impl ShutdownHandle {
+    pub fn shutdown(&self) {
+        let _ = self.0.send(true);
+    }
+}

@@ -1,0 +1,798 @@
+//! Validation of the `PUT /api/v3/events/events/{event_uuid}/` body exactly as authentik's
+//! `EventSerializer` (DRF 3.16 `ModelSerializer` over `authentik.events.models.Event`) does it,
+//! with DRF's error texts character for character, plus the envelope fields of a command
+//! (`event_uuid`, `request_id`, `expected_version`) and `py_str`, Python's `str()` of a parsed
+//! JSON value as DRF prints it in messages. Pure functions: no I/O, no panics, no recursion.
+//! Beyond DRF, values PostgreSQL cannot store (`\u0000`, non-finite numbers in jsonb) are 400s.
+
+use serde_json::{Map, Value};
+use std::sync::OnceLock;
+
+/// The validated body: DRF's `validated_data`. A field is `Some` only when the body carried it
+/// (on an update, absent fields keep their old values; on a create they take the model defaults).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidBody {
+    pub user: Option<Value>,
+    pub action: String,
+    pub app: String,
+    pub context: Option<Value>,
+    pub client_ip: Option<Option<String>>,
+    pub expires: Option<chrono::DateTime<chrono::Utc>>,
+    pub brand: Option<Value>,
+}
+
+/// DRF's error body (an object: field -> list of messages, or non_field_errors).
+pub type ErrorBody = Map<String, Value>;
+
+const REQUIRED: &str = "This field is required.";
+const NOT_NULL: &str = "This field may not be null.";
+const BLANK: &str = "This field may not be blank.";
+const NOT_A_STRING: &str = "Not a valid string.";
+const NULL_CHARS: &str = "Null characters are not allowed.";
+const INVALID_IP: &str = "Enter a valid IPv4 or IPv6 address.";
+const DATETIME_FORMAT: &str = "Datetime has wrong format. Use one of these formats instead: \
+                               YYYY-MM-DDThh:mm[:ss[.uuuuuu]][+HH:MM|-HH:MM|Z].";
+const DATETIME_OVERFLOW: &str = "Datetime value out of range.";
+const INVALID_INT: &str = "A valid integer is required.";
+const VERSION_TOO_BIG: &str = "Ensure this value is less than or equal to 9223372036854775807.";
+/// Not a DRF text: Python's `json.dumps(allow_nan=False)` wording, for a NaN/Infinity that
+/// DRF's `JSONField` would accept but PostgreSQL's jsonb rejects (a 500 in authentik).
+const NON_FINITE: &str = "Out of range float values are not JSON compliant.";
+
+/// `authentik.events.models.EventAction` values, in declaration order (the seed's enum).
+const EVENT_ACTIONS: &str = "login login_failed logout user_write suspicious_request \
+    password_set secret_view secret_rotate invitation_used authorize_application source_linked \
+    impersonation_started impersonation_ended flow_execution policy_execution policy_exception \
+    property_mapping_exception system_task_execution system_task_exception system_exception \
+    configuration_error model_created model_updated model_deleted email_sent update_available \
+    custom_";
+
+/// A field's outcome: `Err` holds DRF's messages for that field, in DRF's order.
+type FieldResult<T> = Result<T, Vec<String>>;
+
+fn fail<T>(msg: &str) -> FieldResult<T> {
+    Err(vec![msg.to_owned()])
+}
+
+/// DRF's `run_validators`: every validator runs, the value passes only if none complained.
+fn validated<T>(value: T, msgs: Vec<String>) -> FieldResult<T> {
+    if msgs.is_empty() {
+        Ok(value)
+    } else {
+        Err(msgs)
+    }
+}
+
+/// `None` = the command carried no `body` key: treat as an empty PUT body (`{}`), i.e. required-field errors.
+///
+/// Mirrors `Serializer.run_validation` + `to_internal_value`: a null body is DRF's
+/// `validate_empty_values` "null" failure, which `Serializer.errors` rewrites to
+/// `{"non_field_errors": ["No data provided"]}`; any other non-Mapping is
+/// `Invalid data. Expected a dictionary, but got {type(data).__name__}.`. Fields are the
+/// writable ones of `Meta.fields` in order (`pk` and `created` are read-only, unknown keys
+/// are never looked at), and every failing field is reported, not just the first.
+/// This is a full (non-partial) update: `partial=False`, so `action` and `app` are required.
+pub fn validate_body(body: Option<&Value>) -> Result<ValidBody, ErrorBody> {
+    let empty = Map::new();
+    let data = match body {
+        None => &empty,
+        Some(Value::Object(map)) => map,
+        Some(Value::Null) => return Err(non_field_error("No data provided".to_owned())),
+        Some(other) => {
+            return Err(non_field_error(format!(
+                "Invalid data. Expected a dictionary, but got {}.",
+                py_type_name(other)
+            )))
+        }
+    };
+    let (mut errors, get) = (ErrorBody::new(), |key| data.get(key));
+    let user = collect(&mut errors, "user", json_field(get("user")));
+    let action = collect(&mut errors, "action", action_field(get("action")));
+    let app = collect(&mut errors, "app", app_field(get("app")));
+    let context = collect(&mut errors, "context", json_field(get("context")));
+    let client_ip = collect(&mut errors, "client_ip", client_ip_field(get("client_ip")));
+    let expires = collect(&mut errors, "expires", expires_field(get("expires")));
+    let brand = collect(&mut errors, "brand", json_field(get("brand")));
+    match (action, app) {
+        (Some(action), Some(app)) if errors.is_empty() => Ok(ValidBody {
+            user: user.flatten(),
+            action,
+            app,
+            context: context.flatten(),
+            client_ip: client_ip.flatten(),
+            expires: expires.flatten(),
+            brand: brand.flatten(),
+        }),
+        _ => Err(errors),
+    }
+}
+
+fn non_field_error(msg: String) -> ErrorBody {
+    ErrorBody::from_iter([("non_field_errors".to_owned(), Value::from(vec![msg]))])
+}
+
+fn collect<T>(errors: &mut ErrorBody, name: &str, result: FieldResult<T>) -> Option<T> {
+    result
+        .map_err(|msgs| {
+            let list = msgs.into_iter().map(Value::String).collect();
+            errors.insert(name.to_owned(), Value::Array(list));
+        })
+        .ok()
+}
+
+/// Python's `type(v).__name__` for a value `json.loads` produced.
+fn py_type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "NoneType",
+        Value::Bool(_) => "bool",
+        Value::Number(n) if is_py_int(&n.to_string()) => "int",
+        Value::Number(_) => "float",
+        Value::String(_) => "str",
+        Value::Array(_) => "list",
+        Value::Object(_) => "dict",
+    }
+}
+
+/// A Number's text is Python's repr: an int is `-?[0-9]+`; anything else (`1.5`, `1e+16`,
+/// and, should the parser let them through, `inf`/`nan`) is a float.
+fn is_py_int(text: &str) -> bool {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// `user`, `context`, `brand`: `models.JSONField(default=...)` -> DRF `JSONField(required=False)`
+/// (authentik 2025.6's `ModelSerializer` keeps DRF's mapping; the seed schema is `{}`). Any
+/// value but null is accepted as is; absent = skipped. Beyond DRF: jsonb cannot hold `\u0000`
+/// in a string or key, nor NaN/Infinity, so those are rejected here instead of failing in SQL.
+fn json_field(v: Option<&Value>) -> FieldResult<Option<Value>> {
+    match v {
+        None => Ok(None),
+        Some(Value::Null) => fail(NOT_NULL),
+        Some(v) => validated(Some(v.clone()), jsonb_problems(v)),
+    }
+}
+
+/// Walks the whole value with an explicit stack (any depth) for what jsonb cannot store.
+fn jsonb_problems(root: &Value) -> Vec<String> {
+    let (mut nul, mut non_finite) = (false, false);
+    let mut stack = vec![root];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::String(s) => nul |= s.contains('\0'),
+            Value::Number(n) => {
+                let text = n.to_string();
+                let digits = text.strip_prefix('-').unwrap_or(&text);
+                non_finite |= !digits.starts_with(|c: char| c.is_ascii_digit());
+            }
+            Value::Array(items) => stack.extend(items),
+            Value::Object(map) => {
+                for (k, item) in map {
+                    nul |= k.contains('\0');
+                    stack.push(item);
+                }
+            }
+            Value::Null | Value::Bool(_) => {}
+        }
+    }
+    let flagged = [(nul, NULL_CHARS), (non_finite, NON_FINITE)];
+    let flagged = flagged.iter().filter(|f| f.0);
+    flagged.map(|f| f.1.to_owned()).collect()
+}
+
+/// `action`: `TextField(choices=EventAction.choices)` -> DRF `ChoiceField` (required, no
+/// `allow_blank`, no validators). `to_internal_value` looks up `str(data)` among the choice
+/// strings, so `""`, `LOGIN`, ` login` and `["login"]` all fail with
+/// `"{input}" is not a valid choice.` where `{input}` is `str.format`'s rendering = `str(data)`.
+fn action_field(v: Option<&Value>) -> FieldResult<String> {
+    let v = match v {
+        None => return fail(REQUIRED),
+        Some(Value::Null) => return fail(NOT_NULL),
+        Some(v) => v,
+    };
+    let s = py_str(v);
+    if EVENT_ACTIONS.split_ascii_whitespace().any(|a| a == s) {
+        Ok(s)
+    } else {
+        Err(vec![format!("\"{s}\" is not a valid choice.")])
+    }
+}
+
+/// `app`: `TextField()` -> DRF `CharField(trim_whitespace=True, allow_blank=False)`.
+/// `CharField.run_validation` tests `data == '' or str(data).strip() == ''` before anything
+/// else; only a str can pass that test (`str()` of a number, bool or container is never
+/// blank). Then null, then the type check (bool and non-(str, int, float) are "Not a valid
+/// string."; numbers become their `str()`), then the validators, all messages collected:
+/// `ProhibitNullCharactersValidator` and `ProhibitSurrogateCharactersValidator` (the latter
+/// cannot fire: a Rust `String` holds no lone surrogate).
+fn app_field(v: Option<&Value>) -> FieldResult<String> {
+    let value = match v {
+        None => return fail(REQUIRED),
+        Some(Value::String(s)) if py_strip(s).is_empty() => return fail(BLANK),
+        Some(Value::Null) => return fail(NOT_NULL),
+        Some(Value::String(s)) => py_strip(s).to_owned(),
+        Some(Value::Number(n)) => n.to_string(),
+        Some(_) => return fail(NOT_A_STRING),
+    };
+    if value.contains('\0') {
+        return fail(NULL_CHARS);
+    }
+    Ok(value)
+}
+
+/// `client_ip`: `GenericIPAddressField(null=True)` -> DRF `IPAddressField(protocol='both',
+/// required=False, allow_null=True)`. Validators: CharField's `ProhibitNullCharacters`,
+/// `ProhibitSurrogateCharacters`, then IPAddressField's `validate_ipv46_address`. The model's
+/// own `validate_ipv46_address` is dropped by `field_mapping.get_field_kwargs` (identity
+/// filter), so the IP message appears at most once. Flow: blank test (CharField), null ->
+/// `None`, non-str -> invalid, `':' in data` -> `clean_ipv6_address(data)` (unstripped; failure
+/// is raised at once, no validators), else `str.strip()`; then validators, messages collected.
+fn client_ip_field(v: Option<&Value>) -> FieldResult<Option<Option<String>>> {
+    let s = match v {
+        None => return Ok(None),
+        Some(Value::String(s)) if py_strip(s).is_empty() => return fail(BLANK),
+        Some(Value::Null) => return Ok(Some(None)),
+        Some(Value::String(s)) => s,
+        Some(_) => return fail(INVALID_IP),
+    };
+    let value = if s.contains(':') {
+        match crate::ipaddr::clean_ipv6_address(s) {
+            Some(clean) => clean,
+            None => return fail(INVALID_IP),
+        }
+    } else {
+        py_strip(s).to_owned()
+    };
+    let mut msgs = Vec::new();
+    if value.contains('\0') {
+        msgs.push(NULL_CHARS.to_owned());
+    }
+    if !crate::ipaddr::validate_ipv46_address(&value) {
+        msgs.push(INVALID_IP.to_owned());
+    }
+    validated(Some(Some(value)), msgs)
+}
+
+/// `expires`: `DateTimeField(default=default_event_duration)` -> DRF `DateTimeField(required=False)`.
+/// Null is refused (the model column is NOT NULL). A non-str makes Django's `parse_datetime`
+/// raise TypeError, which DRF turns into the same "wrong format" message as a bad string.
+fn expires_field(v: Option<&Value>) -> FieldResult<Option<chrono::DateTime<chrono::Utc>>> {
+    use crate::isodate::DateTimeError;
+    match v {
+        None => Ok(None),
+        Some(Value::Null) => fail(NOT_NULL),
+        Some(Value::String(s)) => match crate::isodate::parse_datetime(s) {
+            Ok(dt) => Ok(Some(dt)),
+            Err(DateTimeError::Overflow) => fail(DATETIME_OVERFLOW),
+            Err(DateTimeError::Invalid) => fail(DATETIME_FORMAT),
+        },
+        Some(_) => fail(DATETIME_FORMAT),
+    }
+}
+
+/// Python `uuid.UUID(hex=...)` acceptance (via Django UUIDField.to_python): strings only; remove every 'urn:' and 'uuid:', strip '{' '}' from both ends, remove '-', require len 32, then Python `int(hex, 16)` rules (surrounding whitespace, a sign, '0x' prefix, single underscores between digits are accepted by int()). Non-strings -> None.
+///
+/// `int()` details reproduced (CPython `PyLong_FromUnicodeObject`): each non-ASCII char is
+/// first mapped to ASCII, Unicode whitespace to a space and a Unicode decimal digit (`Nd`,
+/// e.g. `٣`) to its digit, anything else non-ASCII fails; then ASCII whitespace (space,
+/// `\t\n\v\f\r`, not `\x1c`-`\x1f`) is trimmed. `0 <= int < 2**128` always holds for 32 chars
+/// (a `-` sign cannot survive the dash removal). The length counts code points, as Python does.
+pub fn parse_event_uuid(v: &Value) -> Option<uuid::Uuid> {
+    let Value::String(s) = v else { return None };
+    let hex = s.replace("urn:", "").replace("uuid:", "");
+    let hex = hex.trim_matches(['{', '}']).replace('-', "");
+    if hex.chars().count() != 32 {
+        return None;
+    }
+    python_int_base16(&hex).map(uuid::Uuid::from_u128)
+}
+
+fn python_int_base16(s: &str) -> Option<u128> {
+    let mut ascii = Vec::with_capacity(s.len());
+    for c in s.chars() {
+        if (c as u32) < 127 {
+            ascii.push(c as u8);
+        } else if py_isspace(c) {
+            ascii.push(b' ');
+        } else {
+            ascii.push(b'0' + py_decimal(c)?);
+        }
+    }
+    let is_space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r');
+    let start = ascii.iter().position(|b| !is_space(b))?;
+    let end = ascii.iter().rposition(|b| !is_space(b))? + 1;
+    let mut rest = &ascii[start..end];
+    let negative = rest.first() == Some(&b'-');
+    if matches!(rest.first(), Some(b'+' | b'-')) {
+        rest = &rest[1..];
+    }
+    if rest.len() >= 2 && rest[0] == b'0' && rest[1].eq_ignore_ascii_case(&b'x') {
+        rest = rest[2..].strip_prefix(b"_").unwrap_or(&rest[2..]); // one '_' may follow "0x"
+    }
+    let mut value: u128 = 0;
+    let mut last_underscore = true; // no leading '_', no '__', no trailing '_'
+    for &b in rest {
+        if b == b'_' {
+            if last_underscore {
+                return None;
+            }
+            last_underscore = true;
+        } else {
+            let digit = char::from(b).to_digit(16)?;
+            value = value.checked_mul(16)?.checked_add(u128::from(digit))?;
+            last_underscore = false;
+        }
+    }
+    if last_underscore || (negative && value != 0) {
+        return None;
+    }
+    Some(value)
+}
+
+/// Envelope field `request_id`: a string of 1..=200 characters without NUL; DRF CharField(max_length=200) messages on failure
+/// ("Not a valid string.", "This field may not be blank.", "Ensure this field has no more than 200 characters.", "Null characters are not allowed.", ...). No trimming for the id.
+///
+/// Choices: numbers are refused ("Not a valid string.", an id is compared as text so `1` vs
+/// `1.0` vs `"1"` would be ambiguous); null is "This field may not be null." (a caller that
+/// wants null to mean "absent" checks before calling); only `""` is blank, since nothing is
+/// trimmed; length counts characters (code points) as Python's `len`; the max-length and NUL
+/// messages are collected in DRF's validator order.
+pub fn validate_request_id(v: &Value) -> Result<String, Vec<String>> {
+    let s = match v {
+        Value::Null => return fail(NOT_NULL),
+        Value::String(s) if s.is_empty() => return fail(BLANK),
+        Value::String(s) => s,
+        _ => return fail(NOT_A_STRING),
+    };
+    let mut msgs = Vec::new();
+    if s.chars().count() > 200 {
+        msgs.push("Ensure this field has no more than 200 characters.".to_owned());
+    }
+    if s.contains('\0') {
+        msgs.push(NULL_CHARS.to_owned());
+    }
+    validated(s.clone(), msgs)
+}
+
+/// Envelope field `expected_version`: DRF IntegerField(min_value=0) semantics but JSON integers only (document): "A valid integer is required.", "Ensure this value is greater than or equal to 0.", and for a value beyond i64 "Ensure this value is less than or equal to 9223372036854775807." (document your choice).
+///
+/// Choices: only a JSON integer is accepted; DRF would also take `"3"` and `3.0`, which are
+/// "A valid integer is required." here (as are bools, strings, containers). The upper bound
+/// acts as DRF's `max_value=9223372036854775807` (the version is stored as a signed 64-bit
+/// integer), so its message is DRF's `max_value` text. Null is "This field may not be null.".
+pub fn validate_expected_version(v: &Value) -> Result<i64, Vec<String>> {
+    let text = match v {
+        Value::Null => return fail(NOT_NULL),
+        Value::Number(n) => n.to_string(),
+        _ => return fail(INVALID_INT),
+    };
+    if !is_py_int(&text) {
+        return fail(INVALID_INT);
+    }
+    match text.strip_prefix('-') {
+        Some(digits) if digits.bytes().any(|b| b != b'0') => {
+            fail("Ensure this value is greater than or equal to 0.")
+        }
+        Some(_) => Ok(0), // "-0"
+        None => text.parse::<i64>().or_else(|_| fail(VERSION_TOO_BIG)),
+    }
+}
+
+/// Python's `str()` of a parsed JSON value, as DRF puts it in messages ('"{input}" is not a valid choice.'): a str is itself; containers use repr of their items (dict `{'a': 1, 'b': [True, None]}`, str repr with Python's quote choice and escapes incl. non-printable characters as \xNN/\uNNNN/\UNNNNNNNN per str.isprintable, bool True/False, None, numbers as their text).
+///
+/// Iterative (explicit stack), so any nesting depth is safe. `str.isprintable` follows
+/// Unicode 15.1 (Python 3.13), from the table below.
+pub fn py_str(v: &Value) -> String {
+    enum Tok<'a> {
+        Val(&'a Value),
+        Key(&'a str),
+        Lit(&'static str),
+    }
+    if let Value::String(s) = v {
+        return s.clone();
+    }
+    let mut out = String::new();
+    let mut stack = vec![Tok::Val(v)];
+    while let Some(tok) = stack.pop() {
+        match tok {
+            Tok::Lit(s) => out.push_str(s),
+            Tok::Key(k) => {
+                push_str_repr(&mut out, k);
+                out.push_str(": ");
+            }
+            Tok::Val(Value::Null) => out.push_str("None"),
+            Tok::Val(Value::Bool(b)) => out.push_str(if *b { "True" } else { "False" }),
+            Tok::Val(Value::Number(n)) => out.push_str(&n.to_string()),
+            Tok::Val(Value::String(s)) => push_str_repr(&mut out, s),
+            Tok::Val(Value::Array(items)) => {
+                out.push('[');
+                stack.push(Tok::Lit("]"));
+                for (i, item) in items.iter().enumerate().rev() {
+                    stack.push(Tok::Val(item));
+                    if i > 0 {
+                        stack.push(Tok::Lit(", "));
+                    }
+                }
+            }
+            Tok::Val(Value::Object(map)) => {
+                out.push('{');
+                stack.push(Tok::Lit("}"));
+                for (i, (k, item)) in map.iter().enumerate().rev() {
+                    stack.push(Tok::Val(item));
+                    stack.push(Tok::Key(k));
+                    if i > 0 {
+                        stack.push(Tok::Lit(", "));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// CPython `unicode_repr`: `"` quotes only when the text has `'` and no `"`.
+fn push_str_repr(out: &mut String, s: &str) {
+    use std::fmt::Write;
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
+    out.push(quote);
+    for c in s.chars() {
+        let code = c as u32;
+        // Writing to a String cannot fail.
+        let _ = match c {
+            '\\' => write!(out, "\\\\"),
+            '\t' => write!(out, "\\t"),
+            '\n' => write!(out, "\\n"),
+            '\r' => write!(out, "\\r"),
+            _ if c == quote => write!(out, "\\{c}"),
+            _ if code < 0x20 || code == 0x7f => write!(out, "\\x{code:02x}"),
+            _ if code < 0x7f || py_isprintable(c) => write!(out, "{c}"),
+            _ if code <= 0xff => write!(out, "\\x{code:02x}"),
+            _ if code <= 0xffff => write!(out, "\\u{code:04x}"),
+            _ => write!(out, "\\U{code:08x}"),
+        };
+    }
+    out.push(quote);
+}
+
+/// Python `str.isspace`: Rust's White_Space set plus `\x1c`-`\x1f` (bidi class B/S).
+fn py_isspace(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+}
+
+/// Python `str.strip()` with no argument.
+fn py_strip(s: &str) -> &str {
+    s.trim_matches(py_isspace)
+}
+
+/// Python `str.isprintable` for one char: false for categories Cc Cf Cs Co Cn Zl Zp Zs
+/// except the space. `NONPRINTABLE_TOGGLES` (generated from Unicode 15.1 data, the version
+/// of Python 3.13) lists hex deltas between the code points where printability flips,
+/// starting non-printable at U+0000; an odd number of flips at or below `c` = non-printable.
+/// (Regenerate with PyPI `unicodedata2==15.1.0`: `category(ch)[0] in 'CZ' and ch != ' '`.)
+fn py_isprintable(c: char) -> bool {
+    static TOGGLES: OnceLock<Vec<u32>> = OnceLock::new();
+    let toggles = TOGGLES.get_or_init(|| {
+        let mut at = 0;
+        let deltas = NONPRINTABLE_TOGGLES.split_ascii_whitespace();
+        deltas
+            .filter_map(|d| u32::from_str_radix(d, 16).ok())
+            .map(|d| {
+                at += d;
+                at
+            })
+            .collect()
+    });
+    toggles.partition_point(|&t| t <= c as u32) % 2 == 0
+}
+
+/// Python's decimal value of a non-ASCII `Nd` char (Unicode 15.1): every `Nd` run is 0..=9
+/// starting at one of these code points.
+fn py_decimal(c: char) -> Option<u8> {
+    const ZEROS: &str = "660 6f0 7c0 966 9e6 a66 ae6 b66 be6 c66 ce6 d66 de6 e50 ed0 f20 1040 \
+        1090 17e0 1810 1946 19d0 1a80 1a90 1b50 1bb0 1c40 1c50 a620 a8d0 a900 a9d0 a9f0 aa50 \
+        abf0 ff10 104a0 10d30 11066 110f0 11136 111d0 112f0 11450 114d0 11650 116c0 11730 \
+        118e0 11950 11c50 11d50 11da0 11f50 16a60 16ac0 16b50 1d7ce 1d7d8 1d7e2 1d7ec 1d7f6 \
+        1e140 1e2f0 1e4f0 1e950 1fbf0";
+    let code = c as u32;
+    ZEROS
+        .split_ascii_whitespace()
+        .filter_map(|z| u32::from_str_radix(z, 16).ok())
+        .find(|&zero| (zero..zero + 10).contains(&code))
+        .and_then(|zero| u8::try_from(code - zero).ok())
+}
+
+const NONPRINTABLE_TOGGLES: &str = "\
+    0 20 5f 22 c 1 2ca 2 6 4 7 1 1 1 14 1 18d 1 26 2 32 2 3 1 37 8 1b 4 6 11 16 1 c0 1 30 2 3b 2 \
+    65 e 3b 2 31 2 f 1 1c 2 1 1 b 5 1f 9 4a 1 a1 1 8 2 2 2 16 1 7 1 1 3 4 2 9 2 2 2 4 8 1 4 2 1 5 \
+    2 19 2 3 1 6 4 2 2 16 1 7 1 2 1 2 1 2 2 1 1 5 4 2 2 3 3 1 7 4 1 1 7 11 a 3 1 9 1 3 1 16 1 7 1 \
+    2 1 5 2 a 1 3 1 3 2 1 f 4 2 c 7 7 1 3 1 8 2 2 2 16 1 7 1 2 1 5 2 9 2 2 2 3 7 3 4 2 1 5 2 12 a \
+    2 1 6 3 3 1 4 3 2 1 1 1 2 3 2 3 3 3 c 4 5 3 3 1 4 2 1 6 1 e 15 5 d 1 3 1 17 1 10 2 9 1 3 1 4 \
+    7 2 1 3 2 1 2 4 2 a 7 16 1 3 1 17 1 a 1 5 2 9 1 3 1 4 7 2 6 2 1 4 2 a 1 3 c d 1 3 1 33 1 3 1 \
+    6 4 10 2 1a 1 3 1 12 3 18 1 9 1 1 2 7 3 1 4 6 1 1 1 8 6 a 2 3 c 3a 4 1d 25 2 1 1 1 5 1 18 1 1 \
+    1 17 2 5 1 1 1 7 1 a 2 4 20 48 1 24 4 27 1 24 1 f 1 d 25 c6 1 1 5 1 2 179 1 4 2 7 1 1 1 4 2 \
+    29 1 4 2 21 1 4 2 7 1 1 1 4 2 f 1 39 1 4 2 43 2 20 3 1a 6 56 2 6 2 280 1 1c 3 59 7 16 9 18 9 \
+    14 c d 1 3 1 2 c 5e 2 a 6 a 6 e 1 b 6 59 7 2b 5 46 a 1f 1 c 4 c 4 1 3 2a 2 5 b 2c 4 1a 6 b 3 \
+    3e 2 41 1 1d 2 b 6 a 6 e 2 1f 31 4d 3 2f 1 74 8 3c 3 f 3 3c 7 2b 2 b 8 2b 5 216 2 6 2 26 2 6 \
+    2 8 1 1 1 1 1 1 1 1f 2 35 1 f 1 e 2 6 1 13 2 3 1 9 11 18 8 2f 11 2 2 1b 1 d 3 21 f 21 f 8c 4 \
+    297 19 b 15 714 2 20 1 15d 5 2d 1 1 5 1 2 38 7 2 e 18 9 7 1 7 1 7 1 7 1 7 1 7 1 7 1 7 1 7e 22 \
+    1a 1 59 c d6 1a 10 1 3f 1 56 2 67 5 2b 1 5e 1 54 b 30 1 726d 3 37 9 15c 14 b8 8 cb 5 2 1 1 1 \
+    5 18 3b 3 a 6 38 8 46 8 c 6 74 b 1e 3 4e 1 b 4 21 1 37 9 e 2 a 2 67 18 1c a 6 2 6 2 6 9 7 1 7 \
+    1 3c 4 7e 2 a 6 2ba4 c 17 4 31 2104 16e 2 6a 26 7 c 5 5 1a 1 5 1 1 1 2 1 2 1 7d 10 1bd 2 36 7 \
+    1 20 2a 6 33 1 13 1 4 4 5 1 87 4 be 3 6 2 6 2 6 2 3 3 7 1 7 d 2 2 c 1 1a 1 13 1 2 1 f 2 e 22 \
+    7b 5 3 4 2d 3 58 1 d 3 1 2f 2e 82 1d 3 31 f 1c 4 24 9 1e 5 2b 5 1e 1 25 4 e 2a 9e 2 a 6 24 4 \
+    24 4 28 8 34 b c 1 f 1 7 1 2 1 b 1 f 1 7 1 2 43 137 9 16 a 8 18 6 1 2a 1 9 45 6 2 1 1 2c 1 2 \
+    3 1 2 17 1 48 8 9 30 13 1 2 5 21 3 1b 5 1 40 38 4 14 2 32 1 2 5 8 1 3 1 1d 2 3 4 a 7 9 7 40 \
+    20 27 4 c 9 36 3 1d 2 1b 5 1a 7 4 c 7 50 49 37 33 d 33 7 2e 8 a 126 1f 1 2a 1 3 2 2 4b 2b 8 \
+    2a 16 1a 26 1c 14 17 9 4e 4 24 9 3e 1 5 d 19 7 a 6 35 1 12 8 27 9 60 1 14 b 12 1 2f 3e 7 1 1 \
+    1 4 1 f 1 b 6 3b 5 a 6 4 1 8 2 2 2 16 1 7 1 2 1 5 1 a 2 2 2 3 2 1 6 1 5 7 2 7 3 5 8b 5c 1 5 \
+    1e 48 8 a a6 36 2 26 22 45 b a 6 d 13 3a 6 a 36 1b 2 f 4 17 b9 3c 64 53 c 8 2 1 2 8 1 2 1 1e \
+    1 2 2 c 9 a 46 8 2 2e 2 b 1b 48 8 53 d 49 7 a f6 9 1 2d 1 e a 1d 3 20 2 16 1 e 49 7 1 2 1 2c \
+    3 1 1 2 1 9 8 a 6 6 1 2 1 25 1 2 1 6 7 a 136 19 7 11 1 29 3 1c 56 1 f 32 d 39b 66 6f 1 5 b c4 \
+    a4c 63 d 430 10 16 faa 247 21b9 239 7 1f 1 a 4 51 1 a 6 1e 2 6 a 46 a a 1 7 1 15 5 13 2b0 5b \
+    65 4b 4 39 7 11 40 5 b 2 e 17f8 8 4d6 2a 9 22e7 4 1 7 1 2 1 123 f 1 1d 3 2 1 e 4 8 18c 904 6b \
+    5 d 3 9 7 a 2 4 1260 2e 2 17 9 74 3c f6 a 27 2 4a 8 70 15 46 7a 14 c 14 c 57 9 19 87 55 1 47 \
+    1 2 2 1 2 2 2 4 1 c 1 1 1 7 1 41 1 4 2 8 1 7 1 1c 1 4 1 5 1 1 3 7 1 154 2 124 2 2be f 5 1 f \
+    450 1f 6 6 d5 7 1 11 2 7 1 2 1 5 5 3e 21 1 70 2d 3 e 2 a 4 2 140 1f 11 3a 5 1 1d0 2a 2e6 7 1 \
+    4 1 2 1 f 1 c5 2 10 29 4c 4 a 4 2 311 44 4c 3d c2 4 1 1b 1 2 1 1 2 1 1 a 1 4 1 1 1 1 6 1 4 1 \
+    1 1 1 1 1 3 1 2 1 1 2 1 1 1 1 1 1 1 1 1 1 2 1 1 2 4 1 7 1 4 1 4 1 1 1 a 1 11 5 3 1 5 1 11 34 \
+    2 10e 2c 4 64 c f 2 f 1 f 1 25 a ae 38 1d d 2c 4 9 7 2 e 6 9a 3d8 4 11 3 d 3 77 4 5f 6 c 4 1 \
+    f c 4 38 8 a 6 28 8 1e 2 2 4e 154 c e 2 d 3 9 7 2e 1 7 8 e 4 9 7 9 7 93 1 37 25 a 406 a6e0 20 \
+    103a 6 de 2 1682 e 1d31 f 26e 9a2 21e 5e2 134b 5 1060 add50 f0";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(json: &str) -> Value {
+        serde_json::from_str(json).expect("test JSON")
+    }
+
+    fn ok(body: &str) -> ValidBody {
+        validate_body(Some(&v(body))).expect(body)
+    }
+
+    fn errors_of(body: &str) -> Value {
+        Value::Object(validate_body(Some(&v(body))).expect_err(body))
+    }
+
+    fn one_error(key: &str, msgs: Vec<&str>) -> Value {
+        Value::Object(Map::from_iter([(key.to_owned(), Value::from(msgs))]))
+    }
+
+    /// `field | value JSON => message && message...`: the only errors of an otherwise valid body
+    /// (a repeated key keeps its last value, as with Python's json).
+    const FIELD_CASES: &str = r#"
+        action | "LOGIN" => "LOGIN" is not a valid choice.
+        action | " login" => " login" is not a valid choice.
+        action | "custom_x" => "custom_x" is not a valid choice.
+        action | "" => "" is not a valid choice.
+        action | 1.5 => "1.5" is not a valid choice.
+        action | true => "True" is not a valid choice.
+        action | ["login"] => "['login']" is not a valid choice.
+        action | {"a":{}} => "{'a': {}}" is not a valid choice.
+        action | null => This field may not be null.
+        app | true => Not a valid string.
+        app | [] => Not a valid string.
+        app | {} => Not a valid string.
+        app | "" => This field may not be blank.
+        app | " \t\n " => This field may not be blank.
+        app | "\u001f\u0085\u00a0\u3000" => This field may not be blank.
+        app | "a\u0000b" => Null characters are not allowed.
+        app | null => This field may not be null.
+        user | {"a":["\u0000"]} => Null characters are not allowed.
+        user | null => This field may not be null.
+        context | {"k\u0000":1} => Null characters are not allowed.
+        brand | null => This field may not be null.
+        client_ip | "not-an-ip" => Enter a valid IPv4 or IPv6 address.
+        client_ip | "not:an:ip" => Enter a valid IPv4 or IPv6 address.
+        client_ip | 5 => Enter a valid IPv4 or IPv6 address.
+        client_ip | [] => Enter a valid IPv4 or IPv6 address.
+        client_ip | true => Enter a valid IPv4 or IPv6 address.
+        client_ip | "  " => This field may not be blank.
+        client_ip | "10.0.0.1\u0000" => Null characters are not allowed. && Enter a valid IPv4 or IPv6 address.
+        expires | "nope" => Datetime has wrong format. Use one of these formats instead: YYYY-MM-DDThh:mm[:ss[.uuuuuu]][+HH:MM|-HH:MM|Z].
+        expires | "" => Datetime has wrong format. Use one of these formats instead: YYYY-MM-DDThh:mm[:ss[.uuuuuu]][+HH:MM|-HH:MM|Z].
+        expires | 5 => Datetime has wrong format. Use one of these formats instead: YYYY-MM-DDThh:mm[:ss[.uuuuuu]][+HH:MM|-HH:MM|Z].
+        expires | [] => Datetime has wrong format. Use one of these formats instead: YYYY-MM-DDThh:mm[:ss[.uuuuuu]][+HH:MM|-HH:MM|Z].
+        expires | null => This field may not be null.
+        expires | "99999-01-01T00:00:00Z" => Datetime has wrong format. Use one of these formats instead: YYYY-MM-DDThh:mm[:ss[.uuuuuu]][+HH:MM|-HH:MM|Z].
+        expires | "9999-12-31T23:59:59-01:00" => Datetime value out of range.
+        expires | "0001-01-01T00:00:00+01:00" => Datetime value out of range.
+    "#;
+
+    #[test]
+    fn field_rules_and_messages() {
+        for line in FIELD_CASES.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let (field, rest) = line.split_once(" | ").expect(line);
+            let (value, msgs) = rest.split_once(" => ").expect(line);
+            let body = format!(r#"{{"action":"login","app":"a","{field}":{value}}}"#);
+            let expected = one_error(field, msgs.split(" && ").collect());
+            assert_eq!(errors_of(&body), expected, "{line}");
+        }
+    }
+
+    #[test]
+    fn valid_fields_all_27_actions_and_unknown_keys_ignored() {
+        let json = r#"{"pk":"x","created":"x","junk":1,"action":"login","user":{"pk":1},
+            "app":" authentik.core ","context":[1],"client_ip":" 10.0.0.1 ","brand":"b",
+            "expires":"2027-01-01T00:00:00Z"}"#;
+        let body = ok(json);
+        let expected = ValidBody {
+            user: Some(v(r#"{"pk":1}"#)),
+            action: "login".into(),
+            app: "authentik.core".into(),
+            context: Some(v("[1]")),
+            client_ip: Some(Some("10.0.0.1".into())),
+            expires: crate::isodate::parse_datetime("2027-01-01T00:00:00Z").ok(),
+            brand: Some(v(r#""b""#)),
+        };
+        assert_eq!(body, expected);
+        let minimal = ok(r#"{"action":"custom_","app":"a","client_ip":null}"#);
+        assert!(minimal.user.is_none() && minimal.context.is_none());
+        assert_eq!((minimal.brand, minimal.expires), (None, None));
+        assert_eq!(minimal.client_ip, Some(None));
+        let ipv6 = ok(r#"{"action":"login","app":"a","client_ip":"::1"}"#);
+        assert_eq!(ipv6.client_ip, Some(Some("::1".to_owned())));
+        let apps = r#"5=>5 1.5=>1.5 1e+16=>1e+16 "\u001cx\u00a0"=>x"#;
+        for (value, expected) in apps.split(' ').filter_map(|c| c.split_once("=>")) {
+            let body = format!(r#"{{"action":"login","app":{value}}}"#);
+            assert_eq!(ok(&body).app, expected);
+        }
+        let actions: Vec<&str> = EVENT_ACTIONS.split_ascii_whitespace().collect();
+        assert_eq!(actions.len(), 27);
+        for a in actions {
+            assert_eq!(ok(&format!(r#"{{"action":"{a}","app":"x"}}"#)).action, a);
+        }
+    }
+
+    #[test]
+    fn missing_body_and_non_object_bodies() {
+        let no_body = Value::Object(validate_body(None).expect_err("no body"));
+        let required = serde_json::json!({"action": [REQUIRED], "app": [REQUIRED]});
+        assert_eq!(no_body, required);
+        let non_field = |msg: &str| one_error("non_field_errors", vec![msg]);
+        assert_eq!(errors_of("null"), non_field("No data provided"));
+        let types = "[]:list \"s\":str 5:int -3:int 1.5:float 1e+16:float true:bool";
+        for (body, name) in types.split(' ').filter_map(|t| t.split_once(':')) {
+            let msg = format!("Invalid data. Expected a dictionary, but got {name}.");
+            assert_eq!(errors_of(body), non_field(&msg), "{body}");
+        }
+    }
+
+    #[test]
+    fn multiple_field_errors_in_field_order() {
+        let body = r#"{"brand":null,"expires":5,"client_ip":"x:y","context":null,"app":"",
+            "action":"LOGIN","user":null}"#;
+        let expected = format!(
+            r#"{{"user":[{NOT_NULL:?}],"action":["\"LOGIN\" is not a valid choice."],"app":[{BLANK:?}],"context":[{NOT_NULL:?}],"client_ip":[{INVALID_IP:?}],"expires":[{DATETIME_FORMAT:?}],"brand":[{NOT_NULL:?}]}}"#
+        );
+        // Order matters: compare the serialised text, not just the maps.
+        assert_eq!(errors_of(body).to_string(), expected);
+    }
+
+    #[test]
+    fn json_fields_refuse_non_finite_and_walk_deep_values() {
+        let nan = Value::Number(serde_json::Number::from_string_unchecked("nan".into()));
+        assert_eq!(json_field(Some(&nan)), Err(vec![NON_FINITE.to_owned()]));
+        let mut deep = v(r#""\u0000""#);
+        for _ in 0..1_000 {
+            deep = Value::Array(vec![deep]);
+        }
+        assert_eq!(json_field(Some(&deep)), Err(vec![NULL_CHARS.to_owned()]));
+        let (open, close) = ("[".repeat(1000), "]".repeat(1000));
+        assert_eq!(py_str(&deep), format!("{open}'\\x00'{close}"));
+    }
+
+    /// `JSON value => Python's str() of it`.
+    const PY_STR_CASES: &str = r#"
+        "plain 'str'" => plain 'str'
+        {"a":1,"b":[true,null,1.5,-2,1e+16]} => {'a': 1, 'b': [True, None, 1.5, -2, 1e+16]}
+        [[],{},"x'y","x\"y","x'\"y"] => [[], {}, "x'y", 'x"y', 'x\'"y']
+        ["\n\t\r\\\u0000\u007f\u0085\u00a0\u00ad\u00e9"] => ['\n\t\r\\\x00\x7f\x85\xa0\xadé']
+        ["\u2028\u0378\ud83d\ude00\udb40\udc01 "] => ['\u2028\u0378😀\U000e0001 ']
+        {"k'":"\u3000\u4e00"} => {"k'": '\u3000一'}
+        false => False
+    "#;
+
+    #[test]
+    fn py_str_matches_python() {
+        for line in PY_STR_CASES
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+        {
+            let (json, expected) = line.split_once(" => ").expect(line);
+            assert_eq!(py_str(&v(json)), expected, "{line}");
+        }
+        assert_eq!(NONPRINTABLE_TOGGLES.split_ascii_whitespace().count(), 1425);
+        // Last code point: unassigned; CJK Ext. I (new in Unicode 15.1): printable.
+        assert!(!py_isprintable('\u{10ffff}') && py_isprintable('\u{2ebf0}'));
+    }
+
+    /// `JSON string => canonical UUID`, or `=> -` where Python's `uuid.UUID(hex=...)` refuses.
+    const UUID_CASES: &str = r#"
+        "12345678-1234-5678-1234-56781234abcd" => 12345678-1234-5678-1234-56781234abcd
+        "1234567812345678123456781234ABCD" => 12345678-1234-5678-1234-56781234abcd
+        "{12345678-1234-5678-1234-56781234abcd}" => 12345678-1234-5678-1234-56781234abcd
+        "{urn:12345678-1234-5678-1234-56781234abcd}" => 12345678-1234-5678-1234-56781234abcd
+        "urn:uuid:12345678-1234-5678-1234-56781234abcd" => 12345678-1234-5678-1234-56781234abcd
+        "uurn:uid:12345678-1234-5678-1234-56781234abcd" => 12345678-1234-5678-1234-56781234abcd
+        "+0x11111111111111111111111111111" => 00011111-1111-1111-1111-111111111111
+        " 0x_1111111111111111111111111111" => 00001111-1111-1111-1111-111111111111
+        "0x11111111111111111111111111111\u0085" => 00011111-1111-1111-1111-111111111111
+        "\u00a02222222222222222222222222222222" => 02222222-2222-2222-2222-222222222222
+        "1_11111111111111111111111111111-8" => 01111111-1111-1111-1111-111111111118
+        "2345678-1234-5678-1234-56781234abcd" => -
+        "_2222222222222222222222222222222" => -
+        "2222222222222222222222222222222_" => -
+        "1__11111111111111111111111111111" => -
+        "\u001c2222222222222222222222222222222" => -
+        "g2222222222222222222222222222222" => -
+        "+ 111111111111111111111111111111" => -
+        "" => -
+        "0x" => -
+        5 => -
+    "#;
+
+    #[test]
+    fn event_uuid_forms() {
+        for line in UUID_CASES.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let (json, expected) = line.split_once(" => ").expect(line);
+            let got = parse_event_uuid(&v(json)).map(|u| u.to_string());
+            assert_eq!(got.unwrap_or("-".into()), expected, "{line}");
+        }
+        let arabic_three = Value::String("٣".repeat(32));
+        let got = parse_event_uuid(&arabic_three).map(|u| u.to_string());
+        assert_eq!(got.as_deref(), Some("33333333-3333-3333-3333-333333333333"));
+    }
+
+    /// `field | JSON => ok JSON` or `=> message && message...`.
+    const ENVELOPE_CASES: &str = r#"
+        request_id | " id " => ok " id "
+        request_id | "" => This field may not be blank.
+        request_id | 5 => Not a valid string.
+        request_id | [] => Not a valid string.
+        request_id | null => This field may not be null.
+        expected_version | 0 => ok 0
+        expected_version | 9223372036854775807 => ok 9223372036854775807
+        expected_version | -1 => Ensure this value is greater than or equal to 0.
+        expected_version | 9223372036854775808 => Ensure this value is less than or equal to 9223372036854775807.
+        expected_version | 123456789012345678901234567890 => Ensure this value is less than or equal to 9223372036854775807.
+        expected_version | 1.0 => A valid integer is required.
+        expected_version | 1e+16 => A valid integer is required.
+        expected_version | "3" => A valid integer is required.
+        expected_version | true => A valid integer is required.
+        expected_version | null => This field may not be null.
+    "#;
+
+    #[test]
+    fn envelope_fields() {
+        for line in ENVELOPE_CASES
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+        {
+            let (field, rest) = line.split_once(" | ").expect(line);
+            let (json, expected) = rest.split_once(" => ").expect(line);
+            let got = match field {
+                "request_id" => validate_request_id(&v(json)).map(Value::from),
+                _ => validate_expected_version(&v(json)).map(Value::from),
+            };
+            let expected = match expected.strip_prefix("ok ") {
+                Some(value) => Ok(v(value)),
+                None => Err(expected.split(" && ").map(String::from).collect()),
+            };
+            assert_eq!(got, expected, "{line}");
+        }
+        let check = |s: String| validate_request_id(&Value::String(s));
+        let max = "é".repeat(200);
+        assert_eq!(check(max.clone()), Ok(max.clone()));
+        let too_long = "Ensure this field has no more than 200 characters.";
+        assert_eq!(check(max.clone() + "x"), Err(vec![too_long.into()]));
+        let both = vec![too_long.to_owned(), NULL_CHARS.to_owned()];
+        assert_eq!(check(max + "\0"), Err(both));
+    }
+}
