@@ -1,0 +1,345 @@
+//! Test harness: a fresh database and fresh topics per test, the processor started on a random
+//! HTTP port, a producer for commands and a reader of the reply topic.
+//!
+//! Addresses come from `KAFKA_BOOTSTRAP_SERVERS` (default `127.0.0.1:9092`) and
+//! `TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432`). Everything a test makes
+//! (its database, its topics) is removed when its [`TestApp`] is dropped, pass or fail.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use event_updater::config::Config;
+use event_updater::{projection, store, Application};
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::Value;
+use sqlx::{Connection, PgConnection, PgPool};
+use uuid::Uuid;
+
+pub const PARTITIONS: i32 = 3;
+
+pub fn broker() -> String {
+    std::env::var("KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+pub fn database_base() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// A reply as read off the reply topic.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub key: Option<String>,
+    pub raw: Vec<u8>,
+    pub value: Value,
+    pub headers: Vec<(String, String)>,
+    pub partition: i32,
+}
+
+impl Received {
+    pub fn status(&self) -> u64 {
+        self.value["status"].as_u64().expect("status")
+    }
+    pub fn body(&self) -> &Value {
+        &self.value["body"]
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+pub struct TestApp {
+    pub cfg: Config,
+    pub app: Option<Application>,
+    pub pool: PgPool,
+    pub producer: FutureProducer,
+    replies: StreamConsumer,
+    dlq: StreamConsumer,
+    db_name: String,
+    finished: bool,
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        TestApp::spawn_with(|_| {}).await
+    }
+
+    /// Starts a processor on fresh resources; `tweak` adjusts its configuration.
+    pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let id = Uuid::new_v4().simple().to_string();
+        let db_name = format!("event_updater_test_{id}");
+        let mut cfg = Config::defaults();
+        cfg.database_url = format!("{}/{db_name}", database_base());
+        cfg.kafka_bootstrap_servers = broker();
+        cfg.command_topic = format!("test-{id}-commands");
+        cfg.reply_topic = format!("test-{id}-replies");
+        cfg.dlq_topic = format!("test-{id}-dlq");
+        cfg.kafka_group_id = format!("test-{id}");
+        cfg.topic_partitions = PARTITIONS;
+        cfg.http_addr = "127.0.0.1:0".parse().expect("addr");
+        cfg.database_max_connections = 2;
+        cfg.shutdown_timeout_secs = 20;
+        tweak(&mut cfg);
+        let app = Application::build(cfg.clone())
+            .await
+            .expect("the processor starts");
+        let pool = app.pool().clone();
+        let producer = client(&cfg)
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "0")
+            .create()
+            .expect("producer");
+        let replies = reader(&cfg, &cfg.reply_topic);
+        let dlq = reader(&cfg, &cfg.dlq_topic);
+        TestApp {
+            cfg,
+            app: Some(app),
+            pool,
+            producer,
+            replies,
+            dlq,
+            db_name,
+            finished: false,
+        }
+    }
+
+    /// Publishes a raw command value with `key` and `headers`.
+    pub async fn send_raw(
+        &self,
+        key: Option<&str>,
+        value: Option<&[u8]>,
+        headers: &[(&str, &[u8])],
+    ) {
+        let mut h = OwnedHeaders::new();
+        for (k, v) in headers {
+            h = h.insert(Header {
+                key: k,
+                value: Some(*v),
+            });
+        }
+        let mut record: FutureRecord<'_, str, [u8]> =
+            FutureRecord::to(&self.cfg.command_topic).headers(h);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
+        self.producer
+            .send(record, Timeout::After(Duration::from_secs(30)))
+            .await
+            .map_err(|(e, _)| e)
+            .expect("command delivered");
+    }
+
+    /// Publishes a JSON command keyed by its `event_uuid` (as producers are asked to).
+    pub async fn send(&self, command: &Value) {
+        let key = command["event_uuid"].as_str().map(str::to_string);
+        self.send_raw(key.as_deref(), Some(command.to_string().as_bytes()), &[])
+            .await;
+    }
+
+    /// The next reply (30 s at most).
+    pub async fn reply(&self) -> Received {
+        read(&self.replies).await
+    }
+
+    /// The next `n` replies.
+    pub async fn replies(&self, n: usize) -> Vec<Received> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(self.reply().await);
+        }
+        out
+    }
+
+    /// The next record on the dead-letter topic.
+    pub async fn dead_letter(&self) -> Received {
+        read(&self.dlq).await
+    }
+
+    /// Sends `command` and returns its reply.
+    pub async fn call(&self, command: &Value) -> Received {
+        self.send(command).await;
+        self.reply().await
+    }
+
+    /// Number of log rows for an event.
+    pub async fn log_len(&self, event: Uuid) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM event_log WHERE event_uuid = $1")
+            .bind(event)
+            .fetch_one(&self.pool)
+            .await
+            .expect("count")
+    }
+
+    /// Asserts that the view row of every event equals the fold of its log.
+    pub async fn assert_view_is_fold_of_log(&self) -> usize {
+        let uuids: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT event_uuid FROM events UNION SELECT event_uuid FROM event_log",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .expect("uuids");
+        for u in &uuids {
+            let history = store::load_history(&self.pool, *u).await.expect("history");
+            let changes: Vec<(i64, Value)> = history
+                .iter()
+                .map(|e| (e.version, e.change.clone()))
+                .collect();
+            let folded = projection::fold(*u, &changes).expect("log folds");
+            let view = store::load_view(&self.pool, *u).await.expect("view");
+            assert_eq!(folded, view, "view of {u} differs from the fold of its log");
+        }
+        uuids.len()
+    }
+
+    /// Stops the processor the way SIGTERM does.
+    pub async fn stop(&mut self) {
+        if let Some(app) = self.app.take() {
+            app.shutdown_handle().shutdown();
+            tokio::time::timeout(Duration::from_secs(30), app.run_until_stopped())
+                .await
+                .expect("stops in time")
+                .expect("stops cleanly");
+        }
+    }
+}
+
+impl TestApp {
+    /// Stops the processor, closes every client, then deletes the test's topics and database.
+    ///
+    /// Topics are deleted only once no client of ours refers to them: librdkafka 2.12 crashes
+    /// on the metadata some brokers send for a topic deleted under a live client.
+    pub async fn finish(mut self) {
+        self.stop().await;
+        self.pool.close().await;
+        self.finished = true;
+        let cfg = self.cfg.clone();
+        let db_name = self.db_name.clone();
+        drop(self);
+        drop_database(&db_name).await;
+        if let Ok(admin) = client(&cfg).create::<AdminClient<DefaultClientContext>>() {
+            let topics = [
+                cfg.command_topic.as_str(),
+                cfg.reply_topic.as_str(),
+                cfg.dlq_topic.as_str(),
+            ];
+            let _ = tokio::time::timeout(
+                Duration::from_secs(10),
+                admin.delete_topics(&topics, &AdminOptions::new()),
+            )
+            .await;
+        }
+    }
+}
+
+async fn drop_database(db_name: &str) {
+    if let Ok(mut c) = PgConnection::connect(&format!("{}/postgres", database_base())).await {
+        let _ = sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)"
+        ))
+        .execute(&mut c)
+        .await;
+    }
+}
+
+impl Drop for TestApp {
+    /// A test that failed before [`TestApp::finish`]: its database is still removed (on a thread
+    /// of its own, as Drop cannot await); its topics are left to the broker's memory storage.
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        if let Some(app) = self.app.take() {
+            app.shutdown_handle().shutdown();
+        }
+        let db_name = self.db_name.clone();
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Runtime::new() {
+                rt.block_on(drop_database(&db_name));
+            }
+        })
+        .join();
+    }
+}
+
+pub fn client(cfg: &Config) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.kafka_bootstrap_servers);
+    c
+}
+
+/// A consumer assigned every partition of `topic` from the beginning (no group join wait).
+fn reader(cfg: &Config, topic: &str) -> StreamConsumer {
+    let consumer: StreamConsumer = client(cfg)
+        .set("group.id", format!("{}-reader", cfg.kafka_group_id))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("reader");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..cfg.topic_partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("tpl");
+    }
+    consumer.assign(&tpl).expect("assign");
+    consumer
+}
+
+async fn read(consumer: &StreamConsumer) -> Received {
+    let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+        .await
+        .expect("a record within 30 s")
+        .expect("no consumer error");
+    let raw = m.payload().unwrap_or_default().to_vec();
+    let value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+    let headers = m
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| {
+                    (
+                        h.key.to_string(),
+                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Received {
+        key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+        raw,
+        value,
+        headers,
+        partition: m.partition(),
+    }
+}
+
+/// A minimal HTTP/1.1 GET, returning the status code.
+pub async fn http_status(addr: std::net::SocketAddr, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.expect("read");
+    let text = String::from_utf8_lossy(&buf);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
