@@ -84,7 +84,7 @@ pub struct Config {
 
     /// Extra librdkafka properties, `key=value`, for every client (TLS, SASL, ...). Repeatable;
     /// the environment variable takes them separated by `;`.
-    #[arg(long = "kafka-property", env = "KAFKA_PROPERTIES", value_delimiter = ';', value_parser = parse_property)]
+    #[arg(long = "kafka-property", env = "KAFKA_PROPERTIES", value_delimiter = ';', value_parser = parse_property, hide_env_values = true)]
     pub kafka_properties: Vec<(String, String)>,
 
     /// Address of the HTTP server for /healthz, /readyz and /metrics (port 0: any free port).

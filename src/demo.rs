@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
@@ -68,12 +68,18 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
             "body": {"action": "login", "app": "other"}}).to_string()),
         ("not JSON", format!("{{\"request_id\": \"{}\", oops", id(8))),
     ];
-    for (what, value) in &commands {
+    for (n, (what, value)) in (1..).zip(&commands) {
+        // The request-id header names a command whose value cannot be read (the last one).
+        let header = id(n);
         producer
             .send(
                 FutureRecord::to(&cfg.command_topic)
                     .key(event.to_string().as_bytes())
-                    .payload(value.as_bytes()),
+                    .payload(value.as_bytes())
+                    .headers(OwnedHeaders::new().insert(Header {
+                        key: "request-id",
+                        value: Some(header.as_bytes()),
+                    })),
                 Timeout::After(Duration::from_secs(10)),
             )
             .await
