@@ -7,38 +7,17 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser};
 
-/// The `event-updater` command line.
+/// Just the configuration, without the binary's subcommands.
 #[derive(Debug, Parser)]
-#[command(name = "event-updater", version, about, long_about = None)]
-pub struct Cli {
+struct ConfigOnly {
     #[command(flatten)]
-    pub config: Config,
-    #[command(subcommand)]
-    pub command: Option<CliCommand>,
+    config: Config,
 }
 
-/// What to do; `serve` when none is given.
-#[derive(Debug, Subcommand)]
-pub enum CliCommand {
-    /// Consume update commands, apply them, publish replies (the default).
-    Serve,
-    /// Create the database if missing and run the migrations, then exit.
-    Migrate,
-    /// Print an event's current view and its history of versions.
-    Show {
-        /// The event UUID (any form Python's uuid.UUID accepts).
-        event_uuid: String,
-    },
-    /// Serve with a demonstration: when no broker answers at KAFKA_BOOTSTRAP_SERVERS, start an
-    /// embedded Kafka-protocol broker (librdkafka's mock cluster) on a local port; send a handful
-    /// of commands, print their replies, and keep serving.
-    Demo,
-}
-
-/// Every setting of the processor. Built by clap from flags and environment variables; tests
-/// build it with [`Config::for_tests`]-style struct literals.
+/// Every setting of the processor, built by clap from flags and environment variables (the
+/// binary flattens it into its command line; tests start from [`Config::defaults`]).
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// PostgreSQL URL; the database is created when it does not exist.
@@ -127,7 +106,16 @@ impl Config {
     /// The configuration with every default, as `event-updater` with no flags and no
     /// environment would have it.
     pub fn defaults() -> Config {
-        Cli::parse_from(["event-updater"]).config
+        ConfigOnly::parse_from(["event-updater"]).config
+    }
+
+    /// Parses flags (and the environment) into a configuration, for tools and tests.
+    pub fn try_parse_from<I, T>(args: I) -> Result<Config, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        ConfigOnly::try_parse_from(args).map(|c| c.config)
     }
 
     /// The database URL with any password replaced by `***`, for logs.
@@ -194,27 +182,28 @@ mod tests {
 
     #[test]
     fn kafka_properties_parse_as_key_value() {
-        let cli = Cli::parse_from([
+        let cfg = Config::try_parse_from([
             "event-updater",
             "--kafka-property",
             "security.protocol=SASL_SSL",
             "--kafka-property",
             "sasl.password=a=b",
-        ]);
+        ])
+        .unwrap();
         assert_eq!(
-            cli.config.kafka_properties,
+            cfg.kafka_properties,
             vec![
                 ("security.protocol".into(), "SASL_SSL".into()),
                 ("sasl.password".into(), "a=b".into())
             ]
         );
-        assert!(Cli::try_parse_from(["event-updater", "--kafka-property", "novalue"]).is_err());
+        assert!(Config::try_parse_from(["event-updater", "--kafka-property", "novalue"]).is_err());
     }
 
     #[test]
     fn max_batch_is_bounded() {
-        assert!(Cli::try_parse_from(["event-updater", "--max-batch", "0"]).is_err());
-        assert!(Cli::try_parse_from(["event-updater", "--max-batch", "1"]).is_ok());
+        assert!(Config::try_parse_from(["event-updater", "--max-batch", "0"]).is_err());
+        assert!(Config::try_parse_from(["event-updater", "--max-batch", "1"]).is_ok());
     }
 
     #[test]

@@ -7,12 +7,40 @@ mod demo;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 use tracing_subscriber::EnvFilter;
 
-use event_updater::config::{Cli, CliCommand, Config};
+use event_updater::config::Config;
 use event_updater::{kafka, projection, store, validate, Application};
+
+/// The `event-updater` command line.
+#[derive(Debug, Parser)]
+#[command(name = "event-updater", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub config: Config,
+    #[command(subcommand)]
+    pub command: Option<CliCommand>,
+}
+
+/// What to do; `serve` when none is given.
+#[derive(Debug, Subcommand)]
+pub enum CliCommand {
+    /// Consume update commands, apply them, publish replies (the default).
+    Serve,
+    /// Create the database if missing and run the migrations, then exit.
+    Migrate,
+    /// Print an event's current view and its history of versions.
+    Show {
+        /// The event UUID (any form Python's uuid.UUID accepts).
+        event_uuid: String,
+    },
+    /// Serve with a demonstration: when no broker answers at KAFKA_BOOTSTRAP_SERVERS, start an
+    /// embedded Kafka-protocol broker (librdkafka's mock cluster) on a local port; send a handful
+    /// of commands, print their replies, and keep serving.
+    Demo,
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -256,3 +256,134 @@ pub fn truncate_to_micros(t: DateTime<Utc>) -> DateTime<Utc> {
     let nanos = t.timestamp_subsec_nanos();
     t - Duration::nanoseconds(i64::from(nanos % 1_000))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use serde_json::json;
+
+    fn body(action: &str, app: &str) -> ValidBody {
+        ValidBody {
+            user: None,
+            action: action.into(),
+            app: app.into(),
+            context: None,
+            client_ip: None,
+            expires: None,
+            brand: None,
+        }
+    }
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 27, 20, 5, 42).unwrap() + Duration::nanoseconds(163_000_999)
+    }
+
+    #[test]
+    fn a_create_takes_the_model_defaults() {
+        let u = Uuid::new_v4();
+        let a = apply(u, None, &body("login", "a"), now());
+        assert!(a.created);
+        assert_eq!(a.state.version, 1);
+        assert_eq!(a.response["pk"], u.to_string());
+        assert_eq!(a.response["user"], json!({}));
+        assert_eq!(a.response["context"], json!({}));
+        assert_eq!(a.response["brand"], json!({}));
+        assert_eq!(a.response["client_ip"], Value::Null);
+        assert_eq!(a.response["created"], "2026-11-27T20:05:42.163000Z");
+        assert_eq!(a.response["expires"], "2027-11-27T20:05:42.163000Z");
+        // The log's first change carries every field, so the fold needs nothing else.
+        let keys: Vec<&str> = a
+            .change
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "user",
+                "action",
+                "app",
+                "context",
+                "client_ip",
+                "created",
+                "expires",
+                "brand"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_update_sets_only_what_the_body_carries() {
+        let u = Uuid::new_v4();
+        let mut first = body("login", "a");
+        first.user = Some(json!({"pk": 1}));
+        first.client_ip = Some(Some("10.0.0.1".into()));
+        let a = apply(u, None, &first, now());
+        let mut second = body("logout", "b");
+        second.brand = Some(json!({"z": 1, "a": 1.0}));
+        second.client_ip = Some(None);
+        let b = apply(u, Some(&a.state), &second, now() + Duration::hours(1));
+        assert!(!b.created);
+        assert_eq!(b.state.version, 2);
+        assert_eq!(b.state.user, json!({"pk": 1}));
+        assert_eq!(b.state.client_ip, None);
+        assert_eq!(b.state.created, a.state.created);
+        assert_eq!(
+            b.change,
+            json!({"action": "logout", "app": "b", "client_ip": null, "brand": {"a": 1.0, "z": 1}})
+        );
+        // The response shows the sent value as sent; the state holds PostgreSQL's jsonb form.
+        assert_eq!(
+            serde_json::to_string(&b.response["brand"]).unwrap(),
+            r#"{"z":1,"a":1.0}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&b.state.brand).unwrap(),
+            r#"{"a":1.0,"z":1}"#
+        );
+    }
+
+    #[test]
+    fn folding_the_changes_gives_the_last_state() {
+        let u = Uuid::new_v4();
+        let mut state = None;
+        let mut changes = Vec::new();
+        for i in 0..5i64 {
+            let mut b = body("custom_", &format!("app{i}"));
+            match i % 3 {
+                0 => b.context = Some(json!({"i": i})),
+                1 => b.expires = Some(now() + Duration::days(i)),
+                _ => b.client_ip = Some(Some(format!("10.0.0.{i}"))),
+            }
+            let a = apply(u, state.as_ref(), &b, now() + Duration::seconds(i));
+            changes.push((a.state.version, a.change.clone()));
+            state = Some(a.state);
+        }
+        assert_eq!(fold(u, &changes).unwrap(), state);
+        assert_eq!(fold(u, &[]).unwrap(), None);
+    }
+
+    #[test]
+    fn a_gap_or_repeat_in_the_log_is_an_error() {
+        let u = Uuid::new_v4();
+        let a = apply(u, None, &body("login", "a"), now());
+        let changes = vec![(1, a.change.clone()), (3, json!({"app": "x"}))];
+        assert_eq!(
+            fold(u, &changes),
+            Err(FoldError::VersionGap {
+                previous: 1,
+                found: 3
+            })
+        );
+        assert_eq!(
+            fold(u, &[(1, a.change.clone()), (1, a.change)]),
+            Err(FoldError::VersionGap {
+                previous: 1,
+                found: 1
+            })
+        );
+    }
+}
