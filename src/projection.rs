@@ -88,7 +88,7 @@ pub fn apply(
         next.client_ip.clone_from(v);
     }
     if let Some(v) = body.expires {
-        next.expires = v;
+        next.expires = truncate_to_micros(v);
     }
     if let Some(v) = &body.brand {
         next.brand = jsonb_normalize(v);
