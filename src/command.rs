@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::auth::{self, Credentials};
 use crate::pyjson;
 use crate::reply::detail;
 use crate::validate::{self, ValidBody};
@@ -47,7 +48,10 @@ pub struct Command {
     /// Key of the reply record: the canonical UUID, or the command's own key.
     pub reply_key: Option<Vec<u8>>,
     pub action: Action,
-    /// Why a copy goes to the dead-letter topic (the record could not be decoded at all).
+    /// What the `authorization` header says (checked by the store when auth is required).
+    pub credentials: Credentials,
+    /// Why a copy goes to the dead-letter topic: the record could not be decoded into a
+    /// command, or its idempotency key is unusable.
     pub dead_letter: Option<String>,
 }
 
@@ -73,6 +77,7 @@ pub fn decode(msg: &Incoming, max_bytes: usize) -> Command {
     let payload = msg.payload.as_deref().unwrap_or_default();
     let fallback_id = header_request_id(msg)
         .unwrap_or_else(|| format!("{}/{}/{}", msg.topic, msg.partition, msg.offset));
+    let credentials = auth::credentials(msg.header("authorization"));
     let raw_fingerprint = || Sha256::digest(payload).into();
     let reject = |request_id: String, fingerprint, status, body, event_uuid, dead_letter| Command {
         request_id,
@@ -86,6 +91,7 @@ pub fn decode(msg: &Incoming, max_bytes: usize) -> Command {
             status,
             body,
         },
+        credentials: credentials.clone(),
         dead_letter,
     };
 
@@ -154,6 +160,9 @@ pub fn decode(msg: &Incoming, max_bytes: usize) -> Command {
         );
     };
     let mut envelope_errors = Map::new();
+    let dead_letter = request_id_errors
+        .as_ref()
+        .map(|m| format!("request_id: {}", m.join(" ")));
     if let Some(messages) = request_id_errors {
         envelope_errors.insert("request_id".into(), strings(messages));
     }
@@ -174,7 +183,7 @@ pub fn decode(msg: &Incoming, max_bytes: usize) -> Command {
             400,
             Value::Object(envelope_errors),
             Some(event_uuid),
-            None,
+            dead_letter,
         );
     }
     match validate::validate_body(obj.get("body")) {
@@ -187,6 +196,7 @@ pub fn decode(msg: &Incoming, max_bytes: usize) -> Command {
                 expected_version,
                 body: Box::new(body),
             },
+            credentials,
             dead_letter: None,
         },
         Err(errors) => reject(

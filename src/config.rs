@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser};
 
+use crate::auth::AuthMode;
+
 /// Just the configuration, without the binary's subcommands.
 #[derive(Debug, Parser)]
 struct ConfigOnly {
@@ -87,6 +89,16 @@ pub struct Config {
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 4)]
     pub database_max_connections: u32,
 
+    /// `required`: every command needs `authorization: Bearer <token>` (see `event-updater
+    /// token`); `disabled`: no checks, for local development only.
+    #[arg(long, env = "AUTH_MODE", value_enum, default_value = "required")]
+    pub auth_mode: AuthMode,
+
+    /// Topics a command's `reply-to` header may name (comma-separated; `*` matches any run of
+    /// characters). Other `reply-to` values are ignored and the reply goes to REPLY_TOPIC.
+    #[arg(long, env = "REPLY_TO_ALLOW", value_delimiter = ',')]
+    pub reply_to_allow: Vec<String>,
+
     /// On SIGTERM, how long the in-flight batch may take to finish before exiting, in seconds.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
     pub shutdown_timeout_secs: u64,
@@ -118,6 +130,11 @@ impl Config {
         ConfigOnly::try_parse_from(args).map(|c| c.config)
     }
 
+    /// True when `topic` may be named by a command's `reply-to` header.
+    pub fn reply_to_allowed(&self, topic: &str) -> bool {
+        self.reply_to_allow.iter().any(|p| glob_match(p, topic))
+    }
+
     /// The database URL with any password replaced by `***`, for logs.
     pub fn database_url_masked(&self) -> String {
         mask_url_password(&self.database_url)
@@ -133,6 +150,26 @@ fn parse_property(s: &str) -> Result<(String, String), String> {
         return Err(format!("`{s}` has an empty key"));
     }
     Ok((k.to_string(), v.to_string()))
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+fn glob_match(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for p in middle {
+        match rest.find(p) {
+            Some(i) => rest = &rest[i + p.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 /// `postgres://user:secret@host/db` -> `postgres://user:***@host/db`.
@@ -204,6 +241,25 @@ mod tests {
     fn max_batch_is_bounded() {
         assert!(Config::try_parse_from(["event-updater", "--max-batch", "0"]).is_err());
         assert!(Config::try_parse_from(["event-updater", "--max-batch", "1"]).is_ok());
+    }
+
+    #[test]
+    fn reply_to_allow_list_globs() {
+        let mut c = Config::defaults();
+        assert!(!c.reply_to_allowed("anything"));
+        c.reply_to_allow = vec!["replies-*".into(), "exact".into(), "a*b*c".into()];
+        assert!(c.reply_to_allowed("replies-team-a"));
+        assert!(c.reply_to_allowed("replies-"));
+        assert!(c.reply_to_allowed("exact"));
+        assert!(c.reply_to_allowed("abc") && c.reply_to_allowed("a-b-c"));
+        assert!(!c.reply_to_allowed("exactly"));
+        assert!(!c.reply_to_allowed("other-replies-x"));
+        assert!(!c.reply_to_allowed("a-b-"));
+    }
+
+    #[test]
+    fn auth_is_required_by_default() {
+        assert_eq!(Config::defaults().auth_mode, AuthMode::Required);
     }
 
     #[test]

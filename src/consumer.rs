@@ -193,7 +193,7 @@ impl Processor {
                 .collect();
             let outcomes = self.apply_durably(commands.clone(), shutdown).await;
             let Some(outcomes) = outcomes else { return };
-            let records = outgoing(&batch, &commands, &outcomes);
+            let records = outgoing(&self.cfg, &batch, &commands, &outcomes);
             if !self.publisher.publish_all(&records, shutdown).await {
                 tracing::warn!("shutdown before every reply was acknowledged; offsets not stored");
                 return;
@@ -291,7 +291,14 @@ impl Processor {
         let mut backoff = Duration::from_millis(50);
         loop {
             let started = std::time::Instant::now();
-            let wait = match store::apply_batch(&self.pool, commands, Utc::now()).await {
+            let wait = match store::apply_batch(
+                &self.pool,
+                commands,
+                self.cfg.auth_mode,
+                Utc::now(),
+            )
+            .await
+            {
                 Ok(o) => {
                     metrics::record_batch(commands.len(), started.elapsed());
                     self.health.database_ok.store(true, Ordering::Relaxed);
@@ -355,8 +362,10 @@ fn refusal_text(e: &StoreError) -> String {
 }
 
 /// The records a batch publishes: one reply per command, plus a dead letter for each record
-/// that could not be decoded, the first time it is handled.
+/// that could not be decoded, the first time it is handled. A `reply-to` header is honoured
+/// when the allow-list names its topic.
 fn outgoing(
+    cfg: &Config,
     batch: &[Incoming],
     commands: &[(Command, Source)],
     outcomes: &[Outcome],
@@ -369,8 +378,18 @@ fn outgoing(
                 headers.push((name.to_string(), v.to_vec()));
             }
         }
+        let topic = m.header("reply-to").and_then(|t| {
+            let t = std::str::from_utf8(t).ok()?;
+            if cfg.reply_to_allowed(t) {
+                Some(t.to_string())
+            } else {
+                metrics::record_reply_to_refused();
+                None
+            }
+        });
         out.push(Outgoing {
             destination: Destination::Reply,
+            topic,
             key: c.reply_key.clone(),
             value: o.reply.clone(),
             headers,
@@ -395,6 +414,7 @@ fn outgoing(
             headers.push(("request-id".into(), c.request_id.clone().into_bytes()));
             out.push(Outgoing {
                 destination: Destination::DeadLetter,
+                topic: None,
                 key: m.key.clone(),
                 value: Arc::new(m.payload.clone().unwrap_or_default()),
                 headers,

@@ -18,7 +18,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
 use uuid::Uuid;
 
-use event_updater::{kafka, Application, Config};
+use event_updater::{auth, kafka, Application, Config};
 
 pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
     let _cluster = if broker_answers(&cfg) {
@@ -47,6 +47,14 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
     );
 
     let replies = reply_reader(&cfg)?;
+    let token = auth::create_token(
+        app.pool(),
+        &format!("demo-{}", Uuid::new_v4().simple()),
+        Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+        true,
+    )
+    .await?;
+    let authorization = format!("Bearer {token}");
     let producer: FutureProducer = kafka::client_config(&cfg).create()?;
     let run = &Uuid::new_v4().simple().to_string()[..8];
     let event = Uuid::new_v4();
@@ -76,10 +84,17 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
                 FutureRecord::to(&cfg.command_topic)
                     .key(event.to_string().as_bytes())
                     .payload(value.as_bytes())
-                    .headers(OwnedHeaders::new().insert(Header {
-                        key: "request-id",
-                        value: Some(header.as_bytes()),
-                    })),
+                    .headers(
+                        OwnedHeaders::new()
+                            .insert(Header {
+                                key: "request-id",
+                                value: Some(header.as_bytes()),
+                            })
+                            .insert(Header {
+                                key: "authorization",
+                                value: Some(authorization.as_bytes()),
+                            }),
+                    ),
                 Timeout::After(Duration::from_secs(10)),
             )
             .await

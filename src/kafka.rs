@@ -140,14 +140,19 @@ impl Publisher {
         records: &[Outgoing],
         shutdown: &mut watch::Receiver<bool>,
     ) -> bool {
-        let mut pending: Vec<&Outgoing> = records.iter().collect();
+        let mut pending: Vec<Outgoing> = records.to_vec();
         let mut backoff = Duration::from_millis(100);
         loop {
             let results = join_all(pending.iter().map(|r| self.send(r))).await;
             let mut retry = Vec::new();
-            for (record, result) in pending.into_iter().zip(results) {
+            for (mut record, result) in pending.into_iter().zip(results) {
                 match result {
                     Ok(()) => metrics::record_published(record.destination),
+                    Err(e) if record.topic.is_some() && is_unusable_topic(&e) => {
+                        tracing::warn!(error = %e, topic = ?record.topic, "reply-to topic unusable; replying on the default topic");
+                        record.topic = None;
+                        retry.push(record);
+                    }
                     Err(e) if is_permanent(&e) => {
                         metrics::record_publish_failed(record.destination, true);
                         tracing::error!(error = %e, destination = ?record.destination, "the broker refuses this record for good; dropped");
@@ -172,9 +177,10 @@ impl Publisher {
     }
 
     async fn send(&self, r: &Outgoing) -> Result<(), KafkaError> {
-        let topic = match r.destination {
-            Destination::Reply => &self.reply_topic,
-            Destination::DeadLetter => &self.dlq_topic,
+        let topic = match (&r.topic, r.destination) {
+            (Some(t), _) => t,
+            (None, Destination::Reply) => &self.reply_topic,
+            (None, Destination::DeadLetter) => &self.dlq_topic,
         };
         let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
         for (k, v) in &r.headers {
@@ -202,6 +208,18 @@ impl Publisher {
             tracing::warn!(error = %e, "producer flush incomplete");
         }
     }
+}
+
+fn is_unusable_topic(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::UnknownTopicOrPartition
+                | RDKafkaErrorCode::UnknownTopic
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::InvalidTopic
+        )
+    )
 }
 
 fn is_permanent(e: &KafkaError) -> bool {

@@ -6,6 +6,7 @@
 //! append-only log and its projection in PostgreSQL ([`store`], [`projection`]), and answered
 //! on the reply topic ([`reply`], [`kafka`]). [`startup::Application`] wires it together.
 
+pub mod auth;
 pub mod command;
 pub mod config;
 pub mod consumer;

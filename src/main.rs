@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use tracing_subscriber::EnvFilter;
 
 use event_updater::config::Config;
-use event_updater::{kafka, projection, store, validate, Application};
+use event_updater::{auth, kafka, projection, store, validate, Application};
 
 /// The `event-updater` command line.
 #[derive(Debug, Parser)]
@@ -40,6 +40,35 @@ pub enum CliCommand {
     /// embedded Kafka-protocol broker (librdkafka's mock cluster) on a local port; send a handful
     /// of commands, print their replies, and keep serving.
     Demo,
+    /// Manage the API tokens that commands present in `authorization: Bearer <token>`.
+    Token {
+        #[command(subcommand)]
+        action: TokenCommand,
+    },
+}
+
+/// `event-updater token …`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it (once: only its hash is stored).
+    Create {
+        /// A unique name for the token.
+        #[arg(long)]
+        name: String,
+        /// When the token stops working (ISO 8601, e.g. 2027-01-01 or 2027-01-01T00:00:00Z).
+        #[arg(long)]
+        expires: Option<String>,
+        /// Create a token without the permission to change events (its commands get 403).
+        #[arg(long)]
+        no_change_permission: bool,
+    },
+    /// List the tokens (names and dates, never secrets).
+    List,
+    /// Revoke a token by name; its next command gets 403.
+    Revoke {
+        /// The token's name.
+        name: String,
+    },
 }
 
 #[tokio::main]
@@ -56,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
         }
         CliCommand::Show { event_uuid } => show(&cfg, &event_uuid).await,
         CliCommand::Demo => demo::run(cfg).await,
+        CliCommand::Token { action } => token(&cfg, action).await,
     }
 }
 
@@ -86,6 +116,8 @@ pub(crate) fn log_config(cfg: &Config) {
         max_batch = cfg.max_batch,
         batch_linger_ms = cfg.batch_linger_ms,
         max_message_bytes = cfg.max_message_bytes,
+        auth_mode = ?cfg.auth_mode,
+        reply_to_allow = ?cfg.reply_to_allow,
         kafka_properties = ?kafka::masked_properties(cfg),
         "configuration"
     );
@@ -164,5 +196,51 @@ async fn show(cfg: &Config, event_uuid: &str) -> anyhow::Result<()> {
         })).collect::<Vec<_>>(),
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+async fn token(cfg: &Config, action: TokenCommand) -> anyhow::Result<()> {
+    let pool = store::connect(&cfg.database_url, 1).await?;
+    match action {
+        TokenCommand::Create {
+            name,
+            expires,
+            no_change_permission,
+        } => {
+            let expires = match expires {
+                None => None,
+                Some(text) => match event_updater::isodate::parse_datetime(&text) {
+                    Ok(t) => Some(t),
+                    Err(_) => bail!("--expires {text:?} is not an ISO 8601 date or datetime"),
+                },
+            };
+            let secret = auth::create_token(&pool, &name, expires, !no_change_permission).await?;
+            eprintln!("Token {name:?} created. It is shown only now; store it safely:");
+            println!("{secret}");
+        }
+        TokenCommand::List => {
+            let show = |t: Option<chrono::DateTime<chrono::Utc>>| {
+                t.map_or("-".to_string(), event_updater::isodate::to_representation)
+            };
+            println!(
+                "{:<24} {:<10} {:<28} {:<28} REVOKED",
+                "NAME", "CHANGE", "CREATED", "EXPIRES"
+            );
+            for t in auth::list_tokens(&pool).await? {
+                println!(
+                    "{:<24} {:<10} {:<28} {:<28} {}",
+                    t.name,
+                    if t.can_change_event { "yes" } else { "no" },
+                    show(Some(t.created_at)),
+                    show(t.expires_at),
+                    show(t.revoked_at)
+                );
+            }
+        }
+        TokenCommand::Revoke { name } => {
+            auth::revoke_token(&pool, &name).await?;
+            println!("token {name:?} revoked");
+        }
+    }
     Ok(())
 }

@@ -22,6 +22,7 @@ pub const PUBLISHED: &str = "event_updater_records_published_total";
 pub const PUBLISH_FAILED: &str = "event_updater_publish_failures_total";
 pub const REBALANCES: &str = "event_updater_rebalances_total";
 pub const ASSIGNED_PARTITIONS: &str = "event_updater_assigned_partitions";
+pub const REPLY_TO_REFUSED: &str = "event_updater_reply_to_refused_total";
 
 static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
 
@@ -58,6 +59,7 @@ pub fn record_command(status: u16, kind: OutcomeKind, latency: Option<Duration>)
         OutcomeKind::New => "new",
         OutcomeKind::Duplicate => "duplicate",
         OutcomeKind::ReusedRequestId => "reused_request_id",
+        OutcomeKind::Forbidden => "forbidden",
     };
     counter!(COMMANDS, "status" => status.to_string(), "outcome" => outcome).increment(1);
     if let Some(l) = latency {
@@ -96,4 +98,9 @@ fn topic_label(d: Destination) -> &'static str {
         Destination::Reply => "reply",
         Destination::DeadLetter => "dlq",
     }
+}
+
+/// A `reply-to` header named a topic outside the allow-list; the reply went to the default.
+pub fn record_reply_to_refused() {
+    counter!(REPLY_TO_REFUSED).increment(1);
 }

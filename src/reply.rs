@@ -33,6 +33,8 @@ impl Reply {
 #[derive(Debug, Clone)]
 pub struct Outgoing {
     pub destination: Destination,
+    /// A topic other than the destination's default (an allowed `reply-to`).
+    pub topic: Option<String>,
     pub key: Option<Vec<u8>>,
     pub value: std::sync::Arc<Vec<u8>>,
     pub headers: Vec<(String, Vec<u8>)>,

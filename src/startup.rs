@@ -56,6 +56,9 @@ impl Application {
                 None
             }
         };
+        if cfg.auth_mode == crate::auth::AuthMode::Disabled {
+            tracing::warn!("AUTH_MODE=disabled: commands are NOT authenticated; any producer may change events. For local development only.");
+        }
         let health = Arc::new(Health::default());
         let pool = store::connect(&cfg.database_url, cfg.database_max_connections).await?;
         health.migrated.store(true, Ordering::Relaxed);

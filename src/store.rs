@@ -19,6 +19,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
+use crate::auth::{self, AuthMode, Credentials, TokenGrant};
 use crate::command::{Action, Command};
 use crate::projection::{self, EventState};
 use crate::pyjson;
@@ -51,29 +52,26 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+/// Sorts an error by what to do about it. Only errors about the data itself (SQLSTATE classes
+/// 22 data exception, 23 integrity, 54 program limit; a row we cannot decode) are `Refused`:
+/// anything else, from a refused connection to an unknown state, is retried as `Unavailable`,
+/// so that no infrastructure trouble is ever answered as a 400.
 fn classify(e: sqlx::Error) -> StoreError {
     match &e {
         sqlx::Error::Database(db) => {
             let code = db.code().map(|c| c.to_string()).unwrap_or_default();
             match code.as_str() {
                 "23505" | "40001" | "40P01" => StoreError::Conflict(e),
-                c if c.starts_with("08")
-                    || c.starts_with("53")
-                    || c.starts_with("57")
-                    || c.starts_with("58") =>
-                {
-                    StoreError::Unavailable(e)
+                c if c.starts_with("22") || c.starts_with("23") || c.starts_with("54") => {
+                    StoreError::Refused(e)
                 }
-                _ => StoreError::Refused(e),
+                _ => StoreError::Unavailable(e),
             }
         }
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e),
-        _ => StoreError::Refused(e),
+        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) | sqlx::Error::Encode(_) => {
+            StoreError::Refused(e)
+        }
+        _ => StoreError::Unavailable(e),
     }
 }
 
@@ -144,15 +142,23 @@ pub enum OutcomeKind {
     Duplicate,
     /// The request id was handled before with other content: a 422, not stored.
     ReusedRequestId,
+    /// Authentication or permission failed: a 403, not stored (an unauthenticated producer
+    /// must not be able to claim a request id).
+    Forbidden,
 }
 
 /// Applies `commands` (in order) in one transaction and returns one outcome per command.
 pub async fn apply_batch(
     pool: &PgPool,
     commands: &[(Command, Source)],
+    auth_mode: AuthMode,
     now: DateTime<Utc>,
 ) -> Result<Vec<Outcome>, StoreError> {
     let mut tx = pool.begin().await?;
+    let grants = match auth_mode {
+        AuthMode::Required => load_grants(&mut tx, commands).await?,
+        AuthMode::Disabled => HashMap::new(),
+    };
 
     let ids: Vec<&str> = commands
         .iter()
@@ -189,6 +195,16 @@ pub async fn apply_batch(
     let mut replies = ReplyRows::default();
     let mut touched: Vec<Uuid> = Vec::new();
     for (cmd, source) in commands {
+        if auth_mode == AuthMode::Required {
+            let grant = match &cmd.credentials {
+                Credentials::Bearer(h) => grants.get(h).copied(),
+                _ => None,
+            };
+            if let Some(text) = auth::denial(&cmd.credentials, grant) {
+                outcomes.push(unstored(cmd, 403, detail(text), OutcomeKind::Forbidden));
+                continue;
+            }
+        }
         if let Some((fingerprint, reply)) = seen.get(&cmd.request_id) {
             outcomes.push(if fingerprint.as_slice() == cmd.fingerprint {
                 Outcome {
@@ -197,7 +213,11 @@ pub async fn apply_batch(
                     kind: OutcomeKind::Duplicate,
                 }
             } else {
-                reused_request_id(cmd)
+                let text = format!(
+                    "request_id {:?} was already used for a different command.",
+                    cmd.request_id
+                );
+                unstored(cmd, 422, detail(text), OutcomeKind::ReusedRequestId)
             });
             continue;
         }
@@ -283,7 +303,8 @@ fn conflict_body(expected: i64, current: i64) -> Value {
     json!({"detail": text, "current_version": current})
 }
 
-fn reused_request_id(cmd: &Command) -> Outcome {
+/// A reply that is not stored with the request id (403, 422).
+fn unstored(cmd: &Command, status: u16, body: Value, kind: OutcomeKind) -> Outcome {
     let event_uuid = match &cmd.action {
         Action::Apply { event_uuid, .. } => Some(*event_uuid),
         Action::Reject { event_uuid, .. } => *event_uuid,
@@ -291,18 +312,56 @@ fn reused_request_id(cmd: &Command) -> Outcome {
     let reply = Reply {
         request_id: cmd.request_id.clone(),
         event_uuid,
-        status: 422,
+        status,
         version: None,
-        body: detail(format!(
-            "request_id {:?} was already used for a different command.",
-            cmd.request_id
-        )),
+        body,
     };
     Outcome {
-        status: 422,
+        status,
         reply: Arc::new(reply.to_bytes()),
-        kind: OutcomeKind::ReusedRequestId,
+        kind,
     }
+}
+
+/// The standing of every token the batch's commands present.
+async fn load_grants(
+    tx: &mut Transaction<'_, Postgres>,
+    commands: &[(Command, Source)],
+) -> Result<HashMap<[u8; 32], TokenGrant>, StoreError> {
+    let mut hashes: Vec<Vec<u8>> = commands
+        .iter()
+        .filter_map(|(c, _)| match &c.credentials {
+            Credentials::Bearer(h) => Some(h.to_vec()),
+            _ => None,
+        })
+        .collect();
+    hashes.sort_unstable();
+    hashes.dedup();
+    if hashes.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = sqlx::query(
+        "SELECT token_hash, can_change_event,
+                revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now()) AS usable
+         FROM api_tokens WHERE token_hash = ANY($1)",
+    )
+    .bind(&hashes)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut grants = HashMap::new();
+    for r in rows {
+        let h: Vec<u8> = r.try_get("token_hash")?;
+        if let Ok(h) = <[u8; 32]>::try_from(h.as_slice()) {
+            grants.insert(
+                h,
+                TokenGrant {
+                    usable: r.try_get("usable")?,
+                    can_change_event: r.try_get("can_change_event")?,
+                },
+            );
+        }
+    }
+    Ok(grants)
 }
 
 fn stored_status(reply: &[u8]) -> u16 {

@@ -66,6 +66,9 @@ pub struct TestApp {
     dlq: StreamConsumer,
     db_name: String,
     finished: bool,
+    extra_topics: Vec<String>,
+    /// `Bearer <token>` of a token with the change permission, sent by default.
+    pub authorization: String,
 }
 
 impl TestApp {
@@ -97,6 +100,10 @@ impl TestApp {
             .await
             .expect("the processor starts");
         let pool = app.pool().clone();
+        let token = event_updater::auth::create_token(&pool, "tests", None, true)
+            .await
+            .expect("token");
+        let authorization = format!("Bearer {token}");
         let producer = client(&cfg)
             .set("enable.idempotence", "true")
             .set("linger.ms", "0")
@@ -113,17 +120,41 @@ impl TestApp {
             dlq,
             db_name,
             finished: false,
+            extra_topics: Vec::new(),
+            authorization,
         }
     }
 
-    /// Publishes a raw command value with `key` and `headers`.
+    /// Publishes a raw command value with `key` and `headers`, plus the test token's
+    /// `authorization` header unless `headers` has one.
     pub async fn send_raw(
         &self,
         key: Option<&str>,
         value: Option<&[u8]>,
         headers: &[(&str, &[u8])],
     ) {
+        self.send_raw_with(key, value, headers, true).await;
+    }
+
+    /// Like [`TestApp::send_raw`]; `default_auth: false` sends no `authorization` header at all.
+    pub async fn send_raw_with(
+        &self,
+        key: Option<&str>,
+        value: Option<&[u8]>,
+        headers: &[(&str, &[u8])],
+        default_auth: bool,
+    ) {
         let mut h = OwnedHeaders::new();
+        if default_auth
+            && !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        {
+            h = h.insert(Header {
+                key: "authorization",
+                value: Some(self.authorization.as_bytes()),
+            });
+        }
         for (k, v) in headers {
             h = h.insert(Header {
                 key: k,
@@ -164,6 +195,30 @@ impl TestApp {
             out.push(self.reply().await);
         }
         out
+    }
+
+    /// Creates another topic (removed by [`TestApp::finish`]) and a reader of it. Drop the
+    /// reader before calling `finish`.
+    pub async fn extra_topic(&mut self, suffix: &str) -> (String, StreamConsumer) {
+        let name = format!("{}-{suffix}", self.cfg.kafka_group_id);
+        let admin: AdminClient<DefaultClientContext> = client(&self.cfg).create().expect("admin");
+        let topic = rdkafka::admin::NewTopic::new(
+            &name,
+            self.cfg.topic_partitions,
+            rdkafka::admin::TopicReplication::Fixed(1),
+        );
+        admin
+            .create_topics([&topic], &AdminOptions::new())
+            .await
+            .expect("create topic");
+        self.extra_topics.push(name.clone());
+        let r = reader(&self.cfg, &name);
+        (name, r)
+    }
+
+    /// The next record `consumer` reads (30 s at most).
+    pub async fn read_from(consumer: &StreamConsumer) -> Received {
+        read(consumer).await
     }
 
     /// The next record on the dead-letter topic.
@@ -230,14 +285,16 @@ impl TestApp {
         self.finished = true;
         let cfg = self.cfg.clone();
         let db_name = self.db_name.clone();
+        let mut topics = vec![
+            cfg.command_topic.clone(),
+            cfg.reply_topic.clone(),
+            cfg.dlq_topic.clone(),
+        ];
+        topics.append(&mut self.extra_topics);
         drop(self);
         drop_database(&db_name).await;
         if let Ok(admin) = client(&cfg).create::<AdminClient<DefaultClientContext>>() {
-            let topics = [
-                cfg.command_topic.as_str(),
-                cfg.reply_topic.as_str(),
-                cfg.dlq_topic.as_str(),
-            ];
+            let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
             let _ = tokio::time::timeout(
                 Duration::from_secs(10),
                 admin.delete_topics(&topics, &AdminOptions::new()),
