@@ -478,4 +478,129 @@ mod tests {
         assert_eq!(a.fingerprint, b.fingerprint);
         assert_ne!(a.fingerprint, c.fingerprint);
     }
+
+    mod fuzz {
+        //! Property tests over the decoder and the validator: whatever a producer sends, decoding
+        //! returns a command (never a panic), and every rejection has a JSON object body.
+        use super::super::*;
+        use proptest::prelude::*;
+        use proptest::test_runner::Config;
+
+        fn incoming(payload: Vec<u8>) -> Incoming {
+            Incoming {
+                topic: "t".into(),
+                payload: Some(payload),
+                ..Incoming::default()
+            }
+        }
+
+        fn check(c: &Command) {
+            assert!(!c.request_id.is_empty());
+            if let Action::Reject { status, body, .. } = &c.action {
+                assert!([400, 404].contains(status));
+                assert!(body.is_object());
+            }
+        }
+
+        fn scalar() -> impl Strategy<Value = serde_json::Value> {
+            prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                "[0-9]{19,60}".prop_map(|d| pyjson::parse(d.as_bytes()).unwrap_or(Value::Null)),
+                any::<f64>()
+                    .prop_map(|f| pyjson::parse(f.to_string().as_bytes()).unwrap_or(Value::Null)),
+                any::<String>().prop_map(Value::String),
+                prop::sample::select(vec![
+                    "login",
+                    "custom_",
+                    "LOGIN",
+                    " ",
+                    "",
+                    "::1",
+                    "10.0.0.1",
+                    "2027-01-01T00:00:00Z",
+                    "3fa85f64-5717-4562-b3fc-2c963f66afa6"
+                ])
+                .prop_map(|s| Value::String(s.into())),
+            ]
+        }
+
+        fn value() -> impl Strategy<Value = serde_json::Value> {
+            scalar().prop_recursive(4, 32, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                    prop::collection::vec((any::<String>(), inner), 0..6)
+                        .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn field() -> impl Strategy<Value = String> {
+            prop::sample::select(vec![
+                "user",
+                "action",
+                "app",
+                "context",
+                "client_ip",
+                "expires",
+                "brand",
+                "pk",
+                "created",
+            ])
+            .prop_map(str::to_string)
+        }
+
+        fn command() -> impl Strategy<Value = serde_json::Value> {
+            (
+                prop::option::of(value()),
+                prop::option::of(value()),
+                prop::option::of(value()),
+                prop::collection::vec((field(), value()), 0..9),
+            )
+                .prop_map(|(rid, uuid, ev, body)| {
+                    let mut m = Map::new();
+                    if let Some(v) = rid {
+                        m.insert("request_id".into(), v);
+                    }
+                    m.insert(
+                        "event_uuid".into(),
+                        uuid.unwrap_or_else(|| Value::String(Uuid::new_v4().to_string())),
+                    );
+                    if let Some(v) = ev {
+                        m.insert("expected_version".into(), v);
+                    }
+                    m.insert("body".into(), Value::Object(body.into_iter().collect()));
+                    Value::Object(m)
+                })
+        }
+
+        proptest! {
+            #![proptest_config(Config { cases: 2000, failure_persistence: None, ..Config::default() })]
+
+            #[test]
+            fn arbitrary_bytes_decode_without_panic(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
+                check(&decode(&incoming(bytes), 1 << 20));
+            }
+
+            #[test]
+            fn arbitrary_commands_decode_without_panic(cmd in command()) {
+                check(&decode(&incoming(cmd.to_string().into_bytes()), 1 << 20));
+            }
+
+            #[test]
+            fn mutated_commands_decode_without_panic(cmd in command(), at in any::<prop::sample::Index>(), junk in prop::collection::vec(any::<u8>(), 1..4)) {
+                let mut bytes = cmd.to_string().into_bytes();
+                let i = at.index(bytes.len() + 1);
+                bytes.splice(i..i, junk);
+                check(&decode(&incoming(bytes), 1 << 20));
+            }
+
+            #[test]
+            fn serialised_values_parse_back_to_themselves(v in value()) {
+                let text = v.to_string();
+                prop_assert_eq!(pyjson::parse(text.as_bytes()).ok(), Some(v));
+            }
+        }
+    }
 }
