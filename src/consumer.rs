@@ -63,9 +63,20 @@ pub struct ProcessorContext {
 impl ClientContext for ProcessorContext {}
 
 impl ConsumerContext for ProcessorContext {
-    fn pre_rebalance(&self, _: &BaseConsumerRef<'_>, rebalance: &Rebalance<'_>) {
+    /// Before partitions go, commit what is stored for them, so that their next owner starts
+    /// after the last answered command instead of at the last periodic auto-commit. (Batches run
+    /// in the polling task, so a batch is never half-done when this runs; a batch already
+    /// polled for a revoked partition is still applied once, thanks to the stored replies.)
+    fn pre_rebalance(&self, consumer: &BaseConsumerRef<'_>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             tracing::info!(partitions = tpl.count(), "partitions revoked");
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) => {}
+                Err(e)
+                    if e.rdkafka_error_code()
+                        == Some(rdkafka::types::RDKafkaErrorCode::NoOffset) => {}
+                Err(e) => tracing::info!(error = %e, "commit before revocation failed"),
+            }
         }
     }
 
@@ -350,6 +361,14 @@ impl Processor {
         if let Err(e) = self.consumer.store_offsets(&tpl) {
             tracing::info!(error = %e, "could not store offsets (partition revoked?)");
         }
+        // Commit now rather than at the next auto-commit, so that a crash redelivers at most
+        // the batch in hand. Asynchronous: the next batch does not wait for it.
+        match self.consumer.commit_consumer_state(CommitMode::Async) {
+            Ok(()) => {}
+            Err(e)
+                if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::NoOffset) => {}
+            Err(e) => tracing::info!(error = %e, "commit failed; the auto-commit will retry"),
+        }
     }
 }
 
@@ -395,9 +414,11 @@ fn outgoing(
             headers,
         });
         if let (Some(reason), OutcomeKind::New) = (&c.dead_letter, o.kind) {
+            // The command's own headers travel along, except its credentials.
             let mut headers: Vec<(String, Vec<u8>)> = m
                 .headers
                 .iter()
+                .filter(|(k, _)| !k.eq_ignore_ascii_case("authorization"))
                 .filter_map(|(k, v)| v.as_ref().map(|v| (k.clone(), v.clone())))
                 .collect();
             headers.push(("dlq-reason".into(), reason.clone().into_bytes()));

@@ -60,6 +60,11 @@ async fn undecodable_records_get_a_400_and_a_dead_letter_and_the_partition_flows
         assert_eq!(d.header("dlq-reason"), Some(detail.as_str()));
         assert_eq!(d.header("dlq-status"), Some("400"));
         assert_eq!(d.key.as_deref(), Some(key.as_str()));
+        assert_eq!(
+            d.header("authorization"),
+            None,
+            "credentials never reach the DLQ"
+        );
     }
     // Non-object values: DRF's non_field_errors, with a dead letter too.
     for (v, t) in [("[]", "list"), ("7", "int"), ("null", "")] {

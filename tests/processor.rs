@@ -348,3 +348,42 @@ async fn replies_echo_correlation_id_and_traceparent_and_health_is_served() {
     assert_eq!(http_status(addr, "/metrics").await, 200);
     app.finish().await;
 }
+
+#[tokio::test]
+async fn offsets_are_committed_once_commands_are_answered() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+    let app = TestApp::spawn().await;
+    let event = Uuid::new_v4().to_string();
+    for i in 0..5 {
+        app.send(&json!({"request_id": format!("o{i}"), "event_uuid": event, "body": {"action": "login", "app": "a"}}))
+            .await;
+    }
+    let replies = app.replies(5).await;
+    let partition = common::PARTITIONS;
+    // The auto-commit interval is one second.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let probe: BaseConsumer = common::client(&app.cfg)
+        .set("group.id", &app.cfg.kafka_group_id)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partition {
+        tpl.add_partition(&app.cfg.command_topic, p);
+    }
+    let committed = probe
+        .committed_offsets(tpl, std::time::Duration::from_secs(10))
+        .unwrap();
+    let total: i64 = committed
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => o,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(total, 5, "{committed:?}");
+    assert_eq!(replies.len(), 5);
+    drop(probe);
+    app.finish().await;
+}

@@ -78,6 +78,16 @@ impl TestApp {
 
     /// Starts a processor on fresh resources; `tweak` adjusts its configuration.
     pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+        TestApp::build(tweak, true).await
+    }
+
+    /// Fresh resources (database migrated, topics, token) without a processor in this process:
+    /// for tests that run processors as child processes ([`TestApp::start_child`]).
+    pub async fn resources_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+        TestApp::build(tweak, false).await
+    }
+
+    async fn build(tweak: impl FnOnce(&mut Config), in_process: bool) -> TestApp {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
@@ -96,10 +106,21 @@ impl TestApp {
         cfg.database_max_connections = 2;
         cfg.shutdown_timeout_secs = 20;
         tweak(&mut cfg);
-        let app = Application::build(cfg.clone())
-            .await
-            .expect("the processor starts");
-        let pool = app.pool().clone();
+        let (app, pool) = if in_process {
+            let app = Application::build(cfg.clone())
+                .await
+                .expect("the processor starts");
+            let pool = app.pool().clone();
+            (Some(app), pool)
+        } else {
+            let pool = store::connect(&cfg.database_url, 2)
+                .await
+                .expect("database");
+            event_updater::kafka::ensure_topics(&cfg)
+                .await
+                .expect("topics");
+            (None, pool)
+        };
         let token = event_updater::auth::create_token(&pool, "tests", None, true)
             .await
             .expect("token");
@@ -113,7 +134,7 @@ impl TestApp {
         let dlq = reader(&cfg, &cfg.dlq_topic);
         TestApp {
             cfg,
-            app: Some(app),
+            app,
             pool,
             producer,
             replies,
@@ -382,6 +403,178 @@ async fn read(consumer: &StreamConsumer) -> Received {
         value,
         headers,
         partition: m.partition(),
+    }
+}
+
+impl TestApp {
+    /// Starts `event-updater serve` as a child process with this test's configuration
+    /// (`extra` environment variables on top); its log goes to `target/test-logs/`.
+    pub fn start_child(&self, name: &str, extra: &[(&str, &str)]) -> ChildProcessor {
+        let c = &self.cfg;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-logs");
+        let _ = std::fs::create_dir_all(&dir);
+        let log_path = dir.join(format!("{}-{name}.log", c.kafka_group_id));
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_event-updater"));
+        cmd.arg("serve")
+            .env("DATABASE_URL", &c.database_url)
+            .env("KAFKA_BOOTSTRAP_SERVERS", &c.kafka_bootstrap_servers)
+            .env("COMMAND_TOPIC", &c.command_topic)
+            .env("REPLY_TOPIC", &c.reply_topic)
+            .env("DLQ_TOPIC", &c.dlq_topic)
+            .env("KAFKA_GROUP_ID", &c.kafka_group_id)
+            .env("TOPIC_PARTITIONS", c.topic_partitions.to_string())
+            .env("HTTP_ADDR", "127.0.0.1:0")
+            .env("MAX_BATCH", c.max_batch.to_string())
+            .env(
+                "KAFKA_PROPERTIES",
+                "session.timeout.ms=6000;heartbeat.interval.ms=500",
+            )
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        ChildProcessor {
+            child: cmd.spawn().expect("start the processor binary"),
+            log_path,
+        }
+    }
+
+    /// A new reader of `topic` from its beginning (drop it before [`TestApp::finish`]).
+    pub fn new_reader(&self, topic: &str) -> StreamConsumer {
+        reader(&self.cfg, topic)
+    }
+
+    /// Publishes every `(key, value)` as fast as the producer takes them, awaiting delivery.
+    pub async fn send_many(&self, records: &[(String, Vec<u8>)]) {
+        for chunk in records.chunks(500) {
+            let sends = chunk.iter().map(|(k, v)| {
+                let h = OwnedHeaders::new().insert(Header {
+                    key: "authorization",
+                    value: Some(self.authorization.as_bytes()),
+                });
+                let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&self.cfg.command_topic)
+                    .key(k.as_str())
+                    .payload(v.as_slice())
+                    .headers(h);
+                self.producer
+                    .send(record, Timeout::After(Duration::from_secs(120)))
+            });
+            for r in futures::future::join_all(sends).await {
+                r.map_err(|(e, _)| e).expect("command delivered");
+            }
+        }
+    }
+}
+
+/// `event-updater serve` running as a child process.
+pub struct ChildProcessor {
+    pub child: tokio::process::Child,
+    pub log_path: std::path::PathBuf,
+}
+
+impl ChildProcessor {
+    /// SIGKILL: no chance to finish anything.
+    pub async fn kill9(mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// SIGTERM, then waits; returns the exit status and how long the stop took.
+    pub async fn terminate(mut self, bound: Duration) -> (std::process::ExitStatus, Duration) {
+        let pid = self.child.id().expect("running");
+        let started = std::time::Instant::now();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill -TERM");
+        let status = tokio::time::timeout(bound, self.child.wait())
+            .await
+            .expect("stopped within the bound")
+            .expect("wait");
+        (status, started.elapsed())
+    }
+}
+
+/// Collects every reply of a topic in the background: request id -> the raw replies.
+pub struct ReplyCollector {
+    pub seen: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<Vec<u8>>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ReplyCollector {
+    pub fn start(consumer: StreamConsumer) -> ReplyCollector {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+        let s = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                match consumer.recv().await {
+                    Ok(m) => {
+                        let raw = m.payload().unwrap_or_default().to_vec();
+                        let id = serde_json::from_slice::<Value>(&raw)
+                            .ok()
+                            .and_then(|v| v["request_id"].as_str().map(str::to_string))
+                            .unwrap_or_default();
+                        s.lock()
+                            .expect("lock")
+                            .entry(id)
+                            .or_insert_with(Vec::new)
+                            .push(raw);
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        ReplyCollector { seen, task }
+    }
+
+    /// How many distinct request ids have a reply.
+    pub fn answered(&self) -> usize {
+        self.seen.lock().expect("lock").len()
+    }
+
+    /// Waits until at least `n` request ids have a reply (panics after `timeout`).
+    pub async fn wait_for_count(&self, n: usize, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        while self.answered() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "fewer than {n} replies after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until every id in `ids` has a reply, or `timeout` passes (then panics with the
+    /// number missing).
+    pub async fn wait_for_all(&self, ids: &[String], timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let missing = {
+                let seen = self.seen.lock().expect("lock");
+                ids.iter().filter(|id| !seen.contains_key(*id)).count()
+            };
+            if missing == 0 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{missing} of {} commands have no reply after {timeout:?}",
+                ids.len()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Stops collecting (and drops the consumer) and returns what was collected.
+    pub async fn stop(self) -> std::collections::HashMap<String, Vec<Vec<u8>>> {
+        self.task.abort();
+        let _ = self.task.await;
+        std::sync::Arc::try_unwrap(self.seen)
+            .map(|m| m.into_inner().expect("lock"))
+            .unwrap_or_default()
     }
 }
 
