@@ -1,0 +1,1304 @@
+//! The deploy files (`deploy/`) against the binary they deploy: every environment variable they
+//! set is one `event-updater --help` lists (and its value one the binary accepts), the HTTP
+//! port and the probe paths are the binary's, the Dockerfile exposes that port and runs that
+//! binary, Prometheus scrapes it there, and the Grafana dashboard only queries metrics the
+//! README documents and the binary exports. No broker or database is needed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use event_updater::config::Config;
+use event_updater::consumer::Health;
+use serde_json::Value;
+use yaml_rust2::{Yaml, YamlLoader};
+
+/// Consumer lag by `partition`: on the dashboard ahead of README's list and of the exporter (it
+/// is being added); its one label is checked by name.
+const CONSUMER_LAG: &str = "event_updater_consumer_lag";
+/// Labels Prometheus adds to every scraped series.
+const TARGET_LABELS: [&str; 2] = ["instance", "job"];
+
+// ---------------------------------------------------------------------------------------------
+// Reading files.
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(rel: &str) -> String {
+    let path = root().join(rel);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Every YAML document of a file, as JSON values.
+fn yaml_docs(rel: &str) -> Vec<Value> {
+    let docs = YamlLoader::load_from_str(&read(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    docs.iter().map(|d| yaml_to_json(d, rel)).collect()
+}
+
+/// The one YAML document of a file.
+fn yaml(rel: &str) -> Value {
+    let mut docs = yaml_docs(rel);
+    assert_eq!(docs.len(), 1, "{rel}: expected one YAML document");
+    docs.remove(0)
+}
+
+fn json_file(rel: &str) -> Value {
+    serde_json::from_str(&read(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+fn yaml_to_json(y: &Yaml, file: &str) -> Value {
+    match y {
+        Yaml::Null => Value::Null,
+        Yaml::Boolean(b) => Value::Bool(*b),
+        Yaml::Integer(i) => Value::from(*i),
+        Yaml::Real(r) => {
+            let f: f64 = r
+                .parse()
+                .unwrap_or_else(|_| panic!("{file}: bad number {r}"));
+            Value::from(f)
+        }
+        Yaml::String(s) => Value::String(s.clone()),
+        Yaml::Array(a) => Value::Array(a.iter().map(|v| yaml_to_json(v, file)).collect()),
+        Yaml::Hash(h) => Value::Object(
+            h.iter()
+                .map(|(k, v)| {
+                    let key = match k {
+                        Yaml::String(s) => s.clone(),
+                        Yaml::Integer(i) => i.to_string(),
+                        Yaml::Boolean(b) => b.to_string(),
+                        other => panic!("{file}: unsupported mapping key {other:?}"),
+                    };
+                    (key, yaml_to_json(v, file))
+                })
+                .collect(),
+        ),
+        Yaml::Alias(_) | Yaml::BadValue => panic!("{file}: unsupported YAML node {y:?}"),
+    }
+}
+
+/// A scalar as the string a container would see in its environment.
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        other => panic!("not a scalar: {other}"),
+    }
+}
+
+fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
+    v.pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("no string at {pointer} in {v}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the binary says about itself.
+
+/// `event-updater --help`, run with an empty environment (so no value shows up in it).
+fn help() -> &'static str {
+    static HELP: OnceLock<String> = OnceLock::new();
+    HELP.get_or_init(|| {
+        let out = Command::new(env!("CARGO_BIN_EXE_event-updater"))
+            .arg("--help")
+            .env_clear()
+            .output()
+            .expect("event-updater --help runs");
+        assert!(out.status.success(), "event-updater --help failed: {out:?}");
+        String::from_utf8(out.stdout).expect("UTF-8 help")
+    })
+}
+
+/// The options of `--help`: environment variable name -> (flag, the option's help text).
+fn binary_options() -> BTreeMap<String, (String, String)> {
+    let mut out = BTreeMap::new();
+    let mut current: Option<(String, String)> = None;
+    let mut finish = |current: Option<(String, String)>| {
+        if let Some((flag, text)) = current {
+            if let Some(start) = text.find("[env: ") {
+                let rest = &text[start + "[env: ".len()..];
+                let end = rest.find(['=', ']']).expect("a closed [env: ...] marker");
+                out.insert(rest[..end].to_string(), (flag, text));
+            }
+        }
+    };
+    for line in help().lines() {
+        let t = line.trim_start();
+        let indent = line.len() - t.len();
+        // Option lines are indented less than their help text (`  -h, --help`, `      --x`).
+        if t.starts_with('-') && indent < 8 {
+            finish(current.take());
+            let flag = t
+                .split_whitespace()
+                .find(|w| w.starts_with("--"))
+                .expect("a long flag")
+                .trim_end_matches(',')
+                .to_string();
+            current = Some((flag, String::new()));
+        } else if !t.is_empty() && indent == 0 {
+            // A section heading ends the option before it; blank lines do not.
+            finish(current.take());
+        } else if let Some((_, text)) = current.as_mut() {
+            text.push_str(t);
+            text.push(' ');
+        }
+    }
+    finish(current);
+    out
+}
+
+/// The subcommands `--help` lists.
+fn binary_subcommands() -> BTreeSet<String> {
+    help()
+        .split("Commands:")
+        .nth(1)
+        .and_then(|s| s.split("Options:").next())
+        .expect("a Commands: section")
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect()
+}
+
+/// Text of the README section `## {title}`.
+fn readme_section(title: &str) -> String {
+    let readme = read("README.md");
+    let start = readme
+        .find(&format!("\n## {title}\n"))
+        .unwrap_or_else(|| panic!("README.md has no section {title}"));
+    let rest = &readme[start + 1..];
+    let end = rest[3..].find("\n## ").map_or(rest.len(), |i| i + 3);
+    rest[..end].to_string()
+}
+
+/// Variables the README's Configuration table lists without a flag: read by the binary, not by
+/// clap (`RUST_LOG`, `LOG_FORMAT`).
+fn env_without_flag() -> BTreeSet<String> {
+    readme_section("Configuration")
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            (cells.len() > 3 && cells[2].is_empty()).then(|| cells[1].trim_matches('`').to_string())
+        })
+        .collect()
+}
+
+/// Every environment variable the binary reads.
+fn known_env() -> BTreeSet<String> {
+    let mut known: BTreeSet<String> = binary_options().into_keys().collect();
+    known.extend(env_without_flag());
+    known
+}
+
+/// The configuration the binary would build from `env`, parsed by its own clap definition
+/// (each variable given as its flag, which wins over this process's environment).
+fn config_from_env(env: &BTreeMap<String, String>, what: &str) -> Config {
+    let options = binary_options();
+    let mut args = vec!["event-updater".to_string()];
+    for (name, value) in env {
+        if let Some((flag, _)) = options.get(name) {
+            args.push(format!("{flag}={value}"));
+        }
+    }
+    let cfg = Config::try_parse_from(&args)
+        .unwrap_or_else(|e| panic!("{what}: the binary refuses these settings: {e}"));
+    if let Some(f) = env.get("LOG_FORMAT") {
+        assert!(
+            ["json", "text"].contains(&f.as_str()),
+            "{what}: LOG_FORMAT={f}"
+        );
+    }
+    if let Some(f) = env.get("RUST_LOG") {
+        assert!(!f.trim().is_empty(), "{what}: empty RUST_LOG");
+    }
+    cfg
+}
+
+fn default_port() -> u16 {
+    Config::defaults().http_addr.port()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The deploy files, read.
+
+fn compose() -> Value {
+    yaml("deploy/compose.yaml")
+}
+
+fn compose_service<'a>(compose: &'a Value, name: &str) -> &'a Value {
+    compose
+        .pointer(&format!("/services/{name}"))
+        .unwrap_or_else(|| panic!("compose.yaml has no service {name}"))
+}
+
+/// A compose service's `environment`, in either of its two forms.
+fn compose_env(service: &Value) -> BTreeMap<String, String> {
+    match service.get("environment") {
+        None => BTreeMap::new(),
+        Some(Value::Object(m)) => m.iter().map(|(k, v)| (k.clone(), scalar(v))).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|e| {
+                let e = e.as_str().expect("KEY=VALUE");
+                let (k, v) = e.split_once('=').unwrap_or((e, ""));
+                (k.to_string(), v.to_string())
+            })
+            .collect(),
+        Some(other) => panic!("environment: {other}"),
+    }
+}
+
+fn k8s_files() -> (Value, Value, Value, Value) {
+    let deployment = yaml("deploy/k8s/deployment.yaml");
+    let configmap = yaml("deploy/k8s/configmap.yaml");
+    let service = yaml("deploy/k8s/service.yaml");
+    let pdb = yaml("deploy/k8s/pdb.yaml");
+    assert_eq!(deployment["kind"], "Deployment");
+    assert_eq!(configmap["kind"], "ConfigMap");
+    assert_eq!(service["kind"], "Service");
+    assert_eq!(pdb["kind"], "PodDisruptionBudget");
+    (deployment, configmap, service, pdb)
+}
+
+fn k8s_container(deployment: &Value) -> &Value {
+    deployment
+        .pointer("/spec/template/spec/containers")
+        .and_then(Value::as_array)
+        .and_then(|cs| cs.iter().find(|c| c["name"] == "event-updater"))
+        .expect("a container named event-updater")
+}
+
+/// The environment of the event-updater container: its ConfigMap's data plus its own `env`
+/// entries with literal values (`DATABASE_URL` comes from a Secret and is not among them).
+fn k8s_env(deployment: &Value, configmap: &Value) -> BTreeMap<String, String> {
+    let c = k8s_container(deployment);
+    let mut env = BTreeMap::new();
+    for source in c["envFrom"].as_array().into_iter().flatten() {
+        let name = str_at(source, "/configMapRef/name");
+        assert_eq!(
+            name,
+            str_at(configmap, "/metadata/name"),
+            "envFrom names the ConfigMap of configmap.yaml"
+        );
+        for (k, v) in configmap["data"].as_object().expect("ConfigMap data") {
+            env.insert(k.clone(), scalar(v));
+        }
+    }
+    for e in c["env"].as_array().into_iter().flatten() {
+        if let Some(v) = e.get("value") {
+            env.insert(str_at(e, "/name").to_string(), scalar(v));
+        }
+    }
+    env
+}
+
+/// Names of every environment variable the container gets, literal or from a Secret.
+fn k8s_env_names(deployment: &Value, configmap: &Value) -> BTreeSet<String> {
+    let mut names: BTreeSet<String> = k8s_env(deployment, configmap).into_keys().collect();
+    for e in k8s_container(deployment)["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        names.insert(str_at(e, "/name").to_string());
+    }
+    names
+}
+
+/// A Dockerfile as (instruction, arguments), continuation lines joined, comments dropped.
+fn dockerfile() -> Vec<(String, String)> {
+    let text = read("deploy/Dockerfile");
+    let mut out = Vec::new();
+    let mut pending = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with('#') || (t.is_empty() && pending.is_empty()) {
+            continue;
+        }
+        if let Some(head) = t.strip_suffix('\\') {
+            pending.push_str(head);
+            pending.push(' ');
+            continue;
+        }
+        pending.push_str(t);
+        let full = std::mem::take(&mut pending);
+        if full.trim().is_empty() {
+            continue;
+        }
+        let (instr, args) = full
+            .trim()
+            .split_once(char::is_whitespace)
+            .unwrap_or((&full, ""));
+        out.push((instr.to_ascii_uppercase(), args.trim().to_string()));
+    }
+    out
+}
+
+fn dockerfile_args(instr: &str) -> Vec<String> {
+    dockerfile()
+        .into_iter()
+        .filter(|(i, _)| i == instr)
+        .map(|(_, a)| a)
+        .collect()
+}
+
+/// `ENV` variables of the Dockerfile (the `KEY=VALUE ...` form).
+fn dockerfile_env() -> BTreeMap<String, String> {
+    dockerfile_args("ENV")
+        .iter()
+        .flat_map(|a| {
+            a.split_whitespace()
+                .map(|kv| {
+                    let (k, v) = kv.split_once('=').expect("ENV KEY=VALUE");
+                    (k.to_string(), v.to_string())
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn parse_duration(s: &str) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut number = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let n: u64 = number.parse().unwrap_or_else(|_| panic!("duration {s}"));
+        number.clear();
+        total += match c {
+            'h' => Duration::from_secs(n * 3600),
+            'm' if chars.peek() == Some(&'s') => {
+                chars.next();
+                Duration::from_millis(n)
+            }
+            'm' => Duration::from_secs(n * 60),
+            's' => Duration::from_secs(n),
+            _ => panic!("duration {s}"),
+        };
+    }
+    assert!(number.is_empty(), "duration {s} lacks a unit");
+    total
+}
+
+/// A Kubernetes quantity (`100m`, `1`, `128Mi`) as a number.
+fn quantity(v: &Value) -> f64 {
+    let s = scalar(v);
+    let units = [
+        ("Ki", 1024f64),
+        ("Mi", 1024f64.powi(2)),
+        ("Gi", 1024f64.powi(3)),
+        ("m", 0.001),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+    ];
+    for (suffix, factor) in units {
+        if let Some(n) = s.strip_suffix(suffix) {
+            return n.parse::<f64>().expect("quantity") * factor;
+        }
+    }
+    s.parse().unwrap_or_else(|_| panic!("quantity {s}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tests.
+
+#[test]
+fn every_deploy_file_parses() {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).expect("read_dir") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&root().join("deploy"), &mut files);
+    let mut seen = BTreeSet::new();
+    for f in &files {
+        let rel = f
+            .strip_prefix(root())
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        match f.extension().and_then(|e| e.to_str()) {
+            Some("yaml" | "yml") => {
+                let docs = yaml_docs(&rel);
+                assert!(
+                    !docs.is_empty() && docs.iter().all(Value::is_object),
+                    "{rel}"
+                );
+            }
+            Some("json") => assert!(json_file(&rel).is_object(), "{rel}"),
+            Some("md") => assert!(!read(&rel).trim().is_empty(), "{rel}"),
+            None if f.file_name().is_some_and(|n| n == "Dockerfile") => {
+                assert!(!dockerfile().is_empty(), "{rel}")
+            }
+            _ => panic!("{rel}: a deploy file of a kind this test does not check"),
+        }
+        seen.insert(rel);
+    }
+    for expected in [
+        "deploy/Dockerfile",
+        "deploy/compose.yaml",
+        "deploy/prometheus/prometheus.yml",
+        "deploy/grafana/dashboards/event-updater.json",
+        "deploy/k8s/deployment.yaml",
+        "deploy/k8s/service.yaml",
+        "deploy/k8s/configmap.yaml",
+        "deploy/k8s/pdb.yaml",
+        "deploy/k8s/README.md",
+    ] {
+        assert!(seen.contains(expected), "{expected} is missing");
+    }
+    let dockerignore = read(".dockerignore");
+    let ignored: BTreeSet<&str> = dockerignore
+        .lines()
+        .map(|l| l.trim().trim_end_matches('/'))
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert!(
+        ignored.contains("target") && ignored.contains(".git"),
+        "{ignored:?}"
+    );
+}
+
+#[test]
+fn the_binarys_option_list_is_read_correctly() {
+    let options = binary_options();
+    // Spot checks of the parsing itself, against options the binary has had from the start.
+    assert_eq!(options["DATABASE_URL"].0, "--database-url");
+    assert_eq!(options["KAFKA_PROPERTIES"].0, "--kafka-property");
+    assert_eq!(options["HTTP_ADDR"].0, "--http-addr");
+    assert!(options.len() >= 15, "{options:?}");
+    let extra = env_without_flag();
+    assert!(
+        extra.contains("RUST_LOG") && extra.contains("LOG_FORMAT"),
+        "{extra:?}"
+    );
+    assert!(binary_subcommands().contains("serve"));
+}
+
+#[test]
+fn every_environment_variable_set_for_event_updater_is_one_the_binary_reads() {
+    let known = known_env();
+    let unknown = |names: &mut dyn Iterator<Item = String>| -> Vec<String> {
+        names.filter(|n| !known.contains(n)).collect()
+    };
+
+    let c = compose();
+    let env = compose_env(compose_service(&c, "event-updater"));
+    assert!(!env.is_empty());
+    assert_eq!(
+        unknown(&mut env.into_keys()),
+        Vec::<String>::new(),
+        "compose.yaml"
+    );
+
+    let (deployment, configmap, _, _) = k8s_files();
+    let names = k8s_env_names(&deployment, &configmap);
+    assert!(names.contains("DATABASE_URL") && names.contains("KAFKA_BOOTSTRAP_SERVERS"));
+    assert_eq!(unknown(&mut names.into_iter()), Vec::<String>::new(), "k8s");
+
+    assert_eq!(
+        unknown(&mut dockerfile_env().into_keys()),
+        Vec::<String>::new(),
+        "Dockerfile ENV"
+    );
+}
+
+#[test]
+fn every_setting_is_a_value_the_binary_accepts() {
+    let c = compose();
+    let env = compose_env(compose_service(&c, "event-updater"));
+    let cfg = config_from_env(&env, "compose.yaml");
+    assert_eq!(
+        cfg.kafka_bootstrap_servers, "kafka:9092",
+        "the broker by its compose service name"
+    );
+
+    let (deployment, configmap, _, _) = k8s_files();
+    config_from_env(&k8s_env(&deployment, &configmap), "k8s ConfigMap");
+    config_from_env(&dockerfile_env(), "Dockerfile ENV");
+}
+
+#[test]
+fn the_http_port_and_paths_are_the_binarys_everywhere() {
+    let port = default_port();
+    assert_eq!(port, 9464, "the default of HTTP_ADDR");
+    let (_, http_help) = &binary_options()["HTTP_ADDR"];
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert!(
+            http_help.contains(path),
+            "--http-addr serves {path}: {http_help}"
+        );
+    }
+
+    // Dockerfile: ENV, EXPOSE and HEALTHCHECK on that port.
+    let denv = dockerfile_env();
+    let image_port = denv
+        .get("HTTP_ADDR")
+        .map_or(port, |a| a.parse::<SocketAddr>().expect("HTTP_ADDR").port());
+    assert_eq!(image_port, port);
+    let exposed: Vec<String> = dockerfile_args("EXPOSE");
+    assert_eq!(exposed, [port.to_string()], "EXPOSE");
+    let health = dockerfile_args("HEALTHCHECK");
+    assert_eq!(health.len(), 1);
+    assert!(
+        health[0].contains("/healthz") && health[0].contains(&port.to_string()),
+        "{health:?}"
+    );
+
+    // compose: the container port published, Prometheus scraping it.
+    let c = compose();
+    let svc = compose_service(&c, "event-updater");
+    let cfg = config_from_env(&compose_env(svc), "compose.yaml");
+    assert_eq!(cfg.http_addr.port(), port);
+    let published: Vec<String> = svc["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .map(|p| scalar(p).rsplit(':').next().unwrap().to_string())
+        .collect();
+    assert!(published.contains(&port.to_string()), "{published:?}");
+
+    let prom = yaml("deploy/prometheus/prometheus.yml");
+    let job = prom["scrape_configs"]
+        .as_array()
+        .expect("scrape_configs")
+        .iter()
+        .find(|j| j["job_name"] == "event-updater")
+        .expect("a scrape job event-updater");
+    assert_eq!(
+        job.get("metrics_path")
+            .and_then(Value::as_str)
+            .unwrap_or("/metrics"),
+        "/metrics"
+    );
+    let targets: Vec<&str> = job["static_configs"]
+        .as_array()
+        .expect("static_configs")
+        .iter()
+        .flat_map(|s| s["targets"].as_array().expect("targets"))
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(targets, [format!("event-updater:{port}")]);
+
+    // Kubernetes: the named port, the probes, the Service, the scrape annotations.
+    let (deployment, configmap, service, _) = k8s_files();
+    let cfg = config_from_env(&k8s_env(&deployment, &configmap), "k8s");
+    assert_eq!(cfg.http_addr.port(), port);
+    let container = k8s_container(&deployment);
+    let ports = container["ports"].as_array().expect("container ports");
+    let metrics_port = ports
+        .iter()
+        .find(|p| p["name"] == "metrics")
+        .expect("a container port named metrics");
+    assert_eq!(metrics_port["containerPort"], port);
+    let probe_port_ok = |p: &Value| p == "metrics" || p == &Value::from(port);
+    for (probe, path) in [
+        ("livenessProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+        ("startupProbe", "/healthz"),
+    ] {
+        let get = container
+            .pointer(&format!("/{probe}/httpGet"))
+            .unwrap_or_else(|| panic!("{probe} is an httpGet"));
+        assert_eq!(get["path"], path, "{probe}");
+        assert!(probe_port_ok(&get["port"]), "{probe} port {}", get["port"]);
+    }
+    let sport = service["spec"]["ports"]
+        .as_array()
+        .expect("service ports")
+        .iter()
+        .find(|p| p["name"] == "metrics")
+        .expect("a service port named metrics");
+    assert!(probe_port_ok(&sport["targetPort"]), "{sport}");
+    assert_eq!(sport["port"], port);
+    let annotations = deployment
+        .pointer("/spec/template/metadata/annotations")
+        .expect("pod annotations");
+    assert_eq!(annotations["prometheus.io/port"], port.to_string());
+    assert_eq!(annotations["prometheus.io/path"], "/metrics");
+}
+
+/// The probe paths of the deploy files are routes of the binary's HTTP server, answering as
+/// the README says: 503 until live/ready, then 200.
+#[tokio::test]
+async fn the_probe_paths_are_served_by_the_binarys_http_server() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: SocketAddr, path: &str) -> u16 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("write");
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.expect("read");
+        String::from_utf8_lossy(&buf)
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
+    }
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let health = Arc::new(Health::default());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(event_updater::http::serve(
+        listener,
+        health.clone(),
+        None,
+        stopped,
+    ));
+
+    assert_eq!(get(addr, "/healthz").await, 503);
+    assert_eq!(get(addr, "/readyz").await, 503);
+    assert_eq!(get(addr, "/metrics").await, 200);
+    assert_eq!(get(addr, "/nothing-here").await, 404);
+    health.migrated.store(true, Ordering::Relaxed);
+    health.subscribed.store(true, Ordering::Relaxed);
+    assert_eq!(get(addr, "/healthz").await, 200);
+    assert_eq!(get(addr, "/readyz").await, 503);
+    health.database_ok.store(true, Ordering::Relaxed);
+    health.assigned_partitions.store(1, Ordering::Relaxed);
+    assert_eq!(get(addr, "/readyz").await, 200);
+
+    stop.send(true).expect("stop");
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the server stops")
+        .expect("join")
+        .expect("served");
+}
+
+#[test]
+fn the_grace_periods_outlast_the_shutdown_timeout() {
+    let c = compose();
+    let svc = compose_service(&c, "event-updater");
+    let cfg = config_from_env(&compose_env(svc), "compose.yaml");
+    let grace = parse_duration(
+        svc["stop_grace_period"]
+            .as_str()
+            .expect("stop_grace_period"),
+    );
+    assert!(
+        grace > cfg.shutdown_timeout(),
+        "compose stop_grace_period {grace:?} <= SHUTDOWN_TIMEOUT_SECS {}",
+        cfg.shutdown_timeout_secs
+    );
+
+    let (deployment, configmap, _, _) = k8s_files();
+    let cfg = config_from_env(&k8s_env(&deployment, &configmap), "k8s");
+    let grace = deployment
+        .pointer("/spec/template/spec/terminationGracePeriodSeconds")
+        .and_then(Value::as_u64)
+        .expect("terminationGracePeriodSeconds");
+    assert!(
+        grace > cfg.shutdown_timeout_secs,
+        "terminationGracePeriodSeconds {grace} <= SHUTDOWN_TIMEOUT_SECS {}",
+        cfg.shutdown_timeout_secs
+    );
+}
+
+#[test]
+fn the_kubernetes_manifests_fit_together() {
+    let (deployment, configmap, service, pdb) = k8s_files();
+    assert_eq!(deployment["apiVersion"], "apps/v1");
+    assert_eq!(pdb["apiVersion"], "policy/v1");
+    let pod_labels = deployment
+        .pointer("/spec/template/metadata/labels")
+        .and_then(Value::as_object)
+        .expect("pod labels");
+    let selects_pods = |selector: &Value, what: &str| {
+        let sel = selector
+            .as_object()
+            .unwrap_or_else(|| panic!("{what} selector"));
+        assert!(!sel.is_empty(), "{what} selects something");
+        for (k, v) in sel {
+            assert_eq!(pod_labels.get(k), Some(v), "{what} selects the pods by {k}");
+        }
+    };
+    selects_pods(&deployment["spec"]["selector"]["matchLabels"], "Deployment");
+    selects_pods(&service["spec"]["selector"], "Service");
+    selects_pods(
+        &pdb["spec"]["selector"]["matchLabels"],
+        "PodDisruptionBudget",
+    );
+    assert!(
+        pdb["spec"].get("maxUnavailable").is_some() || pdb["spec"].get("minAvailable").is_some()
+    );
+
+    let container = k8s_container(&deployment);
+    // DATABASE_URL from a Secret, never in the ConfigMap.
+    let db = container["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["name"] == "DATABASE_URL")
+        .expect("DATABASE_URL in env");
+    assert!(db.get("value").is_none(), "DATABASE_URL is not a literal");
+    assert!(!str_at(db, "/valueFrom/secretKeyRef/name").is_empty());
+    assert!(!str_at(db, "/valueFrom/secretKeyRef/key").is_empty());
+    let data = configmap["data"].as_object().expect("ConfigMap data");
+    assert!(!data.contains_key("DATABASE_URL"));
+    for (k, v) in data {
+        let v = scalar(v).to_ascii_lowercase();
+        assert!(
+            !v.contains("password=") && !v.contains("secret"),
+            "a secret in the ConfigMap: {k}"
+        );
+    }
+
+    // The command the image runs, and enough replicas but not more than partitions.
+    let args: Vec<String> = container["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .map(scalar)
+        .collect();
+    assert_eq!(args.len(), 1);
+    assert!(binary_subcommands().contains(&args[0]), "{args:?}");
+    let cfg = config_from_env(&k8s_env(&deployment, &configmap), "k8s");
+    let replicas = deployment["spec"]["replicas"].as_i64().expect("replicas");
+    assert!(
+        (1..=i64::from(cfg.topic_partitions)).contains(&replicas),
+        "replicas {replicas} vs TOPIC_PARTITIONS {}",
+        cfg.topic_partitions
+    );
+
+    // Resources: requests and limits for CPU and memory, requests within limits.
+    let res = &container["resources"];
+    for r in ["cpu", "memory"] {
+        let request = quantity(&res["requests"][r]);
+        let limit = quantity(&res["limits"][r]);
+        assert!(
+            request > 0.0 && request <= limit,
+            "{r}: {request} vs {limit}"
+        );
+    }
+
+    // Non-root, as the image's user.
+    let user = dockerfile_args("USER").pop().expect("USER");
+    let uid: i64 = user
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .expect("numeric USER");
+    assert_eq!(
+        deployment.pointer("/spec/template/spec/securityContext/runAsNonRoot"),
+        Some(&Value::Bool(true))
+    );
+    assert_eq!(
+        deployment
+            .pointer("/spec/template/spec/securityContext/runAsUser")
+            .and_then(Value::as_i64),
+        Some(uid)
+    );
+
+    let readme = read("deploy/k8s/README.md").to_ascii_lowercase();
+    assert!(readme.contains("partition") && readme.contains("event uuid"));
+}
+
+#[test]
+fn compose_wires_kafka_postgres_and_the_processor() {
+    let c = compose();
+    let kafka = compose_service(&c, "kafka");
+    let postgres = compose_service(&c, "postgres");
+    let app = compose_service(&c, "event-updater");
+    assert!(str_at(kafka, "/image").starts_with("apache/kafka:"));
+
+    // KRaft, one node that is broker and controller.
+    let k = compose_env(kafka);
+    let roles: BTreeSet<&str> = k["KAFKA_PROCESS_ROLES"].split(',').map(str::trim).collect();
+    assert_eq!(roles, BTreeSet::from(["broker", "controller"]));
+    assert_eq!(
+        k["KAFKA_CONTROLLER_QUORUM_VOTERS"]
+            .split('@')
+            .next()
+            .expect("id@host:port"),
+        k["KAFKA_NODE_ID"]
+    );
+    let listeners = |var: &str| -> BTreeMap<String, String> {
+        k[var]
+            .split(',')
+            .map(|l| {
+                let (name, addr) = l.trim().split_once("://").expect("NAME://host:port");
+                (name.to_string(), addr.to_string())
+            })
+            .collect()
+    };
+    let bound = listeners("KAFKA_LISTENERS");
+    let advertised = listeners("KAFKA_ADVERTISED_LISTENERS");
+    let protocols: BTreeSet<String> = k["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]
+        .split(',')
+        .map(|m| m.split(':').next().unwrap().to_string())
+        .collect();
+    let controller = &k["KAFKA_CONTROLLER_LISTENER_NAMES"];
+    assert!(bound.contains_key(controller) && protocols.contains(controller));
+    for (name, addr) in &advertised {
+        assert!(protocols.contains(name), "{name} has a security protocol");
+        let port = addr.rsplit(':').next().unwrap();
+        assert!(
+            bound
+                .get(name)
+                .is_some_and(|b| b.rsplit(':').next() == Some(port)),
+            "{name} advertises the port it listens on"
+        );
+    }
+    // The processor reaches the broker at an address the broker advertises, by service name.
+    let cfg = config_from_env(&compose_env(app), "compose.yaml");
+    assert!(
+        advertised
+            .values()
+            .any(|a| a == &cfg.kafka_bootstrap_servers),
+        "{} is advertised: {advertised:?}",
+        cfg.kafka_bootstrap_servers
+    );
+    let broker_host = cfg.kafka_bootstrap_servers.split(':').next().unwrap();
+    assert!(
+        broker_host == "kafka" || str_at(kafka, "/hostname") == broker_host,
+        "{broker_host}"
+    );
+    // A single broker: internal topics and the processor's topics with one replica.
+    assert_eq!(k["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"], "1");
+    assert_eq!(cfg.topic_replication_factor, 1);
+
+    // PostgreSQL: the URL names the service, its database, user and password.
+    let p = compose_env(postgres);
+    let url = &cfg.database_url;
+    let expected = format!(
+        "postgres://{}:{}@postgres:5432/{}",
+        p["POSTGRES_USER"], p["POSTGRES_PASSWORD"], p["POSTGRES_DB"]
+    );
+    assert_eq!(url, &expected);
+
+    // Started once both are healthy, and both have a health check.
+    for dep in ["kafka", "postgres"] {
+        assert_eq!(
+            app.pointer(&format!("/depends_on/{dep}/condition")),
+            Some(&Value::from("service_healthy")),
+            "event-updater waits for {dep}"
+        );
+        assert!(
+            compose_service(&c, dep)
+                .pointer("/healthcheck/test")
+                .is_some(),
+            "{dep} has a healthcheck"
+        );
+    }
+
+    // Built from this repository's Dockerfile, running `serve`.
+    let context = root().join("deploy").join(str_at(app, "/build/context"));
+    let dockerfile = context.join(str_at(app, "/build/dockerfile"));
+    assert_eq!(
+        dockerfile.canonicalize().expect("the Dockerfile exists"),
+        root().join("deploy/Dockerfile").canonicalize().unwrap()
+    );
+    assert!(
+        context.join("Cargo.toml").exists(),
+        "the context is the repository"
+    );
+    let command: Vec<String> = app["command"]
+        .as_array()
+        .expect("command")
+        .iter()
+        .map(scalar)
+        .collect();
+    assert_eq!(command.len(), 1);
+    assert!(binary_subcommands().contains(&command[0]));
+
+    // Prometheus and Grafana mount files that exist, where the images read them.
+    let mounts = |svc: &str| -> BTreeMap<String, PathBuf> {
+        compose_service(&c, svc)["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .map(|v| {
+                let v = scalar(v);
+                let mut parts = v.split(':');
+                let source = parts.next().unwrap();
+                let target = parts.next().expect("source:target");
+                let source = root().join("deploy").join(source);
+                assert!(source.exists(), "{} exists", source.display());
+                (target.to_string(), source)
+            })
+            .collect()
+    };
+    let prom = mounts("prometheus");
+    assert!(prom
+        .get("/etc/prometheus/prometheus.yml")
+        .is_some_and(|p| p.ends_with("prometheus/prometheus.yml")));
+    let grafana = mounts("grafana");
+    assert!(grafana
+        .get("/etc/grafana/provisioning")
+        .is_some_and(|p| p.join("datasources").is_dir() && p.join("dashboards").is_dir()));
+    let providers = yaml("deploy/grafana/provisioning/dashboards/event-updater.yaml");
+    let path = str_at(&providers, "/providers/0/options/path");
+    let dashboards = grafana
+        .get(path)
+        .unwrap_or_else(|| panic!("the dashboards' directory {path} is mounted"));
+    assert!(dashboards.join("event-updater.json").exists());
+    let datasources = yaml("deploy/grafana/provisioning/datasources/prometheus.yaml");
+    let url = str_at(&datasources, "/datasources/0/url");
+    let host = url.trim_start_matches("http://").split(':').next().unwrap();
+    compose_service(&c, host);
+}
+
+/// Metric names, with their label names, in PromQL expressions.
+fn promql_metrics(expr: &str) -> Vec<(String, BTreeSet<String>)> {
+    const KEYWORDS: [&str; 6] = [
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+    ];
+    let chars: Vec<char> = expr.chars().collect();
+    let mut out: Vec<(String, BTreeSet<String>)> = Vec::new();
+    let mut grouping: BTreeSet<String> = BTreeSet::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '"' {
+            i += 1;
+            while i < chars.len() && chars[i] != '"' {
+                i += if chars[i] == '\\' { 2 } else { 1 };
+            }
+            i += 1;
+        } else if c == '[' {
+            while i < chars.len() && chars[i] != ']' {
+                i += 1;
+            }
+        } else if c.is_ascii_alphabetic() || c == '_' {
+            let start = i;
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_') {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            let mut j = i;
+            while j < chars.len() && chars[j] == ' ' {
+                j += 1;
+            }
+            if KEYWORDS.contains(&word.as_str()) && chars.get(j) == Some(&'(') {
+                let end = j + chars[j..].iter().position(|&c| c == ')').expect("closed");
+                let list: String = chars[j + 1..end].iter().collect();
+                grouping.extend(
+                    list.split(',')
+                        .map(|l| l.trim().to_string())
+                        .filter(|l| !l.is_empty()),
+                );
+                i = end + 1;
+            } else if word.starts_with("event_updater_") {
+                let mut labels = BTreeSet::new();
+                if chars.get(j) == Some(&'{') {
+                    let end = j + chars[j..].iter().position(|&c| c == '}').expect("closed");
+                    let matchers: String = chars[j + 1..end].iter().collect();
+                    for m in matchers.split(',') {
+                        let name = m.split(['=', '!']).next().unwrap().trim();
+                        if !name.is_empty() {
+                            labels.insert(name.to_string());
+                        }
+                    }
+                    i = end + 1;
+                }
+                out.push((word, labels));
+            }
+        } else {
+            i += 1;
+        }
+    }
+    // Grouping labels apply to the metrics of the expression.
+    for (_, labels) in &mut out {
+        labels.extend(grouping.iter().cloned());
+    }
+    out
+}
+
+/// Brackets of a PromQL expression pair up (outside string literals): a cheap syntax check.
+fn assert_balanced(expr: &str) {
+    let mut stack = Vec::new();
+    let mut in_string = false;
+    let mut escaped = false;
+    for c in expr.chars() {
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => in_string = true,
+            '(' | '[' | '{' => stack.push(c),
+            ')' | ']' | '}' => {
+                let open = stack.pop();
+                let expected = match c {
+                    ')' => '(',
+                    ']' => '[',
+                    _ => '{',
+                };
+                assert_eq!(open, Some(expected), "unbalanced {c} in {expr}");
+            }
+            _ => {}
+        }
+    }
+    assert!(stack.is_empty() && !in_string, "unclosed in {expr}");
+}
+
+/// README's documented metrics (the "Operating it" section): name -> label names.
+fn documented_metrics() -> BTreeMap<String, BTreeSet<String>> {
+    let section = readme_section("Operating it");
+    section
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|s| s.starts_with("event_updater_"))
+        .map(|s| {
+            let (name, labels) = s.split_once('{').unwrap_or((s, ""));
+            let labels = labels
+                .trim_end_matches('}')
+                .split(',')
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect();
+            (name.to_string(), labels)
+        })
+        .collect()
+}
+
+/// The histogram series a documented metric exports.
+fn base_metric(name: &str) -> &str {
+    ["_bucket", "_sum", "_count"]
+        .iter()
+        .find_map(|s| name.strip_suffix(s))
+        .unwrap_or(name)
+}
+
+/// What the binary's metrics module renders after recording one of each happening: metric
+/// series name -> label names.
+fn exported_series() -> BTreeMap<String, BTreeSet<String>> {
+    use event_updater::metrics;
+    use event_updater::reply::Destination;
+    use event_updater::store::OutcomeKind;
+    let handle = metrics::install().expect("the recorder installs");
+    metrics::record_command(201, OutcomeKind::New, Some(Duration::from_millis(3)));
+    metrics::record_batch(5, Duration::from_millis(2));
+    metrics::record_db_error("unavailable");
+    metrics::record_published(Destination::Reply);
+    metrics::record_published(Destination::DeadLetter);
+    metrics::record_publish_failed(Destination::Reply, false);
+    metrics::record_rebalance(3);
+    let text = handle.render();
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let series = line.split_whitespace().next().unwrap();
+        let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+        let entry = out.entry(name.to_string()).or_default();
+        for l in labels.trim_end_matches('}').split(',') {
+            if let Some((k, _)) = l.split_once('=') {
+                entry.insert(k.to_string());
+            }
+        }
+    }
+    // The DLQ series the dashboard selects.
+    assert!(
+        text.contains("event_updater_records_published_total{topic=\"dlq\"}"),
+        "{text}"
+    );
+    out
+}
+
+#[test]
+fn the_dashboard_queries_documented_and_exported_metrics_only() {
+    let dashboard = json_file("deploy/grafana/dashboards/event-updater.json");
+    let datasources = yaml("deploy/grafana/provisioning/datasources/prometheus.yaml");
+    let uid = str_at(&datasources, "/datasources/0/uid");
+    assert_eq!(str_at(&datasources, "/datasources/0/type"), "prometheus");
+
+    let documented = documented_metrics();
+    assert!(
+        documented.contains_key("event_updater_commands_total")
+            && documented.contains_key("event_updater_command_latency_seconds"),
+        "README's metric list is read: {documented:?}"
+    );
+    let exported = exported_series();
+
+    let mut exprs = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        let title = panel["title"].as_str().unwrap_or("?");
+        assert_eq!(
+            panel.pointer("/datasource/uid").and_then(Value::as_str),
+            Some(uid),
+            "panel {title}: the provisioned datasource"
+        );
+        for t in panel["targets"].as_array().expect("targets") {
+            if let Some(ds) = t.pointer("/datasource/uid") {
+                assert_eq!(ds, uid, "panel {title}");
+            }
+            exprs.push(str_at(t, "/expr").to_string());
+        }
+    }
+    assert!(!exprs.is_empty());
+
+    for expr in &exprs {
+        assert_balanced(expr);
+        let metrics = promql_metrics(expr);
+        assert!(
+            !metrics.is_empty(),
+            "{expr} queries an event_updater_ metric"
+        );
+        for (name, labels) in metrics {
+            let base = base_metric(&name);
+            let (doc_labels, exported_labels) = if base == CONSUMER_LAG {
+                let partition = BTreeSet::from(["partition".to_string()]);
+                (partition.clone(), partition)
+            } else {
+                let doc = documented
+                    .get(&name)
+                    .or_else(|| documented.get(base))
+                    .unwrap_or_else(|| panic!("{name} (in {expr}) is not in README's metrics"));
+                let exp = exported
+                    .get(&name)
+                    .unwrap_or_else(|| panic!("{name} (in {expr}) is not exported: {exported:?}"));
+                (doc.clone(), exp.clone())
+            };
+            for label in &labels {
+                let ok = TARGET_LABELS.contains(&label.as_str())
+                    || (doc_labels.contains(label) && exported_labels.contains(label))
+                    || (label == "le"
+                        && name.ends_with("_bucket")
+                        && exported_labels.contains(label));
+                assert!(ok, "label {label} of {name} in {expr}");
+            }
+        }
+    }
+
+    // The panels the dashboard is for.
+    let all = exprs.join("\n");
+    let has = |needle: &str| exprs.iter().any(|e| e.contains(needle));
+    assert!(has("rate(event_updater_commands_total[1m])") && all.contains("by (status)"));
+    for h in [
+        "event_updater_command_latency_seconds_bucket",
+        "event_updater_batch_size_bucket",
+        "event_updater_db_transaction_seconds_bucket",
+    ] {
+        assert!(
+            exprs
+                .iter()
+                .any(|e| e.contains("histogram_quantile") && e.contains(h)),
+            "quantiles of {h}"
+        );
+    }
+    assert!(exprs
+        .iter()
+        .any(|e| e.contains(CONSUMER_LAG) && e.contains("by (partition)")));
+    assert!(has(
+        "rate(event_updater_records_published_total{topic=\"dlq\"}[1m])"
+    ));
+}
+
+#[test]
+fn the_dockerfile_builds_the_binary_and_runs_it_unprivileged() {
+    let instructions = dockerfile();
+    let froms: Vec<&String> = instructions
+        .iter()
+        .filter(|(i, _)| i == "FROM")
+        .map(|(_, a)| a)
+        .collect();
+    assert_eq!(froms.len(), 2, "multi-stage: {froms:?}");
+    assert_eq!(froms[0], "rust:1-bookworm AS builder");
+    assert_eq!(froms[1], "debian:bookworm-slim");
+    let stage_of = |idx: usize| {
+        instructions[..idx]
+            .iter()
+            .filter(|(i, _)| i == "FROM")
+            .count()
+    };
+    let runs: Vec<(usize, &String)> = instructions
+        .iter()
+        .enumerate()
+        .filter(|(_, (i, _))| i == "RUN")
+        .map(|(n, (_, a))| (stage_of(n), a))
+        .collect();
+    let in_stage =
+        |stage: usize, needle: &str| runs.iter().any(|(s, a)| *s == stage && a.contains(needle));
+    assert!(in_stage(1, "cargo build --release --locked"));
+    for pkg in ["libssl-dev", "pkg-config"] {
+        assert!(in_stage(1, pkg), "builder installs {pkg}");
+    }
+    for pkg in ["ca-certificates", "libssl3"] {
+        assert!(in_stage(2, pkg), "runtime installs {pkg}");
+    }
+    assert!(!in_stage(2, "cargo"), "no toolchain in the runtime image");
+
+    // The builder gets the sources the build needs, and .dockerignore does not hide them.
+    let ignored = read(".dockerignore");
+    for (_, args) in instructions.iter().filter(|(i, _)| i == "COPY") {
+        if args.starts_with("--from") {
+            assert!(args.contains("/usr/local/bin/event-updater"), "{args}");
+            continue;
+        }
+        let parts: Vec<&str> = args.split_whitespace().collect();
+        for src in &parts[..parts.len() - 1] {
+            assert!(root().join(src).exists(), "COPY {src}: missing");
+            assert!(
+                !ignored
+                    .lines()
+                    .any(|l| l.trim().trim_end_matches('/') == *src),
+                "{src} is in .dockerignore"
+            );
+        }
+    }
+
+    // A fixed non-root uid, the user that useradd creates.
+    let user = dockerfile_args("USER").pop().expect("USER");
+    let uid = user.split(':').next().unwrap();
+    assert!(uid.parse::<u32>().is_ok_and(|u| u != 0), "USER {user}");
+    assert!(runs
+        .iter()
+        .any(|(_, a)| a.contains(&format!("--uid {uid}"))));
+
+    // The binary is the entrypoint and `serve` (a subcommand it has) the default command.
+    let entrypoint: Vec<String> =
+        serde_json::from_str(&dockerfile_args("ENTRYPOINT").pop().expect("ENTRYPOINT"))
+            .expect("exec-form ENTRYPOINT");
+    assert_eq!(entrypoint, ["event-updater"]);
+    let cmd: Vec<String> =
+        serde_json::from_str(&dockerfile_args("CMD").pop().expect("CMD")).expect("exec-form CMD");
+    assert_eq!(cmd, ["serve"]);
+    assert!(binary_subcommands().contains("serve"));
+
+    // The health check is an exec-form command that asks /healthz for a 200.
+    let health = dockerfile_args("HEALTHCHECK").pop().expect("HEALTHCHECK");
+    let exec = &health[health.find("CMD").expect("HEALTHCHECK ... CMD") + 3..];
+    let argv: Vec<String> = serde_json::from_str(exec.trim()).expect("exec-form CMD");
+    assert!(argv
+        .iter()
+        .any(|a| a.contains("GET /healthz") && a.contains("200")));
+}
