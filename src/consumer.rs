@@ -31,6 +31,7 @@ use crate::kafka::{self, Publisher};
 use crate::metrics;
 use crate::reply::{detail, Destination, Outgoing};
 use crate::store::{self, Outcome, OutcomeKind, Source, StoreError};
+use crate::trace;
 
 /// What `/healthz` and `/readyz` report; written by the processor.
 #[derive(Debug, Default)]
@@ -60,7 +61,20 @@ pub struct ProcessorContext {
     health: Arc<Health>,
 }
 
-impl ClientContext for ProcessorContext {}
+impl ClientContext for ProcessorContext {
+    /// librdkafka's statistics (every `statistics.interval.ms`): the consumer lag per
+    /// assigned partition becomes `event_updater_consumer_lag`.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                // -1 is librdkafka's internal partition; a negative lag means "not known yet".
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    metrics::record_consumer_lag(topic, *partition, p.consumer_lag);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for ProcessorContext {
     /// Before partitions go, commit what is stored for them, so that their next owner starts
@@ -109,7 +123,8 @@ pub fn create_consumer(cfg: &Config, health: Arc<Health>) -> KafkaResult<Command
         .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "false")
+        .set("statistics.interval.ms", "5000");
     for (k, v) in &cfg.kafka_properties {
         c.set(k, v);
     }
@@ -204,13 +219,17 @@ impl Processor {
                 .collect();
             let outcomes = self.apply_durably(commands.clone(), shutdown).await;
             let Some(outcomes) = outcomes else { return };
-            let records = outgoing(&self.cfg, &batch, &commands, &outcomes);
+            let traces: Vec<Option<trace::Continued>> = batch
+                .iter()
+                .map(|m| m.header("traceparent").and_then(trace::continue_from))
+                .collect();
+            let records = outgoing(&self.cfg, &batch, &commands, &outcomes, &traces);
             if !self.publisher.publish_all(&records, shutdown).await {
                 tracing::warn!("shutdown before every reply was acknowledged; offsets not stored");
                 return;
             }
             let now = Utc::now();
-            for ((m, (c, _)), o) in batch.iter().zip(&commands).zip(&outcomes) {
+            for (((m, (c, _)), o), t) in batch.iter().zip(&commands).zip(&outcomes).zip(&traces) {
                 let latency = m.timestamp_ms.and_then(|t| {
                     (now.timestamp_millis() - t)
                         .try_into()
@@ -218,7 +237,22 @@ impl Processor {
                         .map(Duration::from_millis)
                 });
                 metrics::record_command(o.status, o.kind, latency);
-                tracing::debug!(request_id = %c.request_id, partition = m.partition, offset = m.offset, status = o.status, outcome = ?o.kind, "answered");
+                let event_uuid = match &c.action {
+                    Action::Apply { event_uuid, .. } => Some(*event_uuid),
+                    Action::Reject { event_uuid, .. } => *event_uuid,
+                };
+                let span = tracing::info_span!(
+                    "command",
+                    request_id = %c.request_id,
+                    event_uuid = event_uuid.map(tracing::field::display),
+                    partition = m.partition,
+                    offset = m.offset,
+                    trace_id = t.as_ref().map(|t| tracing::field::display(&t.trace_id)),
+                    span_id = t.as_ref().map(|t| tracing::field::display(&t.span_id)),
+                );
+                span.in_scope(|| {
+                    tracing::debug!(status = o.status, outcome = ?o.kind, "answered");
+                });
             }
             self.store_offsets(&batch);
         }
@@ -388,14 +422,16 @@ fn outgoing(
     batch: &[Incoming],
     commands: &[(Command, Source)],
     outcomes: &[Outcome],
+    traces: &[Option<trace::Continued>],
 ) -> Vec<Outgoing> {
     let mut out = Vec::with_capacity(batch.len());
-    for ((m, (c, _)), o) in batch.iter().zip(commands).zip(outcomes) {
+    for (((m, (c, _)), o), t) in batch.iter().zip(commands).zip(outcomes).zip(traces) {
         let mut headers = vec![("request-id".to_string(), c.request_id.clone().into_bytes())];
-        for name in ["correlation-id", "traceparent"] {
-            if let Some(v) = m.header(name) {
-                headers.push((name.to_string(), v.to_vec()));
-            }
+        if let Some(v) = m.header("correlation-id") {
+            headers.push(("correlation-id".to_string(), v.to_vec()));
+        }
+        if let Some(t) = t {
+            headers.push(("traceparent".to_string(), t.header.clone().into_bytes()));
         }
         let topic = m.header("reply-to").and_then(|t| {
             let t = std::str::from_utf8(t).ok()?;

@@ -20,6 +20,7 @@ pub mod pyjson;
 pub mod reply;
 pub mod startup;
 pub mod store;
+pub mod trace;
 pub mod validate;
 
 pub use config::Config;

@@ -23,6 +23,9 @@ pub const PUBLISH_FAILED: &str = "event_updater_publish_failures_total";
 pub const REBALANCES: &str = "event_updater_rebalances_total";
 pub const ASSIGNED_PARTITIONS: &str = "event_updater_assigned_partitions";
 pub const REPLY_TO_REFUSED: &str = "event_updater_reply_to_refused_total";
+pub const CONSUMER_LAG: &str = "event_updater_consumer_lag";
+pub const VERSION_CONFLICTS: &str = "event_updater_version_conflicts_total";
+pub const DUPLICATES: &str = "event_updater_duplicates_total";
 
 static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
 
@@ -62,6 +65,11 @@ pub fn record_command(status: u16, kind: OutcomeKind, latency: Option<Duration>)
         OutcomeKind::Forbidden => "forbidden",
     };
     counter!(COMMANDS, "status" => status.to_string(), "outcome" => outcome).increment(1);
+    match (status, kind) {
+        (409, OutcomeKind::New) => counter!(VERSION_CONFLICTS).increment(1),
+        (_, OutcomeKind::Duplicate) => counter!(DUPLICATES).increment(1),
+        _ => {}
+    }
     if let Some(l) = latency {
         histogram!(COMMAND_LATENCY).record(l.as_secs_f64());
     }
@@ -103,4 +111,11 @@ fn topic_label(d: Destination) -> &'static str {
 /// A `reply-to` header named a topic outside the allow-list; the reply went to the default.
 pub fn record_reply_to_refused() {
     counter!(REPLY_TO_REFUSED).increment(1);
+}
+
+/// Messages between the committed position and the end of a partition (from librdkafka's
+/// statistics).
+pub fn record_consumer_lag(topic: &str, partition: i32, lag: i64) {
+    gauge!(CONSUMER_LAG, "topic" => topic.to_string(), "partition" => partition.to_string())
+        .set(lag as f64);
 }

@@ -342,7 +342,12 @@ async fn replies_echo_correlation_id_and_traceparent_and_health_is_served() {
     assert_eq!(r.status(), 201);
     assert_eq!(r.header("request-id"), Some("h1"));
     assert_eq!(r.header("correlation-id"), Some("c-42"));
-    assert_eq!(r.header("traceparent"), Some(tp));
+    // The trace is continued: same trace id and flags, the processor's span as the parent.
+    let continued = r.header("traceparent").unwrap();
+    assert_eq!(&continued[..36], &tp[..36]);
+    assert_eq!(&continued[52..], "-01");
+    assert_eq!(continued.len(), tp.len());
+    assert_ne!(continued, tp);
     assert_eq!(http_status(addr, "/healthz").await, 200);
     assert_eq!(http_status(addr, "/readyz").await, 200);
     assert_eq!(http_status(addr, "/metrics").await, 200);
@@ -385,5 +390,37 @@ async fn offsets_are_committed_once_commands_are_answered() {
     assert_eq!(total, 5, "{committed:?}");
     assert_eq!(replies.len(), 5);
     drop(probe);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn metrics_count_what_happened() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn().await;
+    let event = Uuid::new_v4().to_string();
+    let cmd = json!({"request_id": "m1", "event_uuid": event, "expected_version": 0, "body": {"action": "login", "app": "a"}});
+    app.call(&cmd).await;
+    app.call(&cmd).await;
+    app.call(&json!({"request_id": "m2", "event_uuid": event, "expected_version": 0, "body": {"action": "login", "app": "a"}}))
+        .await;
+    let addr = app.app.as_ref().unwrap().http_addr();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.unwrap();
+    for name in [
+        "event_updater_commands_total{",
+        "event_updater_command_latency_seconds_bucket{",
+        "event_updater_batch_size_bucket{",
+        "event_updater_db_transaction_seconds_bucket{",
+        "event_updater_records_published_total{topic=\"reply\"}",
+        "event_updater_version_conflicts_total",
+        "event_updater_duplicates_total",
+        "event_updater_assigned_partitions",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics");
+    }
     app.finish().await;
 }
