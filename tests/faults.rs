@@ -300,7 +300,7 @@ async fn postgres_closed_to_connections_under_load_loses_nothing() {
     let pace = outage.as_millis() as u64 / (l.records.len() as u64 / 100).max(1);
     let fault = async {
         tokio::time::sleep(Duration::from_millis(1000)).await;
-        let mut admin = admin_connection().await;
+        let mut admin = admin_connection(app.database_base()).await;
         sqlx::query(&format!(
             "ALTER DATABASE \"{db}\" WITH ALLOW_CONNECTIONS false"
         ))
@@ -398,9 +398,9 @@ async fn a_broker_outage_under_load_loses_nothing_and_replies_arrive_after_it() 
     drop(cluster);
 }
 
-async fn admin_connection() -> sqlx::PgConnection {
+async fn admin_connection(base: &str) -> sqlx::PgConnection {
     use sqlx::Connection;
-    sqlx::PgConnection::connect(&format!("{}/postgres", common::database_base()))
+    sqlx::PgConnection::connect(&format!("{base}/postgres"))
         .await
         .expect("admin connection")
 }

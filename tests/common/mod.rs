@@ -23,13 +23,74 @@ use uuid::Uuid;
 
 pub const PARTITIONS: i32 = 3;
 
-pub fn broker() -> String {
-    std::env::var("KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+/// Where the tests find PostgreSQL and a broker.
+///
+/// `TEST_DATABASE_URL` (a server URL without database) and `KAFKA_BOOTSTRAP_SERVERS` when given
+/// (the Test command gives both); otherwise, where Docker is available, a `postgres` and an
+/// `apache/kafka` container started with testcontainers for this test alone (removed when the
+/// test ends); otherwise `postgres://postgres@127.0.0.1:5432` and `127.0.0.1:9092`.
+pub struct Services {
+    pub database_base: String,
+    pub broker: String,
+    containers: Option<Containers>,
 }
 
-pub fn database_base() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+struct Containers {
+    postgres: testcontainers_modules::testcontainers::ContainerAsync<
+        testcontainers_modules::postgres::Postgres,
+    >,
+    kafka: testcontainers_modules::testcontainers::ContainerAsync<
+        testcontainers_modules::kafka::apache::Kafka,
+    >,
+}
+
+impl Services {
+    pub async fn start() -> Services {
+        let db = std::env::var("TEST_DATABASE_URL").ok();
+        let broker = std::env::var("KAFKA_BOOTSTRAP_SERVERS").ok();
+        let docker = std::env::var_os("DOCKER_HOST").is_some()
+            || std::path::Path::new("/var/run/docker.sock").exists();
+        if db.is_some() || broker.is_some() || !docker {
+            return Services {
+                database_base: db.unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432".into()),
+                broker: broker.unwrap_or_else(|| "127.0.0.1:9092".into()),
+                containers: None,
+            };
+        }
+        use testcontainers_modules::kafka::apache;
+        use testcontainers_modules::postgres::Postgres;
+        use testcontainers_modules::testcontainers::runners::AsyncRunner;
+        use testcontainers_modules::testcontainers::ImageExt;
+        let postgres = Postgres::default()
+            .with_host_auth()
+            .with_tag("17")
+            .start()
+            .await
+            .expect("postgres container");
+        let kafka = apache::Kafka::default()
+            .with_jvm_image()
+            .start()
+            .await
+            .expect("apache/kafka container");
+        let pg_port = postgres.get_host_port_ipv4(5432).await.expect("port");
+        let kafka_port = kafka
+            .get_host_port_ipv4(apache::KAFKA_PORT)
+            .await
+            .expect("port");
+        Services {
+            database_base: format!("postgres://postgres@127.0.0.1:{pg_port}"),
+            broker: format!("127.0.0.1:{kafka_port}"),
+            containers: Some(Containers { postgres, kafka }),
+        }
+    }
+
+    /// Removes the containers, if this test started any.
+    async fn stop(self) {
+        if let Some(c) = self.containers {
+            let _ = c.kafka.rm().await;
+            let _ = c.postgres.rm().await;
+        }
+    }
 }
 
 /// A reply as read off the reply topic.
@@ -67,6 +128,9 @@ pub struct TestApp {
     db_name: String,
     finished: bool,
     extra_topics: Vec<String>,
+    /// The PostgreSQL and broker addresses (and containers) of this test.
+    pub services: Option<Services>,
+    database_base: String,
     /// `Bearer <token>` of a token with the change permission, sent by default.
     pub authorization: String,
 }
@@ -95,8 +159,10 @@ impl TestApp {
         let id = Uuid::new_v4().simple().to_string();
         let db_name = format!("event_updater_test_{id}");
         let mut cfg = Config::defaults();
-        cfg.database_url = format!("{}/{db_name}", database_base());
-        cfg.kafka_bootstrap_servers = broker();
+        let services = Services::start().await;
+        let database_base = services.database_base.clone();
+        cfg.database_url = format!("{database_base}/{db_name}");
+        cfg.kafka_bootstrap_servers = services.broker.clone();
         cfg.command_topic = format!("test-{id}-commands");
         cfg.reply_topic = format!("test-{id}-replies");
         cfg.dlq_topic = format!("test-{id}-dlq");
@@ -142,6 +208,8 @@ impl TestApp {
             db_name,
             finished: false,
             extra_topics: Vec::new(),
+            services: Some(services),
+            database_base,
             authorization,
         }
     }
@@ -312,8 +380,10 @@ impl TestApp {
             cfg.dlq_topic.clone(),
         ];
         topics.append(&mut self.extra_topics);
+        let services = self.services.take();
+        let base = self.database_base.clone();
         drop(self);
-        drop_database(&db_name).await;
+        drop_database(&base, &db_name).await;
         if let Ok(admin) = client(&cfg).create::<AdminClient<DefaultClientContext>>() {
             let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
             let _ = tokio::time::timeout(
@@ -322,11 +392,14 @@ impl TestApp {
             )
             .await;
         }
+        if let Some(services) = services {
+            services.stop().await;
+        }
     }
 }
 
-async fn drop_database(db_name: &str) {
-    if let Ok(mut c) = PgConnection::connect(&format!("{}/postgres", database_base())).await {
+async fn drop_database(base: &str, db_name: &str) {
+    if let Ok(mut c) = PgConnection::connect(&format!("{base}/postgres")).await {
         let _ = sqlx::query(&format!(
             "DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)"
         ))
@@ -346,9 +419,10 @@ impl Drop for TestApp {
             app.shutdown_handle().shutdown();
         }
         let db_name = self.db_name.clone();
+        let base = self.database_base.clone();
         let _ = std::thread::spawn(move || {
             if let Ok(rt) = tokio::runtime::Runtime::new() {
-                rt.block_on(drop_database(&db_name));
+                rt.block_on(drop_database(&base, &db_name));
             }
         })
         .join();
@@ -407,6 +481,11 @@ async fn read(consumer: &StreamConsumer) -> Received {
 }
 
 impl TestApp {
+    /// The PostgreSQL server URL (without database) this test uses.
+    pub fn database_base(&self) -> &str {
+        &self.database_base
+    }
+
     /// Starts `event-updater serve` as a child process with this test's configuration
     /// (`extra` environment variables on top); its log goes to `target/test-logs/`.
     pub fn start_child(&self, name: &str, extra: &[(&str, &str)]) -> ChildProcessor {
