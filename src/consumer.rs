@@ -124,7 +124,10 @@ pub fn create_consumer(cfg: &Config, health: Arc<Health>) -> KafkaResult<Command
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
-        .set("statistics.interval.ms", "5000");
+        .set("statistics.interval.ms", "5000")
+        // Bounds the records librdkafka prefetches (default 64 MiB), which is most of the
+        // processor's memory under a backlog; 16 MiB still holds many batches.
+        .set("queued.max.messages.kbytes", "16384");
     for (k, v) in &cfg.kafka_properties {
         c.set(k, v);
     }
