@@ -17,6 +17,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod projection;
 pub mod pyjson;
+pub mod rebuild;
 pub mod reply;
 pub mod startup;
 pub mod store;

@@ -3,6 +3,7 @@
 //! This is the edge of the program, so errors are `anyhow` here and typed everywhere else.
 
 mod demo;
+mod tools;
 
 use std::time::Duration;
 
@@ -45,6 +46,16 @@ pub enum CliCommand {
         #[command(subcommand)]
         action: TokenCommand,
     },
+    /// Rebuild the events view from event_log and compare it with the current one (exit code 1
+    /// when they differ); --write repairs the rows that differ.
+    RebuildProjection(tools::RebuildArgs),
+    /// Dead letters: `dlq replay` re-publishes them to the command topic.
+    Dlq {
+        #[command(subcommand)]
+        action: tools::DlqCommand,
+    },
+    /// Publish one command, wait for its reply and print it (exit code 0 for 2xx, 1 otherwise).
+    Send(tools::SendArgs),
 }
 
 /// `event-updater token …`
@@ -86,6 +97,9 @@ async fn main() -> anyhow::Result<()> {
         CliCommand::Show { event_uuid } => show(&cfg, &event_uuid).await,
         CliCommand::Demo => demo::run(cfg).await,
         CliCommand::Token { action } => token(&cfg, action).await,
+        CliCommand::RebuildProjection(args) => tools::rebuild_projection(&cfg, args).await,
+        CliCommand::Dlq { action } => tools::dlq(&cfg, action).await,
+        CliCommand::Send(args) => tools::send(&cfg, args).await,
     }
 }
 

@@ -372,7 +372,7 @@ fn stored_status(reply: &[u8]) -> u16 {
         .unwrap_or(0)
 }
 
-const VIEW_COLUMNS: &str = r#"event_uuid, version, "user"::text AS "user", action, app, context::text AS context, client_ip, created, expires, brand::text AS brand"#;
+pub(crate) const VIEW_COLUMNS: &str = r#"event_uuid, version, "user"::text AS "user", action, app, context::text AS context, client_ip, created, expires, brand::text AS brand"#;
 
 async fn load_for_update(
     tx: &mut Transaction<'_, Postgres>,
@@ -393,7 +393,7 @@ async fn load_for_update(
         .collect()
 }
 
-fn view_from_row(r: &sqlx::postgres::PgRow) -> Result<EventState, StoreError> {
+pub(crate) fn view_from_row(r: &sqlx::postgres::PgRow) -> Result<EventState, StoreError> {
     let json = |col: &str| -> Result<Value, StoreError> {
         let text: String = r.try_get(col)?;
         pyjson::parse_str(&text).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
@@ -412,7 +412,7 @@ fn view_from_row(r: &sqlx::postgres::PgRow) -> Result<EventState, StoreError> {
     })
 }
 
-async fn upsert_views<'a>(
+pub(crate) async fn upsert_views<'a>(
     tx: &mut Transaction<'_, Postgres>,
     states: impl Iterator<Item = &'a EventState>,
     now: DateTime<Utc>,
