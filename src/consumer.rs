@@ -220,7 +220,7 @@ impl Processor {
                     (c, s)
                 })
                 .collect();
-            let outcomes = self.apply_durably(commands.clone(), shutdown).await;
+            let outcomes = self.apply_durably(&commands, shutdown).await;
             let Some(outcomes) = outcomes else { return };
             let traces: Vec<Option<trace::Continued>> = batch
                 .iter()
@@ -268,16 +268,16 @@ impl Processor {
     /// only the offending command is answered with a 400. `None`: shutdown came first.
     async fn apply_durably(
         &self,
-        commands: Vec<(Command, Source)>,
+        commands: &[(Command, Source)],
         shutdown: &mut watch::Receiver<bool>,
     ) -> Option<Vec<Outcome>> {
-        match self.apply_retrying(&commands, shutdown).await? {
+        match self.apply_retrying(commands, shutdown).await? {
             Ok(o) => Some(o),
             Err(e) => {
                 tracing::warn!(error = %e, size = commands.len(), "batch refused; applying its commands one by one");
                 let mut out = Vec::with_capacity(commands.len());
                 for c in commands {
-                    out.push(self.apply_one(c, shutdown).await?);
+                    out.push(self.apply_one(c.clone(), shutdown).await?);
                 }
                 Some(out)
             }

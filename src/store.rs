@@ -164,17 +164,23 @@ pub async fn apply_batch(
         .iter()
         .map(|(c, _)| c.request_id.as_str())
         .collect();
-    let mut seen: HashMap<String, (Vec<u8>, Arc<Vec<u8>>)> = HashMap::new();
+    // request id -> (fingerprint, status, reply) of the commands handled before or in this batch.
+    let mut seen: HashMap<String, (Vec<u8>, u16, Arc<Vec<u8>>)> = HashMap::new();
     for row in sqlx::query(
-        "SELECT request_id, fingerprint, reply FROM command_replies WHERE request_id = ANY($1)",
+        "SELECT request_id, fingerprint, status, reply FROM command_replies WHERE request_id = ANY($1)",
     )
     .bind(&ids)
     .fetch_all(&mut *tx)
     .await?
     {
+        let status: i16 = row.try_get("status")?;
         seen.insert(
             row.try_get("request_id")?,
-            (row.try_get("fingerprint")?, Arc::new(row.try_get("reply")?)),
+            (
+                row.try_get("fingerprint")?,
+                u16::try_from(status).unwrap_or_default(),
+                Arc::new(row.try_get("reply")?),
+            ),
         );
     }
 
@@ -205,10 +211,10 @@ pub async fn apply_batch(
                 continue;
             }
         }
-        if let Some((fingerprint, reply)) = seen.get(&cmd.request_id) {
+        if let Some((fingerprint, status, reply)) = seen.get(&cmd.request_id) {
             outcomes.push(if fingerprint.as_slice() == cmd.fingerprint {
                 Outcome {
-                    status: stored_status(reply),
+                    status: *status,
                     reply: reply.clone(),
                     kind: OutcomeKind::Duplicate,
                 }
@@ -271,7 +277,7 @@ pub async fn apply_batch(
         replies.push(cmd, &reply, &bytes, source, now);
         seen.insert(
             cmd.request_id.clone(),
-            (cmd.fingerprint.to_vec(), bytes.clone()),
+            (cmd.fingerprint.to_vec(), reply.status, bytes.clone()),
         );
         outcomes.push(Outcome {
             status: reply.status,
@@ -362,14 +368,6 @@ async fn load_grants(
         }
     }
     Ok(grants)
-}
-
-fn stored_status(reply: &[u8]) -> u16 {
-    pyjson::parse(reply)
-        .ok()
-        .and_then(|v| v.get("status").and_then(Value::as_u64))
-        .and_then(|s| u16::try_from(s).ok())
-        .unwrap_or(0)
 }
 
 pub(crate) const VIEW_COLUMNS: &str = r#"event_uuid, version, "user"::text AS "user", action, app, context::text AS context, client_ip, created, expires, brand::text AS brand"#;
