@@ -147,6 +147,13 @@ pub enum OutcomeKind {
     Forbidden,
 }
 
+/// A request id's stored answer.
+struct Handled {
+    fingerprint: Vec<u8>,
+    status: u16,
+    reply: Arc<Vec<u8>>,
+}
+
 /// Applies `commands` (in order) in one transaction and returns one outcome per command.
 pub async fn apply_batch(
     pool: &PgPool,
@@ -164,8 +171,8 @@ pub async fn apply_batch(
         .iter()
         .map(|(c, _)| c.request_id.as_str())
         .collect();
-    // request id -> (fingerprint, status, reply) of the commands handled before or in this batch.
-    let mut seen: HashMap<String, (Vec<u8>, u16, Arc<Vec<u8>>)> = HashMap::new();
+    // The commands handled before or earlier in this batch, by request id.
+    let mut seen: HashMap<String, Handled> = HashMap::new();
     for row in sqlx::query(
         "SELECT request_id, fingerprint, status, reply FROM command_replies WHERE request_id = ANY($1)",
     )
@@ -176,11 +183,11 @@ pub async fn apply_batch(
         let status: i16 = row.try_get("status")?;
         seen.insert(
             row.try_get("request_id")?,
-            (
-                row.try_get("fingerprint")?,
-                u16::try_from(status).unwrap_or_default(),
-                Arc::new(row.try_get("reply")?),
-            ),
+            Handled {
+                fingerprint: row.try_get("fingerprint")?,
+                status: u16::try_from(status).unwrap_or_default(),
+                reply: Arc::new(row.try_get("reply")?),
+            },
         );
     }
 
@@ -211,11 +218,11 @@ pub async fn apply_batch(
                 continue;
             }
         }
-        if let Some((fingerprint, status, reply)) = seen.get(&cmd.request_id) {
-            outcomes.push(if fingerprint.as_slice() == cmd.fingerprint {
+        if let Some(handled) = seen.get(&cmd.request_id) {
+            outcomes.push(if handled.fingerprint.as_slice() == cmd.fingerprint {
                 Outcome {
-                    status: *status,
-                    reply: reply.clone(),
+                    status: handled.status,
+                    reply: handled.reply.clone(),
                     kind: OutcomeKind::Duplicate,
                 }
             } else {
@@ -277,7 +284,11 @@ pub async fn apply_batch(
         replies.push(cmd, &reply, &bytes, source, now);
         seen.insert(
             cmd.request_id.clone(),
-            (cmd.fingerprint.to_vec(), reply.status, bytes.clone()),
+            Handled {
+                fingerprint: cmd.fingerprint.to_vec(),
+                status: reply.status,
+                reply: bytes.clone(),
+            },
         );
         outcomes.push(Outcome {
             status: reply.status,
