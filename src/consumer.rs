@@ -127,7 +127,11 @@ pub fn create_consumer(cfg: &Config, health: Arc<Health>) -> KafkaResult<Command
         .set("statistics.interval.ms", "5000")
         // Bounds the records librdkafka prefetches (default 64 MiB), which is most of the
         // processor's memory under a backlog; 16 MiB still holds many batches.
-        .set("queued.max.messages.kbytes", "16384");
+        .set("queued.max.messages.kbytes", "16384")
+        // How long a fetch may wait at the broker for data. Kafka answers as soon as data
+        // arrives; some Kafka-protocol brokers wait the whole time, which then bounds the
+        // latency of a quiet partition. Overridable with KAFKA_PROPERTIES.
+        .set("fetch.wait.max.ms", "10");
     for (k, v) in &cfg.kafka_properties {
         c.set(k, v);
     }

@@ -588,14 +588,14 @@ mod tests {
 
     #[test]
     fn differing_missing_extra_and_broken_events_are_told_apart() {
-        let events = sorted(vec![event(2), event(1), event(1), event(2)]);
-        let [(tampered_log, tampered), (missing_log, missing), (extra_log, extra), (broken_log, broken)] =
-            <[_; 4]>::try_from(events).expect("four events");
-        let _ = extra_log;
+        let [(tampered_log, tampered), (missing_log, missing), (_, extra), (broken_log, broken)] =
+            [event(2), event(1), event(1), event(2)];
         let mut log = tampered_log;
         log.extend(missing_log);
         // A gap: version 2 without version 1.
         log.push(broken_log[1].clone());
+        // The log is read in (event, version) order.
+        log.sort_by_key(|row| (row.event_uuid, row.version));
         let mut wrong = tampered.clone();
         wrong.app = "x".into();
         wrong.created += chrono::Duration::seconds(1);
@@ -606,20 +606,32 @@ mod tests {
         ]);
         let c = compare(log, views);
         assert_eq!((c.events, c.changes), (4, 4));
-        let kinds: Vec<(Uuid, FindingKind)> =
+        // Findings come in event order; the events' ids are random.
+        let mut kinds: Vec<(Uuid, FindingKind)> =
             c.findings.iter().map(|f| (f.event_uuid, f.kind)).collect();
-        assert_eq!(
-            kinds,
-            [
-                (tampered.event_uuid, FindingKind::Differs),
-                (missing.event_uuid, FindingKind::Missing),
-                (extra.event_uuid, FindingKind::Extra),
-                (broken.event_uuid, FindingKind::Broken),
-            ]
-        );
-        assert_eq!(c.findings[0].detail, "app, created");
-        assert!(c.findings[3].detail.contains("version 2 follows version 0"));
-        assert_eq!(c.replace, [tampered, missing]);
+        kinds.sort_by_key(|k| k.0);
+        let mut expected = vec![
+            (tampered.event_uuid, FindingKind::Differs),
+            (missing.event_uuid, FindingKind::Missing),
+            (extra.event_uuid, FindingKind::Extra),
+            (broken.event_uuid, FindingKind::Broken),
+        ];
+        expected.sort_by_key(|k| k.0);
+        assert_eq!(kinds, expected);
+        let detail = |kind| {
+            c.findings
+                .iter()
+                .find(|f| f.kind == kind)
+                .map(|f| f.detail.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(detail(FindingKind::Differs), "app, created");
+        assert!(detail(FindingKind::Broken).contains("version 2 follows version 0"));
+        let mut replace = c.replace.clone();
+        replace.sort_by_key(|s| s.event_uuid);
+        let mut expected_replace = vec![tampered, missing];
+        expected_replace.sort_by_key(|s| s.event_uuid);
+        assert_eq!(replace, expected_replace);
         assert_eq!(c.remove, [extra.event_uuid]);
     }
 

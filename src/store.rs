@@ -80,6 +80,10 @@ fn classify(e: sqlx::Error) -> StoreError {
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
     let options: PgConnectOptions = url.parse().map_err(StoreError::Url)?;
     create_database_if_missing(&options).await?;
+    // sqlx prepares every statement; after five runs PostgreSQL may settle on a generic plan
+    // made while the tables were tiny (a sequential scan for `request_id = ANY($1)`), and keep
+    // it as they grow. Custom plans are re-made per execution with the real array and sizes.
+    let options = options.options([("plan_cache_mode", "force_custom_plan")]);
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(std::time::Duration::from_secs(5))
@@ -204,8 +208,7 @@ pub async fn apply_batch(
     let mut states = load_for_update(&mut tx, &uuids).await?;
 
     let mut outcomes = Vec::with_capacity(commands.len());
-    let mut log = LogRows::default();
-    let mut replies = ReplyRows::default();
+    let mut writes = Writes::default();
     let mut touched: Vec<Uuid> = Vec::new();
     for (cmd, source) in commands {
         if auth_mode == AuthMode::Required {
@@ -263,7 +266,7 @@ pub async fn apply_batch(
                     },
                     _ => {
                         let applied = projection::apply(*event_uuid, current, body, now);
-                        log.push(&applied, &cmd.request_id, source, now);
+                        writes.applied(&applied, &cmd.request_id, source, now);
                         let reply = Reply {
                             request_id: cmd.request_id.clone(),
                             event_uuid: Some(*event_uuid),
@@ -281,7 +284,7 @@ pub async fn apply_batch(
             }
         };
         let bytes = Arc::new(reply.to_bytes());
-        replies.push(cmd, &reply, &bytes, source, now);
+        writes.reply(cmd, &reply, &bytes, source, now);
         seen.insert(
             cmd.request_id.clone(),
             Handled {
@@ -297,9 +300,12 @@ pub async fn apply_batch(
         });
     }
 
-    log.insert(&mut tx).await?;
-    upsert_views(&mut tx, touched.iter().filter_map(|u| states.get(u)), now).await?;
-    replies.insert(&mut tx).await?;
+    for u in &touched {
+        if let Some(s) = states.remove(u) {
+            writes.view(s);
+        }
+    }
+    writes.write(&mut tx, now).await?;
     tx.commit().await?;
     Ok(outcomes)
 }
@@ -482,7 +488,67 @@ struct ViewColumns {
     brand: Vec<String>,
 }
 
-#[derive(Default)]
+/// What one batch writes: log rows, the final view row of each event it touched, and the
+/// stored replies. The processor and the benchmark's ingest phase both write through it, so the
+/// benchmark measures the processor's own statements.
+#[derive(Debug, Default)]
+pub struct Writes {
+    log: LogRows,
+    views: Vec<EventState>,
+    replies: ReplyRows,
+}
+
+impl Writes {
+    /// An accepted command's log row.
+    pub fn applied(
+        &mut self,
+        a: &projection::Applied,
+        request_id: &str,
+        source: &Source,
+        now: DateTime<Utc>,
+    ) {
+        self.log.push(a, request_id, source, now);
+    }
+
+    /// A command's stored reply (`bytes` is `reply` serialised).
+    pub fn reply(
+        &mut self,
+        cmd: &Command,
+        reply: &Reply,
+        bytes: &[u8],
+        source: &Source,
+        now: DateTime<Utc>,
+    ) {
+        self.replies.push(cmd, reply, bytes, source, now);
+    }
+
+    /// An event's view row after the batch (once per event).
+    pub fn view(&mut self, state: EventState) {
+        self.views.push(state);
+    }
+
+    /// (log rows, view rows, stored replies).
+    pub fn counts(&self) -> (usize, usize, usize) {
+        (
+            self.log.uuid.len(),
+            self.views.len(),
+            self.replies.request_id.len(),
+        )
+    }
+
+    /// Writes everything in `tx` (which the caller commits).
+    pub async fn write(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.log.insert(tx).await?;
+        upsert_views(tx, self.views.iter(), now).await?;
+        self.replies.insert(tx).await
+    }
+}
+
+#[derive(Debug, Default)]
 struct LogRows {
     uuid: Vec<Uuid>,
     version: Vec<i64>,
@@ -533,7 +599,7 @@ impl LogRows {
     }
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct ReplyRows {
     request_id: Vec<String>,
     fingerprint: Vec<Vec<u8>>,

@@ -692,7 +692,17 @@ async fn every_real_reply_validates_and_commands_are_judged_as_the_processor_jud
         }
         if !c.headers.is_empty() && c.headers[0].0 == "correlation-id" {
             for (k, v) in &c.headers {
-                assert_eq!(r.header(k), Some(v.as_str()), "{k} is echoed");
+                if *k == "traceparent" {
+                    // Continued: the same trace id and flags, the processor's span as parent.
+                    let got = r.header(k).expect("traceparent continued");
+                    assert_eq!(
+                        (&got[..36], &got[52..]),
+                        (&v.as_str()[..36], &v.as_str()[52..])
+                    );
+                    assert_ne!(got, v.as_str());
+                } else {
+                    assert_eq!(r.header(k), Some(v.as_str()), "{k} is echoed");
+                }
             }
         }
         *seen.entry(c.status).or_insert(0) += 1;

@@ -1,0 +1,1793 @@
+//! `event-updater bench`: GitHub issue 4's benchmark, against this machine's broker and
+//! PostgreSQL, in one run.
+//!
+//! What it measures, each phase on a fresh database and fresh topics that it removes afterwards:
+//! - **Backlog drain, empty log.** N commands over M events (a share of them invalid) are
+//!   produced first; then the processor (this binary's `serve`, started as a child process so
+//!   that its peak RSS is its own) drains them. Throughput is read off the replies' record
+//!   timestamps (CreateTime, set by the processor's producer when it publishes): the replies
+//!   published after the first one, divided by the time from the first reply to the last. The
+//!   first batch's own work is thus left out of both count and time (its consumption cannot be
+//!   seen from outside); every other command is counted from its consumption to its reply.
+//!   Every request id must be answered exactly once; duplicates and gaps are reported.
+//! - **(b) Broker pass-through.** The same backlog topic consumed and produced to a scratch
+//!   topic with the processor's producer settings, no database: the Kafka-only ceiling.
+//! - **(a) Naive baseline.** The first K commands of the same data, drained with MAX_BATCH=1.
+//! - **(c) PostgreSQL ingest.** The rows the processor writes for the same N commands (log rows,
+//!   view upserts, stored replies), computed in memory with the processor's own decoding and
+//!   projection and written with the same multi-row `INSERT … SELECT FROM UNNEST` statements as
+//!   `store.rs`, one transaction per MAX_BATCH commands; only the database time is counted.
+//! - **Drain with a full log.** As the first drain, after `--preload-changes` changes (and their
+//!   stored replies and views) for other events were put in the log.
+//! - **Steady-state latency.** Commands produced at 50% of the measured drain throughput for
+//!   `--latency-seconds`; latency is from handing a command to the producer to receiving its
+//!   reply, per command: p50, p99, max.
+//!
+//! Before each measured phase a `CHECKPOINT` gives every phase the same starting point. The
+//! command data is a pure function of the command's index (a seeded splitmix64), so every phase
+//! sees the same commands. Librdkafka clients are always dropped (and the child stopped) before
+//! topics are deleted: deleting a topic under a live client crashes it with this broker.
+//!
+//! Progress goes to stderr; the table and a `BENCH_JSON {…}` line go to stdout.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::process::{Child, Command as Process, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use chrono::{DateTime, Utc};
+use clap::{value_parser, Args, ValueEnum};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders, ToBytes};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::{json, Value};
+use sqlx::{Connection, PgConnection, PgPool};
+use uuid::Uuid;
+
+use event_updater::auth::{self, AuthMode};
+use event_updater::command::{self, Action, Incoming};
+use event_updater::config::Config;
+use event_updater::projection::{self, EventState};
+use event_updater::reply::Reply;
+use event_updater::{kafka, store};
+
+/// `event-updater bench` options.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Commands in each backlog drain and in the PostgreSQL ingest.
+    #[arg(long, default_value_t = 200_000, value_parser = value_parser!(u64).range(1..))]
+    pub commands: u64,
+    /// Distinct events the commands update (commands are keyed by event UUID).
+    #[arg(long, default_value_t = 10_000, value_parser = value_parser!(u64).range(1..))]
+    pub events: u64,
+    /// Share of invalid commands (each answered 400), in percent.
+    #[arg(long, default_value_t = 10, value_parser = value_parser!(u64).range(0..=100))]
+    pub invalid_percent: u64,
+    /// Commands of the naive baseline (MAX_BATCH=1): the first K commands of the same data.
+    #[arg(long, default_value_t = 10_000, value_parser = value_parser!(u64).range(1..))]
+    pub naive_commands: u64,
+    /// Length of the steady-state latency run, at 50% of the measured drain throughput.
+    #[arg(long, default_value_t = 20, value_parser = value_parser!(u64).range(1..))]
+    pub latency_seconds: u64,
+    /// Changes put in the log before the second drain (0 skips that drain).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub preload_changes: u64,
+    /// MAX_BATCH of the processor under test, also the ingest's transaction size
+    /// (default: the processor's MAX_BATCH, 500).
+    #[arg(long, value_parser = value_parser!(u32).range(1..=10_000))]
+    pub max_batch: Option<u32>,
+    /// Also write the JSON figures (one line) to this file.
+    #[arg(long)]
+    pub json_out: Option<PathBuf>,
+}
+
+/// Runs every phase, prints the table and the JSON line; removes what it made, even on
+/// failure or Ctrl-C.
+pub async fn run(cfg: Config, args: BenchArgs) -> anyhow::Result<()> {
+    let bench = Bench::new(cfg, args)?;
+    let outcome = tokio::select! {
+        r = bench.run_phases() => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+    };
+    bench.release_all().await;
+    let report = outcome?;
+    let json = report.to_json();
+    println!("{}", report.table());
+    println!("BENCH_JSON {json}");
+    if let Some(path) = &bench.args.json_out {
+        std::fs::write(path, format!("{json}\n"))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The data
+
+const SEED: u64 = 0x0e7e_47a7_e5ee_d004;
+const REQUEST_PREFIX: &str = "bench-";
+const WARMUP_PREFIX: &str = "warmup-";
+const VALID_ACTIONS: [&str; 3] = ["login", "logout", "model_updated"];
+
+/// splitmix64 of `z`: the `z`-th draw of a seeded counter-based generator.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The benchmark's commands: command `i` is a pure function of `i`.
+#[derive(Debug, Clone)]
+struct Workload {
+    events: u64,
+    invalid_percent: u64,
+}
+
+/// One command record: key (the event UUID) and value.
+#[derive(Debug)]
+struct BenchCommand {
+    key: String,
+    value: String,
+}
+
+impl Workload {
+    fn event_uuid(&self, e: u64) -> Uuid {
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&mix(SEED ^ e.wrapping_mul(2)).to_be_bytes());
+        bytes[8..].copy_from_slice(&mix(SEED ^ e.wrapping_mul(2).wrapping_add(1)).to_be_bytes());
+        uuid::Builder::from_random_bytes(bytes).into_uuid()
+    }
+
+    fn is_valid(&self, i: u64) -> bool {
+        mix(SEED.rotate_left(17) ^ i) % 100 >= self.invalid_percent
+    }
+
+    fn event_of(&self, i: u64) -> Uuid {
+        self.event_uuid(mix(SEED.rotate_left(41) ^ i) % self.events)
+    }
+
+    fn command(&self, i: u64) -> BenchCommand {
+        let action = if self.is_valid(i) {
+            VALID_ACTIONS[(i % 3) as usize]
+        } else {
+            "LOGIN"
+        };
+        envelope(&format!("{REQUEST_PREFIX}{i}"), self.event_of(i), action, i)
+    }
+
+    /// A valid command outside the benchmark's data, to warm the processor up.
+    fn warmup(&self, j: u64) -> BenchCommand {
+        envelope(
+            &format!("{WARMUP_PREFIX}{j}"),
+            self.event_uuid(j % self.events),
+            "login",
+            j,
+        )
+    }
+}
+
+fn envelope(request_id: &str, event: Uuid, action: &str, n: u64) -> BenchCommand {
+    let value = format!(
+        r#"{{"request_id": "{request_id}", "event_uuid": "{event}", "body": {{"action": "{action}", "app": "authentik.core", "user": {{"pk": 1}}, "context": {{"n": {n}}}, "client_ip": "10.0.0.1"}}}}"#
+    );
+    BenchCommand {
+        key: event.to_string(),
+        value,
+    }
+}
+
+/// The index of a benchmark request id (`bench-<i>`).
+fn request_index(id: &[u8]) -> Option<u64> {
+    std::str::from_utf8(id.strip_prefix(REQUEST_PREFIX.as_bytes())?)
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn request_id_header<'m>(m: &'m BorrowedMessage<'_>) -> Option<&'m [u8]> {
+    m.headers()?
+        .iter()
+        .find(|h| h.key == "request-id")
+        .and_then(|h| h.value)
+}
+
+/// Headers of every command: the bearer token where the processor requires one.
+fn command_headers(authorization: Option<&str>) -> OwnedHeaders {
+    match authorization {
+        Some(a) => OwnedHeaders::new_with_capacity(1).insert(Header {
+            key: "authorization",
+            value: Some(a),
+        }),
+        None => OwnedHeaders::new(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Results
+
+/// One backlog drain.
+#[derive(Debug, Clone)]
+struct Drain {
+    commands: u64,
+    max_batch: u32,
+    produce_rate: f64,
+    throughput: Option<f64>,
+    replies: ReplyTally,
+    peak_rss: u64,
+}
+
+/// What came back on the reply topic of a drain.
+#[derive(Debug, Clone, Default)]
+struct ReplyTally {
+    records: u64,
+    answered: u64,
+    duplicates: u64,
+    missing: u64,
+    foreign: u64,
+    statuses: BTreeMap<u16, u64>,
+    span_ms: i64,
+    after_first: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Ingest {
+    commands: u64,
+    rate: f64,
+    transactions: u64,
+    log_rows: u64,
+    view_upserts: u64,
+    reply_rows: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Preloaded {
+    changes: u64,
+    fill_seconds: f64,
+    drain: Drain,
+}
+
+#[derive(Debug, Clone)]
+struct Latency {
+    target_rate: f64,
+    achieved_rate: f64,
+    sent: u64,
+    answered: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    peak_rss: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Report {
+    args: BenchArgs,
+    max_batch: u32,
+    partitions: i32,
+    auth: bool,
+    settings: BTreeMap<String, String>,
+    drain: Drain,
+    pass_through: f64,
+    naive: Drain,
+    ingest: Ingest,
+    preloaded: Option<Preloaded>,
+    latency: Latency,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run
+
+/// A phase's database and topics.
+#[derive(Debug, Clone)]
+struct Scope {
+    db: String,
+    db_url: String,
+    commands: String,
+    replies: String,
+    dlq: String,
+    scratch: String,
+    group: String,
+}
+
+impl Scope {
+    fn topics(&self) -> Vec<String> {
+        vec![
+            self.commands.clone(),
+            self.replies.clone(),
+            self.dlq.clone(),
+            self.scratch.clone(),
+        ]
+    }
+}
+
+#[derive(Debug)]
+struct Bench {
+    cfg: Config,
+    args: BenchArgs,
+    max_batch: u32,
+    partitions: i32,
+    workload: Workload,
+    admin_url: String,
+    started: Instant,
+    /// Scopes not released yet, removed at the end whatever happens.
+    leftovers: Mutex<Vec<Scope>>,
+}
+
+impl Bench {
+    fn new(cfg: Config, args: BenchArgs) -> anyhow::Result<Bench> {
+        let admin_url = with_database(&cfg.database_url, "postgres")?;
+        Ok(Bench {
+            max_batch: args.max_batch.unwrap_or(cfg.max_batch),
+            partitions: cfg.topic_partitions,
+            workload: Workload {
+                events: args.events,
+                invalid_percent: args.invalid_percent,
+            },
+            admin_url,
+            started: Instant::now(),
+            leftovers: Mutex::new(Vec::new()),
+            cfg,
+            args,
+        })
+    }
+
+    fn progress(&self, text: impl std::fmt::Display) {
+        eprintln!(
+            "[bench {:>6.1}s] {text}",
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+
+    async fn run_phases(&self) -> anyhow::Result<Report> {
+        let a = &self.args;
+        self.progress(format_args!(
+            "{} commands over {} events, {}% invalid, MAX_BATCH {}, {} partitions, broker {}",
+            a.commands,
+            a.events,
+            a.invalid_percent,
+            self.max_batch,
+            self.partitions,
+            self.cfg.kafka_bootstrap_servers
+        ));
+        let settings = self.postgres_settings().await?;
+        let (drain, pass_through) = self.in_scope(|s| self.drain_and_pass_through(s)).await?;
+        let naive = self.in_scope(|s| self.naive(s)).await?;
+        let ingest = self.in_scope(|s| self.pg_ingest(s)).await?;
+        let preloaded = match a.preload_changes {
+            0 => None,
+            n => Some(self.in_scope(|s| self.preloaded_drain(s, n)).await?),
+        };
+        let rate = drain
+            .throughput
+            .context("the drain was too short to measure a throughput")?
+            * 0.5;
+        let latency = self.in_scope(|s| self.latency(s, rate)).await?;
+        Ok(Report {
+            args: self.args.clone(),
+            max_batch: self.max_batch,
+            partitions: self.partitions,
+            auth: self.cfg.auth_mode == AuthMode::Required,
+            settings,
+            drain,
+            pass_through,
+            naive,
+            ingest,
+            preloaded,
+            latency,
+        })
+    }
+
+    /// Runs `phase` on a fresh scope and removes the scope afterwards, whatever the outcome.
+    async fn in_scope<T, F, Fut>(&self, phase: F) -> anyhow::Result<T>
+    where
+        F: FnOnce(Scope) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<T>>,
+    {
+        let scope = self.new_scope()?;
+        let result = phase(scope.clone()).await;
+        self.release(&scope).await;
+        result
+    }
+
+    fn new_scope(&self) -> anyhow::Result<Scope> {
+        let id = Uuid::new_v4().simple().to_string();
+        let db = format!("event_updater_bench_{id}");
+        let scope = Scope {
+            db_url: with_database(&self.cfg.database_url, &db)?,
+            db,
+            commands: format!("bench-{id}-commands"),
+            replies: format!("bench-{id}-replies"),
+            dlq: format!("bench-{id}-dlq"),
+            scratch: format!("bench-{id}-scratch"),
+            group: format!("bench-{id}"),
+        };
+        self.leftovers
+            .lock()
+            .map_err(|_| anyhow!("lock poisoned"))?
+            .push(scope.clone());
+        Ok(scope)
+    }
+
+    /// Drops the scope's database and deletes its topics (its clients are gone by now).
+    async fn release(&self, scope: &Scope) {
+        if let Err(e) = self.drop_database(&scope.db).await {
+            self.progress(format_args!("could not drop database {}: {e:#}", scope.db));
+        }
+        delete_topics(&self.cfg, &scope.topics()).await;
+        if let Ok(mut l) = self.leftovers.lock() {
+            l.retain(|s| s.db != scope.db);
+        }
+    }
+
+    async fn release_all(&self) {
+        let left: Vec<Scope> = match self.leftovers.lock() {
+            Ok(l) => l.clone(),
+            Err(_) => return,
+        };
+        for scope in left {
+            self.release(&scope).await;
+        }
+    }
+
+    // -- phases --------------------------------------------------------------------------------
+
+    async fn drain_and_pass_through(&self, scope: Scope) -> anyhow::Result<(Drain, f64)> {
+        let n = self.args.commands;
+        let drain = self
+            .drain(&scope, n, self.max_batch, "drain, empty log", None)
+            .await?;
+        let pass_through = self.pass_through(&scope, n).await?;
+        Ok((drain, pass_through))
+    }
+
+    /// (a): the first K commands of the same data, one command per transaction.
+    async fn naive(&self, scope: Scope) -> anyhow::Result<Drain> {
+        let k = self.args.naive_commands;
+        self.drain(&scope, k, 1, "naive baseline (a)", None).await
+    }
+
+    /// Produces `n` commands, then lets a processor drain them; `prepared`: the database was
+    /// made (and filled) already, with this authorization header.
+    async fn drain(
+        &self,
+        scope: &Scope,
+        n: u64,
+        max_batch: u32,
+        label: &str,
+        prepared: Option<Option<String>>,
+    ) -> anyhow::Result<Drain> {
+        let authorization = match prepared {
+            Some(a) => a,
+            None => self.prepare_database(scope).await?.1,
+        };
+        create_topics(
+            &self.cfg,
+            &[&scope.commands, &scope.replies, &scope.dlq],
+            self.partitions,
+        )
+        .await?;
+        self.progress(format_args!("{label}: producing {n} commands"));
+        let produce_rate = self
+            .produce_backlog(&scope.commands, n, authorization.as_deref())
+            .await?;
+        self.progress(format_args!(
+            "{label}: backlog of {n} produced at {} cmd/s; starting the processor (MAX_BATCH {max_batch})",
+            fmt_count(produce_rate)
+        ));
+        self.checkpoint().await;
+        let consumer = reader(&self.cfg, &scope.replies, self.partitions)?;
+        let mut collector = ReplyCollector::new(n)?;
+        let mut child = ChildProcessor::spawn(&self.cfg, scope, max_batch)?;
+        self.collect_replies(&mut child, &consumer, &mut collector, label)
+            .await?;
+        let peak_rss = child.stop().await?;
+        // Anything published after the last command was answered (a duplicate) is counted too.
+        while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(2), consumer.recv()).await {
+            collector.record(&m);
+        }
+        let replies = collector.tally();
+        let throughput = throughput(&replies);
+        self.progress(format_args!(
+            "{label}: {} cmd/s, {} answered, {} duplicates, {} missing, peak RSS {}",
+            throughput.map_or("-".into(), fmt_count),
+            replies.answered,
+            replies.duplicates,
+            replies.missing,
+            fmt_mib(peak_rss)
+        ));
+        Ok(Drain {
+            commands: n,
+            max_batch,
+            produce_rate,
+            throughput,
+            replies,
+            peak_rss,
+        })
+    }
+
+    /// (b): consume the backlog topic and produce every record to a scratch topic.
+    async fn pass_through(&self, scope: &Scope, n: u64) -> anyhow::Result<f64> {
+        create_topics(&self.cfg, &[&scope.scratch], self.partitions).await?;
+        self.progress("pass-through (b): consuming the backlog, producing it again");
+        let consumer = reader(&self.cfg, &scope.commands, self.partitions)?;
+        let producer = kafka::producer(&self.cfg)?;
+        let mut pipe = Pipeline::new(&producer);
+        let mut started = None;
+        for _ in 0..n {
+            let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+                .await
+                .context("no record within 30 s")??;
+            started.get_or_insert_with(Instant::now);
+            let mut record: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(&scope.scratch).payload(m.payload().unwrap_or_default());
+            if let Some(k) = m.key() {
+                record = record.key(k);
+            }
+            if let Some(h) = m.headers() {
+                record = record.headers(h.detach());
+            }
+            pipe.send(record).await?;
+        }
+        pipe.finish().await?;
+        let seconds = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+        let rate = n as f64 / seconds.max(1e-9);
+        self.progress(format_args!("pass-through (b): {} cmd/s", fmt_count(rate)));
+        Ok(rate)
+    }
+
+    /// (c): the processor's rows for the same commands, written without Kafka.
+    async fn pg_ingest(&self, scope: Scope) -> anyhow::Result<Ingest> {
+        let n = self.args.commands;
+        let batch = u64::from(self.max_batch);
+        self.progress(format_args!(
+            "PostgreSQL ingest (c): the rows of {n} commands, {batch} per transaction"
+        ));
+        let pool = store::connect(&scope.db_url, 1).await?;
+        self.checkpoint().await;
+        let mut states: HashMap<Uuid, EventState> = HashMap::new();
+        let mut db_time = Duration::ZERO;
+        let mut out = Ingest {
+            commands: n,
+            rate: 0.0,
+            transactions: 0,
+            log_rows: 0,
+            view_upserts: 0,
+            reply_rows: 0,
+        };
+        let mut i = 0;
+        while i < n {
+            let end = n.min(i + batch);
+            let now = Utc::now();
+            let rows = self.ingest_rows(i..end, &mut states, now);
+            let t = Instant::now();
+            let mut tx = pool.begin().await?;
+            rows.write(&mut tx, now).await?;
+            tx.commit().await?;
+            db_time += t.elapsed();
+            out.transactions += 1;
+            let (log, views, replies) = rows.counts();
+            out.log_rows += log as u64;
+            out.view_upserts += views as u64;
+            out.reply_rows += replies as u64;
+            i = end;
+        }
+        pool.close().await;
+        out.rate = n as f64 / db_time.as_secs_f64().max(1e-9);
+        self.progress(format_args!(
+            "PostgreSQL ingest (c): {} cmd/s ({} log rows, {} view upserts, {} replies)",
+            fmt_count(out.rate),
+            out.log_rows,
+            out.view_upserts,
+            out.reply_rows
+        ));
+        Ok(out)
+    }
+
+    /// Decodes and applies commands `range` in memory, exactly as the processor would.
+    fn ingest_rows(
+        &self,
+        range: std::ops::Range<u64>,
+        states: &mut HashMap<Uuid, EventState>,
+        now: DateTime<Utc>,
+    ) -> store::Writes {
+        let mut rows = store::Writes::default();
+        let mut touched: Vec<Uuid> = Vec::new();
+        for i in range {
+            let c = self.workload.command(i);
+            let source = store::Source {
+                topic: "bench".into(),
+                partition: (i % self.partitions.max(1) as u64) as i32,
+                offset: i64::try_from(i).unwrap_or(i64::MAX),
+            };
+            let incoming = Incoming {
+                topic: source.topic.clone(),
+                partition: source.partition,
+                offset: source.offset,
+                key: Some(c.key.into_bytes()),
+                payload: Some(c.value.into_bytes()),
+                ..Incoming::default()
+            };
+            let cmd = command::decode(&incoming, self.cfg.max_message_bytes);
+            let reply = match &cmd.action {
+                Action::Reject {
+                    event_uuid,
+                    status,
+                    body,
+                } => Reply {
+                    request_id: cmd.request_id.clone(),
+                    event_uuid: *event_uuid,
+                    status: *status,
+                    version: None,
+                    body: body.clone(),
+                },
+                Action::Apply {
+                    event_uuid, body, ..
+                } => {
+                    let applied = projection::apply(*event_uuid, states.get(event_uuid), body, now);
+                    rows.applied(&applied, &cmd.request_id, &source, now);
+                    if !touched.contains(event_uuid) {
+                        touched.push(*event_uuid);
+                    }
+                    let reply = Reply {
+                        request_id: cmd.request_id.clone(),
+                        event_uuid: Some(*event_uuid),
+                        status: if applied.created { 201 } else { 200 },
+                        version: Some(applied.state.version),
+                        body: applied.response,
+                    };
+                    states.insert(*event_uuid, applied.state);
+                    reply
+                }
+            };
+            rows.reply(&cmd, &reply, &reply.to_bytes(), &source, now);
+        }
+        for u in &touched {
+            if let Some(s) = states.get(u) {
+                rows.view(s.clone());
+            }
+        }
+        rows
+    }
+
+    /// The drain again, after filling the log with `changes` changes of other events.
+    async fn preloaded_drain(&self, scope: Scope, changes: u64) -> anyhow::Result<Preloaded> {
+        let (pool, authorization) = self.prepare_database(&scope).await?;
+        let started = Instant::now();
+        self.preload(&pool, changes).await?;
+        pool.close().await;
+        let fill_seconds = started.elapsed().as_secs_f64();
+        let label = format!("drain, {} changes in the log", fmt_count(changes as f64));
+        let drain = self
+            .drain(
+                &scope,
+                self.args.commands,
+                self.max_batch,
+                &label,
+                Some(authorization),
+            )
+            .await?;
+        Ok(Preloaded {
+            changes,
+            fill_seconds,
+            drain,
+        })
+    }
+
+    async fn preload(&self, pool: &PgPool, changes: u64) -> anyhow::Result<()> {
+        const CHUNK: u64 = 250_000;
+        let total = i64::try_from(changes).context("--preload-changes is too large")?;
+        let mut from = 0i64;
+        while from < total {
+            let to = total.min(from + CHUNK as i64);
+            sqlx::query(PRELOAD_LOG)
+                .bind(from)
+                .bind(to)
+                .execute(pool)
+                .await?;
+            sqlx::query(PRELOAD_REPLIES)
+                .bind(from)
+                .bind(to)
+                .execute(pool)
+                .await?;
+            from = to;
+            self.progress(format_args!("preload: {from} of {total} changes"));
+        }
+        sqlx::query(PRELOAD_VIEWS).bind(total).execute(pool).await?;
+        sqlx::query("VACUUM (ANALYZE) event_log, command_replies, events")
+            .execute(pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Steady state: commands at `rate` per second, each timed from produce to reply.
+    async fn latency(&self, scope: Scope, rate: f64) -> anyhow::Result<Latency> {
+        let (pool, authorization) = self.prepare_database(&scope).await?;
+        pool.close().await;
+        create_topics(
+            &self.cfg,
+            &[&scope.commands, &scope.replies, &scope.dlq],
+            self.partitions,
+        )
+        .await?;
+        self.checkpoint().await;
+        let mut child = ChildProcessor::spawn(&self.cfg, &scope, self.max_batch)?;
+        let consumer = reader(&self.cfg, &scope.replies, self.partitions)?;
+        let producer = latency_producer(&self.cfg)?;
+        let headers = command_headers(authorization.as_deref());
+        self.progress("latency: warming the processor up");
+        warm_up(
+            &self.workload,
+            &producer,
+            &consumer,
+            &scope,
+            &headers,
+            &mut child,
+        )
+        .await?;
+
+        let total = ((rate * self.args.latency_seconds as f64).round() as u64).max(1);
+        self.progress(format_args!(
+            "latency: {total} commands at {} cmd/s for {} s",
+            fmt_count(rate),
+            self.args.latency_seconds
+        ));
+        let ((sent_at, produced), received) = tokio::join!(
+            produce_paced(
+                &self.workload,
+                &producer,
+                &scope.commands,
+                &headers,
+                rate,
+                total
+            ),
+            receive_timed(&consumer, total, self.latency_deadline()),
+        );
+        let (sent_at, produced) = (sent_at, produced?);
+        let peak_rss = child.stop().await?;
+        // An unanswered command counts as infinitely late, so that it cannot improve a percentile.
+        let mut ms: Vec<f64> = sent_at
+            .iter()
+            .zip(&received)
+            .map(|(s, r)| {
+                r.map_or(f64::INFINITY, |r| {
+                    r.saturating_duration_since(*s).as_secs_f64() * 1e3
+                })
+            })
+            .collect();
+        ms.sort_by(f64::total_cmp);
+        let out = Latency {
+            target_rate: rate,
+            achieved_rate: produced,
+            sent: total,
+            answered: received.iter().flatten().count() as u64,
+            p50_ms: percentile(&ms, 0.50),
+            p99_ms: percentile(&ms, 0.99),
+            max_ms: ms.last().copied().unwrap_or(f64::NAN),
+            peak_rss,
+        };
+        self.progress(format_args!(
+            "latency: p50 {}, p99 {}, max {}; {} of {} answered; peak RSS {}",
+            fmt_ms(out.p50_ms),
+            fmt_ms(out.p99_ms),
+            fmt_ms(out.max_ms),
+            out.answered,
+            out.sent,
+            fmt_mib(peak_rss)
+        ));
+        Ok(out)
+    }
+
+    // -- helpers -------------------------------------------------------------------------------
+
+    /// How long the latency run waits for replies: its own length, plus twice that (at least a
+    /// minute) for a processor that fell behind to catch up.
+    fn latency_deadline(&self) -> tokio::time::Instant {
+        let run = self.args.latency_seconds;
+        tokio::time::Instant::now() + Duration::from_secs(run + (2 * run).max(60))
+    }
+
+    /// Creates and migrates the scope's database; where the processor requires tokens, creates
+    /// one and returns its `authorization` header value.
+    async fn prepare_database(&self, scope: &Scope) -> anyhow::Result<(PgPool, Option<String>)> {
+        let pool = store::connect(&scope.db_url, 2).await?;
+        let authorization = match self.cfg.auth_mode {
+            AuthMode::Required => {
+                let secret = auth::create_token(&pool, "bench", None, true).await?;
+                Some(format!("Bearer {secret}"))
+            }
+            AuthMode::Disabled => None,
+        };
+        Ok((pool, authorization))
+    }
+
+    async fn produce_backlog(
+        &self,
+        topic: &str,
+        n: u64,
+        authorization: Option<&str>,
+    ) -> anyhow::Result<f64> {
+        let producer = backlog_producer(&self.cfg)?;
+        let headers = command_headers(authorization);
+        let started = Instant::now();
+        let mut pipe = Pipeline::new(&producer);
+        for i in 0..n {
+            let c = self.workload.command(i);
+            let record = FutureRecord::to(topic)
+                .key(c.key.as_str())
+                .payload(c.value.as_str())
+                .headers(headers.clone());
+            pipe.send(record).await?;
+        }
+        pipe.finish().await?;
+        Ok(n as f64 / started.elapsed().as_secs_f64().max(1e-9))
+    }
+
+    /// Reads replies while the processor drains, until every command is answered.
+    async fn collect_replies(
+        &self,
+        child: &mut ChildProcessor,
+        consumer: &StreamConsumer,
+        collector: &mut ReplyCollector,
+        label: &str,
+    ) -> anyhow::Result<()> {
+        const STALL: Duration = Duration::from_secs(180);
+        let mut last = Instant::now();
+        let mut printed = Instant::now();
+        while !collector.all_answered() {
+            match tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
+                Ok(Ok(m)) => {
+                    collector.record(&m);
+                    last = Instant::now();
+                }
+                Ok(Err(e)) => self.progress(format_args!("{label}: reply reader: {e}")),
+                Err(_) => child.ensure_running()?,
+            }
+            if last.elapsed() > STALL {
+                bail!(
+                    "{label}: no reply for {STALL:?}, {} of {} commands answered",
+                    collector.answered,
+                    collector.seen.len()
+                );
+            }
+            if printed.elapsed() >= Duration::from_secs(5) {
+                self.progress(format_args!(
+                    "{label}: {} of {} answered",
+                    collector.answered,
+                    collector.seen.len()
+                ));
+                printed = Instant::now();
+                child.ensure_running()?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn admin_connection(&self) -> anyhow::Result<PgConnection> {
+        PgConnection::connect(&self.admin_url)
+            .await
+            .context("connecting to PostgreSQL")
+    }
+
+    /// Flushes dirty pages so that no phase pays for an earlier phase's writes.
+    async fn checkpoint(&self) {
+        let done = match self.admin_connection().await {
+            Ok(mut c) => sqlx::query("CHECKPOINT")
+                .execute(&mut c)
+                .await
+                .map(|_| ())
+                .map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = done {
+            self.progress(format_args!("CHECKPOINT failed (continuing): {e:#}"));
+        }
+    }
+
+    async fn drop_database(&self, name: &str) -> anyhow::Result<()> {
+        let mut c = self.admin_connection().await?;
+        let sql = format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            name.replace('"', "\"\"")
+        );
+        sqlx::query(&sql).execute(&mut c).await?;
+        Ok(())
+    }
+
+    async fn postgres_settings(&self) -> anyhow::Result<BTreeMap<String, String>> {
+        let mut c = self.admin_connection().await?;
+        let mut out = BTreeMap::new();
+        for name in [
+            "server_version",
+            "synchronous_commit",
+            "fsync",
+            "full_page_writes",
+            "wal_level",
+            "shared_buffers",
+            "max_wal_size",
+            "checkpoint_timeout",
+            "wal_compression",
+            "autovacuum",
+            "plan_cache_mode",
+        ] {
+            let v: String = sqlx::query_scalar(&format!("SHOW {name}"))
+                .fetch_one(&mut c)
+                .await?;
+            out.insert(name.to_string(), v);
+        }
+        Ok(out)
+    }
+}
+
+/// `url` with its database name replaced by `name` (query parameters kept).
+fn with_database(url: &str, name: &str) -> anyhow::Result<String> {
+    let (scheme, rest) = url.split_once("://").context("DATABASE_URL is not a URL")?;
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, Some(q)),
+        None => (rest, None),
+    };
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let mut out = format!("{scheme}://{authority}/{name}");
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    Ok(out)
+}
+
+const PRELOAD_LOG: &str = "INSERT INTO event_log (event_uuid, version, request_id, change, recorded_at, source_topic, source_partition, source_offset)
+     SELECT md5('preload-' || (g / 10))::uuid, g % 10 + 1, 'preload-' || g,
+            jsonb_build_object('action', 'login', 'app', 'authentik.core', 'user', jsonb_build_object('pk', 1),
+                               'context', jsonb_build_object('n', g), 'client_ip', '10.0.0.1'),
+            now(), 'preload', (g % 6)::int, g
+     FROM generate_series($1::int8, $2::int8 - 1) AS g";
+
+/// The stored replies of those changes, about the size of real ones.
+const PRELOAD_REPLIES: &str = "INSERT INTO command_replies (request_id, fingerprint, event_uuid, status, version, reply, handled_at, source_topic, source_partition, source_offset)
+     SELECT 'preload-' || g, sha256(convert_to('preload-' || g, 'UTF8')), md5('preload-' || (g / 10))::uuid,
+            (CASE WHEN g % 10 = 0 THEN 201 ELSE 200 END)::int2, g % 10 + 1,
+            convert_to(json_build_object('request_id', 'preload-' || g, 'event_uuid', md5('preload-' || (g / 10))::uuid,
+                'status', 200, 'version', g % 10 + 1,
+                'body', json_build_object('pk', md5('preload-' || (g / 10))::uuid, 'user', json_build_object('pk', 1),
+                    'action', 'login', 'app', 'authentik.core', 'context', json_build_object('n', g),
+                    'client_ip', '10.0.0.1', 'created', now(), 'expires', now() + interval '365 days',
+                    'brand', json_build_object()))::text, 'UTF8'),
+            now(), 'preload', (g % 6)::int, g
+     FROM generate_series($1::int8, $2::int8 - 1) AS g";
+
+/// The views of the preloaded events (`$1`: the number of changes).
+const PRELOAD_VIEWS: &str = r#"INSERT INTO events (event_uuid, version, "user", action, app, context, client_ip, created, expires, brand, updated_at)
+     SELECT md5('preload-' || e)::uuid, LEAST(10, $1::int8 - e * 10), '{"pk": 1}', 'login', 'authentik.core',
+            jsonb_build_object('n', e * 10 + 9), '10.0.0.1', now(), now() + interval '365 days', '{}', now()
+     FROM generate_series(0, ($1::int8 - 1) / 10) AS e"#;
+
+// ---------------------------------------------------------------------------------------------
+// Kafka
+
+/// A consumer assigned every partition of `topic` from the beginning, outside any group.
+fn reader(cfg: &Config, topic: &str, partitions: i32) -> anyhow::Result<StreamConsumer> {
+    let consumer: StreamConsumer = kafka::client_config(cfg)
+        .set(
+            "group.id",
+            format!("bench-reader-{}", Uuid::new_v4().simple()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "5")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    Ok(consumer)
+}
+
+fn producer_with(cfg: &Config, tweaks: &[(&str, &str)]) -> anyhow::Result<FutureProducer> {
+    let mut c: ClientConfig = kafka::client_config(cfg);
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.kbytes", "1048576");
+    for (k, v) in tweaks {
+        c.set(*k, *v);
+    }
+    for (k, v) in &cfg.kafka_properties {
+        c.set(k, v);
+    }
+    Ok(c.create()?)
+}
+
+/// Batches as large as the broker takes: the backlog is produced as fast as possible.
+fn backlog_producer(cfg: &Config) -> anyhow::Result<FutureProducer> {
+    producer_with(cfg, &[("linger.ms", "20"), ("batch.size", "1000000")])
+}
+
+/// Little lingering: produce time is where each command's latency starts.
+fn latency_producer(cfg: &Config) -> anyhow::Result<FutureProducer> {
+    producer_with(cfg, &[("linger.ms", "1")])
+}
+
+async fn create_topics(cfg: &Config, names: &[&str], partitions: i32) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = kafka::client_config(cfg).create()?;
+    let topics: Vec<NewTopic> = names
+        .iter()
+        .map(|n| {
+            NewTopic::new(
+                n,
+                partitions,
+                TopicReplication::Fixed(cfg.topic_replication_factor),
+            )
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for r in admin.create_topics(&topics, &opts).await? {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => bail!("could not create topic {name}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+/// Best effort: the topics of a scope, some of which may never have been created.
+async fn delete_topics(cfg: &Config, names: &[String]) {
+    let Ok(admin) = kafka::client_config(cfg).create::<AdminClient<DefaultClientContext>>() else {
+        return;
+    };
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let _ = tokio::time::timeout(Duration::from_secs(20), admin.delete_topics(&names, &opts)).await;
+}
+
+/// Produces without waiting for each record: at most `WINDOW` unacknowledged at a time.
+struct Pipeline<'p> {
+    producer: &'p FutureProducer,
+    pending: VecDeque<DeliveryFuture>,
+}
+
+impl<'p> Pipeline<'p> {
+    const WINDOW: usize = 100_000;
+
+    fn new(producer: &'p FutureProducer) -> Self {
+        Pipeline {
+            producer,
+            pending: VecDeque::new(),
+        }
+    }
+
+    async fn send<K, P>(&mut self, mut record: FutureRecord<'_, K, P>) -> anyhow::Result<()>
+    where
+        K: ToBytes + ?Sized,
+        P: ToBytes + ?Sized,
+    {
+        loop {
+            if self.pending.len() >= Self::WINDOW {
+                self.settle_one().await?;
+            }
+            match self.producer.send_result(record) {
+                Ok(f) => {
+                    self.pending.push_back(f);
+                    return Ok(());
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    if self.pending.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    } else {
+                        self.settle_one().await?;
+                    }
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+    }
+
+    async fn settle_one(&mut self) -> anyhow::Result<()> {
+        let Some(f) = self.pending.pop_front() else {
+            return Ok(());
+        };
+        match f.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((e, _))) => Err(anyhow!("a record was not delivered: {e}")),
+            Err(_) => Err(anyhow!("the producer went away")),
+        }
+    }
+
+    async fn finish(mut self) -> anyhow::Result<()> {
+        while !self.pending.is_empty() {
+            self.settle_one().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks off the replies of a drain of `n` commands.
+#[derive(Debug)]
+struct ReplyCollector {
+    /// Replies per command index.
+    seen: Vec<u32>,
+    answered: u64,
+    stamps: Vec<i64>,
+    tally: ReplyTally,
+}
+
+impl ReplyCollector {
+    fn new(n: u64) -> anyhow::Result<Self> {
+        let len = usize::try_from(n).context("too many commands")?;
+        Ok(ReplyCollector {
+            seen: vec![0; len],
+            answered: 0,
+            stamps: Vec::with_capacity(len),
+            tally: ReplyTally::default(),
+        })
+    }
+
+    fn all_answered(&self) -> bool {
+        self.answered == self.seen.len() as u64
+    }
+
+    fn record(&mut self, m: &BorrowedMessage<'_>) {
+        self.tally.records += 1;
+        let index = request_id_header(m).and_then(request_index);
+        match index.and_then(|i| self.seen.get_mut(usize::try_from(i).ok()?)) {
+            Some(count) => {
+                if *count == 0 {
+                    self.answered += 1;
+                }
+                *count += 1;
+            }
+            None => self.tally.foreign += 1,
+        }
+        let status = reply_status(m.payload().unwrap_or_default());
+        *self.tally.statuses.entry(status).or_default() += 1;
+        if let Some(ts) = m.timestamp().to_millis() {
+            self.stamps.push(ts);
+        }
+    }
+
+    fn tally(self) -> ReplyTally {
+        let mut t = self.tally;
+        t.answered = self.answered;
+        t.missing = self.seen.iter().filter(|c| **c == 0).count() as u64;
+        t.duplicates = self
+            .seen
+            .iter()
+            .map(|c| u64::from(c.saturating_sub(1)))
+            .sum();
+        if let (Some(first), Some(last)) = (self.stamps.iter().min(), self.stamps.iter().max()) {
+            t.span_ms = last - first;
+            t.after_first = self.stamps.iter().filter(|ts| *ts > first).count() as u64;
+        }
+        t
+    }
+}
+
+/// The `status` of a reply value, found without parsing the whole reply (0: none).
+fn reply_status(value: &[u8]) -> u16 {
+    const KEY: &[u8] = b"\"status\":";
+    let Some(at) = value.windows(KEY.len()).position(|w| w == KEY) else {
+        return 0;
+    };
+    let digits: Vec<u8> = value[at + KEY.len()..]
+        .iter()
+        .skip_while(|b| **b == b' ')
+        .take_while(|b| b.is_ascii_digit())
+        .copied()
+        .collect();
+    std::str::from_utf8(&digits)
+        .ok()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Replies published after the first reply, per second from the first reply to the last.
+fn throughput(t: &ReplyTally) -> Option<f64> {
+    (t.span_ms > 0).then(|| t.after_first as f64 * 1000.0 / t.span_ms as f64)
+}
+
+/// Sends warm-up commands one at a time until each is answered: the processor has joined its
+/// group, connected, and is consuming.
+async fn warm_up(
+    workload: &Workload,
+    producer: &FutureProducer,
+    consumer: &StreamConsumer,
+    scope: &Scope,
+    headers: &OwnedHeaders,
+    child: &mut ChildProcessor,
+) -> anyhow::Result<()> {
+    for j in 0..20 {
+        let c = workload.warmup(j);
+        producer
+            .send(
+                FutureRecord::to(&scope.commands)
+                    .key(c.key.as_str())
+                    .payload(c.value.as_str())
+                    .headers(headers.clone()),
+                Timeout::After(Duration::from_secs(30)),
+            )
+            .await
+            .map_err(|(e, _)| e)?;
+        let want = format!("{WARMUP_PREFIX}{j}");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            child.ensure_running()?;
+            if Instant::now() > deadline {
+                bail!("no reply to a warm-up command within 120 s");
+            }
+            let Ok(m) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await else {
+                continue;
+            };
+            if request_id_header(&m?) == Some(want.as_bytes()) {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Produces commands `0..total` at `rate` per second; returns when each was handed to the
+/// producer, and the rate achieved.
+async fn produce_paced(
+    workload: &Workload,
+    producer: &FutureProducer,
+    topic: &str,
+    headers: &OwnedHeaders,
+    rate: f64,
+    total: u64,
+) -> (Vec<Instant>, anyhow::Result<f64>) {
+    let mut sent_at = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    let mut pipe = Pipeline::new(producer);
+    let start = Instant::now();
+    let mut i = 0;
+    while i < total {
+        let due = ((start.elapsed().as_secs_f64() * rate) as u64 + 1).min(total);
+        while i < due {
+            let c = workload.command(i);
+            sent_at.push(Instant::now());
+            let record = FutureRecord::to(topic)
+                .key(c.key.as_str())
+                .payload(c.value.as_str())
+                .headers(headers.clone());
+            if let Err(e) = pipe.send(record).await {
+                return (sent_at, Err(e));
+            }
+            i += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let result = pipe
+        .finish()
+        .await
+        .map(|()| total as f64 / seconds.max(1e-9));
+    (sent_at, result)
+}
+
+/// When each of commands `0..total` was answered; gives up at `deadline`, or 30 s after the
+/// last reply.
+async fn receive_timed(
+    consumer: &StreamConsumer,
+    total: u64,
+    deadline: tokio::time::Instant,
+) -> Vec<Option<Instant>> {
+    let mut received = vec![None; usize::try_from(total).unwrap_or(0)];
+    let mut count = 0u64;
+    while count < total {
+        let idle = tokio::time::Instant::now() + Duration::from_secs(30);
+        let Ok(m) = tokio::time::timeout_at(idle.min(deadline), consumer.recv()).await else {
+            break;
+        };
+        let now = Instant::now();
+        let Ok(m) = m else { continue };
+        let slot = request_id_header(&m)
+            .and_then(request_index)
+            .and_then(|i| received.get_mut(usize::try_from(i).ok()?));
+        if let Some(slot @ None) = slot {
+            *slot = Some(now);
+            count += 1;
+        }
+    }
+    received
+}
+
+// ---------------------------------------------------------------------------------------------
+// The processor under test, as a child process
+
+/// `event-updater serve` in a child process, configured through its environment.
+#[derive(Debug)]
+struct ChildProcessor {
+    child: Child,
+}
+
+impl ChildProcessor {
+    fn spawn(cfg: &Config, scope: &Scope, max_batch: u32) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("locating this binary")?;
+        let auth_mode = cfg
+            .auth_mode
+            .to_possible_value()
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default();
+        let mut command = Process::new(exe);
+        command
+            .arg("serve")
+            .env("DATABASE_URL", &scope.db_url)
+            .env("KAFKA_BOOTSTRAP_SERVERS", &cfg.kafka_bootstrap_servers)
+            .env("COMMAND_TOPIC", &scope.commands)
+            .env("REPLY_TOPIC", &scope.replies)
+            .env("DLQ_TOPIC", &scope.dlq)
+            .env("KAFKA_GROUP_ID", &scope.group)
+            .env("HTTP_ADDR", "127.0.0.1:0")
+            .env("MAX_BATCH", max_batch.to_string())
+            .env("TOPIC_PARTITIONS", cfg.topic_partitions.to_string())
+            .env(
+                "TOPIC_REPLICATION_FACTOR",
+                cfg.topic_replication_factor.to_string(),
+            )
+            .env("BATCH_LINGER_MS", cfg.batch_linger_ms.to_string())
+            .env(
+                "DATABASE_MAX_CONNECTIONS",
+                cfg.database_max_connections.to_string(),
+            )
+            .env("MAX_MESSAGE_BYTES", cfg.max_message_bytes.to_string())
+            .env(
+                "SHUTDOWN_TIMEOUT_SECS",
+                cfg.shutdown_timeout_secs.to_string(),
+            )
+            .env("AUTH_MODE", auth_mode)
+            .env("RUST_LOG", "warn")
+            .env_remove("LOG_FORMAT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if cfg.kafka_properties.is_empty() {
+            command.env_remove("KAFKA_PROPERTIES");
+        } else {
+            let joined: Vec<String> = cfg
+                .kafka_properties
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            command.env("KAFKA_PROPERTIES", joined.join(";"));
+        }
+        let child = command.spawn().context("starting the processor")?;
+        Ok(ChildProcessor { child })
+    }
+
+    fn ensure_running(&mut self) -> anyhow::Result<()> {
+        match self.child.try_wait()? {
+            Some(status) => bail!("the processor exited unexpectedly ({status})"),
+            None => Ok(()),
+        }
+    }
+
+    /// The processor's peak resident set size so far (`VmHWM`), in bytes.
+    fn peak_rss(&self) -> anyhow::Result<u64> {
+        let path = format!("/proc/{}/status", self.child.id());
+        let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .and_then(|kb| kb.trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .context("no VmHWM in /proc/<pid>/status")
+    }
+
+    /// Reads the peak RSS, then stops the processor with SIGTERM and waits for it.
+    async fn stop(mut self) -> anyhow::Result<u64> {
+        self.ensure_running()?;
+        let peak = self.peak_rss()?;
+        let pid = self.child.id().to_string();
+        let sent = Process::new("kill").args(["-TERM", &pid]).status()?;
+        if !sent.success() {
+            bail!("kill -TERM {pid} failed");
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                if !status.success() {
+                    eprintln!("[bench] the processor exited with {status} after SIGTERM");
+                }
+                return Ok(peak);
+            }
+            if Instant::now() > deadline {
+                bail!("the processor did not stop within 60 s of SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for ChildProcessor {
+    /// A phase that failed or was interrupted: the processor must not outlive it.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn fmt_count(x: f64) -> String {
+    if !x.is_finite() {
+        return "-".into();
+    }
+    let digits = format!("{:.0}", x.abs());
+    let mut out = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    if x < 0.0 {
+        out.insert(0, '-');
+    }
+    out
+}
+
+/// Milliseconds, one decimal; "unanswered" for a command that got no reply in time.
+fn fmt_ms(ms: f64) -> String {
+    if ms.is_infinite() {
+        "unanswered".into()
+    } else {
+        format!("{ms:.1} ms")
+    }
+}
+
+fn fmt_mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / MIB)
+}
+
+fn yes(ok: bool) -> &'static str {
+    if ok {
+        "yes"
+    } else {
+        "**no**"
+    }
+}
+
+impl Report {
+    fn rate(&self) -> f64 {
+        self.drain.throughput.unwrap_or(f64::NAN)
+    }
+    fn naive_rate(&self) -> f64 {
+        self.naive.throughput.unwrap_or(f64::NAN)
+    }
+    fn floor(&self) -> f64 {
+        self.pass_through.min(self.ingest.rate)
+    }
+    fn peak_rss(&self) -> u64 {
+        let mut peak = self.drain.peak_rss.max(self.latency.peak_rss);
+        if let Some(p) = &self.preloaded {
+            peak = peak.max(p.drain.peak_rss);
+        }
+        peak
+    }
+    fn preload_ratio(&self) -> Option<f64> {
+        let p = self.preloaded.as_ref()?;
+        Some(p.drain.throughput? / self.drain.throughput?)
+    }
+    fn replies_ok(&self) -> bool {
+        let mut drains = vec![&self.drain, &self.naive];
+        drains.extend(self.preloaded.as_ref().map(|p| &p.drain));
+        drains
+            .iter()
+            .all(|d| d.replies.missing == 0 && d.replies.duplicates == 0 && d.replies.foreign == 0)
+    }
+
+    fn targets(&self) -> BTreeMap<&'static str, bool> {
+        let mut t = BTreeMap::new();
+        t.insert("ten_times_naive", self.rate() >= 10.0 * self.naive_rate());
+        t.insert("half_of_min_b_c", self.rate() >= 0.5 * self.floor());
+        t.insert("p99_below_50ms", self.latency.p99_ms < 50.0);
+        t.insert(
+            "peak_rss_below_150mib",
+            (self.peak_rss() as f64) < 150.0 * MIB,
+        );
+        if let Some(r) = self.preload_ratio() {
+            t.insert("full_log_within_20pct", r >= 0.8);
+        }
+        t.insert("every_drained_command_answered_once", self.replies_ok());
+        t
+    }
+
+    fn table(&self) -> String {
+        let targets = self.targets();
+        let (a, b, c) = (self.naive_rate(), self.pass_through, self.ingest.rate);
+        let ratios = |x: f64| {
+            format!(
+                "{:.1}x | {:.0}% | {:.0}%",
+                x / a,
+                100.0 * x / b,
+                100.0 * x / c
+            )
+        };
+        let rate = |x: f64| format!("{} cmd/s", fmt_count(x));
+        let mut rows = vec![
+            "| Figure | Value | vs (a) naive | vs (b) broker | vs (c) PostgreSQL | Target | Met |".to_string(),
+            "|---|---|---|---|---|---|---|".to_string(),
+            format!(
+                "| Throughput, backlog drain, empty log | {} | {} | >= 10x (a); >= 50% of min(b, c) | {} |",
+                rate(self.rate()),
+                ratios(self.rate()),
+                yes(targets["ten_times_naive"] && targets["half_of_min_b_c"])
+            ),
+        ];
+        if let Some(p) = &self.preloaded {
+            let x = p.drain.throughput.unwrap_or(f64::NAN);
+            rows.push(format!(
+                "| Throughput, backlog drain, {} changes already in the log | {} | {} | within 20% of the empty log (is {:.0}%) | {} |",
+                fmt_count(p.changes as f64),
+                rate(x),
+                ratios(x),
+                100.0 * self.preload_ratio().unwrap_or(f64::NAN),
+                yes(targets.get("full_log_within_20pct").copied().unwrap_or(false))
+            ));
+        }
+        let l = &self.latency;
+        rows.push(format!(
+            "| Latency p50 / p99 / max at {} (50% of the drain rate) | {} / {} / {} | | | | p99 < 50 ms | {} |",
+            rate(l.target_rate),
+            fmt_ms(l.p50_ms),
+            fmt_ms(l.p99_ms),
+            fmt_ms(l.max_ms),
+            yes(targets["p99_below_50ms"])
+        ));
+        rows.push(format!(
+            "| Peak RSS of the processor | {} | | | | < 150 MiB | {} |",
+            fmt_mib(self.peak_rss()),
+            yes(targets["peak_rss_below_150mib"])
+        ));
+        rows.push(format!(
+            "| (a) Naive baseline: MAX_BATCH=1, first {} commands | {} | 1.0x | | | | |",
+            fmt_count(self.naive.commands as f64),
+            rate(a)
+        ));
+        rows.push(format!(
+            "| (b) Broker pass-through: consume N, produce N, no database | {} | | 100% | | | |",
+            rate(b)
+        ));
+        rows.push(format!(
+            "| (c) PostgreSQL ingest: the same rows, {} commands per transaction, no Kafka | {} | | | 100% | | |",
+            self.max_batch,
+            rate(c)
+        ));
+
+        let s = &self.settings;
+        let setting = |k: &str| s.get(k).map_or("?", String::as_str);
+        let mut out = format!(
+            "\nevent-updater bench: {} commands over {} events, {}% invalid; MAX_BATCH {}; {} partitions; auth {}\n\n",
+            fmt_count(self.args.commands as f64),
+            fmt_count(self.args.events as f64),
+            self.args.invalid_percent,
+            self.max_batch,
+            self.partitions,
+            if self.auth { "required (bearer token on every command)" } else { "disabled" }
+        );
+        out.push_str(&rows.join("\n"));
+        out.push_str(&format!(
+            "\n\nPostgreSQL {}: synchronous_commit={}, fsync={}, full_page_writes={}, wal_level={}, shared_buffers={}, max_wal_size={}, checkpoint_timeout={}, wal_compression={}, autovacuum={}, plan_cache_mode={}\n",
+            setting("server_version"),
+            setting("synchronous_commit"),
+            setting("fsync"),
+            setting("full_page_writes"),
+            setting("wal_level"),
+            setting("shared_buffers"),
+            setting("max_wal_size"),
+            setting("checkpoint_timeout"),
+            setting("wal_compression"),
+            setting("autovacuum"),
+            setting("plan_cache_mode"),
+        ));
+        for (name, d) in self.drains() {
+            let r = &d.replies;
+            let statuses: Vec<String> = r
+                .statuses
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect();
+            out.push_str(&format!(
+                "{name}: {} of {} commands answered, {} duplicates, {} missing, {} foreign; statuses {{{}}}; backlog produced at {}\n",
+                r.answered,
+                d.commands,
+                r.duplicates,
+                r.missing,
+                r.foreign,
+                statuses.join(", "),
+                rate(d.produce_rate)
+            ));
+        }
+        out.push_str(&format!(
+            "latency: {} of {} answered; produced at {} for a target of {}\n",
+            l.answered,
+            l.sent,
+            rate(l.achieved_rate),
+            rate(l.target_rate)
+        ));
+        out.push_str(&format!(
+            "every command of the drains answered exactly once: {}",
+            yes(targets["every_drained_command_answered_once"])
+        ));
+        out
+    }
+
+    fn drains(&self) -> Vec<(&'static str, &Drain)> {
+        let mut d = vec![
+            ("drain, empty log", &self.drain),
+            ("naive baseline", &self.naive),
+        ];
+        if let Some(p) = &self.preloaded {
+            d.push(("drain, full log", &p.drain));
+        }
+        d
+    }
+
+    fn to_json(&self) -> Value {
+        let drain = |d: &Drain| {
+            let r = &d.replies;
+            json!({
+                "commands": d.commands,
+                "max_batch": d.max_batch,
+                "throughput_per_s": d.throughput,
+                "backlog_produce_per_s": d.produce_rate,
+                "reply_records": r.records,
+                "answered": r.answered,
+                "duplicates": r.duplicates,
+                "missing": r.missing,
+                "foreign": r.foreign,
+                "statuses": r.statuses.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+                "reply_span_ms": r.span_ms,
+                "peak_rss_bytes": d.peak_rss,
+            })
+        };
+        let l = &self.latency;
+        let (a, floor) = (self.naive_rate(), self.floor());
+        json!({
+            "commands": self.args.commands,
+            "events": self.args.events,
+            "invalid_percent": self.args.invalid_percent,
+            "max_batch": self.max_batch,
+            "partitions": self.partitions,
+            "auth_required": self.auth,
+            "postgres": self.settings,
+            "throughput_per_s": self.drain.throughput,
+            "throughput_full_log_per_s": self.preloaded.as_ref().and_then(|p| p.drain.throughput),
+            "latency_ms": {"p50": l.p50_ms, "p99": l.p99_ms, "max": l.max_ms},
+            "peak_rss_bytes": self.peak_rss(),
+            "naive_per_s": a,
+            "pass_through_per_s": self.pass_through,
+            "pg_ingest_per_s": self.ingest.rate,
+            "ratios": {
+                "to_naive": self.rate() / a,
+                "to_pass_through": self.rate() / self.pass_through,
+                "to_pg_ingest": self.rate() / self.ingest.rate,
+                "to_min_b_c": self.rate() / floor,
+                "full_log_to_empty_log": self.preload_ratio(),
+            },
+            "targets_met": self.targets(),
+            "drain": drain(&self.drain),
+            "naive": drain(&self.naive),
+            "full_log": self.preloaded.as_ref().map(|p| json!({
+                "preload_changes": p.changes,
+                "preload_seconds": p.fill_seconds,
+                "drain": drain(&p.drain),
+            })),
+            "latency": {
+                "target_rate_per_s": l.target_rate,
+                "achieved_rate_per_s": l.achieved_rate,
+                "seconds": self.args.latency_seconds,
+                "sent": l.sent,
+                "answered": l.answered,
+                "p50_ms": l.p50_ms,
+                "p99_ms": l.p99_ms,
+                "max_ms": l.max_ms,
+                "peak_rss_bytes": l.peak_rss,
+            },
+            "pg_ingest": {
+                "commands": self.ingest.commands,
+                "per_s": self.ingest.rate,
+                "transactions": self.ingest.transactions,
+                "log_rows": self.ingest.log_rows,
+                "view_upserts": self.ingest.view_upserts,
+                "reply_rows": self.ingest.reply_rows,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_data_is_deterministic_and_about_as_invalid_as_asked() {
+        let w = Workload {
+            events: 100,
+            invalid_percent: 10,
+        };
+        assert_eq!(w.command(7).value, w.command(7).value);
+        assert_eq!(w.command(7).key, w.event_of(7).to_string());
+        let invalid = (0..10_000).filter(|i| !w.is_valid(*i)).count();
+        assert!((900..1100).contains(&invalid), "{invalid}");
+        let events: std::collections::HashSet<Uuid> = (0..10_000).map(|i| w.event_of(i)).collect();
+        assert_eq!(events.len(), 100);
+        assert_eq!(request_index(b"bench-42"), Some(42));
+        assert_eq!(request_index(b"warmup-1"), None);
+    }
+
+    #[test]
+    fn commands_decode_as_valid_or_invalid_as_generated() {
+        let w = Workload {
+            events: 10,
+            invalid_percent: 50,
+        };
+        for i in 0..200 {
+            let c = w.command(i);
+            let m = Incoming {
+                payload: Some(c.value.into_bytes()),
+                ..Incoming::default()
+            };
+            let cmd = command::decode(&m, 1 << 20);
+            assert_eq!(cmd.request_id, format!("bench-{i}"));
+            match cmd.action {
+                Action::Apply { .. } => assert!(w.is_valid(i)),
+                Action::Reject { status, .. } => assert!(!w.is_valid(i) && status == 400),
+            }
+        }
+    }
+
+    #[test]
+    fn database_names_are_swapped_in_urls() {
+        assert_eq!(
+            with_database("postgres://u:p@h:5432/event_updater?sslmode=disable", "x").unwrap(),
+            "postgres://u:p@h:5432/x?sslmode=disable"
+        );
+        assert_eq!(
+            with_database("postgres://h", "x").unwrap(),
+            "postgres://h/x"
+        );
+    }
+
+    #[test]
+    fn throughput_leaves_the_first_batch_out() {
+        let t = ReplyTally {
+            span_ms: 1000,
+            after_first: 500,
+            ..ReplyTally::default()
+        };
+        assert_eq!(throughput(&t), Some(500.0));
+        assert_eq!(throughput(&ReplyTally::default()), None);
+        assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0], 0.5), 2.0);
+        assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0], 0.99), 4.0);
+        assert!(percentile(&[1.0, f64::INFINITY], 0.99).is_infinite());
+        assert_eq!(fmt_ms(f64::INFINITY), "unanswered");
+        assert_eq!(fmt_count(1234567.4), "1,234,567");
+        assert_eq!(fmt_count(999.0), "999");
+        assert_eq!(
+            reply_status(br#"{"request_id":"bench-1","event_uuid":null,"status":400,"body":{}}"#),
+            400
+        );
+        assert_eq!(reply_status(b"{}"), 0);
+    }
+}
