@@ -5,8 +5,9 @@
 //! - An offset is stored (and so committed) only after the transaction holding the command's
 //!   effect has committed and its reply has been acknowledged by the broker. A crash anywhere
 //!   before that redelivers the command, and the stored reply answers it again (no new version).
-//! - Batches are handled one at a time, in poll order, so commands of one partition are applied
-//!   and answered in partition order.
+//! - Batches are applied one at a time, in poll order, so commands of one partition are applied
+//!   in partition order. A batch's replies are published while the next batch is applied, and
+//!   are acknowledged before the next batch's are sent, so they also leave in order.
 //! - A database that is down is retried with back-off, without polling further; data the
 //!   database refuses is isolated to its command, which gets a 400, so a partition never stalls.
 //! - On shutdown the batch in hand is finished (applied, answered, offsets committed) first.
@@ -53,6 +54,20 @@ impl Health {
             && self.database_ok.load(Ordering::Relaxed)
             && self.assigned_partitions.load(Ordering::Relaxed) > 0
     }
+}
+
+/// A batch applied in PostgreSQL, with what its replies need.
+struct Applied {
+    batch: Vec<Incoming>,
+    commands: Vec<(Command, Source)>,
+    outcomes: Vec<Outcome>,
+    traces: Vec<Option<trace::Continued>>,
+}
+
+/// An applied batch whose records are being published.
+struct InFlight {
+    applied: Applied,
+    publishing: tokio::task::JoinHandle<bool>,
 }
 
 /// Consumer callbacks: rebalances are logged, counted and reflected in [`Health`].
@@ -160,15 +175,33 @@ impl Processor {
         self.consumer.subscribe(&[&self.cfg.command_topic])?;
         self.health.subscribed.store(true, Ordering::Relaxed);
         tracing::info!(topic = %self.cfg.command_topic, group = %self.cfg.kafka_group_id, "subscribed");
+        // The batch whose effects are committed and whose replies are being published while the
+        // next batch is decoded and applied.
+        let mut in_flight: Option<InFlight> = None;
         loop {
             let batch = tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|s| *s) => break,
-                b = self.next_batch() => b,
+                b = self.next_batch(&mut in_flight) => b,
             };
-            if !batch.is_empty() {
-                self.handle(batch, &mut shutdown).await;
+            if batch.is_empty() {
+                continue;
             }
+            let applied = self.apply(batch, &mut shutdown).await;
+            // Replies leave in batch order: the previous batch's are acknowledged (and its
+            // offsets stored) before this batch's are sent.
+            if let Some(previous) = in_flight.take() {
+                if !self.complete(previous).await {
+                    break;
+                }
+            }
+            match applied {
+                Some(a) => in_flight = Some(self.publish(a, &shutdown)),
+                None => break,
+            }
+        }
+        if let Some(last) = in_flight.take() {
+            self.complete(last).await;
         }
         tracing::info!("shutting down: committing stored offsets");
         self.publisher.flush(Duration::from_secs(5));
@@ -185,9 +218,25 @@ impl Processor {
     }
 
     /// Waits for one record, then takes what arrives within the linger, up to `max_batch`.
-    async fn next_batch(&self) -> Vec<Incoming> {
+    /// While it waits for the first, it completes the batch in flight, so that an idle
+    /// processor stores its last offsets at once. (Only the first wait races with it: `recv`
+    /// is cancellation safe, and nothing has been taken yet.)
+    async fn next_batch(&self, in_flight: &mut Option<InFlight>) -> Vec<Incoming> {
         let mut batch = Vec::new();
-        match self.consumer.recv().await {
+        let first = loop {
+            let Some(f) = in_flight.as_mut() else {
+                break self.consumer.recv().await;
+            };
+            tokio::select! {
+                m = self.consumer.recv() => break m,
+                published = &mut f.publishing => {
+                    if let Some(done) = in_flight.take() {
+                        self.finish(done.applied, matches!(published, Ok(true)));
+                    }
+                }
+            }
+        };
+        match first {
             Ok(m) => batch.push(to_incoming(&m)),
             Err(e) => {
                 tracing::warn!(error = %e, "consumer error");
@@ -209,7 +258,12 @@ impl Processor {
         batch
     }
 
-    async fn handle(&self, batch: Vec<Incoming>, shutdown: &mut watch::Receiver<bool>) {
+    /// Decodes a batch and applies it in one transaction. `None`: shutdown came first.
+    async fn apply(
+        &self,
+        batch: Vec<Incoming>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<Applied> {
         let span = tracing::debug_span!("batch", size = batch.len());
         async {
             let commands: Vec<(Command, Source)> = batch
@@ -224,47 +278,83 @@ impl Processor {
                     (c, s)
                 })
                 .collect();
-            let outcomes = self.apply_durably(&commands, shutdown).await;
-            let Some(outcomes) = outcomes else { return };
-            let traces: Vec<Option<trace::Continued>> = batch
+            let outcomes = self.apply_durably(&commands, shutdown).await?;
+            let traces = batch
                 .iter()
                 .map(|m| m.header("traceparent").and_then(trace::continue_from))
                 .collect();
-            let records = outgoing(&self.cfg, &batch, &commands, &outcomes, &traces);
-            if !self.publisher.publish_all(&records, shutdown).await {
-                tracing::warn!("shutdown before every reply was acknowledged; offsets not stored");
-                return;
-            }
-            let now = Utc::now();
-            for (((m, (c, _)), o), t) in batch.iter().zip(&commands).zip(&outcomes).zip(&traces) {
-                let latency = m.timestamp_ms.and_then(|t| {
-                    (now.timestamp_millis() - t)
-                        .try_into()
-                        .ok()
-                        .map(Duration::from_millis)
-                });
-                metrics::record_command(o.status, o.kind, latency);
-                let event_uuid = match &c.action {
-                    Action::Apply { event_uuid, .. } => Some(*event_uuid),
-                    Action::Reject { event_uuid, .. } => *event_uuid,
-                };
-                let span = tracing::info_span!(
-                    "command",
-                    request_id = %c.request_id,
-                    event_uuid = event_uuid.map(tracing::field::display),
-                    partition = m.partition,
-                    offset = m.offset,
-                    trace_id = t.as_ref().map(|t| tracing::field::display(&t.trace_id)),
-                    span_id = t.as_ref().map(|t| tracing::field::display(&t.span_id)),
-                );
-                span.in_scope(|| {
-                    tracing::debug!(status = o.status, outcome = ?o.kind, "answered");
-                });
-            }
-            self.store_offsets(&batch);
+            Some(Applied {
+                batch,
+                commands,
+                outcomes,
+                traces,
+            })
         }
         .instrument(span)
         .await
+    }
+
+    /// Starts publishing an applied batch's replies (and dead letters) in the background.
+    fn publish(&self, a: Applied, shutdown: &watch::Receiver<bool>) -> InFlight {
+        let records = outgoing(&self.cfg, &a.batch, &a.commands, &a.outcomes, &a.traces);
+        let publisher = self.publisher.clone();
+        let mut shutdown = shutdown.clone();
+        let publishing =
+            tokio::spawn(async move { publisher.publish_all(&records, &mut shutdown).await });
+        InFlight {
+            applied: a,
+            publishing,
+        }
+    }
+
+    /// Waits until a batch's records are acknowledged, then finishes it. False when shutdown
+    /// came first (offsets not stored).
+    async fn complete(&self, f: InFlight) -> bool {
+        let published = matches!(f.publishing.await, Ok(true));
+        self.finish(f.applied, published)
+    }
+
+    /// Records a published batch's metrics and logs and stores its offsets; a batch whose
+    /// records were not all acknowledged (shutdown) stores nothing.
+    fn finish(&self, a: Applied, published: bool) -> bool {
+        if !published {
+            tracing::warn!("shutdown before every reply was acknowledged; offsets not stored");
+            return false;
+        }
+        let now = Utc::now();
+        for (((m, (c, _)), o), t) in a
+            .batch
+            .iter()
+            .zip(&a.commands)
+            .zip(&a.outcomes)
+            .zip(&a.traces)
+        {
+            let latency = m.timestamp_ms.and_then(|t| {
+                (now.timestamp_millis() - t)
+                    .try_into()
+                    .ok()
+                    .map(Duration::from_millis)
+            });
+            metrics::record_command(o.status, o.kind, latency);
+            let event_uuid = match &c.action {
+                Action::Apply { event_uuid, .. } => Some(*event_uuid),
+                Action::Reject { event_uuid, .. } => *event_uuid,
+            };
+            let span = tracing::info_span!(
+                "command",
+                request_id = %c.request_id,
+                event_uuid = event_uuid.map(tracing::field::display),
+                partition = m.partition,
+                offset = m.offset,
+                trace_id = t.as_ref().map(|t| tracing::field::display(&t.trace_id)),
+                span_id = t.as_ref().map(|t| tracing::field::display(&t.span_id)),
+            );
+            span.in_scope(|| {
+                tracing::debug!(status = o.status, outcome = ?o.kind, "answered");
+            });
+        }
+        self.store_offsets(&a.batch);
+        true
     }
 
     /// Applies the batch, retrying while the database is unavailable or a concurrent writer

@@ -299,7 +299,8 @@ async fn postgres_closed_to_connections_under_load_loses_nothing() {
     let collector = ReplyCollector::start(app.new_reader(&app.cfg.reply_topic));
     let pace = outage.as_millis() as u64 / (l.records.len() as u64 / 100).max(1);
     let fault = async {
-        tokio::time::sleep(Duration::from_millis(1000)).await;
+        // Under load: the fault lands once commands are being answered.
+        collector.wait_for_count(100, Duration::from_secs(60)).await;
         let mut admin = admin_connection(app.database_base()).await;
         sqlx::query(&format!(
             "ALTER DATABASE \"{db}\" WITH ALLOW_CONNECTIONS false"
@@ -377,7 +378,7 @@ async fn a_broker_outage_under_load_loses_nothing_and_replies_arrive_after_it() 
     );
     let collector = ReplyCollector::start(app.new_reader(&app.cfg.reply_topic));
     let fault = async {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        collector.wait_for_count(100, Duration::from_secs(60)).await;
         cluster.broker_down(1).expect("broker down");
         println!("broker down; {} answered so far", collector.answered());
         tokio::time::sleep(outage).await;
