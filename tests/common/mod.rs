@@ -488,7 +488,10 @@ impl TestApp {
 
     /// Starts `event-updater serve` as a child process with this test's configuration
     /// (`extra` environment variables on top); its log goes to `target/test-logs/`.
-    pub fn start_child(&self, name: &str, extra: &[(&str, &str)]) -> ChildProcessor {
+    ///
+    /// Returns once the child has subscribed (its log says so), so that a signal sent to it
+    /// afterwards finds its handlers installed; panics if it exits first or takes over 60 s.
+    pub async fn start_child(&self, name: &str, extra: &[(&str, &str)]) -> ChildProcessor {
         let c = &self.cfg;
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-logs");
         let _ = std::fs::create_dir_all(&dir);
@@ -516,10 +519,12 @@ impl TestApp {
         for (k, v) in extra {
             cmd.env(k, v);
         }
-        ChildProcessor {
+        let mut child = ChildProcessor {
             child: cmd.spawn().expect("start the processor binary"),
             log_path,
-        }
+        };
+        child.wait_until_subscribed().await;
+        child
     }
 
     /// A new reader of `topic` from its beginning (drop it before [`TestApp::finish`]).
@@ -556,6 +561,28 @@ pub struct ChildProcessor {
 }
 
 impl ChildProcessor {
+    async fn wait_until_subscribed(&mut self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+            if log.contains("subscribed") {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "the processor exited at start ({status}); its log {}:\n{log}",
+                    self.log_path.display()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the processor did not subscribe within 60 s; see {}",
+                self.log_path.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// SIGKILL: no chance to finish anything.
     pub async fn kill9(mut self) {
         let _ = self.child.kill().await;
