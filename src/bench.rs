@@ -54,8 +54,7 @@ use uuid::Uuid;
 use event_updater::auth::{self, AuthMode};
 use event_updater::command::{self, Action, Incoming};
 use event_updater::config::Config;
-use event_updater::projection::{self, EventState};
-use event_updater::reply::Reply;
+use event_updater::projection::EventState;
 use event_updater::{kafka, store};
 
 /// `event-updater bench` options.
@@ -615,37 +614,19 @@ impl Bench {
                 ..Incoming::default()
             };
             let cmd = command::decode(&incoming, self.cfg.max_message_bytes);
-            let reply = match &cmd.action {
-                Action::Reject {
-                    event_uuid,
-                    status,
-                    body,
-                } => Reply {
-                    request_id: cmd.request_id.clone(),
-                    event_uuid: *event_uuid,
-                    status: *status,
-                    version: None,
-                    body: body.clone(),
-                },
-                Action::Apply {
-                    event_uuid, body, ..
-                } => {
-                    let applied = projection::apply(*event_uuid, states.get(event_uuid), body, now);
-                    rows.applied(&applied, &cmd.request_id, &source, now);
-                    if !touched.contains(event_uuid) {
-                        touched.push(*event_uuid);
-                    }
-                    let reply = Reply {
-                        request_id: cmd.request_id.clone(),
-                        event_uuid: Some(*event_uuid),
-                        status: if applied.created { 201 } else { 200 },
-                        version: Some(applied.state.version),
-                        body: applied.response,
-                    };
-                    states.insert(*event_uuid, applied.state);
-                    reply
-                }
+            let current = match &cmd.action {
+                Action::Apply { event_uuid, .. } => states.get(event_uuid),
+                Action::Reject { .. } => None,
             };
+            let (reply, applied) = store::decide(&cmd, current, now);
+            if let Some(applied) = applied {
+                rows.applied(&applied, &cmd.request_id, &source, now);
+                let u = applied.state.event_uuid;
+                if !touched.contains(&u) {
+                    touched.push(u);
+                }
+                states.insert(u, applied.state);
+            }
             rows.reply(&cmd, &reply, &reply.to_bytes(), &source, now);
         }
         for u in &touched {

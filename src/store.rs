@@ -237,52 +237,19 @@ pub async fn apply_batch(
             });
             continue;
         }
-        let reply = match &cmd.action {
-            Action::Reject {
-                event_uuid,
-                status,
-                body,
-            } => Reply {
-                request_id: cmd.request_id.clone(),
-                event_uuid: *event_uuid,
-                status: *status,
-                version: None,
-                body: body.clone(),
-            },
-            Action::Apply {
-                event_uuid,
-                expected_version,
-                body,
-            } => {
-                let current = states.get(event_uuid);
-                let current_version = current.map_or(0, |s| s.version);
-                match expected_version {
-                    Some(expected) if *expected != current_version => Reply {
-                        request_id: cmd.request_id.clone(),
-                        event_uuid: Some(*event_uuid),
-                        status: 409,
-                        version: None,
-                        body: conflict_body(*expected, current_version),
-                    },
-                    _ => {
-                        let applied = projection::apply(*event_uuid, current, body, now);
-                        writes.applied(&applied, &cmd.request_id, source, now);
-                        let reply = Reply {
-                            request_id: cmd.request_id.clone(),
-                            event_uuid: Some(*event_uuid),
-                            status: if applied.created { 201 } else { 200 },
-                            version: Some(applied.state.version),
-                            body: applied.response,
-                        };
-                        if !touched.contains(event_uuid) {
-                            touched.push(*event_uuid);
-                        }
-                        states.insert(*event_uuid, applied.state);
-                        reply
-                    }
-                }
-            }
+        let current = match &cmd.action {
+            Action::Apply { event_uuid, .. } => states.get(event_uuid),
+            Action::Reject { .. } => None,
         };
+        let (reply, applied) = decide(cmd, current, now);
+        if let Some(applied) = applied {
+            writes.applied(&applied, &cmd.request_id, source, now);
+            let u = applied.state.event_uuid;
+            if !touched.contains(&u) {
+                touched.push(u);
+            }
+            states.insert(u, applied.state);
+        }
         let bytes = Arc::new(reply.to_bytes());
         writes.reply(cmd, &reply, &bytes, source, now);
         seen.insert(
@@ -308,6 +275,56 @@ pub async fn apply_batch(
     writes.write(&mut tx, now).await?;
     tx.commit().await?;
     Ok(outcomes)
+}
+
+/// Decides a new, authenticated command against its event's current state (`None`: the event
+/// does not exist): the reply, and for an accepted command what it did. Pure; the caller writes.
+pub fn decide(
+    cmd: &Command,
+    current: Option<&EventState>,
+    now: DateTime<Utc>,
+) -> (Reply, Option<projection::Applied>) {
+    let reply = |event_uuid, status, version, body| Reply {
+        request_id: cmd.request_id.clone(),
+        event_uuid,
+        status,
+        version,
+        body,
+    };
+    match &cmd.action {
+        Action::Reject {
+            event_uuid,
+            status,
+            body,
+        } => (reply(*event_uuid, *status, None, body.clone()), None),
+        Action::Apply {
+            event_uuid,
+            expected_version,
+            body,
+        } => {
+            let current_version = current.map_or(0, |s| s.version);
+            match expected_version {
+                Some(expected) if *expected != current_version => (
+                    reply(
+                        Some(*event_uuid),
+                        409,
+                        None,
+                        conflict_body(*expected, current_version),
+                    ),
+                    None,
+                ),
+                _ => {
+                    let mut applied = projection::apply(*event_uuid, current, body, now);
+                    let status = if applied.created { 201 } else { 200 };
+                    let body = std::mem::take(&mut applied.response);
+                    (
+                        reply(Some(*event_uuid), status, Some(applied.state.version), body),
+                        Some(applied),
+                    )
+                }
+            }
+        }
+    }
 }
 
 /// The 409 body: DRF's `detail` plus the version the event is at.
