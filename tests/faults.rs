@@ -236,12 +236,7 @@ async fn processors_joining_and_dying_in_one_group_lose_and_double_nothing() {
     let app = TestApp::resources_with(|c| {
         c.max_batch = 100;
         c.topic_partitions = 6;
-        c.kafka_bootstrap_servers = cluster.bootstrap_servers();
-        for t in [&c.command_topic, &c.reply_topic, &c.dlq_topic] {
-            cluster
-                .create_topic(t, c.topic_partitions, 1)
-                .expect("topic");
-        }
+        on_mock_cluster(&cluster, c);
     })
     .await;
     let l = load(
@@ -370,12 +365,7 @@ async fn a_broker_outage_under_load_loses_nothing_and_replies_arrive_after_it() 
     let cluster = MockCluster::new(1).expect("mock cluster");
     let app = TestApp::spawn_with(|c| {
         c.max_batch = 200;
-        c.kafka_bootstrap_servers = cluster.bootstrap_servers();
-        for t in [&c.command_topic, &c.reply_topic, &c.dlq_topic] {
-            cluster
-                .create_topic(t, c.topic_partitions, 1)
-                .expect("topic");
-        }
+        on_mock_cluster(&cluster, c);
     })
     .await;
     let l = load(
@@ -404,6 +394,19 @@ async fn a_broker_outage_under_load_loses_nothing_and_replies_arrive_after_it() 
     assert_exactly_once(&app, &l, &replies).await;
     app.finish().await;
     drop(cluster);
+}
+
+/// Points `c` at `cluster` and creates the test's topics there.
+fn on_mock_cluster(
+    cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+    c: &mut event_updater::Config,
+) {
+    c.kafka_bootstrap_servers = cluster.bootstrap_servers();
+    for t in [&c.command_topic, &c.reply_topic, &c.dlq_topic] {
+        cluster
+            .create_topic(t, c.topic_partitions, 1)
+            .expect("topic");
+    }
 }
 
 async fn admin_connection(base: &str) -> sqlx::PgConnection {

@@ -15,15 +15,8 @@ use uuid::Uuid;
 /// Runs `event-updater <args>` with the test's configuration, `stdin` on its standard input.
 async fn tool(app: &TestApp, args: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>) -> Output {
     use tokio::io::AsyncWriteExt;
-    let c = &app.cfg;
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_event-updater"));
+    let mut cmd = app.binary();
     cmd.args(args)
-        .env("DATABASE_URL", &c.database_url)
-        .env("KAFKA_BOOTSTRAP_SERVERS", &c.kafka_bootstrap_servers)
-        .env("COMMAND_TOPIC", &c.command_topic)
-        .env("REPLY_TOPIC", &c.reply_topic)
-        .env("DLQ_TOPIC", &c.dlq_topic)
-        .env("KAFKA_GROUP_ID", &c.kafka_group_id)
         .env("RUST_LOG", "warn")
         .env_remove("EVENT_UPDATER_TOKEN")
         .env_remove("REPLAY_AUTHORIZATION")

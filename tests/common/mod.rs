@@ -497,14 +497,8 @@ impl TestApp {
         let _ = std::fs::create_dir_all(&dir);
         let log_path = dir.join(format!("{}-{name}.log", c.kafka_group_id));
         let log = std::fs::File::create(&log_path).expect("log file");
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_event-updater"));
+        let mut cmd = self.binary();
         cmd.arg("serve")
-            .env("DATABASE_URL", &c.database_url)
-            .env("KAFKA_BOOTSTRAP_SERVERS", &c.kafka_bootstrap_servers)
-            .env("COMMAND_TOPIC", &c.command_topic)
-            .env("REPLY_TOPIC", &c.reply_topic)
-            .env("DLQ_TOPIC", &c.dlq_topic)
-            .env("KAFKA_GROUP_ID", &c.kafka_group_id)
             .env("TOPIC_PARTITIONS", c.topic_partitions.to_string())
             .env("HTTP_ADDR", "127.0.0.1:0")
             .env("MAX_BATCH", c.max_batch.to_string())
@@ -525,6 +519,20 @@ impl TestApp {
         };
         child.wait_until_subscribed().await;
         child
+    }
+
+    /// The `event-updater` binary, with this test's database, broker, topics and group in its
+    /// environment.
+    pub fn binary(&self) -> tokio::process::Command {
+        let c = &self.cfg;
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_event-updater"));
+        cmd.env("DATABASE_URL", &c.database_url)
+            .env("KAFKA_BOOTSTRAP_SERVERS", &c.kafka_bootstrap_servers)
+            .env("COMMAND_TOPIC", &c.command_topic)
+            .env("REPLY_TOPIC", &c.reply_topic)
+            .env("DLQ_TOPIC", &c.dlq_topic)
+            .env("KAFKA_GROUP_ID", &c.kafka_group_id);
+        cmd
     }
 
     /// A new reader of `topic` from its beginning (drop it before [`TestApp::finish`]).
