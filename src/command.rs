@@ -72,6 +72,24 @@ pub enum Action {
     },
 }
 
+impl Action {
+    /// The event the command names, where it names a usable one.
+    pub fn event_uuid(&self) -> Option<Uuid> {
+        match self {
+            Action::Apply { event_uuid, .. } => Some(*event_uuid),
+            Action::Reject { event_uuid, .. } => *event_uuid,
+        }
+    }
+
+    /// The event the command would change (only an [`Action::Apply`] changes one).
+    pub fn event_uuid_to_apply(&self) -> Option<Uuid> {
+        match self {
+            Action::Apply { event_uuid, .. } => Some(*event_uuid),
+            Action::Reject { .. } => None,
+        }
+    }
+}
+
 /// Decodes `msg`; values over `max_bytes` are refused without being parsed.
 pub fn decode(msg: &Incoming, max_bytes: usize) -> Command {
     let payload = msg.payload.as_deref().unwrap_or_default();

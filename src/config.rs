@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use clap::builder::TypedValueParser;
 use clap::{Args, Parser};
 
 use crate::auth::AuthMode;
@@ -77,15 +78,32 @@ pub struct Config {
     #[arg(long, env = "MAX_BATCH", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_batch: u32,
 
-    /// How long to wait for more commands once a batch has its first, in milliseconds.
-    #[arg(long, env = "BATCH_LINGER_MS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=1_000))]
+    /// Longest wait for more commands once a batch has its first, in milliseconds; only when
+    /// the lane was behind (its queue was not empty after its last batch). An idle lane never
+    /// waits: a batch is what has arrived.
+    #[arg(long, env = "BATCH_LINGER_MS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=1_000))]
     pub batch_linger_ms: u64,
+
+    /// Most bytes of commands in one batch (with MAX_BATCH, whichever comes first).
+    #[arg(long, env = "MAX_BATCH_BYTES", default_value_t = 8 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..).map(|v| v as usize))]
+    pub max_batch_bytes: usize,
+
+    /// Most bytes of commands fetched and not yet answered, over all partitions; fetching waits
+    /// while they are spent. A record is charged twice its value (it is held decoded too) plus
+    /// its key and headers and 1 KiB.
+    #[arg(long, env = "MAX_IN_FLIGHT_BYTES", default_value_t = 32 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(65_536..).map(|v| v as usize))]
+    pub max_in_flight_bytes: usize,
+
+    /// Batches applied at once, each on its own database connection; partition p goes to lane
+    /// p mod n, so each partition still has one writer and keeps its order.
+    #[arg(long, env = "APPLY_CONCURRENCY", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub apply_concurrency: u32,
 
     /// Largest command value accepted, in bytes; larger ones get a 400 reply.
     #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 1_048_576)]
     pub max_message_bytes: usize,
 
-    /// Connections in the PostgreSQL pool.
+    /// Connections in the PostgreSQL pool (at least APPLY_CONCURRENCY are opened).
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 4)]
     pub database_max_connections: u32,
 

@@ -1,34 +1,54 @@
-//! The processing loop: poll a batch, decode it, apply it in one transaction, publish the
-//! replies, and only then store the offsets.
+//! The processing pipeline: fetch and decode, apply, publish, store offsets, each stage
+//! working on a later batch while the next stage finishes an earlier one.
+//!
+//! - **Fetch** (one thread of its own): polls the consumer, decodes each record into a command
+//!   and hands it to the lane of its partition. Records are admitted against a byte budget
+//!   ([`Budget`]), released when their batch is finished, so memory in flight is bounded by the
+//!   processor and not by the consumer's prefetch.
+//! - **Lanes** (`APPLY_CONCURRENCY` tasks, partition `p` in lane `p mod n`): each takes what
+//!   its queue holds (natural batching, up to `MAX_BATCH` commands and `MAX_BATCH_BYTES`),
+//!   applies it on its own connection ([`store::apply_batch`]), and hands the replies to the
+//!   producer in order, without waiting for their acknowledgements.
+//! - **Ackers** (one per lane): wait for a batch's acknowledgements, in the lane's order, then
+//!   record its metrics and store its offsets.
 //!
 //! Invariants:
-//! - An offset is stored (and so committed) only after the transaction holding the command's
-//!   effect has committed and its reply has been acknowledged by the broker. A crash anywhere
-//!   before that redelivers the command, and the stored reply answers it again (no new version).
-//! - Batches are applied one at a time, in poll order, so commands of one partition are applied
-//!   in partition order. A batch's replies are published while the next batch is applied, and
-//!   are acknowledged before the next batch's are sent, so they also leave in order.
-//! - A database that is down is retried with back-off, without polling further; data the
-//!   database refuses is isolated to its command, which gets a 400, so a partition never stalls.
-//! - On shutdown the batch in hand is finished (applied, answered, offsets committed) first.
+//! - One writer per partition: a partition's commands all go through one lane, which applies
+//!   its batches one after the other in offset order; so per-partition order of effects holds.
+//! - A lane hands its batches' replies to the idempotent producer in that same order, so the
+//!   replies of one event leave in order too (a reply the producer gives up on is sent again
+//!   after later ones; that takes a broker outage longer than `message.timeout.ms`).
+//! - An offset is stored (and so committed) only after the batch holding the command has
+//!   committed in PostgreSQL and every reply of it has been acknowledged; an acker finishes its
+//!   lane's batches in order, so stored offsets only move forward over answered commands. A
+//!   crash anywhere before that redelivers the command, and its stored reply answers it again.
+//! - Partitions being revoked are drained first: the rebalance callback waits (up to a bound)
+//!   until every fetched record is finished and commits, so their next owner starts after the
+//!   last answered command. Anything still in flight past the bound is fenced by the database
+//!   (see [`store::apply_batch`]).
+//! - A database that is down is retried with back-off; data the database refuses is isolated to
+//!   its command, which gets a 400, so a partition never stalls.
+//! - On shutdown, fetching stops, each lane finishes the batch in hand (records it had not
+//!   started are left for redelivery), the ackers finish what was published, and the stored
+//!   offsets are committed.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use sqlx::PgPool;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use crate::command::{self, Action, Command, Incoming};
 use crate::config::Config;
-use crate::kafka::{self, Publisher};
+use crate::kafka::{self, Enqueued, Publisher};
 use crate::metrics;
 use crate::reply::{detail, Destination, Outgoing};
 use crate::store::{self, Outcome, OutcomeKind, Source, StoreError};
@@ -56,24 +76,102 @@ impl Health {
     }
 }
 
-/// A batch applied in PostgreSQL, with what its replies need.
-struct Applied {
-    batch: Vec<Incoming>,
-    commands: Vec<(Command, Source)>,
-    outcomes: Vec<Outcome>,
-    traces: Vec<Option<trace::Continued>>,
+/// The bytes and records fetched but not finished yet (answered and offsets stored, or
+/// dropped at shutdown). The fetch thread waits while the budget is spent; the rebalance
+/// callback waits until nothing is in flight.
+#[derive(Debug)]
+pub struct Budget {
+    limit: usize,
+    state: Mutex<InFlight>,
+    changed: Condvar,
 }
 
-/// An applied batch whose records are being published.
+#[derive(Debug, Default)]
 struct InFlight {
-    applied: Applied,
-    publishing: tokio::task::JoinHandle<bool>,
+    bytes: usize,
+    records: usize,
 }
 
-/// Consumer callbacks: rebalances are logged, counted and reflected in [`Health`].
+impl Budget {
+    pub fn new(limit: usize) -> Budget {
+        Budget {
+            limit,
+            state: Mutex::new(InFlight::default()),
+            changed: Condvar::new(),
+        }
+    }
+
+    /// Blocks until `bytes` fit (a record larger than the whole budget fits when nothing else
+    /// is in flight); false when `stop` turned true first.
+    fn acquire(&self, bytes: usize, stop: &AtomicBool) -> bool {
+        let Ok(mut s) = self.state.lock() else {
+            return false;
+        };
+        while s.records > 0 && s.bytes + bytes > self.limit {
+            if stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            s = match self.changed.wait_timeout(s, Duration::from_millis(100)) {
+                Ok((s, _)) => s,
+                Err(_) => return false,
+            };
+        }
+        s.bytes += bytes;
+        s.records += 1;
+        true
+    }
+
+    fn release(&self, bytes: usize, records: usize) {
+        if let Ok(mut s) = self.state.lock() {
+            s.bytes = s.bytes.saturating_sub(bytes);
+            s.records = s.records.saturating_sub(records);
+        }
+        self.changed.notify_all();
+    }
+
+    /// Blocks until nothing is in flight, or `bound` passed; true when idle.
+    fn wait_idle(&self, bound: Duration) -> bool {
+        let deadline = Instant::now() + bound;
+        let Ok(mut s) = self.state.lock() else {
+            return false;
+        };
+        while s.records > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            s = match self.changed.wait_timeout(s, deadline - now) {
+                Ok((s, _)) => s,
+                Err(_) => return false,
+            };
+        }
+        true
+    }
+}
+
+/// What a record costs against the [`Budget`]: its bytes, plus a fixed share for what its
+/// decoded command holds besides them.
+fn cost(m: &Incoming) -> usize {
+    const OVERHEAD: usize = 1024;
+    let headers: usize = m
+        .headers
+        .iter()
+        .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+        .sum();
+    // The value is held as bytes and, decoded, about as much again.
+    2 * m.payload.as_ref().map_or(0, Vec::len)
+        + m.key.as_ref().map_or(0, Vec::len)
+        + headers
+        + OVERHEAD
+}
+
+/// Consumer callbacks: rebalances drain what is in flight, and are logged, counted and
+/// reflected in [`Health`].
 #[derive(Debug)]
 pub struct ProcessorContext {
     health: Arc<Health>,
+    budget: Arc<Budget>,
+    drain_bound: Duration,
 }
 
 impl ClientContext for ProcessorContext {
@@ -92,13 +190,13 @@ impl ClientContext for ProcessorContext {
 }
 
 impl ConsumerContext for ProcessorContext {
-    /// Before partitions go, commit what is stored for them, so that their next owner starts
-    /// after the last answered command instead of at the last periodic auto-commit. (Batches run
-    /// in the polling task, so a batch is never half-done when this runs; a batch already
-    /// polled for a revoked partition is still applied once, thanks to the stored replies.)
-    fn pre_rebalance(&self, consumer: &BaseConsumerRef<'_>, rebalance: &Rebalance<'_>) {
+    /// Before partitions go, waits until every fetched record is finished (runs on the fetch
+    /// thread, so nothing new is fetched meanwhile), then commits what is stored, so that the
+    /// next owners start after the last answered command.
+    fn pre_rebalance(&self, consumer: &BaseConsumer<ProcessorContext>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
-            tracing::info!(partitions = tpl.count(), "partitions revoked");
+            let drained = self.budget.wait_idle(self.drain_bound);
+            tracing::info!(partitions = tpl.count(), drained, "partitions revoked");
             match consumer.commit_consumer_state(CommitMode::Sync) {
                 Ok(()) => {}
                 Err(e)
@@ -109,7 +207,7 @@ impl ConsumerContext for ProcessorContext {
         }
     }
 
-    fn post_rebalance(&self, consumer: &BaseConsumerRef<'_>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<ProcessorContext>, rebalance: &Rebalance<'_>) {
         let assigned = consumer.assignment().map(|a| a.count()).unwrap_or(0);
         self.health
             .assigned_partitions
@@ -125,13 +223,15 @@ impl ConsumerContext for ProcessorContext {
     }
 }
 
-type BaseConsumerRef<'a> = rdkafka::consumer::BaseConsumer<ProcessorContext>;
-
 /// The command consumer with its context.
-pub type CommandConsumer = StreamConsumer<ProcessorContext>;
+pub type CommandConsumer = BaseConsumer<ProcessorContext>;
 
 /// Creates the consumer: offsets are stored by hand after each batch and auto-committed.
-pub fn create_consumer(cfg: &Config, health: Arc<Health>) -> KafkaResult<CommandConsumer> {
+pub fn create_consumer(
+    cfg: &Config,
+    health: Arc<Health>,
+    budget: Arc<Budget>,
+) -> KafkaResult<CommandConsumer> {
     let mut c = kafka::client_config(cfg);
     c.set("group.id", &cfg.kafka_group_id)
         .set("enable.auto.commit", "true")
@@ -140,8 +240,8 @@ pub fn create_consumer(cfg: &Config, health: Arc<Health>) -> KafkaResult<Command
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("statistics.interval.ms", "5000")
-        // Bounds the records librdkafka prefetches (default 64 MiB), which is most of the
-        // processor's memory under a backlog; 16 MiB still holds many batches.
+        // Bounds the records librdkafka prefetches (default 64 MiB); the processor's own
+        // budget (MAX_IN_FLIGHT_BYTES) bounds what is fetched and not yet answered.
         .set("queued.max.messages.kbytes", "16384")
         // How long a fetch may wait at the broker for data. Kafka answers as soon as data
         // arrives; some Kafka-protocol brokers wait the whole time, which then bounds the
@@ -150,12 +250,17 @@ pub fn create_consumer(cfg: &Config, health: Arc<Health>) -> KafkaResult<Command
     for (k, v) in &cfg.kafka_properties {
         c.set(k, v);
     }
-    c.create_with_context(ProcessorContext { health })
+    c.create_with_context(ProcessorContext {
+        health,
+        budget,
+        drain_bound: cfg.shutdown_timeout().min(Duration::from_secs(10)),
+    })
 }
 
 /// The processor: owns the consumer, the publisher and the pool.
 pub struct Processor {
     pub consumer: CommandConsumer,
+    pub budget: Arc<Budget>,
     pub publisher: Publisher,
     pub pool: PgPool,
     pub cfg: Config,
@@ -168,44 +273,86 @@ impl std::fmt::Debug for Processor {
     }
 }
 
+/// A record, decoded, on its way through a lane.
+struct Fetched {
+    incoming: Incoming,
+    command: Command,
+    cost: usize,
+    fetched_at: Instant,
+}
+
+/// A batch applied in PostgreSQL whose records were handed to the producer.
+struct Dispatched {
+    batch: Vec<Fetched>,
+    outcomes: Vec<Outcome>,
+    traces: Vec<Option<trace::Continued>>,
+    enqueued: Enqueued,
+    published_at: Instant,
+}
+
+/// What the lanes and ackers share.
+struct Shared {
+    consumer: Arc<CommandConsumer>,
+    budget: Arc<Budget>,
+    publisher: Publisher,
+    pool: PgPool,
+    cfg: Config,
+    health: Arc<Health>,
+}
+
 impl Processor {
-    /// Subscribes and runs until `shutdown` turns true; then finishes the batch in hand,
+    /// Subscribes and runs until `shutdown` turns true; then finishes the batches in hand,
     /// commits the stored offsets and returns.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> KafkaResult<()> {
+    pub async fn run(self, shutdown: watch::Receiver<bool>) -> KafkaResult<()> {
         self.consumer.subscribe(&[&self.cfg.command_topic])?;
         self.health.subscribed.store(true, Ordering::Relaxed);
         tracing::info!(topic = %self.cfg.command_topic, group = %self.cfg.kafka_group_id, "subscribed");
-        // The batch whose effects are committed and whose replies are being published while the
-        // next batch is decoded and applied.
-        let mut in_flight: Option<InFlight> = None;
-        loop {
-            let batch = tokio::select! {
-                biased;
-                _ = shutdown.wait_for(|s| *s) => break,
-                b = self.next_batch(&mut in_flight) => b,
-            };
-            if batch.is_empty() {
-                continue;
-            }
-            let applied = self.apply(batch, &mut shutdown).await;
-            // Replies leave in batch order: the previous batch's are acknowledged (and its
-            // offsets stored) before this batch's are sent.
-            if let Some(previous) = in_flight.take() {
-                if !self.complete(previous).await {
-                    break;
-                }
-            }
-            match applied {
-                Some(a) => in_flight = Some(self.publish(a, &shutdown)),
-                None => break,
-            }
+        let shared = Arc::new(Shared {
+            consumer: Arc::new(self.consumer),
+            budget: self.budget,
+            publisher: self.publisher,
+            pool: self.pool,
+            cfg: self.cfg,
+            health: self.health,
+        });
+        let lanes = shared.cfg.apply_concurrency as usize;
+        let mut senders = Vec::with_capacity(lanes);
+        let mut tasks = Vec::with_capacity(2 * lanes);
+        for lane in 0..lanes {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+            senders.push(tx);
+            tasks.push(tokio::spawn(
+                run_lane(shared.clone(), rx, ack_tx, shutdown.clone())
+                    .instrument(tracing::info_span!("lane", lane)),
+            ));
+            tasks.push(tokio::spawn(run_acker(
+                shared.clone(),
+                ack_rx,
+                shutdown.clone(),
+            )));
         }
-        if let Some(last) = in_flight.take() {
-            self.complete(last).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let fetcher = {
+            let (shared, stop) = (shared.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("fetch".into())
+                .spawn(move || fetch(&shared, senders, &stop))
+                .map_err(|e| {
+                    tracing::error!(error = %e, "could not start the fetch thread");
+                    rdkafka::error::KafkaError::Canceled
+                })?
+        };
+        let mut wait = shutdown.clone();
+        let _ = wait.wait_for(|s| *s).await;
+        stop.store(true, Ordering::Relaxed);
+        let _ = tokio::task::spawn_blocking(move || fetcher.join()).await;
+        for t in tasks {
+            let _ = t.await;
         }
         tracing::info!("shutting down: committing stored offsets");
-        self.publisher.flush(Duration::from_secs(5));
-        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+        shared.publisher.flush(Duration::from_secs(5));
+        match shared.consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(()) => {}
             // Nothing stored since the last auto-commit.
             Err(e)
@@ -216,290 +363,342 @@ impl Processor {
         }
         Ok(())
     }
+}
 
-    /// Waits for one record, then takes what arrives within the linger, up to `max_batch`.
-    /// While it waits for the first, it completes the batch in flight, so that an idle
-    /// processor stores its last offsets at once. (Only the first wait races with it: `recv`
-    /// is cancellation safe, and nothing has been taken yet.)
-    async fn next_batch(&self, in_flight: &mut Option<InFlight>) -> Vec<Incoming> {
-        let mut batch = Vec::new();
-        let first = loop {
-            let Some(f) = in_flight.as_mut() else {
-                break self.consumer.recv().await;
-            };
-            tokio::select! {
-                m = self.consumer.recv() => break m,
-                published = &mut f.publishing => {
-                    if let Some(done) = in_flight.take() {
-                        self.finish(done.applied, matches!(published, Ok(true)));
-                    }
-                }
+/// The fetch thread: polls, admits each record against the budget, decodes it, and hands it
+/// to its partition's lane. Returns when `stop` turns true. (Rebalance callbacks run here,
+/// inside `poll`.)
+fn fetch(shared: &Shared, lanes: Vec<mpsc::UnboundedSender<Fetched>>, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        let incoming = match shared.consumer.poll(Duration::from_millis(100)) {
+            None => continue,
+            Some(Ok(m)) => to_incoming(&m),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "consumer error");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
             }
         };
-        match first {
-            Ok(m) => batch.push(to_incoming(&m)),
-            Err(e) => {
-                tracing::warn!(error = %e, "consumer error");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                return batch;
-            }
+        let cost = cost(&incoming);
+        if !shared.budget.acquire(cost, stop) {
+            break;
         }
-        let deadline = tokio::time::Instant::now() + self.cfg.batch_linger();
-        while batch.len() < self.cfg.max_batch as usize {
-            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Ok(Ok(m)) => batch.push(to_incoming(&m)),
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "consumer error");
-                    break;
+        let fetched_at = Instant::now();
+        let command = command::decode(&incoming, shared.cfg.max_message_bytes);
+        let lane = usize::try_from(incoming.partition).unwrap_or(0) % lanes.len();
+        let f = Fetched {
+            incoming,
+            command,
+            cost,
+            fetched_at,
+        };
+        if let Err(e) = lanes[lane].send(f) {
+            shared.budget.release(e.0.cost, 1);
+            break;
+        }
+    }
+}
+
+/// A lane: takes what its queue holds, applies it, hands the replies to the producer, passes
+/// the batch to its acker. On shutdown, finishes the batch in hand and releases the rest.
+async fn run_lane(
+    shared: Arc<Shared>,
+    mut rx: mpsc::UnboundedReceiver<Fetched>,
+    acks: mpsc::UnboundedSender<Dispatched>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let max_batch = shared.cfg.max_batch as usize;
+    let max_bytes = shared.cfg.max_batch_bytes;
+    let mut behind = false;
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|s| *s) => break,
+            f = rx.recv() => match f { Some(f) => f, None => break },
+        };
+        let mut bytes = first.cost;
+        let mut batch = vec![first];
+        // Natural batching: what is already here, and a linger only when the lane is behind.
+        let linger_until = tokio::time::Instant::now() + shared.cfg.batch_linger();
+        while batch.len() < max_batch && bytes < max_bytes {
+            match rx.try_recv() {
+                Ok(f) => {
+                    bytes += f.cost;
+                    batch.push(f);
                 }
+                Err(_) if behind => match tokio::time::timeout_at(linger_until, rx.recv()).await {
+                    Ok(Some(f)) => {
+                        bytes += f.cost;
+                        batch.push(f);
+                    }
+                    _ => break,
+                },
                 Err(_) => break,
             }
         }
-        batch
-    }
-
-    /// Decodes a batch and applies it in one transaction. `None`: shutdown came first.
-    async fn apply(
-        &self,
-        batch: Vec<Incoming>,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Option<Applied> {
+        behind = !rx.is_empty();
+        let started = Instant::now();
+        metrics::record_stage("queue", started - batch[0].fetched_at);
         let span = tracing::debug_span!("batch", size = batch.len());
-        async {
-            let commands: Vec<(Command, Source)> = batch
-                .iter()
-                .map(|m| {
-                    let c = command::decode(m, self.cfg.max_message_bytes);
-                    let s = Source {
-                        topic: m.topic.clone(),
-                        partition: m.partition,
-                        offset: m.offset,
-                    };
-                    (c, s)
-                })
-                .collect();
-            let outcomes = self.apply_durably(&commands, shutdown).await?;
-            let traces = batch
-                .iter()
-                .map(|m| m.header("traceparent").and_then(trace::continue_from))
-                .collect();
-            Some(Applied {
-                batch,
-                commands,
-                outcomes,
-                traces,
+        let Some(outcomes) = apply_durably(&shared, &batch, &mut shutdown)
+            .instrument(span)
+            .await
+        else {
+            // Shutdown while the database was away: nothing of this batch is stored.
+            release(&shared, &batch);
+            break;
+        };
+        metrics::record_stage("apply", started.elapsed());
+        let traces: Vec<Option<trace::Continued>> = batch
+            .iter()
+            .map(|f| {
+                f.incoming
+                    .header("traceparent")
+                    .and_then(trace::continue_from)
+            })
+            .collect();
+        let records = outgoing(&shared.cfg, &batch, &outcomes, &traces);
+        let enqueued = shared.publisher.enqueue(records).await;
+        let d = Dispatched {
+            batch,
+            outcomes,
+            traces,
+            enqueued,
+            published_at: Instant::now(),
+        };
+        if let Err(e) = acks.send(d) {
+            release(&shared, &e.0.batch);
+            break;
+        }
+    }
+    // Records fetched but not started: left uncommitted, redelivered after the restart.
+    rx.close();
+    while let Ok(f) = rx.try_recv() {
+        shared.budget.release(f.cost, 1);
+    }
+}
+
+fn release(shared: &Shared, batch: &[Fetched]) {
+    let bytes = batch.iter().map(|f| f.cost).sum();
+    shared.budget.release(bytes, batch.len());
+}
+
+/// An acker: finishes its lane's batches in order once their records are acknowledged.
+async fn run_acker(
+    shared: Arc<Shared>,
+    mut rx: mpsc::UnboundedReceiver<Dispatched>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut stored = true;
+    while let Some(d) = rx.recv().await {
+        if !stored {
+            // An earlier batch of this lane was not acknowledged before shutdown: later ones
+            // must not store offsets past it.
+            release(&shared, &d.batch);
+            continue;
+        }
+        let Dispatched {
+            batch,
+            outcomes,
+            traces,
+            enqueued,
+            published_at,
+        } = d;
+        let published = shared.publisher.settle(enqueued, &mut shutdown).await;
+        metrics::record_stage("publish", published_at.elapsed());
+        stored = finish(&shared, &batch, &outcomes, &traces, published);
+        release(&shared, &batch);
+    }
+}
+
+/// Records a published batch's metrics and logs and stores its offsets; a batch whose records
+/// were not all acknowledged (shutdown) stores nothing.
+fn finish(
+    shared: &Shared,
+    batch: &[Fetched],
+    outcomes: &[Outcome],
+    traces: &[Option<trace::Continued>],
+    published: bool,
+) -> bool {
+    if !published {
+        tracing::warn!("shutdown before every reply was acknowledged; offsets not stored");
+        return false;
+    }
+    let now = Utc::now();
+    for ((f, o), t) in batch.iter().zip(outcomes).zip(traces) {
+        let (m, c) = (&f.incoming, &f.command);
+        let latency = m.timestamp_ms.and_then(|t| {
+            (now.timestamp_millis() - t)
+                .try_into()
+                .ok()
+                .map(Duration::from_millis)
+        });
+        metrics::record_command(o.status, o.kind, latency);
+        let span = tracing::info_span!(
+            "command",
+            request_id = %c.request_id,
+            event_uuid = c.action.event_uuid().map(tracing::field::display),
+            partition = m.partition,
+            offset = m.offset,
+            trace_id = t.as_ref().map(|t| tracing::field::display(&t.trace_id)),
+            span_id = t.as_ref().map(|t| tracing::field::display(&t.span_id)),
+        );
+        span.in_scope(|| {
+            tracing::debug!(status = o.status, outcome = ?o.kind, "answered");
+        });
+    }
+    store_offsets(&shared.consumer, batch);
+    true
+}
+
+/// Applies the batch, retrying while the database is unavailable or a concurrent writer
+/// conflicts; if the database refuses the data, applies the commands one by one so that only
+/// the offending command is answered with a 400. `None`: shutdown came first.
+async fn apply_durably(
+    shared: &Shared,
+    batch: &[Fetched],
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<Vec<Outcome>> {
+    let commands: Vec<(Command, Source)> = batch
+        .iter()
+        .map(|f| {
+            let s = Source {
+                topic: f.incoming.topic.clone(),
+                partition: f.incoming.partition,
+                offset: f.incoming.offset,
+            };
+            (f.command.clone(), s)
+        })
+        .collect();
+    match apply_retrying(shared, &commands, shutdown).await? {
+        Ok(o) => Some(o),
+        Err(e) => {
+            tracing::warn!(error = %e, size = commands.len(), "batch refused; applying its commands one by one");
+            let mut out = Vec::with_capacity(commands.len());
+            for c in commands {
+                out.push(apply_one(shared, c, shutdown).await?);
+            }
+            Some(out)
+        }
+    }
+}
+
+async fn apply_one(
+    shared: &Shared,
+    (cmd, source): (Command, Source),
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<Outcome> {
+    let single = [(cmd, source)];
+    let e = match apply_retrying(shared, &single, shutdown).await? {
+        Ok(mut o) => return o.pop(),
+        Err(e) => e,
+    };
+    let [(cmd, source)] = single;
+    tracing::warn!(request_id = %cmd.request_id, error = %e, "the database refused a command; answering 400");
+    let refused = Command {
+        action: Action::Reject {
+            event_uuid: cmd.action.event_uuid(),
+            status: 400,
+            body: detail(refusal_text(&e)),
+        },
+        ..cmd
+    };
+    let single = [(refused, source)];
+    match apply_retrying(shared, &single, shutdown).await? {
+        Ok(mut o) => o.pop(),
+        Err(e) => {
+            // Even the rejection cannot be stored: answer without storing it.
+            tracing::error!(error = %e, "could not store a rejection");
+            let [(cmd, _)] = single;
+            let reply = crate::reply::Reply {
+                request_id: cmd.request_id,
+                event_uuid: None,
+                status: 400,
+                version: None,
+                body: detail(refusal_text(&e)),
+            };
+            Some(Outcome {
+                status: 400,
+                reply: Arc::new(reply.to_bytes()),
+                kind: OutcomeKind::New,
             })
         }
-        .instrument(span)
+    }
+}
+
+/// `None`: shutdown while waiting; `Some(Err)`: refused data (never a transient error).
+async fn apply_retrying(
+    shared: &Shared,
+    commands: &[(Command, Source)],
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<Result<Vec<Outcome>, StoreError>> {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let started = Instant::now();
+        let wait = match store::apply_batch(
+            &shared.pool,
+            commands,
+            shared.cfg.auth_mode,
+            Utc::now(),
+        )
         .await
-    }
-
-    /// Starts publishing an applied batch's replies (and dead letters) in the background.
-    fn publish(&self, a: Applied, shutdown: &watch::Receiver<bool>) -> InFlight {
-        let records = outgoing(&self.cfg, &a.batch, &a.commands, &a.outcomes, &a.traces);
-        let publisher = self.publisher.clone();
-        let mut shutdown = shutdown.clone();
-        let publishing =
-            tokio::spawn(async move { publisher.publish_all(&records, &mut shutdown).await });
-        InFlight {
-            applied: a,
-            publishing,
-        }
-    }
-
-    /// Waits until a batch's records are acknowledged, then finishes it. False when shutdown
-    /// came first (offsets not stored).
-    async fn complete(&self, f: InFlight) -> bool {
-        let published = matches!(f.publishing.await, Ok(true));
-        self.finish(f.applied, published)
-    }
-
-    /// Records a published batch's metrics and logs and stores its offsets; a batch whose
-    /// records were not all acknowledged (shutdown) stores nothing.
-    fn finish(&self, a: Applied, published: bool) -> bool {
-        if !published {
-            tracing::warn!("shutdown before every reply was acknowledged; offsets not stored");
-            return false;
-        }
-        let now = Utc::now();
-        for (((m, (c, _)), o), t) in a
-            .batch
-            .iter()
-            .zip(&a.commands)
-            .zip(&a.outcomes)
-            .zip(&a.traces)
         {
-            let latency = m.timestamp_ms.and_then(|t| {
-                (now.timestamp_millis() - t)
-                    .try_into()
-                    .ok()
-                    .map(Duration::from_millis)
-            });
-            metrics::record_command(o.status, o.kind, latency);
-            let event_uuid = match &c.action {
-                Action::Apply { event_uuid, .. } => Some(*event_uuid),
-                Action::Reject { event_uuid, .. } => *event_uuid,
-            };
-            let span = tracing::info_span!(
-                "command",
-                request_id = %c.request_id,
-                event_uuid = event_uuid.map(tracing::field::display),
-                partition = m.partition,
-                offset = m.offset,
-                trace_id = t.as_ref().map(|t| tracing::field::display(&t.trace_id)),
-                span_id = t.as_ref().map(|t| tracing::field::display(&t.span_id)),
-            );
-            span.in_scope(|| {
-                tracing::debug!(status = o.status, outcome = ?o.kind, "answered");
-            });
-        }
-        self.store_offsets(&a.batch);
-        true
-    }
-
-    /// Applies the batch, retrying while the database is unavailable or a concurrent writer
-    /// conflicts; if the database refuses the data, applies the commands one by one so that
-    /// only the offending command is answered with a 400. `None`: shutdown came first.
-    async fn apply_durably(
-        &self,
-        commands: &[(Command, Source)],
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Option<Vec<Outcome>> {
-        match self.apply_retrying(commands, shutdown).await? {
-            Ok(o) => Some(o),
+            Ok(o) => {
+                metrics::record_batch(commands.len(), started.elapsed());
+                shared.health.database_ok.store(true, Ordering::Relaxed);
+                return Some(Ok(o));
+            }
+            Err(e @ StoreError::Conflict(_)) => {
+                metrics::record_db_error("conflict");
+                tracing::info!(error = %e, "concurrent writer; retrying the batch");
+                Duration::from_millis(10)
+            }
+            Err(e @ (StoreError::Unavailable(_) | StoreError::Url(_) | StoreError::Migrate(_))) => {
+                metrics::record_db_error("unavailable");
+                shared.health.database_ok.store(false, Ordering::Relaxed);
+                tracing::warn!(error = %e, retry_in = ?backoff, "database unavailable; retrying the batch");
+                let b = backoff;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                b
+            }
             Err(e) => {
-                tracing::warn!(error = %e, size = commands.len(), "batch refused; applying its commands one by one");
-                let mut out = Vec::with_capacity(commands.len());
-                for c in commands {
-                    out.push(self.apply_one(c.clone(), shutdown).await?);
-                }
-                Some(out)
+                metrics::record_db_error("refused");
+                return Some(Err(e));
             }
-        }
-    }
-
-    async fn apply_one(
-        &self,
-        (cmd, source): (Command, Source),
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Option<Outcome> {
-        let single = [(cmd, source)];
-        let e = match self.apply_retrying(&single, shutdown).await? {
-            Ok(mut o) => return o.pop(),
-            Err(e) => e,
         };
-        let [(cmd, source)] = single;
-        tracing::warn!(request_id = %cmd.request_id, error = %e, "the database refused a command; answering 400");
-        let refused = Command {
-            action: Action::Reject {
-                event_uuid: match &cmd.action {
-                    Action::Apply { event_uuid, .. } => Some(*event_uuid),
-                    Action::Reject { event_uuid, .. } => *event_uuid,
-                },
-                status: 400,
-                body: detail(refusal_text(&e)),
-            },
-            ..cmd
-        };
-        let single = [(refused, source)];
-        match self.apply_retrying(&single, shutdown).await? {
-            Ok(mut o) => o.pop(),
-            Err(e) => {
-                // Even the rejection cannot be stored: answer without storing it.
-                tracing::error!(error = %e, "could not store a rejection");
-                let [(cmd, _)] = single;
-                let reply = crate::reply::Reply {
-                    request_id: cmd.request_id,
-                    event_uuid: None,
-                    status: 400,
-                    version: None,
-                    body: detail(refusal_text(&e)),
-                };
-                Some(Outcome {
-                    status: 400,
-                    reply: Arc::new(reply.to_bytes()),
-                    kind: OutcomeKind::New,
-                })
-            }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            // Shutdown while the database is away: leave the batch uncommitted; it is
+            // redelivered after the restart.
+            _ = shutdown.wait_for(|s| *s) => return None,
         }
     }
+}
 
-    /// `None`: shutdown while waiting; `Some(Err)`: refused data (never a transient error).
-    async fn apply_retrying(
-        &self,
-        commands: &[(Command, Source)],
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Option<Result<Vec<Outcome>, StoreError>> {
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            let started = std::time::Instant::now();
-            let wait = match store::apply_batch(
-                &self.pool,
-                commands,
-                self.cfg.auth_mode,
-                Utc::now(),
-            )
-            .await
-            {
-                Ok(o) => {
-                    metrics::record_batch(commands.len(), started.elapsed());
-                    self.health.database_ok.store(true, Ordering::Relaxed);
-                    return Some(Ok(o));
-                }
-                Err(e @ StoreError::Conflict(_)) => {
-                    metrics::record_db_error("conflict");
-                    tracing::info!(error = %e, "concurrent writer; retrying the batch");
-                    Duration::from_millis(10)
-                }
-                Err(
-                    e @ (StoreError::Unavailable(_) | StoreError::Url(_) | StoreError::Migrate(_)),
-                ) => {
-                    metrics::record_db_error("unavailable");
-                    self.health.database_ok.store(false, Ordering::Relaxed);
-                    tracing::warn!(error = %e, retry_in = ?backoff, "database unavailable; retrying the batch");
-                    let b = backoff;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    b
-                }
-                Err(e) => {
-                    metrics::record_db_error("refused");
-                    return Some(Err(e));
-                }
-            };
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                // Shutdown while the database is away: leave the batch uncommitted; it is
-                // redelivered after the restart.
-                _ = shutdown.wait_for(|s| *s) => return None,
-            }
+fn store_offsets(consumer: &CommandConsumer, batch: &[Fetched]) {
+    let mut next: HashMap<(&str, i32), i64> = HashMap::new();
+    for f in batch {
+        let m = &f.incoming;
+        let e = next.entry((&m.topic, m.partition)).or_insert(0);
+        *e = (*e).max(m.offset + 1);
+    }
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), offset) in next {
+        if let Err(e) = tpl.add_partition_offset(topic, partition, Offset::Offset(offset)) {
+            tracing::warn!(error = %e, "bad offset");
         }
     }
-
-    fn store_offsets(&self, batch: &[Incoming]) {
-        let mut next: HashMap<(&str, i32), i64> = HashMap::new();
-        for m in batch {
-            let e = next.entry((&m.topic, m.partition)).or_insert(0);
-            *e = (*e).max(m.offset + 1);
-        }
-        let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), offset) in next {
-            if let Err(e) = tpl.add_partition_offset(topic, partition, Offset::Offset(offset)) {
-                tracing::warn!(error = %e, "bad offset");
-            }
-        }
-        // Fails for partitions revoked meanwhile; their new owner re-reads them and is
-        // answered from the stored replies.
-        if let Err(e) = self.consumer.store_offsets(&tpl) {
-            tracing::info!(error = %e, "could not store offsets (partition revoked?)");
-        }
-        // Commit now rather than at the next auto-commit, so that a crash redelivers at most
-        // the batch in hand. Asynchronous: the next batch does not wait for it.
-        match self.consumer.commit_consumer_state(CommitMode::Async) {
-            Ok(()) => {}
-            Err(e)
-                if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::NoOffset) => {}
-            Err(e) => tracing::info!(error = %e, "commit failed; the auto-commit will retry"),
-        }
+    // Fails for partitions revoked meanwhile; their new owner re-reads them and is answered
+    // from the stored replies.
+    if let Err(e) = consumer.store_offsets(&tpl) {
+        tracing::info!(error = %e, "could not store offsets (partition revoked?)");
+    }
+    // Commit now rather than at the next auto-commit, so that a crash redelivers little.
+    // Asynchronous: nothing waits for it.
+    match consumer.commit_consumer_state(CommitMode::Async) {
+        Ok(()) => {}
+        Err(e) if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::NoOffset) => {}
+        Err(e) => tracing::info!(error = %e, "commit failed; the auto-commit will retry"),
     }
 }
 
@@ -516,13 +715,13 @@ fn refusal_text(e: &StoreError) -> String {
 /// when the allow-list names its topic.
 fn outgoing(
     cfg: &Config,
-    batch: &[Incoming],
-    commands: &[(Command, Source)],
+    batch: &[Fetched],
     outcomes: &[Outcome],
     traces: &[Option<trace::Continued>],
 ) -> Vec<Outgoing> {
     let mut out = Vec::with_capacity(batch.len());
-    for (((m, (c, _)), o), t) in batch.iter().zip(commands).zip(outcomes).zip(traces) {
+    for ((f, o), t) in batch.iter().zip(outcomes).zip(traces) {
+        let (m, c) = (&f.incoming, &f.command);
         let mut headers = vec![("request-id".to_string(), c.request_id.clone().into_bytes())];
         if let Some(v) = m.header("correlation-id") {
             headers.push(("correlation-id".to_string(), v.to_vec()));

@@ -13,7 +13,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use tokio::sync::watch;
 
@@ -104,6 +104,20 @@ pub fn producer(cfg: &Config) -> Result<FutureProducer, KafkaError> {
     c.create()
 }
 
+/// A batch's records handed to the producer, with their pending acknowledgements.
+pub struct Enqueued {
+    records: Vec<Outgoing>,
+    pending: Vec<Result<DeliveryFuture, KafkaError>>,
+}
+
+impl std::fmt::Debug for Enqueued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enqueued")
+            .field("records", &self.records.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Publishes a batch's records and waits until every one is acknowledged.
 #[derive(Clone)]
 pub struct Publisher {
@@ -130,6 +144,58 @@ impl Publisher {
         }
     }
 
+    /// Hands `records` to the producer in order, without waiting for acknowledgements: the
+    /// producer is idempotent, so records to one partition are written in the order handed
+    /// over. Waits only while the producer's queue is full. Settle the result with [`settle`].
+    ///
+    /// [`settle`]: Publisher::settle
+    pub async fn enqueue(&self, records: Vec<Outgoing>) -> Enqueued {
+        let mut pending = Vec::with_capacity(records.len());
+        for r in &records {
+            pending.push(self.enqueue_one(r).await);
+        }
+        Enqueued { records, pending }
+    }
+
+    async fn enqueue_one(&self, r: &Outgoing) -> Result<DeliveryFuture, KafkaError> {
+        loop {
+            match self.producer.send_result(self.record(r)) {
+                Ok(f) => return Ok(f),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
+    /// Waits until every record of `e` is acknowledged, or refused for good (see
+    /// [`publish_all`]); records that failed are sent again. False: shutdown came first.
+    ///
+    /// [`publish_all`]: Publisher::publish_all
+    pub async fn settle(&self, e: Enqueued, shutdown: &mut watch::Receiver<bool>) -> bool {
+        let mut retry = Vec::new();
+        for (record, pending) in e.records.into_iter().zip(e.pending) {
+            let result = match pending {
+                Ok(f) => match f.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((e, _))) => Err(e),
+                    Err(_) => Err(KafkaError::Canceled),
+                },
+                Err(e) => Err(e),
+            };
+            self.sort(record, result, &mut retry);
+        }
+        if retry.is_empty() {
+            return true;
+        }
+        let wait = tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => true,
+            _ = shutdown.wait_for(|s| *s) => false,
+        };
+        wait && self.publish_all(&retry, shutdown).await
+    }
+
     /// Sends all `records` and returns once each is acknowledged, or refused for good (a
     /// record the broker will never take, such as one over its size limit, is logged and
     /// counted, so that it cannot stall the partition). Transient failures are retried with
@@ -145,24 +211,8 @@ impl Publisher {
         loop {
             let results = join_all(pending.iter().map(|r| self.send(r))).await;
             let mut retry = Vec::new();
-            for (mut record, result) in pending.into_iter().zip(results) {
-                match result {
-                    Ok(()) => metrics::record_published(record.destination),
-                    Err(e) if record.topic.is_some() && is_unusable_topic(&e) => {
-                        tracing::warn!(error = %e, topic = ?record.topic, "reply-to topic unusable; replying on the default topic");
-                        record.topic = None;
-                        retry.push(record);
-                    }
-                    Err(e) if is_permanent(&e) => {
-                        metrics::record_publish_failed(record.destination, true);
-                        tracing::error!(error = %e, destination = ?record.destination, "the broker refuses this record for good; dropped");
-                    }
-                    Err(e) => {
-                        metrics::record_publish_failed(record.destination, false);
-                        tracing::warn!(error = %e, destination = ?record.destination, "publish failed; will retry");
-                        retry.push(record);
-                    }
-                }
+            for (record, result) in pending.into_iter().zip(results) {
+                self.sort(record, result, &mut retry);
             }
             if retry.is_empty() {
                 return true;
@@ -176,7 +226,33 @@ impl Publisher {
         }
     }
 
-    async fn send(&self, r: &Outgoing) -> Result<(), KafkaError> {
+    /// Counts and logs one record's delivery result; what should be sent again goes to `retry`.
+    fn sort(
+        &self,
+        mut record: Outgoing,
+        result: Result<(), KafkaError>,
+        retry: &mut Vec<Outgoing>,
+    ) {
+        match result {
+            Ok(()) => metrics::record_published(record.destination),
+            Err(e) if record.topic.is_some() && is_unusable_topic(&e) => {
+                tracing::warn!(error = %e, topic = ?record.topic, "reply-to topic unusable; replying on the default topic");
+                record.topic = None;
+                retry.push(record);
+            }
+            Err(e) if is_permanent(&e) => {
+                metrics::record_publish_failed(record.destination, true);
+                tracing::error!(error = %e, destination = ?record.destination, "the broker refuses this record for good; dropped");
+            }
+            Err(e) => {
+                metrics::record_publish_failed(record.destination, false);
+                tracing::warn!(error = %e, destination = ?record.destination, "publish failed; will retry");
+                retry.push(record);
+            }
+        }
+    }
+
+    fn record<'a>(&'a self, r: &'a Outgoing) -> FutureRecord<'a, [u8], [u8]> {
         let topic = match (&r.topic, r.destination) {
             (Some(t), _) => t,
             (None, Destination::Reply) => &self.reply_topic,
@@ -195,8 +271,12 @@ impl Publisher {
         if let Some(k) = &r.key {
             record = record.key(k.as_slice());
         }
+        record
+    }
+
+    async fn send(&self, r: &Outgoing) -> Result<(), KafkaError> {
         self.producer
-            .send(record, Timeout::Never)
+            .send(self.record(r), Timeout::Never)
             .await
             .map(|_| ())
             .map_err(|(e, _)| e)

@@ -26,6 +26,7 @@ pub const REPLY_TO_REFUSED: &str = "event_updater_reply_to_refused_total";
 pub const CONSUMER_LAG: &str = "event_updater_consumer_lag";
 pub const VERSION_CONFLICTS: &str = "event_updater_version_conflicts_total";
 pub const DUPLICATES: &str = "event_updater_duplicates_total";
+pub const STAGE: &str = "event_updater_stage_seconds";
 
 static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
 
@@ -37,8 +38,8 @@ pub fn install() -> Result<PrometheusHandle, String> {
                 .set_buckets_for_metric(
                     Matcher::Suffix("_seconds".into()),
                     &[
-                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                        10.0,
+                        0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03,
+                        0.04, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                     ],
                 )
                 .and_then(|b| {
@@ -79,6 +80,13 @@ pub fn record_command(status: u16, kind: OutcomeKind, latency: Option<Duration>)
 pub fn record_batch(size: usize, transaction: Duration) {
     histogram!(BATCH_SIZE).record(size as f64);
     histogram!(DB_TRANSACTION).record(transaction.as_secs_f64());
+}
+
+/// Time a batch spent in one stage of the pipeline: `queue` (its first record fetched to the
+/// batch started), `apply` (the database, retries included), `publish` (replies handed to the
+/// producer to all acknowledged).
+pub fn record_stage(stage: &'static str, d: Duration) {
+    histogram!(STAGE, "stage" => stage).record(d.as_secs_f64());
 }
 
 /// A transaction failed; `kind` is `unavailable`, `conflict` or `refused`.

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::consumer::{self, Health, Processor};
+use crate::consumer::{self, Budget, Health, Processor};
 use crate::http;
 use crate::kafka::{self, Publisher};
 use crate::metrics;
@@ -60,7 +60,11 @@ impl Application {
             tracing::warn!("AUTH_MODE=disabled: commands are NOT authenticated; any producer may change events. For local development only.");
         }
         let health = Arc::new(Health::default());
-        let pool = store::connect(&cfg.database_url, cfg.database_max_connections).await?;
+        let pool = store::connect_for_processing(
+            &cfg.database_url,
+            cfg.database_max_connections.max(cfg.apply_concurrency),
+        )
+        .await?;
         health.migrated.store(true, Ordering::Relaxed);
         health.database_ok.store(true, Ordering::Relaxed);
         kafka::ensure_topics(&cfg).await?;
@@ -70,8 +74,10 @@ impl Application {
         let (shutdown, rx) = watch::channel(false);
         let http = tokio::spawn(http::serve(listener, health.clone(), metrics, rx.clone()));
 
+        let budget = Arc::new(Budget::new(cfg.max_in_flight_bytes));
         let processor = Processor {
-            consumer: consumer::create_consumer(&cfg, health.clone())?,
+            consumer: consumer::create_consumer(&cfg, health.clone(), budget.clone())?,
+            budget,
             publisher: Publisher::new(kafka::producer(&cfg)?, &cfg),
             pool: pool.clone(),
             cfg,
