@@ -945,3 +945,201 @@ pub async fn load_history(pool: &PgPool, event_uuid: Uuid) -> Result<Vec<LogEntr
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    //! The order of checks in [`decide_batch`]: 403 first (never stored), then a request id
+    //! handled before (its stored reply, or a 422 for other content), then the command itself
+    //! (409 against the version the batch has reached, else 201/200); later commands of a batch
+    //! see the effects of earlier ones.
+    use super::*;
+    use crate::command::{decode, Incoming};
+    use serde_json::json;
+
+    const U: &str = "3fa85f64-5717-4562-b3fc-2c963f66afa6";
+
+    fn command(value: Value, token: Option<&str>) -> (Command, Source) {
+        let headers = token
+            .map(|t| {
+                vec![(
+                    "authorization".to_string(),
+                    Some(format!("Bearer {t}").into_bytes()),
+                )]
+            })
+            .unwrap_or_default();
+        let m = Incoming {
+            topic: "cmds".into(),
+            payload: Some(value.to_string().into_bytes()),
+            headers,
+            ..Incoming::default()
+        };
+        (decode(&m, 1 << 20), Source::default())
+    }
+
+    fn update(id: &str, expected: Option<i64>, token: Option<&str>) -> (Command, Source) {
+        let mut v = json!({"request_id": id, "event_uuid": U,
+                           "body": {"action": "login", "app": "a"}});
+        if let Some(e) = expected {
+            v["expected_version"] = json!(e);
+        }
+        command(v, token)
+    }
+
+    fn statuses(outcomes: &[Outcome]) -> Vec<(u16, OutcomeKind)> {
+        outcomes.iter().map(|o| (o.status, o.kind)).collect()
+    }
+
+    fn body(o: &Outcome) -> Value {
+        serde_json::from_slice::<Value>(&o.reply).unwrap()["body"].clone()
+    }
+
+    fn now() -> DateTime<Utc> {
+        "2026-11-30T12:00:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn forbidden_comes_first_and_is_not_stored() {
+        let mut known = Known::default();
+        known.grants.insert(
+            auth::hash("revoked"),
+            TokenGrant {
+                usable: false,
+                can_change_event: true,
+            },
+        );
+        known.grants.insert(
+            auth::hash("read-only"),
+            TokenGrant {
+                usable: true,
+                can_change_event: false,
+            },
+        );
+        // Even a request id handled before gets the 403, not its stored reply.
+        known.handled.insert(
+            "r1".into(),
+            Handled {
+                fingerprint: vec![0; 32],
+                status: 201,
+                reply: Arc::new(b"{}".to_vec()),
+            },
+        );
+        let commands = [
+            update("r1", None, None),
+            update("r2", None, Some("unknown")),
+            update("r3", None, Some("revoked")),
+            update("r4", None, Some("read-only")),
+        ];
+        let (outcomes, writes) = decide_batch(&commands, known, AuthMode::Required, now());
+        assert!(outcomes
+            .iter()
+            .all(|o| (o.status, o.kind) == (403, OutcomeKind::Forbidden)));
+        let texts: Vec<Value> = outcomes.iter().map(|o| body(o)["detail"].clone()).collect();
+        assert_eq!(
+            texts,
+            [
+                "Authentication credentials were not provided.",
+                "Token invalid/expired",
+                "Token invalid/expired",
+                "You do not have permission to perform this action."
+            ]
+        );
+        assert_eq!(writes.counts(), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_request_id_seen_before_gets_its_stored_reply_or_a_422() {
+        let first = update("r1", None, None);
+        let mut known = Known::default();
+        known.handled.insert(
+            "r1".into(),
+            Handled {
+                fingerprint: first.0.fingerprint.to_vec(),
+                status: 201,
+                reply: Arc::new(b"stored bytes".to_vec()),
+            },
+        );
+        let reused = command(
+            json!({"request_id": "r1", "event_uuid": U, "body": {"action": "logout", "app": "a"}}),
+            None,
+        );
+        let (outcomes, writes) = decide_batch(&[first, reused], known, AuthMode::Disabled, now());
+        assert_eq!(
+            statuses(&outcomes),
+            [
+                (201, OutcomeKind::Duplicate),
+                (422, OutcomeKind::ReusedRequestId)
+            ]
+        );
+        assert_eq!(outcomes[0].reply.as_slice(), b"stored bytes");
+        assert_eq!(writes.counts(), (0, 0, 0));
+    }
+
+    #[test]
+    fn later_commands_see_earlier_ones_and_versions_follow_on() {
+        let commands = [
+            update("r1", Some(0), None),
+            update("r2", Some(1), None),
+            update("r3", Some(1), None),
+            update("r2", Some(1), None),
+            update("r4", None, None),
+        ];
+        let (outcomes, writes) =
+            decide_batch(&commands, Known::default(), AuthMode::Disabled, now());
+        assert_eq!(
+            statuses(&outcomes),
+            [
+                (201, OutcomeKind::New),
+                (200, OutcomeKind::New),
+                (409, OutcomeKind::New),
+                (200, OutcomeKind::Duplicate),
+                (200, OutcomeKind::New)
+            ]
+        );
+        assert_eq!(body(&outcomes[2])["current_version"], json!(2));
+        // Three changes, one view row (read at version 0: a create), four stored replies.
+        assert_eq!(writes.counts(), (3, 1, 4));
+        assert_eq!(writes.views.read_version, [0]);
+        assert_eq!(writes.views.version, [3]);
+        assert_eq!(writes.log.version, [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_view_is_written_with_the_version_it_was_read_at() {
+        let (created, _) = decide_batch(
+            &[update("r1", None, None)],
+            Known::default(),
+            AuthMode::Disabled,
+            now(),
+        );
+        assert_eq!(created[0].status, 201);
+        let event: Uuid = U.parse().unwrap();
+        let mut known = Known::default();
+        let state = projection::apply(
+            event,
+            None,
+            &crate::validate::validate_body(Some(&json!({"action": "login", "app": "a"}))).unwrap(),
+            now(),
+        )
+        .state;
+        known.states.insert(
+            event,
+            EventState {
+                version: 7,
+                ..state
+            },
+        );
+        let (outcomes, writes) = decide_batch(
+            &[update("r2", None, None), update("r3", Some(8), None)],
+            known,
+            AuthMode::Disabled,
+            now(),
+        );
+        assert_eq!(
+            statuses(&outcomes),
+            [(200, OutcomeKind::New), (200, OutcomeKind::New)]
+        );
+        assert_eq!(writes.views.read_version, [7]);
+        assert_eq!(writes.views.version, [9]);
+        assert_eq!(writes.log.version, [8, 9]);
+    }
+}
