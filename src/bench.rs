@@ -287,6 +287,9 @@ struct LoadPoint {
     /// processor's client settings), handed to the producer → echo read.
     floor: Percentiles,
     floor_answered: u64,
+    /// Per batch, inside the processor: `queue` (first record fetched → batch started),
+    /// `apply` (the database), `publish` (replies handed over → acknowledged).
+    stages: [(&'static str, Percentiles); 3],
 }
 
 /// What one timed run measured.
@@ -792,7 +795,7 @@ impl Bench {
                 load * 100.0,
                 fmt_count(rate),
             ));
-            let before = scrape_latency(child.http_addr).await?;
+            let before = scrape_histograms(child.http_addr).await?;
             let run = self
                 .timed_run(
                     &producer,
@@ -804,7 +807,7 @@ impl Bench {
                     total,
                 )
                 .await?;
-            let after = scrape_latency(child.http_addr).await?;
+            let after = scrape_histograms(child.http_addr).await?;
             child.ensure_running()?;
             base += total;
             self.progress(format_args!(
@@ -823,7 +826,12 @@ impl Bench {
                 )
                 .await?;
             base += total;
-            let inside = histogram_percentiles(&before, &after);
+            let inside =
+                series_percentiles(&before, &after, event_updater::metrics::COMMAND_LATENCY);
+            let stages = ["queue", "apply", "publish"].map(|stage| {
+                let series = format!("{}{{stage=\"{stage}\"}}", event_updater::metrics::STAGE);
+                (stage, series_percentiles(&before, &after, &series))
+            });
             let point = LoadPoint {
                 load,
                 target_rate: rate,
@@ -834,6 +842,7 @@ impl Bench {
                 inside,
                 floor: floor.percentiles,
                 floor_answered: floor.answered,
+                stages,
             };
             self.progress(format_args!(
                 "latency at {:.0}%: end to end p50 {} p99 {} max {}; inside p50 {} p99 {}; floor p50 {} p99 {} max {}; {} of {} answered",
@@ -848,6 +857,16 @@ impl Bench {
                 fmt_ms(point.floor.max),
                 point.answered,
                 point.sent,
+            ));
+            let stages: Vec<String> = point
+                .stages
+                .iter()
+                .map(|(name, p)| format!("{name} p50 {} p99 {}", fmt_ms(p.p50), fmt_ms(p.p99)))
+                .collect();
+            self.progress(format_args!(
+                "latency at {:.0}%: per batch {}",
+                load * 100.0,
+                stages.join("; ")
             ));
             points.push(point);
         }
@@ -1497,9 +1516,12 @@ impl Drop for Echo {
     }
 }
 
-/// The processor's command-latency histogram, as (upper bound in seconds, cumulative count),
-/// read from its `/metrics`.
-async fn scrape_latency(addr: SocketAddr) -> anyhow::Result<Vec<(f64, f64)>> {
+/// The processor's histograms, read from its `/metrics`: for each series (the metric's name
+/// with its labels but `le`, e.g. `event_updater_stage_seconds{stage="apply"}`), its buckets as
+/// (upper bound in seconds, cumulative count).
+type Histograms = HashMap<String, Vec<(f64, f64)>>;
+
+async fn scrape_histograms(addr: SocketAddr) -> anyhow::Result<Histograms> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr)
         .await
@@ -1509,24 +1531,51 @@ async fn scrape_latency(addr: SocketAddr) -> anyhow::Result<Vec<(f64, f64)>> {
         .await?;
     let mut text = String::new();
     stream.read_to_string(&mut text).await?;
-    let prefix = format!("{}_bucket{{le=\"", event_updater::metrics::COMMAND_LATENCY);
-    let mut buckets = Vec::new();
+    let mut out: Histograms = HashMap::new();
     for line in text.lines() {
-        let Some(rest) = line.strip_prefix(&prefix) else {
+        let Some((series, count)) = line.rsplit_once(' ') else {
             continue;
         };
-        let Some((le, count)) = rest.split_once("\"} ") else {
+        let Some((name, labels)) = series.split_once("_bucket{") else {
             continue;
         };
+        let labels = labels.trim_end_matches('}');
+        let mut le = None;
+        let mut rest = Vec::new();
+        for l in labels.split(',') {
+            match l.strip_prefix("le=") {
+                Some(v) => le = Some(v.trim_matches('"')),
+                None => rest.push(l),
+            }
+        }
+        let Some(le) = le else { continue };
         let le = if le == "+Inf" {
             f64::INFINITY
         } else {
             le.parse()?
         };
-        buckets.push((le, count.trim().parse()?));
+        let key = if rest.is_empty() {
+            name.to_string()
+        } else {
+            format!("{name}{{{}}}", rest.join(","))
+        };
+        out.entry(key)
+            .or_default()
+            .push((le, count.trim().parse()?));
     }
-    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    Ok(buckets)
+    for buckets in out.values_mut() {
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    Ok(out)
+}
+
+/// [`histogram_percentiles`] of one series between two scrapes.
+fn series_percentiles(before: &Histograms, after: &Histograms, series: &str) -> Percentiles {
+    let empty = Vec::new();
+    histogram_percentiles(
+        before.get(series).unwrap_or(&empty),
+        after.get(series).unwrap_or(&empty),
+    )
 }
 
 /// p50, p99 (interpolated within buckets, as Prometheus' `histogram_quantile`) and the upper
@@ -1588,7 +1637,14 @@ struct ChildProcessor {
 }
 
 impl ChildProcessor {
+    /// The naive baseline (`max_batch` 1) also runs a single lane: one command per
+    /// transaction, one transaction at a time.
     fn spawn(cfg: &Config, scope: &Scope, max_batch: u32) -> anyhow::Result<Self> {
+        let lanes = if max_batch == 1 {
+            1
+        } else {
+            cfg.apply_concurrency
+        };
         let exe = std::env::current_exe().context("locating this binary")?;
         // A port free now; the child binds it a moment later.
         let http_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
@@ -1616,7 +1672,7 @@ impl ChildProcessor {
             .env("BATCH_LINGER_MS", cfg.batch_linger_ms.to_string())
             .env("MAX_BATCH_BYTES", cfg.max_batch_bytes.to_string())
             .env("MAX_IN_FLIGHT_BYTES", cfg.max_in_flight_bytes.to_string())
-            .env("APPLY_CONCURRENCY", cfg.apply_concurrency.to_string())
+            .env("APPLY_CONCURRENCY", lanes.to_string())
             .env(
                 "DATABASE_MAX_CONNECTIONS",
                 cfg.database_max_connections.to_string(),
@@ -1845,6 +1901,25 @@ impl Report {
                 p.sent,
             ));
         }
+        rows.push(String::new());
+        rows.push(
+            "Per batch, inside the processor (its `event_updater_stage_seconds` histogram):".into(),
+        );
+        rows.push(String::new());
+        rows.push("| Load | queue p50 / p99 | apply p50 / p99 | publish p50 / p99 |".into());
+        rows.push("|---|---|---|---|".into());
+        for p in &self.curve.points {
+            let cells: Vec<String> = p
+                .stages
+                .iter()
+                .map(|(_, s)| format!("{} / {}", fmt_ms(s.p50), fmt_ms(s.p99)))
+                .collect();
+            rows.push(format!(
+                "| {:.0}% | {} |",
+                p.load * 100.0,
+                cells.join(" | ")
+            ));
+        }
         rows.join("\n")
     }
 
@@ -2016,6 +2091,7 @@ impl Report {
                     "inside": pct(&p.inside),
                     "floor": pct(&p.floor),
                     "floor_answered": p.floor_answered,
+                    "stages": p.stages.iter().map(|(n, s)| (n.to_string(), pct(s))).collect::<serde_json::Map<_, _>>(),
                 })
             })
             .collect();

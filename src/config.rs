@@ -73,8 +73,8 @@ pub struct Config {
     #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:9464")]
     pub http_addr: SocketAddr,
 
-    /// Most commands handled in one database transaction (1 = one transaction and one
-    /// synchronous reply per command, the naive baseline).
+    /// Most commands handled in one database transaction (1 = one transaction per command;
+    /// with APPLY_CONCURRENCY=1, the naive baseline).
     #[arg(long, env = "MAX_BATCH", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_batch: u32,
 
@@ -91,7 +91,7 @@ pub struct Config {
     /// Most bytes of commands fetched and not yet answered, over all partitions; fetching waits
     /// while they are spent. A record is charged twice its value (it is held decoded too) plus
     /// its key and headers and 1 KiB.
-    #[arg(long, env = "MAX_IN_FLIGHT_BYTES", default_value_t = 32 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(65_536..).map(|v| v as usize))]
+    #[arg(long, env = "MAX_IN_FLIGHT_BYTES", default_value_t = 8 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(65_536..).map(|v| v as usize))]
     pub max_in_flight_bytes: usize,
 
     /// Batches applied at once, each on its own database connection; partition p goes to lane

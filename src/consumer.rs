@@ -235,14 +235,17 @@ pub fn create_consumer(
     let mut c = kafka::client_config(cfg);
     c.set("group.id", &cfg.kafka_group_id)
         .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
+        .set("auto.commit.interval.ms", "500")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("statistics.interval.ms", "5000")
-        // Bounds the records librdkafka prefetches (default 64 MiB); the processor's own
-        // budget (MAX_IN_FLIGHT_BYTES) bounds what is fetched and not yet answered.
-        .set("queued.max.messages.kbytes", "16384")
+        // Bound what librdkafka holds: prefetched records (default 64 MiB) and the buffer of
+        // one fetch response (default 50 MiB; it still grows to take a single larger record).
+        // The processor's own budget (MAX_IN_FLIGHT_BYTES) bounds what is fetched and not yet
+        // answered.
+        .set("queued.max.messages.kbytes", "8192")
+        .set("fetch.max.bytes", "4194304")
         // How long a fetch may wait at the broker for data. Kafka answers as soon as data
         // arrives; some Kafka-protocol brokers wait the whole time, which then bounds the
         // latency of a quiet partition. Overridable with KAFKA_PROPERTIES.
@@ -693,13 +696,9 @@ fn store_offsets(consumer: &CommandConsumer, batch: &[Fetched]) {
     if let Err(e) = consumer.store_offsets(&tpl) {
         tracing::info!(error = %e, "could not store offsets (partition revoked?)");
     }
-    // Commit now rather than at the next auto-commit, so that a crash redelivers little.
-    // Asynchronous: nothing waits for it.
-    match consumer.commit_consumer_state(CommitMode::Async) {
-        Ok(()) => {}
-        Err(e) if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::NoOffset) => {}
-        Err(e) => tracing::info!(error = %e, "commit failed; the auto-commit will retry"),
-    }
+    // Committed by the auto-commit (every `auto.commit.interval.ms`), on revocation and on
+    // shutdown: one commit request per interval rather than one per batch, which a broker feels
+    // at small batches. A crash redelivers what was answered since, from the stored replies.
 }
 
 fn refusal_text(e: &StoreError) -> String {

@@ -366,7 +366,7 @@ async fn offsets_are_committed_once_commands_are_answered() {
     }
     let replies = app.replies(5).await;
     let partition = common::PARTITIONS;
-    // The auto-commit interval is one second.
+    // The auto-commit interval is half a second.
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     let probe: BaseConsumer = common::client(&app.cfg)
         .set("group.id", &app.cfg.kafka_group_id)
