@@ -23,6 +23,10 @@ fi
 echo "drf-venv: creating $VENV with $("$PYTHON" --version)"
 rm -rf "$VENV"
 mkdir -p target
+if ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null && command -v apt-get >/dev/null; then
+  echo "drf-venv: installing python3-venv"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+fi
 "$PYTHON" -m venv "$VENV"
 "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$REQ"
 cp "$REQ" "$VENV/requirements.txt"
