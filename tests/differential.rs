@@ -188,7 +188,10 @@ fn every_reply_is_what_django_rest_framework_answers() {
         .enable_all()
         .build()
         .expect("runtime");
-    runtime.block_on(run());
+    // On a worker thread (block_on would poll `run` on this test thread and its small stack).
+    if let Err(e) = runtime.block_on(runtime.spawn(run())) {
+        std::panic::resume_unwind(e.into_panic());
+    }
 }
 
 async fn run() {
