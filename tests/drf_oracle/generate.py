@@ -369,13 +369,21 @@ def generate(seed, cases, max_depth):
             elif kr == 1:
                 rid = None
             elif kr == 2:
-                rid = g.pick([None, "", 7, "x" * 201, "a\0", "\ud800", [], "é" * 200])
+                # Invalid ones fall back to the header; the valid one is unique to the case
+                # (a request id shared by two events' commands would race across partitions).
+                rid = g.pick([None, "", 7, "x" * 201, "a\0", "\ud800", [], f"{i}".ljust(200, "é")])
                 classes.append("request-id")
             if rid is not None or kr == 2:
                 members.append(f'"request_id": {js(rid) if isinstance(rid, str) else json.dumps(rid)}')
             ku = r.randrange(40)
             if ku == 0:
-                members.append(f'"event_uuid": {g.pick(["null", "7", js("not-a-uuid"), js(str(u)[:-1]), "[]", js(str(u) + "0"), js(str(u).replace("-", "٣", 1))])}')
+                # 404s, and spellings int(hex, 16) takes that name another (new) event.
+                odd = ["null", "7", js("not-a-uuid"), js(str(u)[:-1]), "[]", js(str(u) + "0"),
+                       js(str(u).replace("-", "٣", 1)), js(" " + str(u)), js("0x" + u.hex[2:]),
+                       js("+" + u.hex[1:]), js(u.hex[:8] + "_" + u.hex[9:]),
+                       js(u.hex[:31] + "٣"), js("{" + str(u)), js("urn:uuid:{" + u.hex + "}"),
+                       js(u.hex[:16] + "__" + u.hex[18:]), js(u.hex.upper() + " ")]
+                members.append(f'"event_uuid": {g.pick(odd)}')
                 classes.append("event-uuid")
             elif ku != 1:
                 members.append(f'"event_uuid": {js(g.uuid_text(u))}')
