@@ -27,7 +27,7 @@ pub const MAX_DEPTH: usize = 8000;
 pub const STACK_BYTES: usize = 64 << 20;
 
 /// The text of Python's `float('inf')` as a number in a parsed value (`-1e+99999` for `-inf`).
-/// No finite float or int is ever spelled this way (see [`python_float`]).
+/// No finite float or int is ever spelled this way (floats are written as `repr` writes them).
 pub const INF: &str = "1e+99999";
 
 /// The first of the private-use characters that stand for lone surrogates (U+D800..U+DFFF).
