@@ -80,7 +80,7 @@ class Gen:
             return ws() + self.pick(WORDS) + ws()
         if kind == 2:
             return self.pick(["\0", "a\0b", "\ud800", "x\udfff", "\udc00\ud800", "\ud83d",
-                              "\ud83d\ude00", "a\ud800b", "\ufffd"])
+                              "\ud83d\ude00", "a\ud800b", "\ufffd", "\U0010f800", "\U0010fffd"])
         if kind in (3, 6, 7):
             return "".join(self.pick(WORDS) for _ in range(r.randint(1, 4)))
         return self.pick(WORDS) + str(r.randint(0, 99))

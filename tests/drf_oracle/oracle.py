@@ -73,6 +73,9 @@ RULES = {
     "contract answers 400 with DRF's surrogate text for the field",
     "nesting-limit": "nesting deeper than the service's limit: authentik on 3.13 parses "
     "about 10,000 levels (beyond: RecursionError, 500); the contract answers a parse error",
+    "surrogate-with-plane16": "a lone surrogate escape and a character in U+10F800..U+10FFFF "
+    "in one value: the service carries the one as the other, so it refuses the value with a "
+    "parse error naming the first lone surrogate",
 }
 
 EVENT_ACTIONS = (
@@ -328,6 +331,40 @@ def error_position(exc, text):
     return m.start() if m else None
 
 
+def surrogates_and_plane16(text):
+    """For a text that parsed: the position of the first lone surrogate escape (its
+    backslash) and whether any string holds a character in U+10F800..U+10FFFF, scanning the
+    string literals as the service's parser does."""
+    first, plane16, i, n = None, False, 0, len(text)
+    while i < n:
+        if text[i] != '"':
+            i += 1
+            continue
+        i += 1
+        while text[i] != '"':
+            c = text[i]
+            if c != "\\":
+                plane16 |= ord(c) >= 0x10F800
+                i += 1
+                continue
+            if text[i + 1] != "u":
+                i += 2
+                continue
+            cp = int(text[i + 2:i + 6], 16)
+            j = i + 6
+            if 0xD800 <= cp < 0xDC00 and text[j:j + 2] == "\\u":
+                low = int(text[j + 2:j + 6], 16)
+                if 0xDC00 <= low < 0xE000:
+                    plane16 |= 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00) >= 0x10F800
+                    i = j + 6
+                    continue
+            if 0xD800 <= cp < 0xE000 and first is None:
+                first = (i, cp)
+            i = j
+        i += 1
+    return first, plane16
+
+
 def py313_message(exc, text):
     """Rewrites a 3.11 JSONDecodeError message into 3.13's where they differ."""
     if ON_PY313 or not isinstance(exc, json.JSONDecodeError):
@@ -377,6 +414,13 @@ def parse_command(raw, max_depth):
                 f"{what} from a unicode string"), rule="nesting-limit")
     if error is not None:
         return None, Answer(400, detail(f"JSON parse error - {error[0]}"))
+    first, plane16 = surrogates_and_plane16(text)
+    if first is not None and plane16:
+        msg = (f"Unpaired surrogate \\u{first[1]:04x} is not allowed together with characters "
+               "U+10F800..U+10FFFF")
+        return None, Answer(400, detail(
+            f"JSON parse error - {json.JSONDecodeError(msg, text, first[0])}"),
+            rule="surrogate-with-plane16")
     return value, None
 
 
