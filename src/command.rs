@@ -127,8 +127,8 @@ pub fn decode(msg: &Incoming, max_bytes: usize) -> Command {
             Some(text),
         );
     }
-    let value = match pyjson::parse(payload) {
-        Ok(v) => v,
+    let (value, surrogates) = match pyjson::parse_document(payload) {
+        Ok(doc) => (doc.value, doc.surrogates),
         Err(e) => {
             let text = format!("JSON parse error - {}", e.message);
             return reject(
@@ -162,7 +162,7 @@ pub fn decode(msg: &Incoming, max_bytes: usize) -> Command {
 
     let (request_id, request_id_errors) = match obj.get("request_id") {
         None | Some(Value::Null) => (fallback_id, None),
-        Some(v) => match validate::validate_request_id(v) {
+        Some(v) => match validate::validate_request_id_of(v, surrogates) {
             Ok(id) => (id, None),
             Err(messages) => (fallback_id, Some(messages)),
         },
@@ -204,7 +204,7 @@ pub fn decode(msg: &Incoming, max_bytes: usize) -> Command {
             dead_letter,
         );
     }
-    match validate::validate_body(obj.get("body")) {
+    match validate::validate_body_of(obj.get("body"), surrogates) {
         Ok(body) => Command {
             request_id,
             fingerprint,
@@ -430,6 +430,35 @@ mod tests {
                 (404, json!({"detail": "Not found."}))
             );
         }
+    }
+
+    /// A body nested to the limit (python 3.13 takes it, so DRF answers normally) is decoded,
+    /// applied, answered and dropped on a thread with the processor's stack.
+    #[test]
+    fn a_command_nested_to_the_limit_is_handled_on_the_processors_stack() {
+        let thread = std::thread::Builder::new().stack_size(pyjson::STACK_BYTES);
+        let t = thread.spawn(|| {
+            let n = pyjson::MAX_DEPTH - 2; // the envelope and the body are two levels
+            let u = Uuid::new_v4();
+            let payload = format!(
+                r#"{{"event_uuid": "{u}", "body": {{"action": "login", "app": "a", "user": {}1.5{}}}}}"#,
+                "[".repeat(n),
+                "]".repeat(n)
+            );
+            let cmd = decode(&msg(&payload), 1 << 20);
+            assert!(matches!(cmd.action, Action::Apply { .. }), "{:?}", cmd.dead_letter);
+            let (reply, applied) = crate::store::decide(&cmd, None, chrono::Utc::now());
+            assert_eq!(reply.status, 201);
+            let text = String::from_utf8(reply.to_bytes()).unwrap();
+            assert!(text.contains(&format!("{}1.5{}", "[".repeat(n), "]".repeat(n))));
+            let applied = applied.expect("applied");
+            assert_eq!(applied.state.version, 1);
+            drop(applied);
+            let deeper = payload.replacen('[', "[[", 1);
+            let cmd = decode(&msg(&deeper), 1 << 20);
+            assert!(matches!(cmd.action, Action::Reject { status: 400, .. }));
+        });
+        t.unwrap().join().unwrap();
     }
 
     #[test]

@@ -7,6 +7,9 @@
 //! are stricter than Rust's `std::net` ones in some places (no leading zeros in IPv4
 //! octets) and laxer in others (IPv6 scope ids such as `%eth0`), so they are
 //! re-implemented here rule by rule instead of using `std::net`.
+//!
+//! [`pg_inet`] is the other half: how authentik's `inet` column prints an address back, which
+//! is what a later update shows for a kept `client_ip`.
 
 /// Django's `MAX_IPV6_ADDRESS_LENGTH` (Django 5.1.5+): longer input is rejected
 /// before parsing. Python's `len()` counts code points, not bytes.
@@ -137,6 +140,44 @@ fn parse_hextet(part: &str) -> Option<u16> {
     u16::from_str_radix(part, 16).ok()
 }
 
+/// PostgreSQL's `inet_out` of a host address that [`clean_ipv6_address`] or Django's IPv4
+/// check produced, as authentik reads it back (Django loads `inet` as text): IPv4 as is; IPv6
+/// as Python prints it, except that PostgreSQL (`src/port/inet_net_ntop.c`) keeps a dotted
+/// IPv4 tail when the first run of zeros is the first 6 hextets (`::1.2.3.4`, `::0.1.0.2`)
+/// or the first 5 followed by `ffff` (`::ffff:1.2.3.4`). Text that is not an address (never
+/// stored by the service) is returned unchanged.
+pub fn pg_inet(text: &str) -> String {
+    let Some(ip) = text
+        .contains(':')
+        .then(|| ipv6_address_from_str(text))
+        .flatten()
+    else {
+        return text.to_owned();
+    };
+    let hextets: Vec<u16> = (0..8).map(|i| (ip >> (112 - 16 * i)) as u16).collect();
+    // The first longest run of zero hextets, as inet_net_ntop finds it.
+    let (mut best, mut run) = ((0, 0), (0, 0));
+    for (i, &h) in hextets.iter().enumerate() {
+        if h == 0 {
+            run = if run.1 == 0 {
+                (i, 1)
+            } else {
+                (run.0, run.1 + 1)
+            };
+            if run.1 > best.1 {
+                best = run;
+            }
+        } else {
+            run = (0, 0);
+        }
+    }
+    match best {
+        (0, 6) => format!("::{}", ipv4_to_string(ip as u32)),
+        (0, 5) if hextets[5] == 0xffff => format!("::ffff:{}", ipv4_to_string(ip as u32)),
+        _ => ipv6_to_string(ip),
+    }
+}
+
 fn ipv4_to_string(ip: u32) -> String {
     let [a, b, c, d] = ip.to_be_bytes();
     format!("{a}.{b}.{c}.{d}")
@@ -235,6 +276,33 @@ mod tests {
         ("::1 ", None),
         ("1.2.3.4", None),
     ];
+
+    /// Right of the arrow: `select '<input>'::inet` as PostgreSQL 15 prints it.
+    #[test]
+    fn pg_inet_prints_as_postgres() {
+        let rows = [
+            ("::102:304", "::1.2.3.4"),
+            ("::1:2", "::0.1.0.2"),
+            ("::2:0", "::0.2.0.0"),
+            ("::a:b", "::0.10.0.11"),
+            ("::ffff:0", "::255.255.0.0"),
+            ("::ffff:0:1", "::ffff:0.0.0.1"),
+            ("::1", "::1"),
+            ("::", "::"),
+            ("::ffff", "::ffff"),
+            ("1::", "1::"),
+            ("::1:0:0:0", "::1:0:0:0"),
+            ("::1:0:0", "::1:0:0"),
+            ("::fffe:102:304", "::fffe:102:304"),
+            ("1:0:0:1::1", "1:0:0:1::1"),
+            ("1::1:0:0:1:1", "1::1:0:0:1:1"),
+            ("2001:db8::1", "2001:db8::1"),
+            ("1.2.3.4", "1.2.3.4"),
+        ];
+        for (stored, printed) in rows {
+            assert_eq!(pg_inet(stored), printed, "{stored}");
+        }
+    }
 
     #[test]
     fn clean_ipv6_address_table() {

@@ -7,10 +7,9 @@
 //! `datetime_re` fallback, then DRF's `strptime(value, "iso-8601")`, which only
 //! matches that literal; the result goes to UTC as `enforce_timezone` does.
 //!
-//! Deliberate differences (inputs are Rust `&str`, so never lone surrogates):
-//! - `\d` in Django's regex matches any Unicode decimal digit; only ASCII is accepted here.
-//! - `fromisoformat` follows the current 3.13 branch, with the gh-152157 backport that
-//!   rejects an empty fraction before an offset (`12:30:45.Z`); 3.13.0 accepted it.
+//! `\d` and `\s` in Django's regex are Unicode-aware (any `Nd` digit, read by `int()`), as
+//! in Python. A value with lone surrogates (which JSON escapes can carry) is read as
+//! `fromisoformat` reads it: see [`parse_datetime_with_surrogates`].
 
 use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, TimeDelta, Timelike, Utc, Weekday};
 
@@ -31,6 +30,31 @@ pub fn parse_datetime(value: &str) -> Result<DateTime<Utc>, DateTimeError> {
         .or_else(|| django_datetime_re(value))
         .or_else(|| strptime_iso_8601_literal(value))
         .ok_or(DateTimeError::Invalid)?;
+    to_utc(parsed)
+}
+
+/// [`parse_datetime`] for a value holding lone surrogates (as [`crate::pyjson`] carries them).
+/// CPython's `_sanitize_isoformat_str` replaces a surrogate at position 7, 8 or 10 (the
+/// possible separators) with `T`; any other surrogate makes the UTF-8 encoding, and so
+/// `fromisoformat`, fail. Django's regex and DRF's `strptime` match no surrogate. So the value
+/// parses only when it has exactly one, at one of those positions.
+pub fn parse_datetime_with_surrogates(value: &str) -> Result<DateTime<Utc>, DateTimeError> {
+    let mut chars: Vec<char> = value.chars().collect();
+    let lone: Vec<usize> = (0..chars.len())
+        .filter(|&i| crate::pyjson::surrogate_of(chars[i]).is_some())
+        .collect();
+    match lone[..] {
+        [] => parse_datetime(value),
+        [at] if chars.len() >= 7 && [7, 8, 10].contains(&at) => {
+            chars[at] = 'T';
+            let sanitized: String = chars.into_iter().collect();
+            to_utc(from_isoformat(&sanitized).ok_or(DateTimeError::Invalid)?)
+        }
+        _ => Err(DateTimeError::Invalid),
+    }
+}
+
+fn to_utc(parsed: Parsed) -> Result<DateTime<Utc>, DateTimeError> {
     // `astimezone(UTC)`: subtract the offset; leaving 1..=9999 is an OverflowError.
     let utc = parsed.local - TimeDelta::microseconds(parsed.offset_us);
     if !(1..=9999).contains(&utc.year()) {
@@ -226,8 +250,9 @@ fn parse_hh_mm_ss_ff(b: &[u8], start: usize, end: usize) -> Option<([u32; 3], u3
             has_separator = c == b':';
         }
         if p >= end {
-            // gh-152157: a '.' or ',' with no fraction digits is an error.
-            return (!matches!(c, b'.' | b',')).then_some((vals, 0, c != 0));
+            // Also after a '.' or ',' with no digits: "trailing" only fails without an
+            // offset (`12:30:45.` is invalid, `12:30:45.Z` is 12:30:45 UTC).
+            return Some((vals, 0, c != 0));
         }
         if has_separator && c == b':' {
             continue;
@@ -262,16 +287,22 @@ fn is_py_space(c: char) -> bool {
     c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
 }
 
-/// Greedy `\d{min,max}` (ASCII digits) at `*i`: (value, digits consumed).
+/// Python's `\d` and `int()` for one char: an ASCII digit or any Unicode `Nd` digit.
+fn re_digit(c: char) -> Option<u32> {
+    c.to_digit(10)
+        .or_else(|| crate::validate::py_decimal(c).map(u32::from))
+}
+
+/// Greedy `\d{min,max}` (Unicode digits) at `*i`: (value, digits consumed).
 fn re_digits(c: &[char], i: &mut usize, min: usize, max: usize) -> Option<(u32, usize)> {
     let start = *i;
-    while *i < c.len() && *i - start < max && c[*i].is_ascii_digit() {
+    let mut value = 0;
+    while *i < c.len() && *i - start < max {
+        let Some(d) = re_digit(c[*i]) else { break };
+        value = value * 10 + d;
         *i += 1;
     }
     let n = *i - start;
-    let value = c[start..*i]
-        .iter()
-        .fold(0, |acc, d| acc * 10 + d.to_digit(10).unwrap_or(0));
     (n >= min).then_some((value, n))
 }
 
@@ -414,6 +445,10 @@ mod tests {
         ("2027-01-01T12:30:45.123456junk+01:00", "2027-01-01T11:30:45.123456Z"),
         ("2027-01-01T12:30:45.1234567 Z", "2027-01-01T12:30:45.123456Z"),
         ("2027-01-01T12:00Z\0junk", "2027-01-01T12:00:00Z"),
+        // An empty fraction before an offset: the C parser ignores it.
+        ("2027-01-01T12:30:45.Z", "2027-01-01T12:30:45Z"),
+        ("2024-01-01T10:00:00,+01:00", "2024-01-01T09:00:00Z"),
+        ("2027-01-01T12:30.-02:00", "2027-01-01T14:30:00Z"),
         // Django regex fallback.
         ("2027-1-1T1:2:3", "2027-01-01T01:02:03Z"),
         ("2027-01-01T12:3", "2027-01-01T12:03:00Z"),
@@ -427,6 +462,11 @@ mod tests {
         ("2027-01-01T12:30:45.123456789012", "2027-01-01T12:30:45.123456Z"),
         ("2027-01-01T12:00 +00:99", "2027-01-01T10:21:00Z"),
         ("2027-01-01T12:00 -0130", "2027-01-01T13:30:00Z"),
+        // `\d` is any Unicode decimal digit, and `int()` reads it.
+        ("٢٠٢٧-01-01T12:30", "2027-01-01T12:30:00Z"),
+        ("２０２７-１-１T１:２:３", "2027-01-01T01:02:03Z"),
+        ("2027-01-01T12:30:45.५ +٠١:३०", "2027-01-01T11:00:45.500000Z"),
+        ("𝟐𝟎𝟐𝟕-01-01 12:30", "2027-01-01T12:30:00Z"),
         // DRF's strptime(value, "iso-8601") literal.
         ("iso-8601", "1900-01-01T00:00:00Z"),
         ("ISO-8601", "1900-01-01T00:00:00Z"),
@@ -445,8 +485,7 @@ mod tests {
         ("2027-01-01T", INVALID),
         ("2027-01-01T1", INVALID),
         ("2027-01-01T12:30:45.", INVALID),
-        ("2027-01-01T12:30:45.Z", INVALID),
-        ("2027-01-01T12:30:45,+01:00", INVALID),
+        ("2027-01-01T12:30:45,", INVALID),
         ("2027-1-01T12:30:45.1234567890123", INVALID),
         ("2027-01-01T12:30:45.12345junk+01:00", INVALID),
         ("2027-01-0112:30", INVALID),
@@ -480,6 +519,29 @@ mod tests {
         for (input, expected) in CASES {
             assert_eq!(render(input), *expected, "input {input:?}");
         }
+    }
+
+    /// (input with `\u{d800}` standing for a lone surrogate, expected), as DRF 3.16 on
+    /// CPython 3.13 answers `"\ud800"` escapes in the JSON body.
+    #[test]
+    fn lone_surrogates_only_as_the_separator() {
+        let sur = crate::pyjson::parse_document(br#""\udc00""#).unwrap().value;
+        let sur = sur.as_str().unwrap().to_owned();
+        let render = |input: &str| match parse_datetime_with_surrogates(&input.replace('@', &sur)) {
+            Ok(v) => to_representation(v),
+            Err(DateTimeError::Invalid) => INVALID.to_owned(),
+            Err(DateTimeError::Overflow) => OVERFLOW.to_owned(),
+        };
+        assert_eq!(render("2024-01-01@12:00"), "2024-01-01T12:00:00Z");
+        assert_eq!(render("20240101@1200+01"), "2024-01-01T11:00:00Z");
+        assert_eq!(render("2024W017@12"), "2024-01-07T12:00:00Z");
+        assert_eq!(render("2024-01@01"), INVALID);
+        assert_eq!(render("2024-01-01@12:00@"), INVALID);
+        assert_eq!(render("2024-01-01T12:00@"), INVALID);
+        assert_eq!(render("2024-1-1@1:2:3"), INVALID); // the regex would have taken a 'T'
+        assert_eq!(render("@"), INVALID);
+        assert_eq!(render("9999-12-31@23:59-01:00"), OVERFLOW);
+        assert_eq!(render("2024-01-01T12:00"), "2024-01-01T12:00:00Z");
     }
 
     #[test]

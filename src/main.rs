@@ -85,8 +85,17 @@ pub enum TokenCommand {
     },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // Deeply nested values (up to pyjson::MAX_DEPTH levels) are cloned, serialised and dropped
+    // recursively on these threads: give them the stack for it.
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(event_updater::pyjson::STACK_BYTES)
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing();
     let cfg = cli.config;

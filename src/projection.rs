@@ -85,7 +85,8 @@ pub fn apply(
         next.context = jsonb_normalize(v);
     }
     if let Some(v) = &body.client_ip {
-        next.client_ip.clone_from(v);
+        // authentik's `inet` column hands a kept address back in PostgreSQL's spelling.
+        next.client_ip = v.as_deref().map(crate::ipaddr::pg_inet);
     }
     if let Some(v) = body.expires {
         next.expires = truncate_to_micros(v);
@@ -104,6 +105,9 @@ pub fn apply(
             if let Some(v) = sent {
                 r.insert(name.into(), v.clone());
             }
+        }
+        if let Some(sent) = &body.client_ip {
+            r.insert("client_ip".into(), opt_string(sent));
         }
     }
 
@@ -216,7 +220,8 @@ pub fn fold(event_uuid: Uuid, changes: &[(i64, Value)]) -> Result<Option<EventSt
                 "client_ip" => {
                     s.client_ip = match v {
                         Value::Null => None,
-                        v => Some(string(v, "client_ip")?),
+                        // Logs written before addresses were kept in inet's spelling.
+                        v => Some(crate::ipaddr::pg_inet(&string(v, "client_ip")?)),
                     }
                 }
                 "created" => s.created = time(v, "created")?,
@@ -344,6 +349,22 @@ mod tests {
             serde_json::to_string(&b.state.brand).unwrap(),
             r#"{"a":1.0,"z":1}"#
         );
+    }
+
+    /// authentik's `inet` column: the update that sends an address answers Django's spelling
+    /// (the in-memory instance), a later update that keeps it answers what PostgreSQL prints.
+    #[test]
+    fn a_kept_client_ip_reads_back_as_postgres_prints_it() {
+        let u = Uuid::new_v4();
+        let mut first = body("login", "a");
+        first.client_ip = Some(Some("::102:304".into())); // Django's clean of "::1.2.3.4"
+        let a = apply(u, None, &first, now());
+        assert_eq!(a.response["client_ip"], "::102:304");
+        assert_eq!(a.state.client_ip.as_deref(), Some("::1.2.3.4"));
+        let b = apply(u, Some(&a.state), &body("logout", "b"), now());
+        assert_eq!(b.response["client_ip"], "::1.2.3.4");
+        let changes = [(1, a.change), (2, b.change)];
+        assert_eq!(fold(u, &changes).unwrap(), Some(b.state));
     }
 
     #[test]

@@ -4,13 +4,62 @@
 //! Python object) and every error message (`str(exc)`) match Python's. It also models what a
 //! value looks like after a round trip through PostgreSQL `jsonb` and back into Python, since
 //! that is what Django hands out after a save.
+//!
+//! Two things Python's `json` produces have no place in a `serde_json::Value`, and are carried
+//! in it by convention: a float literal that overflows (`1e400`, Python's `inf`) is the number
+//! [`INF`] (or `-INF`), a text no finite value is ever given; a lone surrogate escape
+//! (`"\ud800"`, which a Python `str` holds) is the private-use character
+//! `U+10F800 + (surrogate - U+D800)`, and [`Document::surrogates`] says the value holds such
+//! characters. Validation turns both into DRF's answers; neither is ever stored.
 
 use serde_json::{Map, Number, Value};
 
-/// Deepest nesting of arrays/objects accepted. Python raises `RecursionError` (an HTTP 500)
-/// somewhere above this; we stop at a fixed, stack-safe depth: the parser itself is
-/// iterative, but dropping a `Value` recurses once per level.
-pub const MAX_DEPTH: usize = 512;
+/// Deepest nesting of arrays/objects accepted. Python 3.13 parses (and `json.dumps`, `repr`)
+/// about 10,000 levels (its C recursion limit, less the frames of the request) and raises
+/// `RecursionError` (an HTTP 500) beyond; PostgreSQL's jsonb takes 10,000 too. We stop at a
+/// fixed depth safely below that. The parser is iterative, but cloning, serialising,
+/// comparing and dropping a `Value` recurse once per level: the processor's threads have
+/// [`STACK_BYTES`] of stack for that.
+pub const MAX_DEPTH: usize = 8000;
+
+/// The stack of the processor's runtime threads (`main.rs`): enough for a value of
+/// [`MAX_DEPTH`] levels, even in a debug build (only the pages touched are committed).
+pub const STACK_BYTES: usize = 64 << 20;
+
+/// The text of Python's `float('inf')` as a number in a parsed value (`-1e+99999` for `-inf`).
+/// No finite float or int is ever spelled this way (floats are written as `repr` writes them).
+pub const INF: &str = "1e+99999";
+
+/// The first of the private-use characters that stand for lone surrogates (U+D800..U+DFFF).
+const SURROGATE_BASE: u32 = 0x10_F800;
+
+/// A parsed command value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Document {
+    pub value: Value,
+    /// Whether `value` holds lone surrogates (as the characters [`surrogate_of`] recognises).
+    pub surrogates: bool,
+}
+
+/// The lone surrogate a character stands for in a [`Document`] with `surrogates`.
+pub fn surrogate_of(c: char) -> Option<u32> {
+    let cp = c as u32;
+    (cp >= SURROGATE_BASE).then(|| cp - SURROGATE_BASE + 0xD800)
+}
+
+/// `str()` of a parsed number: its text, or `inf` / `-inf` for [`INF`].
+pub fn number_str(n: &Number) -> String {
+    match n.as_str() {
+        INF => "inf".to_owned(),
+        t if t.strip_prefix('-') == Some(INF) => "-inf".to_owned(),
+        t => t.to_owned(),
+    }
+}
+
+/// Whether the number is Python's `inf` or `-inf`.
+pub fn is_infinite(n: &Number) -> bool {
+    n.as_str().trim_start_matches('-') == INF
+}
 
 /// Python's largest accepted integer literal (`sys.get_int_max_str_digits()` default).
 const INT_MAX_STR_DIGITS: usize = 4300;
@@ -26,32 +75,40 @@ fn error(message: String) -> ParseError {
     ParseError { message }
 }
 
-/// Parse bytes as DRF's JSONParser would.
+/// Parse a command value as DRF's JSONParser would (lone surrogates kept, see the module doc).
+pub fn parse_document(input: &[u8]) -> Result<Document, ParseError> {
+    let mut p = Parser::new(decode_utf8(input)?);
+    let value = p.document()?;
+    if let (Some((at, cp)), true) = (p.first_surrogate, p.plane16_tail) {
+        // Both would be the same characters in the Value: refused (our message, not Python's).
+        let msg = format!(
+            "Unpaired surrogate \\u{cp:04x} is not allowed together with characters \
+             U+10F800..U+10FFFF"
+        );
+        return Err(p.err(&msg, at));
+    }
+    Ok(Document {
+        value,
+        surrogates: p.first_surrogate.is_some(),
+    })
+}
+
+/// Parse bytes as DRF's JSONParser would, for values that cannot hold lone surrogates: one
+/// is refused (`Unpaired surrogate \ud800 is not allowed: line 1 column 3 (char 2)`).
 pub fn parse(input: &[u8]) -> Result<Value, ParseError> {
     parse_str(decode_utf8(input)?)
 }
 
-/// Parse a str (already decoded), same rules minus the UTF-8 decoding step. Used to read back
-/// PostgreSQL `jsonb::text` output.
+/// Parse a str (already decoded), same rules as [`parse`] minus the UTF-8 decoding step. Used
+/// to read back PostgreSQL `jsonb::text` output.
 pub fn parse_str(input: &str) -> Result<Value, ParseError> {
-    let mut p = Parser {
-        text: input,
-        b: input.as_bytes(),
-        pos: 0,
-        problem: None,
-    };
-    if input.starts_with('\u{feff}') {
-        return Err(p.err("Unexpected UTF-8 BOM (decode using utf-8-sig)", 0));
-    }
-    p.skip_ws();
-    let (value, problem) = p.value()?;
-    p.skip_ws();
-    if p.pos != p.b.len() {
-        return Err(p.err("Extra data", p.pos));
-    }
-    match problem {
-        Some(pr) if pr.located => Err(p.err(&pr.msg, pr.at)),
-        Some(pr) => Err(error(pr.msg)),
+    let mut p = Parser::new(input);
+    let value = p.document()?;
+    match p.first_surrogate {
+        Some((at, cp)) => {
+            let msg = format!("Unpaired surrogate \\u{cp:04x} is not allowed");
+            Err(p.err(&msg, at))
+        }
         None => Ok(value),
     }
 }
@@ -108,38 +165,48 @@ fn utf8_error_at(s: &[u8]) -> Option<(usize, &'static str)> {
     bad(1) // unreachable: the sequence is well-formed, so std would not have stopped here
 }
 
-/// Input Python accepts but that nothing downstream can store (lone surrogate, float
-/// overflow). Reported only if the offending value survives in the result and Python raised
-/// nothing, so Python's own errors, and its dict semantics, keep precedence.
-struct Problem {
-    at: usize,
-    msg: String,
-    /// Whether the message gets JSONDecodeError's `: line L column C (char P)` suffix.
-    located: bool,
-}
-
+/// A container being filled.
 enum Open {
     Array(Vec<Value>),
     /// Members so far and the key awaiting its value.
     Object(Map<String, Value>, String),
 }
 
-/// A container being filled, with the problems of its live parts: keyed by member name for
-/// object values (a repeated key discards them with the value), `None` for items and keys.
-struct Frame {
-    open: Open,
-    problems: Vec<(Option<String>, Problem)>,
-}
-
 struct Parser<'a> {
     text: &'a str,
     b: &'a [u8],
     pos: usize,
-    /// First problem in the term being scanned.
-    problem: Option<Problem>,
+    /// Where the first lone surrogate escape is, and which it is.
+    first_surrogate: Option<(usize, u32)>,
+    /// Whether a string holds a real character in U+10F800..U+10FFFF.
+    plane16_tail: bool,
 }
 
-impl Parser<'_> {
+impl<'a> Parser<'a> {
+    fn new(text: &'a str) -> Parser<'a> {
+        Parser {
+            text,
+            b: text.as_bytes(),
+            pos: 0,
+            first_surrogate: None,
+            plane16_tail: false,
+        }
+    }
+
+    /// The whole text: one value between optional whitespace.
+    fn document(&mut self) -> Result<Value, ParseError> {
+        if self.text.starts_with('\u{feff}') {
+            return Err(self.err("Unexpected UTF-8 BOM (decode using utf-8-sig)", 0));
+        }
+        self.skip_ws();
+        let value = self.value()?;
+        self.skip_ws();
+        if self.pos != self.b.len() {
+            return Err(self.err("Extra data", self.pos));
+        }
+        Ok(value)
+    }
+
     /// `JSONDecodeError(msg, doc, at)`: positions in code points, lines split on `\n` only.
     fn err(&self, msg: &str, at: usize) -> ParseError {
         let chars = |b: &[u8]| b.iter().filter(|&&c| c & 0xC0 != 0x80).count();
@@ -156,10 +223,6 @@ impl Parser<'_> {
         ))
     }
 
-    fn note(&mut self, at: usize, msg: String, located: bool) {
-        self.problem.get_or_insert(Problem { at, msg, located });
-    }
-
     fn peek(&self) -> Option<u8> {
         self.b.get(self.pos).copied()
     }
@@ -171,10 +234,10 @@ impl Parser<'_> {
     }
 
     /// One JSON term at `self.pos` (`scan_once_unicode`), nested containers on a heap stack.
-    fn value(&mut self) -> Result<(Value, Option<Problem>), ParseError> {
-        let mut stack: Vec<Frame> = Vec::new();
+    fn value(&mut self) -> Result<Value, ParseError> {
+        let mut stack: Vec<Open> = Vec::new();
         loop {
-            let (mut v, mut problem) = match self.peek() {
+            let mut v = match self.peek() {
                 Some(c @ (b'[' | b'{')) => {
                     let array = c == b'[';
                     if stack.len() >= MAX_DEPTH {
@@ -187,40 +250,33 @@ impl Parser<'_> {
                     self.pos += 1;
                     self.skip_ws();
                     if self.peek() != Some(if array { b']' } else { b'}' }) {
-                        let open = match array {
+                        stack.push(match array {
                             true => Open::Array(Vec::new()),
                             false => Open::Object(Map::new(), self.key()?),
-                        };
-                        let problems = self.problem.take().map(|p| (None, p)).into_iter();
-                        let problems = problems.collect();
-                        stack.push(Frame { open, problems });
+                        });
                         continue;
                     }
                     self.pos += 1;
-                    let empty = if array {
+                    if array {
                         Value::Array(Vec::new())
                     } else {
                         Map::new().into()
-                    };
-                    (empty, None)
+                    }
                 }
-                _ => (self.scalar()?, self.problem.take()),
+                _ => self.scalar()?,
             };
             // Hand the finished value to its container; close every container that ends here.
             loop {
                 let Some(top) = stack.last_mut() else {
-                    return Ok((v, problem));
+                    return Ok(v);
                 };
-                let (close, what) = match &mut top.open {
+                let (close, what) = match top {
                     Open::Array(items) => {
                         items.push(v);
-                        top.problems.extend(problem.map(|p| (None, p)));
                         (b']', "array")
                     }
                     Open::Object(map, key) => {
                         // Python dict: a repeated key keeps its first place, takes the last value
-                        top.problems.retain(|(k, _)| k.as_ref() != Some(key));
-                        top.problems.extend(problem.map(|p| (Some(key.clone()), p)));
                         map.insert(std::mem::take(key), v);
                         (b'}', "object")
                     }
@@ -229,9 +285,7 @@ impl Parser<'_> {
                 match self.peek() {
                     Some(c) if c == close => {
                         self.pos += 1;
-                        let Frame { open, problems } = stack.pop().expect("top frame");
-                        problem = problems.into_iter().map(|(_, p)| p).min_by_key(|p| p.at);
-                        v = match open {
+                        v = match stack.pop().expect("top frame") {
                             Open::Array(items) => Value::Array(items),
                             Open::Object(map, _) => Value::Object(map),
                         };
@@ -244,9 +298,8 @@ impl Parser<'_> {
                             let msg = format!("Illegal trailing comma before end of {what}");
                             return Err(self.err(&msg, comma));
                         }
-                        if let Open::Object(_, key) = &mut top.open {
+                        if let Open::Object(_, key) = top {
                             *key = self.key()?;
-                            top.problems.extend(self.problem.take().map(|p| (None, p)));
                         }
                         break;
                     }
@@ -285,7 +338,11 @@ impl Parser<'_> {
             {
                 i += 1;
             }
-            out.push_str(&self.text[chunk..i]);
+            let part = &self.text[chunk..i];
+            // U+10F800..U+10FFFF is F4 8F A0..BF xx in UTF-8.
+            let tail = |w: &[u8]| w[0] == 0xF4 && w[1] == 0x8F && w[2] >= 0xA0;
+            self.plane16_tail |= part.as_bytes().windows(3).any(tail);
+            out.push_str(part);
             let (esc, c) = (i, b.get(i + 1).copied());
             match b.get(i) {
                 Some(b'"') => {
@@ -305,11 +362,11 @@ impl Parser<'_> {
                             i += 6;
                         }
                     }
+                    self.plane16_tail |= cp >= SURROGATE_BASE;
                     out.push(char::from_u32(cp).unwrap_or_else(|| {
-                        // Python keeps the lone surrogate in its str; Rust and PostgreSQL can't.
-                        let msg = format!("Unpaired surrogate \\u{cp:04x} is not allowed");
-                        self.note(esc, msg, true);
-                        char::REPLACEMENT_CHARACTER
+                        // Python keeps the lone surrogate in its str; a Rust String can't.
+                        self.first_surrogate.get_or_insert((esc, cp));
+                        char::from_u32(SURROGATE_BASE + cp - 0xD800).unwrap_or_default()
                     }));
                 }
                 Some(b'\\') => {
@@ -399,13 +456,9 @@ impl Parser<'_> {
         }
         match text.parse::<f64>() {
             Ok(f) if f.is_finite() => Ok(python_float(f)),
-            _ => {
-                // Python yields float('inf'), which json.dumps and PostgreSQL refuse later: we
-                // refuse it now, naming the literal as written (our message, not Python's).
-                let msg = format!("Out of range float values are not JSON compliant: {text}");
-                self.note(start, msg, false);
-                Ok(Value::Null)
-            }
+            // Python yields float('inf') (or -inf).
+            _ if text.starts_with('-') => Ok(number(&format!("-{INF}"))),
+            _ => Ok(number(INF)),
         }
     }
 }
@@ -612,11 +665,24 @@ mod tests {
     }
 
     #[test]
-    fn out_of_range_floats_are_rejected_unless_python_fails_first() {
-        let msg = "Out of range float values are not JSON compliant: ";
-        assert_eq!(err("[1e400]"), format!("{msg}1e400"));
-        assert_eq!(err("[0, -1.5E+999, 1e400]"), format!("{msg}-1.5E+999"));
-        // Python accepts 1e400 (inf): its own errors further on win, and so does a repeated key.
+    fn out_of_range_floats_are_python_inf() {
+        let v = parse(b"[1e400, -1.5E+999, 1e308, 1E309]").unwrap();
+        let strs: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| number_str(n.as_number().unwrap()))
+            .collect();
+        assert_eq!(strs, ["inf", "-inf", "1e+308", "inf"]);
+        assert!(is_infinite(v[0].as_number().unwrap()) && is_infinite(v[1].as_number().unwrap()));
+        assert!(!is_infinite(v[2].as_number().unwrap()));
+        // No finite value is ever spelled like INF.
+        assert_eq!(ok("[1e+99999, 1e99999]"), format!("[{INF},{INF}]"));
+        assert_eq!(
+            ok("[9.9e307, 1.7976931348623157e308]"),
+            "[9.9e+307,1.7976931348623157e+308]"
+        );
+        // Python's own errors further on still win.
         assert_eq!(
             err("[1e400, x]"),
             "Expecting value: line 1 column 9 (char 8)"
@@ -657,7 +723,7 @@ mod tests {
     }
 
     #[test]
-    fn lone_surrogates_are_refused_unless_python_fails_first() {
+    fn lone_surrogates_are_refused_where_nothing_can_hold_them() {
         let rows = table(
             r#"
             "[\"\\ud800\"]"                    | Unpaired surrogate \ud800 is not allowed: line 1 column 3 (char 2)
@@ -665,14 +731,53 @@ mod tests {
             "\"\\ud800\\u0041\""               | Unpaired surrogate \ud800 is not allowed: line 1 column 2 (char 1)
             "\"\\ud800\\ud800\\udc00\""        | Unpaired surrogate \ud800 is not allowed: line 1 column 2 (char 1)
             "{\"\\udfff\": 1, \"\\udfff\": 2}" | Unpaired surrogate \udfff is not allowed: line 1 column 3 (char 2)
-            "{\"a\": \"\\ud800\", \"a\": 2, \"c\": \"\\udc00\"}" | Unpaired surrogate \udc00 is not allowed: line 1 column 31 (char 30)
             "[\"\\ud800\" 1]"                  | Expecting ',' delimiter: line 1 column 11 (char 10)
             "#,
         );
         for (input, want) in rows {
             assert_eq!(err(&input), want, "input {input}");
         }
-        assert_eq!(ok(r#"{"a": ["\ud800"], "a": 2}"#), r#"{"a":2}"#);
+    }
+
+    /// A command keeps them, as Python's str does: each is one private-use character.
+    #[test]
+    fn lone_surrogates_in_a_document_are_kept() {
+        let doc = parse_document(br#"{"a": "x\ud800", "\udfff": ["\udc00\ud83d\ude00"]}"#).unwrap();
+        assert!(doc.surrogates);
+        let a: Vec<Option<u32>> = doc.value["a"]
+            .as_str()
+            .unwrap()
+            .chars()
+            .map(surrogate_of)
+            .collect();
+        assert_eq!(a, [None, Some(0xD800)]);
+        let (key, list) = doc.value.as_object().unwrap().iter().nth(1).unwrap();
+        assert_eq!(
+            key.chars().map(surrogate_of).collect::<Vec<_>>(),
+            [Some(0xDFFF)]
+        );
+        let item: Vec<Option<u32>> = list[0]
+            .as_str()
+            .unwrap()
+            .chars()
+            .map(surrogate_of)
+            .collect();
+        assert_eq!(item, [Some(0xDC00), None]); // then the pair, U+1F600
+        let plain = parse_document("{\"a\": \"\u{10f800}\"}".as_bytes()).unwrap();
+        assert!(!plain.surrogates);
+        let both = "[\"\\ud800\", \"\u{10ffff}\"]";
+        assert_eq!(
+            parse_document(both.as_bytes()).unwrap_err().message,
+            "Unpaired surrogate \\ud800 is not allowed together with characters \
+             U+10F800..U+10FFFF: line 1 column 3 (char 2)"
+        );
+        let via_escape = br#"["\ud800", "\udbfe\udc00"]"#;
+        assert!(parse_document(via_escape).is_err());
+        // Python's own errors come first, wherever they are.
+        assert_eq!(
+            parse_document(br#"["\ud800" 1]"#).unwrap_err().message,
+            "Expecting ',' delimiter: line 1 column 11 (char 10)"
+        );
     }
 
     #[test]
@@ -747,9 +852,9 @@ mod tests {
     }
 
     #[test]
-    fn depth_limit_on_small_stack() {
+    fn depth_limit_on_the_processors_stack() {
         let nested = |open: &str, close: &str, n| format!("{}0{}", open.repeat(n), close.repeat(n));
-        let thread = std::thread::Builder::new().stack_size(2 << 20);
+        let thread = std::thread::Builder::new().stack_size(STACK_BYTES);
         let t = thread.spawn(move || {
             for (open, close) in [("[", "]"), ("{\"k\":", "}")] {
                 let v = parse(nested(open, close, MAX_DEPTH).as_bytes()).unwrap();

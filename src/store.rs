@@ -614,7 +614,9 @@ pub(crate) fn view_from_row(r: &sqlx::postgres::PgRow) -> Result<EventState, Sto
         action: r.try_get("action")?,
         app: r.try_get("app")?,
         context: json("context")?,
-        client_ip: r.try_get("client_ip")?,
+        client_ip: r
+            .try_get::<Option<String>, _>("client_ip")?
+            .map(|ip| crate::ipaddr::pg_inet(&ip)),
         created: r.try_get("created")?,
         expires: r.try_get("expires")?,
         brand: json("brand")?,

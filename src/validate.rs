@@ -3,10 +3,14 @@
 //! with DRF's error texts character for character, plus the envelope fields of a command
 //! (`event_uuid`, `request_id`, `expected_version`) and `py_str`, Python's `str()` of a parsed
 //! JSON value as DRF prints it in messages. Pure functions: no I/O, no panics, no recursion.
-//! Beyond DRF, values PostgreSQL cannot store (`\u0000`, non-finite numbers in jsonb) are 400s.
+//! Beyond DRF, values PostgreSQL cannot store (`\u0000`, lone surrogates and non-finite
+//! numbers in jsonb) are 400s. Lone surrogates and `inf` arrive as [`pyjson`] carries them
+//! (`surrogates`: the document holds some, see [`pyjson::Document`]).
 
 use serde_json::{Map, Value};
 use std::sync::OnceLock;
+
+use crate::pyjson;
 
 /// The validated body: DRF's `validated_data`. A field is `Some` only when the body carried it
 /// (on an update, absent fields keep their old values; on a create they take the model defaults).
@@ -35,9 +39,9 @@ const DATETIME_FORMAT: &str = "Datetime has wrong format. Use one of these forma
 const DATETIME_OVERFLOW: &str = "Datetime value out of range.";
 const INVALID_INT: &str = "A valid integer is required.";
 const VERSION_TOO_BIG: &str = "Ensure this value is less than or equal to 9223372036854775807.";
-/// Not a DRF text: Python's `json.dumps(allow_nan=False)` wording, for a NaN/Infinity that
-/// DRF's `JSONField` would accept but PostgreSQL's jsonb rejects (a 500 in authentik).
-const NON_FINITE: &str = "Out of range float values are not JSON compliant.";
+/// DRF's `JSONField` 'invalid': its `json.dumps(data)` check (`rest_framework.utils.json`,
+/// `allow_nan=False`) fails for `inf`.
+const INVALID_JSON: &str = "Value must be valid JSON.";
 
 /// `authentik.events.models.EventAction` values, in declaration order (the seed's enum).
 const EVENT_ACTIONS: &str = "login login_failed logout user_write suspicious_request \
@@ -73,6 +77,11 @@ fn validated<T>(value: T, msgs: Vec<String>) -> FieldResult<T> {
 /// are never looked at), and every failing field is reported, not just the first.
 /// This is a full (non-partial) update: `partial=False`, so `action` and `app` are required.
 pub fn validate_body(body: Option<&Value>) -> Result<ValidBody, ErrorBody> {
+    validate_body_of(body, false)
+}
+
+/// [`validate_body`] for a body from a [`pyjson::Document`] that may hold lone surrogates.
+pub fn validate_body_of(body: Option<&Value>, surrogates: bool) -> Result<ValidBody, ErrorBody> {
     let empty = Map::new();
     let data = match body {
         None => &empty,
@@ -86,13 +95,18 @@ pub fn validate_body(body: Option<&Value>) -> Result<ValidBody, ErrorBody> {
         }
     };
     let (mut errors, get) = (ErrorBody::new(), |key| data.get(key));
-    let user = collect(&mut errors, "user", json_field(get("user")));
-    let action = collect(&mut errors, "action", action_field(get("action")));
-    let app = collect(&mut errors, "app", app_field(get("app")));
-    let context = collect(&mut errors, "context", json_field(get("context")));
-    let client_ip = collect(&mut errors, "client_ip", client_ip_field(get("client_ip")));
-    let expires = collect(&mut errors, "expires", expires_field(get("expires")));
-    let brand = collect(&mut errors, "brand", json_field(get("brand")));
+    let sur = surrogates;
+    let user = collect(&mut errors, "user", json_field(get("user"), sur));
+    let action = collect(&mut errors, "action", action_field(get("action"), sur));
+    let app = collect(&mut errors, "app", app_field(get("app"), sur));
+    let context = collect(&mut errors, "context", json_field(get("context"), sur));
+    let client_ip = collect(
+        &mut errors,
+        "client_ip",
+        client_ip_field(get("client_ip"), sur),
+    );
+    let expires = collect(&mut errors, "expires", expires_field(get("expires"), sur));
+    let brand = collect(&mut errors, "brand", json_field(get("brand"), sur));
     match (action, app) {
         (Some(action), Some(app)) if errors.is_empty() => Ok(ValidBody {
             user: user.flatten(),
@@ -142,54 +156,96 @@ fn is_py_int(text: &str) -> bool {
 
 /// `user`, `context`, `brand`: `models.JSONField(default=...)` -> DRF `JSONField(required=False)`
 /// (authentik 2025.6's `ModelSerializer` keeps DRF's mapping; the seed schema is `{}`). Any
-/// value but null is accepted as is; absent = skipped. Beyond DRF: jsonb cannot hold `\u0000`
-/// in a string or key, nor NaN/Infinity, so those are rejected here instead of failing in SQL.
-fn json_field(v: Option<&Value>) -> FieldResult<Option<Value>> {
+/// value but null is accepted as is (DRF's `json.dumps` check refuses only `inf`); absent =
+/// skipped. Beyond DRF: jsonb cannot hold `\u0000` or a lone surrogate in a string or key
+/// (authentik answers 500 at `save()`), so those are refused here with a message for the
+/// field, in this order.
+fn json_field(v: Option<&Value>, surrogates: bool) -> FieldResult<Option<Value>> {
     match v {
         None => Ok(None),
         Some(Value::Null) => fail(NOT_NULL),
-        Some(v) => validated(Some(v.clone()), jsonb_problems(v)),
+        Some(v) if has_infinity(v) => fail(INVALID_JSON),
+        Some(v) => validated(Some(v.clone()), jsonb_problems(v, surrogates)),
     }
 }
 
-/// Walks the whole value with an explicit stack (any depth) for what jsonb cannot store.
-fn jsonb_problems(root: &Value) -> Vec<String> {
-    let (mut nul, mut non_finite) = (false, false);
+/// Whether a number anywhere in the value is Python's `inf` (`1e400`). Any depth.
+fn has_infinity(root: &Value) -> bool {
     let mut stack = vec![root];
     while let Some(v) = stack.pop() {
         match v {
-            Value::String(s) => nul |= s.contains('\0'),
-            Value::Number(n) => {
-                let text = n.to_string();
-                let digits = text.strip_prefix('-').unwrap_or(&text);
-                non_finite |= !digits.starts_with(|c: char| c.is_ascii_digit());
-            }
+            Value::Number(n) if pyjson::is_infinite(n) => return true,
             Value::Array(items) => stack.extend(items),
-            Value::Object(map) => {
-                for (k, item) in map {
-                    nul |= k.contains('\0');
-                    stack.push(item);
-                }
-            }
-            Value::Null | Value::Bool(_) => {}
+            Value::Object(map) => stack.extend(map.values()),
+            _ => {}
         }
     }
-    let flagged = [(nul, NULL_CHARS), (non_finite, NON_FINITE)];
-    let flagged = flagged.iter().filter(|f| f.0);
-    flagged.map(|f| f.1.to_owned()).collect()
+    false
+}
+
+/// The first lone surrogate in `s` (a [`pyjson::Document`]'s string with `surrogates`).
+fn first_surrogate(s: &str, surrogates: bool) -> Option<u32> {
+    s.chars()
+        .find_map(pyjson::surrogate_of)
+        .filter(|_| surrogates)
+}
+
+/// DRF's `ProhibitSurrogateCharactersValidator` text for the first lone surrogate.
+fn surrogate_message(s: &str, surrogates: bool) -> Option<String> {
+    first_surrogate(s, surrogates)
+        .map(|cp| format!("Surrogate characters are not allowed: U+{cp:X}."))
+}
+
+/// Walks the whole value in document order with an explicit stack (any depth) for what jsonb
+/// cannot store: NUL, lone surrogates (the first one is named).
+fn jsonb_problems(root: &Value, surrogates: bool) -> Vec<String> {
+    let (mut nul, mut surrogate) = (false, None);
+    let mut text = |s: &str| {
+        nul |= s.contains('\0');
+        if surrogate.is_none() {
+            surrogate = surrogate_message(s, surrogates);
+        }
+    };
+    let mut stack = vec![(None, root)];
+    while let Some((key, v)) = stack.pop() {
+        if let Some(k) = key {
+            text(k);
+        }
+        match v {
+            Value::String(s) => text(s),
+            Value::Array(items) => stack.extend(items.iter().rev().map(|item| (None, item))),
+            Value::Object(map) => {
+                let members = map.iter().rev();
+                stack.extend(members.map(|(k, item)| (Some(k.as_str()), item)));
+            }
+            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+        }
+    }
+    let mut msgs = Vec::new();
+    if nul {
+        msgs.push(NULL_CHARS.to_owned());
+    }
+    msgs.extend(surrogate);
+    msgs
 }
 
 /// `action`: `TextField(choices=EventAction.choices)` -> DRF `ChoiceField` (required, no
 /// `allow_blank`, no validators). `to_internal_value` looks up `str(data)` among the choice
 /// strings, so `""`, `LOGIN`, ` login` and `["login"]` all fail with
 /// `"{input}" is not a valid choice.` where `{input}` is `str.format`'s rendering = `str(data)`.
-fn action_field(v: Option<&Value>) -> FieldResult<String> {
+///
+/// A string with a lone surrogate: DRF's message would quote it, and `JSONRenderer` cannot
+/// encode that (authentik answers 500); the contract answers DRF's surrogate text instead.
+fn action_field(v: Option<&Value>, surrogates: bool) -> FieldResult<String> {
     let v = match v {
         None => return fail(REQUIRED),
         Some(Value::Null) => return fail(NOT_NULL),
         Some(v) => v,
     };
-    let s = py_str(v);
+    if let Some(msg) = v.as_str().and_then(|s| surrogate_message(s, surrogates)) {
+        return Err(vec![msg]);
+    }
+    let s = py_str_of(v, surrogates);
     if EVENT_ACTIONS.split_ascii_whitespace().any(|a| a == s) {
         Ok(s)
     } else {
@@ -202,21 +258,23 @@ fn action_field(v: Option<&Value>) -> FieldResult<String> {
 /// else; only a str can pass that test (`str()` of a number, bool or container is never
 /// blank). Then null, then the type check (bool and non-(str, int, float) are "Not a valid
 /// string."; numbers become their `str()`), then the validators, all messages collected:
-/// `ProhibitNullCharactersValidator` and `ProhibitSurrogateCharactersValidator` (the latter
-/// cannot fire: a Rust `String` holds no lone surrogate).
-fn app_field(v: Option<&Value>) -> FieldResult<String> {
+/// `ProhibitNullCharactersValidator` and `ProhibitSurrogateCharactersValidator`. `1e400` is
+/// Python's `inf`, whose `str()` is a valid app (`"inf"`).
+fn app_field(v: Option<&Value>, surrogates: bool) -> FieldResult<String> {
     let value = match v {
         None => return fail(REQUIRED),
         Some(Value::String(s)) if py_strip(s).is_empty() => return fail(BLANK),
         Some(Value::Null) => return fail(NOT_NULL),
         Some(Value::String(s)) => py_strip(s).to_owned(),
-        Some(Value::Number(n)) => n.to_string(),
+        Some(Value::Number(n)) => pyjson::number_str(n),
         Some(_) => return fail(NOT_A_STRING),
     };
+    let mut msgs = Vec::new();
     if value.contains('\0') {
-        return fail(NULL_CHARS);
+        msgs.push(NULL_CHARS.to_owned());
     }
-    Ok(value)
+    msgs.extend(surrogate_message(&value, surrogates));
+    validated(value, msgs)
 }
 
 /// `client_ip`: `GenericIPAddressField(null=True)` -> DRF `IPAddressField(protocol='both',
@@ -226,7 +284,7 @@ fn app_field(v: Option<&Value>) -> FieldResult<String> {
 /// filter), so the IP message appears at most once. Flow: blank test (CharField), null ->
 /// `None`, non-str -> invalid, `':' in data` -> `clean_ipv6_address(data)` (unstripped; failure
 /// is raised at once, no validators), else `str.strip()`; then validators, messages collected.
-fn client_ip_field(v: Option<&Value>) -> FieldResult<Option<Option<String>>> {
+fn client_ip_field(v: Option<&Value>, surrogates: bool) -> FieldResult<Option<Option<String>>> {
     let s = match v {
         None => return Ok(None),
         Some(Value::String(s)) if py_strip(s).is_empty() => return fail(BLANK),
@@ -246,6 +304,7 @@ fn client_ip_field(v: Option<&Value>) -> FieldResult<Option<Option<String>>> {
     if value.contains('\0') {
         msgs.push(NULL_CHARS.to_owned());
     }
+    msgs.extend(surrogate_message(&value, surrogates));
     if !crate::ipaddr::validate_ipv46_address(&value) {
         msgs.push(INVALID_IP.to_owned());
     }
@@ -255,12 +314,19 @@ fn client_ip_field(v: Option<&Value>) -> FieldResult<Option<Option<String>>> {
 /// `expires`: `DateTimeField(default=default_event_duration)` -> DRF `DateTimeField(required=False)`.
 /// Null is refused (the model column is NOT NULL). A non-str makes Django's `parse_datetime`
 /// raise TypeError, which DRF turns into the same "wrong format" message as a bad string.
-fn expires_field(v: Option<&Value>) -> FieldResult<Option<chrono::DateTime<chrono::Utc>>> {
+fn expires_field(
+    v: Option<&Value>,
+    surrogates: bool,
+) -> FieldResult<Option<chrono::DateTime<chrono::Utc>>> {
     use crate::isodate::DateTimeError;
+    let parse = |s: &str| match first_surrogate(s, surrogates) {
+        Some(_) => crate::isodate::parse_datetime_with_surrogates(s),
+        None => crate::isodate::parse_datetime(s),
+    };
     match v {
         None => Ok(None),
         Some(Value::Null) => fail(NOT_NULL),
-        Some(Value::String(s)) => match crate::isodate::parse_datetime(s) {
+        Some(Value::String(s)) => match parse(s) {
             Ok(dt) => Ok(Some(dt)),
             Err(DateTimeError::Overflow) => fail(DATETIME_OVERFLOW),
             Err(DateTimeError::Invalid) => fail(DATETIME_FORMAT),
@@ -337,6 +403,12 @@ fn python_int_base16(s: &str) -> Option<u128> {
 /// trimmed; length counts characters (code points) as Python's `len`; the max-length and NUL
 /// messages are collected in DRF's validator order.
 pub fn validate_request_id(v: &Value) -> Result<String, Vec<String>> {
+    validate_request_id_of(v, false)
+}
+
+/// [`validate_request_id`] for a value from a [`pyjson::Document`] that may hold lone
+/// surrogates: one is DRF's surrogate message, after the NUL one.
+pub fn validate_request_id_of(v: &Value, surrogates: bool) -> Result<String, Vec<String>> {
     let s = match v {
         Value::Null => return fail(NOT_NULL),
         Value::String(s) if s.is_empty() => return fail(BLANK),
@@ -350,6 +422,7 @@ pub fn validate_request_id(v: &Value) -> Result<String, Vec<String>> {
     if s.contains('\0') {
         msgs.push(NULL_CHARS.to_owned());
     }
+    msgs.extend(surrogate_message(s, surrogates));
     validated(s.clone(), msgs)
 }
 
@@ -382,6 +455,12 @@ pub fn validate_expected_version(v: &Value) -> Result<i64, Vec<String>> {
 /// Iterative (explicit stack), so any nesting depth is safe. `str.isprintable` follows
 /// Unicode 15.1 (Python 3.13), from the table below.
 pub fn py_str(v: &Value) -> String {
+    py_str_of(v, false)
+}
+
+/// [`py_str`] for a value of a [`pyjson::Document`] with `surrogates`: a lone surrogate in a
+/// repr is written `\ud800`; `inf` is written `inf`.
+pub fn py_str_of(v: &Value, surrogates: bool) -> String {
     enum Tok<'a> {
         Val(&'a Value),
         Key(&'a str),
@@ -396,13 +475,13 @@ pub fn py_str(v: &Value) -> String {
         match tok {
             Tok::Lit(s) => out.push_str(s),
             Tok::Key(k) => {
-                push_str_repr(&mut out, k);
+                push_str_repr(&mut out, k, surrogates);
                 out.push_str(": ");
             }
             Tok::Val(Value::Null) => out.push_str("None"),
             Tok::Val(Value::Bool(b)) => out.push_str(if *b { "True" } else { "False" }),
-            Tok::Val(Value::Number(n)) => out.push_str(&n.to_string()),
-            Tok::Val(Value::String(s)) => push_str_repr(&mut out, s),
+            Tok::Val(Value::Number(n)) => out.push_str(&pyjson::number_str(n)),
+            Tok::Val(Value::String(s)) => push_str_repr(&mut out, s, surrogates),
             Tok::Val(Value::Array(items)) => {
                 out.push('[');
                 stack.push(Tok::Lit("]"));
@@ -430,7 +509,7 @@ pub fn py_str(v: &Value) -> String {
 }
 
 /// CPython `unicode_repr`: `"` quotes only when the text has `'` and no `"`.
-fn push_str_repr(out: &mut String, s: &str) {
+fn push_str_repr(out: &mut String, s: &str, surrogates: bool) {
     use std::fmt::Write;
     let quote = if s.contains('\'') && !s.contains('"') {
         '"'
@@ -447,6 +526,13 @@ fn push_str_repr(out: &mut String, s: &str) {
             '\n' => write!(out, "\\n"),
             '\r' => write!(out, "\\r"),
             _ if c == quote => write!(out, "\\{c}"),
+            _ if surrogates && pyjson::surrogate_of(c).is_some() => {
+                write!(
+                    out,
+                    "\\u{:04x}",
+                    pyjson::surrogate_of(c).unwrap_or_default()
+                )
+            }
             _ if code < 0x20 || code == 0x7f => write!(out, "\\x{code:02x}"),
             _ if code < 0x7f || py_isprintable(c) => write!(out, "{c}"),
             _ if code <= 0xff => write!(out, "\\x{code:02x}"),
@@ -490,7 +576,7 @@ fn py_isprintable(c: char) -> bool {
 
 /// Python's decimal value of a non-ASCII `Nd` char (Unicode 15.1): every `Nd` run is 0..=9
 /// starting at one of these code points.
-fn py_decimal(c: char) -> Option<u8> {
+pub(crate) fn py_decimal(c: char) -> Option<u8> {
     const ZEROS: &str = "660 6f0 7c0 966 9e6 a66 ae6 b66 be6 c66 ce6 d66 de6 e50 ed0 f20 1040 \
         1090 17e0 1810 1946 19d0 1a80 1a90 1b50 1bb0 1c40 1c50 a620 a8d0 a900 a9d0 a9f0 aa50 \
         abf0 ff10 104a0 10d30 11066 110f0 11136 111d0 112f0 11450 114d0 11650 116c0 11730 \
@@ -675,15 +761,129 @@ mod tests {
 
     #[test]
     fn json_fields_refuse_non_finite_and_walk_deep_values() {
-        let nan = Value::Number(serde_json::Number::from_string_unchecked("nan".into()));
-        assert_eq!(json_field(Some(&nan)), Err(vec![NON_FINITE.to_owned()]));
+        let inf = crate::pyjson::parse(b"[-1e400]").unwrap();
+        assert_eq!(
+            json_field(Some(&inf), false),
+            Err(vec![INVALID_JSON.to_owned()])
+        );
         let mut deep = v(r#""\u0000""#);
         for _ in 0..1_000 {
             deep = Value::Array(vec![deep]);
         }
-        assert_eq!(json_field(Some(&deep)), Err(vec![NULL_CHARS.to_owned()]));
+        assert_eq!(
+            json_field(Some(&deep), false),
+            Err(vec![NULL_CHARS.to_owned()])
+        );
         let (open, close) = ("[".repeat(1000), "]".repeat(1000));
         assert_eq!(py_str(&deep), format!("{open}'\\x00'{close}"));
+    }
+
+    /// DRF's answer for a body (JSON text, `\udXXX` escapes allowed) parsed as a command's.
+    fn answer(body: &str) -> String {
+        let doc = crate::pyjson::parse_document(body.as_bytes()).expect(body);
+        match validate_body_of(Some(&doc.value), doc.surrogates) {
+            Ok(b) => format!("ok {} {}", b.action, b.app),
+            Err(e) => Value::Object(e).to_string(),
+        }
+    }
+
+    /// Rows `body => answer`: DRF 3.16 on CPython 3.13 (a lone surrogate is a Python str's own
+    /// character), and the contract where authentik would answer 500 (JSON fields, a bare
+    /// surrogate in `action`).
+    #[test]
+    fn lone_surrogates_get_each_fields_answer() {
+        let ok = r#""action": "login", "app": "a""#;
+        let rows = [
+            (format!(r#"{{{ok}, "x\ud800": 1, "y": "\udfff"}}"#), "ok login a".to_owned()),
+            (
+                r#"{"action": "login", "app": " \ud800x "}"#.to_owned(),
+                r#"{"app":["Surrogate characters are not allowed: U+D800."]}"#.to_owned(),
+            ),
+            (
+                r#"{"action": "login", "app": "\u0000\udfff\ud800"}"#.to_owned(),
+                r#"{"app":["Null characters are not allowed.","Surrogate characters are not allowed: U+DFFF."]}"#.to_owned(),
+            ),
+            (
+                r#"{"action": "\udc00login", "app": "a"}"#.to_owned(),
+                r#"{"action":["Surrogate characters are not allowed: U+DC00."]}"#.to_owned(),
+            ),
+            (
+                r#"{"action": ["\ud800", {"\udbff": "é"}], "app": "a"}"#.to_owned(),
+                r#"{"action":["\"['\\ud800', {'\\udbff': 'é'}]\" is not a valid choice."]}"#.to_owned(),
+            ),
+            (
+                format!(r#"{{{ok}, "client_ip": "1.2.3.\ud800"}}"#),
+                r#"{"client_ip":["Surrogate characters are not allowed: U+D800.","Enter a valid IPv4 or IPv6 address."]}"#.to_owned(),
+            ),
+            (
+                format!(r#"{{{ok}, "client_ip": "::1\ud800"}}"#),
+                r#"{"client_ip":["Enter a valid IPv4 or IPv6 address."]}"#.to_owned(),
+            ),
+            (
+                format!(r#"{{{ok}, "expires": "2027-01-01\udc0012:00"}}"#),
+                "ok login a".to_owned(),
+            ),
+            (
+                format!(r#"{{{ok}, "user": {{"a": ["\u0000", 1], "\udabc": "\ud800"}}}}"#),
+                r#"{"user":["Null characters are not allowed.","Surrogate characters are not allowed: U+DABC."]}"#.to_owned(),
+            ),
+            (
+                format!(r#"{{{ok}, "user": {{"a": ["\u0000", 1e400], "\udabc": "\ud800"}}}}"#),
+                r#"{"user":["Value must be valid JSON."]}"#.to_owned(),
+            ),
+        ];
+        for (body, want) in rows {
+            assert_eq!(answer(&body), want, "{body}");
+        }
+        let doc = crate::pyjson::parse_document(br#"["a\ud800"]"#).unwrap();
+        assert_eq!(
+            validate_request_id_of(&doc.value[0], doc.surrogates),
+            Err(vec![
+                "Surrogate characters are not allowed: U+D800.".to_owned()
+            ])
+        );
+        // Without lone surrogates in the document, those characters are themselves.
+        assert_eq!(
+            answer("{\"action\": \"login\", \"app\": \"\u{10f800}\"}"),
+            "ok login \u{10f800}"
+        );
+    }
+
+    /// `1e400` is Python's `inf`: `str()` is `inf`, a float, and jsonb cannot hold it.
+    #[test]
+    fn overflowing_floats_are_python_inf() {
+        let rows = [
+            (
+                r#"{"action": "login", "app": 1e400, "ignored": -1E999}"#,
+                "ok login inf",
+            ),
+            (r#"{"action": "login", "app": -1e400}"#, "ok login -inf"),
+            (
+                r#"{"action": 1e400, "app": "a"}"#,
+                r#"{"action":["\"inf\" is not a valid choice."]}"#,
+            ),
+            (
+                r#"{"action": [-1e400, 1.5], "app": "a"}"#,
+                r#"{"action":["\"[-inf, 1.5]\" is not a valid choice."]}"#,
+            ),
+            (
+                r#"{"action": "login", "app": "a", "brand": [1e400]}"#,
+                r#"{"brand":["Value must be valid JSON."]}"#,
+            ),
+            (
+                r#"{"action": "login", "app": "a", "expires": 1e400}"#,
+                r#"{"expires":["Datetime has wrong format. Use one of these formats instead: YYYY-MM-DDThh:mm[:ss[.uuuuuu]][+HH:MM|-HH:MM|Z]."]}"#,
+            ),
+        ];
+        for (body, want) in rows {
+            assert_eq!(answer(body), want, "{body}");
+        }
+        let inf = crate::pyjson::parse(b"1e400").unwrap();
+        assert_eq!(py_type_name(&inf), "float");
+        assert_eq!(
+            validate_expected_version(&inf),
+            Err(vec![INVALID_INT.to_owned()])
+        );
     }
 
     /// `JSON value => Python's str() of it`.
