@@ -340,6 +340,8 @@ impl Processor {
             let (shared, stop) = (shared.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("fetch".into())
+                // Decoding recurses into nested values as deep as the parser accepts.
+                .stack_size(crate::pyjson::STACK_BYTES)
                 .spawn(move || fetch(&shared, senders, &stop))
                 .map_err(|e| {
                     tracing::error!(error = %e, "could not start the fetch thread");
