@@ -62,7 +62,8 @@ pub enum Action {
     Apply {
         event_uuid: Uuid,
         expected_version: Option<i64>,
-        body: Box<ValidBody>,
+        /// Shared, so that handing a batch's commands to the store copies no body.
+        body: std::sync::Arc<ValidBody>,
     },
     /// Answered without touching the event (400, 404); the answer is stored all the same.
     Reject {
@@ -212,7 +213,7 @@ pub fn decode(msg: &Incoming, max_bytes: usize) -> Command {
             action: Action::Apply {
                 event_uuid,
                 expected_version,
-                body: Box::new(body),
+                body: std::sync::Arc::new(body),
             },
             credentials,
             dead_letter: None,
