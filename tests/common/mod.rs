@@ -6,6 +6,8 @@
 //! (its database, its topics) is removed when its [`TestApp`] is dropped, pass or fail.
 #![allow(dead_code)]
 
+pub mod exactly_once;
+
 use std::time::Duration;
 
 use event_updater::config::Config;
@@ -84,6 +86,16 @@ impl Services {
         }
     }
 
+    /// Services the test started itself (e.g. in containers of its own), at these addresses:
+    /// a PostgreSQL server URL without database, and the broker's bootstrap servers.
+    pub fn at(database_base: impl Into<String>, broker: impl Into<String>) -> Services {
+        Services {
+            database_base: database_base.into(),
+            broker: broker.into(),
+            containers: None,
+        }
+    }
+
     /// Removes the containers, if this test started any.
     async fn stop(self) {
         if let Some(c) = self.containers {
@@ -142,16 +154,26 @@ impl TestApp {
 
     /// Starts a processor on fresh resources; `tweak` adjusts its configuration.
     pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
-        TestApp::build(tweak, true).await
+        TestApp::build(tweak, true, None).await
     }
 
     /// Fresh resources (database migrated, topics, token) without a processor in this process:
     /// for tests that run processors as child processes ([`TestApp::start_child`]).
     pub async fn resources_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
-        TestApp::build(tweak, false).await
+        TestApp::build(tweak, false, None).await
     }
 
-    async fn build(tweak: impl FnOnce(&mut Config), in_process: bool) -> TestApp {
+    /// Like [`TestApp::resources_with`], on `services` instead of the usual ones: for tests whose
+    /// processors run elsewhere (in containers, tests/containers.rs).
+    pub async fn resources_on(services: Services, tweak: impl FnOnce(&mut Config)) -> TestApp {
+        TestApp::build(tweak, false, Some(services)).await
+    }
+
+    async fn build(
+        tweak: impl FnOnce(&mut Config),
+        in_process: bool,
+        services: Option<Services>,
+    ) -> TestApp {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
@@ -159,7 +181,10 @@ impl TestApp {
         let id = Uuid::new_v4().simple().to_string();
         let db_name = format!("event_updater_test_{id}");
         let mut cfg = Config::defaults();
-        let services = Services::start().await;
+        let services = match services {
+            Some(s) => s,
+            None => Services::start().await,
+        };
         let database_base = services.database_base.clone();
         cfg.database_url = format!("{database_base}/{db_name}");
         cfg.kafka_bootstrap_servers = services.broker.clone();
