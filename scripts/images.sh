@@ -92,14 +92,6 @@ image() {
 image event-updater-postgres deploy/local/postgres/Dockerfile deploy/local/postgres -- \
   --build-arg "BASE_IMAGE=$BASE"
 
-# --- the broker ---------------------------------------------------------------------------------
-tansu_bin="$(command -v tansu || true)"
-[ -n "$tansu_bin" ] || { echo "images: no tansu binary; run scripts/services.sh first" >&2; exit 1; }
-mkdir -p "$WORK/tansu"
-cp -p "$tansu_bin" "$WORK/tansu/tansu"
-image event-updater-tansu deploy/local/tansu/Dockerfile "$WORK/tansu" "$WORK/tansu/tansu" -- \
-  --build-arg "BASE_IMAGE=$BASE"
-
 # --- Prometheus ---------------------------------------------------------------------------------
 image event-updater-prometheus deploy/local/prometheus/Dockerfile deploy/local/prometheus -- \
   --build-arg "BASE_IMAGE=$BASE"
@@ -109,5 +101,13 @@ echo "images: cargo build --release --locked --bin event-updater"
 cargo build --release --locked --bin event-updater
 image event-updater deploy/Dockerfile . target/release/event-updater -- \
   --target prebuilt --build-arg "RUNTIME_IMAGE=$BASE"
+
+# --- the broker ---------------------------------------------------------------------------------
+tansu_bin="$(command -v tansu || true)"
+[ -n "$tansu_bin" ] || { echo "images: no tansu binary; run scripts/services.sh first" >&2; exit 1; }
+mkdir -p "$WORK/tansu"
+cp -p "$tansu_bin" "$WORK/tansu/tansu"
+image event-updater-tansu deploy/local/tansu/Dockerfile "$WORK/tansu" "$WORK/tansu/tansu" -- \
+  --build-arg "BASE_IMAGE=$BASE"
 
 echo "images: ready: $BASE, event-updater:local, event-updater-postgres:local, event-updater-tansu:local, event-updater-prometheus:local"

@@ -1318,10 +1318,7 @@ fn the_dockerfile_builds_the_binary_and_runs_it_unprivileged() {
         if args.starts_with("target/") {
             // The prebuilt binary: outside the sources, in the context only when built, and
             // let through .dockerignore's `target/`.
-            assert!(
-                args.starts_with("target/release/event-updater "),
-                "{args}"
-            );
+            assert!(args.starts_with("target/release/event-updater "), "{args}");
             assert!(
                 ignored
                     .lines()

@@ -201,6 +201,9 @@ mod tests {
         assert_eq!((image.name(), image.tag()), DEFAULT_IMAGE);
         assert_eq!(image.expose_ports(), [ContainerPort::Tcp(9464)]);
         let other = image.with_image("registry.example/event-updater", "1.2");
-        assert_eq!((other.name(), other.tag()), ("registry.example/event-updater", "1.2"));
+        assert_eq!(
+            (other.name(), other.tag()),
+            ("registry.example/event-updater", "1.2")
+        );
     }
 }
