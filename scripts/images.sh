@@ -14,7 +14,7 @@
 #
 # Each image is also tagged with a hash of what it is built from (its Dockerfile, the binary it
 # copies, the base image's id); an image whose hash tag exists is not built again, so a second
-# run takes seconds. Needs a running Docker daemon, and scripts/services.sh's tansu binary.
+# run takes seconds, and the images of older inputs are removed. Needs a running Docker daemon, and scripts/services.sh's tansu binary.
 # `scripts/images.sh --check` exits 0 when Docker answers, 1 otherwise (building nothing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -86,6 +86,9 @@ image() {
     echo "images: $name:$tag built in $(( $(date +%s) - start )) s"
   fi
   docker tag "$name:$tag" "$name:local"
+  # Images of older inputs go (their layers stay while another image uses them).
+  docker images --format '{{.Repository}}:{{.Tag}}' "$name" \
+    | grep -v -e ":$tag\$" -e ':local$' -e ':latest$' | xargs -r docker rmi >/dev/null 2>&1 || true
 }
 
 # --- PostgreSQL ---------------------------------------------------------------------------------
