@@ -8,13 +8,14 @@
 #                                 binary of `cargo build --release --locked` on this host
 #                                 (also bookworm), because no Rust image can be pulled here
 #   event-updater-postgres:local  Debian's postgresql on that base (deploy/local/postgres)
-#   event-updater-tansu:local     the tansu broker that scripts/services.sh built on this host
+#   event-updater-tansu:local     the tansu broker binary of this host (built from crates.io as
+#                                 scripts/services.sh does, when missing)
 #                                 (deploy/local/tansu)
 #   event-updater-prometheus:local  Debian's prometheus on that base (deploy/local/prometheus)
 #
 # Each image is also tagged with a hash of what it is built from (its Dockerfile, the binary it
 # copies, the base image's id); an image whose hash tag exists is not built again, so a second
-# run takes seconds, and the images of older inputs are removed. Needs a running Docker daemon, and scripts/services.sh's tansu binary.
+# run takes seconds, and the images of older inputs are removed. Needs a running Docker daemon.
 # `scripts/images.sh --check` exits 0 when Docker answers, 1 otherwise (building nothing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -106,8 +107,13 @@ image event-updater deploy/Dockerfile . target/release/event-updater -- \
   --target prebuilt --build-arg "RUNTIME_IMAGE=$BASE"
 
 # --- the broker ---------------------------------------------------------------------------------
-tansu_bin="$(command -v tansu || true)"
-[ -n "$tansu_bin" ] || { echo "images: no tansu binary; run scripts/services.sh first" >&2; exit 1; }
+TANSU_VERSION=0.6.0
+if ! command -v tansu >/dev/null || ! tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+  # As scripts/services.sh does when no broker answers (so also where another broker does).
+  echo "images: building the tansu broker $TANSU_VERSION (about 17 minutes on 2 cores, once)"
+  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore
+fi
+tansu_bin="$(command -v tansu)"
 mkdir -p "$WORK/tansu"
 cp -p "$tansu_bin" "$WORK/tansu/tansu"
 image event-updater-tansu deploy/local/tansu/Dockerfile "$WORK/tansu" "$WORK/tansu/tansu" -- \

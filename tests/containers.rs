@@ -290,11 +290,13 @@ impl Stack {
         }
     }
 
-    /// Cuts `container` off the network, then puts it back at the same address.
+    /// Cuts `container` off the network.
     fn disconnect(&self, container: &str) {
         docker_ok(&["network", "disconnect", &self.network.name, container]);
     }
 
+    /// Puts `container` back on the network at its old address `ip` (the broker advertises
+    /// its address; clients hold PostgreSQL's).
     fn reconnect(&self, container: &str, ip: &str) {
         docker_ok(&[
             "network",
@@ -417,10 +419,23 @@ async fn the_image_runs_unprivileged_reports_its_health_and_stops_on_its_stop_si
 
     // docker stop: SIGTERM (the image's STOPSIGNAL), handled: exit code 0, well before the
     // grace period's SIGKILL.
+    assert_eq!(
+        docker_ok(&["inspect", "--format", "{{.Config.StopSignal}}", &p.name]),
+        "SIGTERM"
+    );
     let (code, took) = p.docker_stop(45).await;
     println!("docker stop: exit code {code} after {took:?}");
     assert_eq!(code, 0, "exit code after docker stop");
     assert!(took < Duration::from_secs(30), "{took:?}");
+    let log = Command::new("docker")
+        .args(["logs", &p.name])
+        .output()
+        .expect("docker logs");
+    let log = String::from_utf8_lossy(&log.stderr);
+    assert!(
+        log.contains("stop requested") && log.contains("stopped"),
+        "the processor handled the signal: {log}"
+    );
     p.remove().await;
     stack.finish().await;
 }
