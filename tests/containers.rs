@@ -31,7 +31,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::exactly_once::{assert_exactly_once, env_or, load, send_paced, Rng};
-use common::{http_status, ReplyCollector, Services, TestApp};
+use common::{docker, http_status, ReplyCollector, Services, TestApp};
 use serde_json::{json, Value};
 use testcontainers_event_updater::testcontainers::core::WaitFor;
 use testcontainers_event_updater::testcontainers::runners::AsyncRunner;
@@ -49,23 +49,6 @@ const IMAGE_UID: &str = "10001";
 
 // ---------------------------------------------------------------------------------------------
 // Docker, through its command line.
-
-/// Runs `docker args...`; its output, or the error with stderr.
-fn docker(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .map_err(|e| format!("docker {}: {e}", args.join(" ")))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(format!(
-            "docker {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
 
 fn docker_ok(args: &[&str]) -> String {
     docker(args).unwrap_or_else(|e| panic!("{e}"))
