@@ -531,13 +531,14 @@ async fn the_broker_cut_off_by_the_network_for_30_s_under_load_loses_and_doubles
         env_or("FAULT_EVENTS", 200),
     );
     let collector = ReplyCollector::start(app.new_reader(&app.cfg.reply_topic));
-    // librdkafka's default session timeout (45 s), longer than the cut: the processor keeps its
-    // partitions through it, as with Kafka. (With a session shorter than the cut, the processor
-    // rejoins as a new member afterwards, and tansu 0.6, which never expires the old member,
-    // holds the rebalance until the rebalance timeout, max.poll.interval.ms: 5 minutes.)
+    // A session timeout (60 s) longer than the cut and connection attempts that give up after
+    // 5 s (librdkafka's default, 30 s, can leave an attempt started during the cut hanging
+    // well after it): the processor keeps its partitions through the cut, as with Kafka. (If
+    // its session expired, it would rejoin as a new member, and tansu 0.6, which never expires
+    // the old member, would hold the rebalance until its timeout, max.poll.interval.ms: 5 min.)
     let image = stack.processor().with_env(
         "KAFKA_PROPERTIES",
-        "session.timeout.ms=45000;heartbeat.interval.ms=3000",
+        "session.timeout.ms=60000;heartbeat.interval.ms=3000;socket.connection.setup.timeout.ms=5000",
     );
     let p = stack.start_processor(image, "p").await;
     let pace = outage.as_millis() as u64 / (l.records.len() as u64 / 100).max(1);

@@ -829,6 +829,45 @@ fn the_kubernetes_manifests_fit_together() {
 }
 
 #[test]
+fn the_local_override_swaps_in_only_the_images_scripts_images_sh_builds() {
+    let base = compose();
+    let over = yaml("deploy/local/compose.override.yaml");
+    let script = read("scripts/images.sh");
+    let services = over["services"].as_object().expect("services");
+    for (name, svc) in services {
+        let base_svc = compose_service(&base, name);
+        let image = str_at(svc, "/image");
+        let (repo, tag) = image.split_once(':').expect("name:tag");
+        assert_eq!(tag, "local", "{name}: {image}");
+        assert!(
+            script.contains(&format!("image {repo} ")),
+            "{name}: scripts/images.sh builds {image}"
+        );
+        assert_ne!(base_svc["image"], svc["image"], "{name} is swapped");
+    }
+    // event-updater runs the image compose.yaml names, which scripts/images.sh tags.
+    let app = compose_service(&base, "event-updater");
+    assert_eq!(str_at(app, "/image"), "event-updater:local");
+    assert!(script.contains("image event-updater deploy/Dockerfile"));
+    // Every service but Grafana (no Debian package) has a local image.
+    let mut covered: BTreeSet<&str> = services.keys().map(String::as_str).collect();
+    covered.insert("event-updater");
+    let all: BTreeSet<&str> = base["services"]
+        .as_object()
+        .expect("services")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let missing: Vec<&&str> = all.difference(&covered).collect();
+    assert_eq!(missing, [&"grafana"]);
+    // tansu in Kafka's place advertises the name the processor uses.
+    let kafka = &services["kafka"];
+    let advertised = str_at(kafka, "/environment/ADVERTISED_LISTENER");
+    let processor_env = compose_env(app);
+    assert_eq!(processor_env["KAFKA_BOOTSTRAP_SERVERS"], advertised);
+}
+
+#[test]
 fn compose_wires_kafka_postgres_and_the_processor() {
     let c = compose();
     let kafka = compose_service(&c, "kafka");
