@@ -1,9 +1,12 @@
 //! The HTTP side: `/healthz`, `/readyz` and `/metrics`, for probes and Prometheus.
 //!
 //! `/healthz` answers 200 once the migrations ran and the consumer is subscribed; `/readyz`
-//! also needs the database to answer and partitions to be assigned. Both answer 503 otherwise.
+//! also needs the database to answer (the last batch's transaction did not fail, and a
+//! `SELECT 1` answers within [`DATABASE_CHECK_TIMEOUT`], so an idle processor notices a database
+//! that is gone) and partitions to be assigned. Both answer 503 otherwise.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -11,6 +14,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
+use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -20,20 +24,30 @@ use crate::consumer::Health;
 struct AppState {
     health: Arc<Health>,
     metrics: Option<PrometheusHandle>,
+    database: Option<PgPool>,
 }
 
-/// Serves until `shutdown` turns true.
+/// How long `/readyz` waits for the database's answer to `SELECT 1`.
+pub const DATABASE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Serves until `shutdown` turns true. `database`: the pool `/readyz` checks (none: only the
+/// health flags count).
 pub async fn serve(
     listener: TcpListener,
     health: Arc<Health>,
     metrics: Option<PrometheusHandle>,
+    database: Option<PgPool>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
-        .with_state(AppState { health, metrics });
+        .with_state(AppState {
+            health,
+            metrics,
+            database,
+        });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = shutdown.wait_for(|s| *s).await;
@@ -50,11 +64,20 @@ async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
-    if s.health.is_ready() {
+    if s.health.is_ready() && database_answers(s.database.as_ref()).await {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
     }
+}
+
+async fn database_answers(pool: Option<&PgPool>) -> bool {
+    let Some(pool) = pool else { return true };
+    let ping = sqlx::query("SELECT 1").execute(pool);
+    matches!(
+        tokio::time::timeout(DATABASE_CHECK_TIMEOUT, ping).await,
+        Ok(Ok(_))
+    )
 }
 
 async fn render_metrics(State(s): State<AppState>) -> impl IntoResponse {

@@ -124,10 +124,13 @@ async fn run() -> anyhow::Result<()> {
 }
 
 /// Logs go to stderr: readable by default, JSON with `LOG_FORMAT=json`; `RUST_LOG` filters.
+/// Colours only on a terminal (not in `docker logs` or a log file).
 fn init_tracing() {
+    use std::io::IsTerminal;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
         builder.json().init();

@@ -72,7 +72,13 @@ impl Application {
         let listener = TcpListener::bind(cfg.http_addr).await?;
         let http_addr = listener.local_addr()?;
         let (shutdown, rx) = watch::channel(false);
-        let http = tokio::spawn(http::serve(listener, health.clone(), metrics, rx.clone()));
+        let http = tokio::spawn(http::serve(
+            listener,
+            health.clone(),
+            metrics,
+            Some(pool.clone()),
+            rx.clone(),
+        ));
 
         let budget = Arc::new(Budget::new(cfg.max_in_flight_bytes));
         let processor = Processor {

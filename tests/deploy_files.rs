@@ -311,9 +311,14 @@ fn k8s_env_names(deployment: &Value, configmap: &Value) -> BTreeSet<String> {
     names
 }
 
-/// A Dockerfile as (instruction, arguments), continuation lines joined, comments dropped.
+/// deploy/Dockerfile as (instruction, arguments), continuation lines joined, comments dropped.
 fn dockerfile() -> Vec<(String, String)> {
-    let text = read("deploy/Dockerfile");
+    dockerfile_at("deploy/Dockerfile")
+}
+
+/// A Dockerfile as (instruction, arguments), continuation lines joined, comments dropped.
+fn dockerfile_at(rel: &str) -> Vec<(String, String)> {
+    let text = read(rel);
     let mut out = Vec::new();
     let mut pending = String::new();
     for line in text.lines() {
@@ -444,7 +449,11 @@ fn every_deploy_file_parses() {
             Some("json") => assert!(json_file(&rel).is_object(), "{rel}"),
             Some("md") => assert!(!read(&rel).trim().is_empty(), "{rel}"),
             None if f.file_name().is_some_and(|n| n == "Dockerfile") => {
-                assert!(!dockerfile().is_empty(), "{rel}")
+                let instructions = dockerfile_at(&rel);
+                assert!(
+                    instructions.iter().any(|(i, _)| i == "FROM"),
+                    "{rel}: no FROM"
+                );
             }
             _ => panic!("{rel}: a deploy file of a kind this test does not check"),
         }
@@ -557,7 +566,7 @@ fn the_http_port_and_paths_are_the_binarys_everywhere() {
     let health = dockerfile_args("HEALTHCHECK");
     assert_eq!(health.len(), 1);
     assert!(
-        health[0].contains("/healthz") && health[0].contains(&port.to_string()),
+        health[0].contains("/readyz") && health[0].contains(&port.to_string()),
         "{health:?}"
     );
 
@@ -665,6 +674,7 @@ async fn the_probe_paths_are_served_by_the_binarys_http_server() {
     let server = tokio::spawn(event_updater::http::serve(
         listener,
         health.clone(),
+        None,
         None,
         stopped,
     ));
@@ -816,6 +826,45 @@ fn the_kubernetes_manifests_fit_together() {
 
     let readme = read("deploy/k8s/README.md").to_ascii_lowercase();
     assert!(readme.contains("partition") && readme.contains("event uuid"));
+}
+
+#[test]
+fn the_local_override_swaps_in_only_the_images_scripts_images_sh_builds() {
+    let base = compose();
+    let over = yaml("deploy/local/compose.override.yaml");
+    let script = read("scripts/images.sh");
+    let services = over["services"].as_object().expect("services");
+    for (name, svc) in services {
+        let base_svc = compose_service(&base, name);
+        let image = str_at(svc, "/image");
+        let (repo, tag) = image.split_once(':').expect("name:tag");
+        assert_eq!(tag, "local", "{name}: {image}");
+        assert!(
+            script.contains(&format!("image {repo} ")),
+            "{name}: scripts/images.sh builds {image}"
+        );
+        assert_ne!(base_svc["image"], svc["image"], "{name} is swapped");
+    }
+    // event-updater runs the image compose.yaml names, which scripts/images.sh tags.
+    let app = compose_service(&base, "event-updater");
+    assert_eq!(str_at(app, "/image"), "event-updater:local");
+    assert!(script.contains("image event-updater deploy/Dockerfile"));
+    // Every service but Grafana (no Debian package) has a local image.
+    let mut covered: BTreeSet<&str> = services.keys().map(String::as_str).collect();
+    covered.insert("event-updater");
+    let all: BTreeSet<&str> = base["services"]
+        .as_object()
+        .expect("services")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let missing: Vec<&&str> = all.difference(&covered).collect();
+    assert_eq!(missing, [&"grafana"]);
+    // tansu in Kafka's place advertises the name the processor uses.
+    let kafka = &services["kafka"];
+    let advertised = str_at(kafka, "/environment/ADVERTISED_LISTENER");
+    let processor_env = compose_env(app);
+    assert_eq!(processor_env["KAFKA_BOOTSTRAP_SERVERS"], advertised);
 }
 
 #[test]
@@ -1226,14 +1275,40 @@ fn the_dashboard_queries_documented_and_exported_metrics_only() {
 #[test]
 fn the_dockerfile_builds_the_binary_and_runs_it_unprivileged() {
     let instructions = dockerfile();
+    // The base images are build arguments (declared before the first FROM), the public images
+    // by default.
+    let first_from = instructions
+        .iter()
+        .position(|(i, _)| i == "FROM")
+        .expect("FROM");
+    let args: BTreeMap<&str, &str> = instructions[..first_from]
+        .iter()
+        .filter(|(i, _)| i == "ARG")
+        .map(|(_, a)| a.split_once('=').expect("ARG NAME=default"))
+        .collect();
+    assert_eq!(
+        args,
+        BTreeMap::from([
+            ("RUNTIME_IMAGE", "debian:bookworm-slim"),
+            ("RUST_IMAGE", "rust:1-bookworm")
+        ])
+    );
     let froms: Vec<&String> = instructions
         .iter()
         .filter(|(i, _)| i == "FROM")
         .map(|(_, a)| a)
         .collect();
-    assert_eq!(froms.len(), 2, "multi-stage: {froms:?}");
-    assert_eq!(froms[0], "rust:1-bookworm AS builder");
-    assert_eq!(froms[1], "debian:bookworm-slim");
+    // builder; the runtime without the binary; the binary compiled outside (`prebuilt`) or in
+    // the builder (`runtime`, the last stage, so the default target).
+    assert_eq!(
+        froms,
+        [
+            "${RUST_IMAGE} AS builder",
+            "${RUNTIME_IMAGE} AS runtime-base",
+            "runtime-base AS prebuilt",
+            "runtime-base AS runtime"
+        ]
+    );
     let stage_of = |idx: usize| {
         instructions[..idx]
             .iter()
@@ -1256,12 +1331,39 @@ fn the_dockerfile_builds_the_binary_and_runs_it_unprivileged() {
         assert!(in_stage(2, pkg), "runtime installs {pkg}");
     }
     assert!(!in_stage(2, "cargo"), "no toolchain in the runtime image");
+    // The two final stages add nothing but the binary, at the same place.
+    for stage in [3, 4] {
+        let own: Vec<&(String, String)> = instructions
+            .iter()
+            .enumerate()
+            .filter(|(n, (i, _))| stage_of(*n) == stage && i != "FROM")
+            .map(|(_, x)| x)
+            .collect();
+        assert_eq!(own.len(), 1, "stage {stage}: {own:?}");
+        assert_eq!(own[0].0, "COPY");
+        assert!(
+            own[0].1.ends_with(" /usr/local/bin/event-updater"),
+            "{own:?}"
+        );
+    }
 
     // The builder gets the sources the build needs, and .dockerignore does not hide them.
     let ignored = read(".dockerignore");
     for (_, args) in instructions.iter().filter(|(i, _)| i == "COPY") {
         if args.starts_with("--from") {
             assert!(args.contains("/usr/local/bin/event-updater"), "{args}");
+            continue;
+        }
+        if args.starts_with("target/") {
+            // The prebuilt binary: outside the sources, in the context only when built, and
+            // let through .dockerignore's `target/`.
+            assert!(args.starts_with("target/release/event-updater "), "{args}");
+            assert!(
+                ignored
+                    .lines()
+                    .any(|l| l.trim() == "!target/release/event-updater"),
+                ".dockerignore lets the prebuilt binary through"
+            );
             continue;
         }
         let parts: Vec<&str> = args.split_whitespace().collect();
@@ -1294,11 +1396,12 @@ fn the_dockerfile_builds_the_binary_and_runs_it_unprivileged() {
     assert_eq!(cmd, ["serve"]);
     assert!(binary_subcommands().contains("serve"));
 
-    // The health check is an exec-form command that asks /healthz for a 200.
+    // The health check is an exec-form command that asks /readyz for a 200 (tests/containers.rs
+    // runs it: healthy once serving, unhealthy when the database is gone).
     let health = dockerfile_args("HEALTHCHECK").pop().expect("HEALTHCHECK");
     let exec = &health[health.find("CMD").expect("HEALTHCHECK ... CMD") + 3..];
     let argv: Vec<String> = serde_json::from_str(exec.trim()).expect("exec-form CMD");
     assert!(argv
         .iter()
-        .any(|a| a.contains("GET /healthz") && a.contains("200")));
+        .any(|a| a.contains("GET /readyz") && a.contains("200")));
 }

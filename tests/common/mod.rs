@@ -6,6 +6,8 @@
 //! (its database, its topics) is removed when its [`TestApp`] is dropped, pass or fail.
 #![allow(dead_code)]
 
+pub mod exactly_once;
+
 use std::time::Duration;
 
 use event_updater::config::Config;
@@ -19,6 +21,7 @@ use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
 use sqlx::{Connection, PgConnection, PgPool};
+use testcontainers_modules::testcontainers::GenericImage;
 use uuid::Uuid;
 
 pub const PARTITIONS: i32 = 3;
@@ -26,31 +29,67 @@ pub const PARTITIONS: i32 = 3;
 /// Where the tests find PostgreSQL and a broker.
 ///
 /// `TEST_DATABASE_URL` (a server URL without database) and `KAFKA_BOOTSTRAP_SERVERS` when given
-/// (the Test command gives both); otherwise, where Docker is available, a `postgres` and an
-/// `apache/kafka` container started with testcontainers for this test alone (removed when the
-/// test ends); otherwise `postgres://postgres@127.0.0.1:5432` and `127.0.0.1:9092`.
+/// (the Test command gives both); otherwise, where Docker is available, a PostgreSQL and a
+/// broker container started with testcontainers for this test alone (removed when the test
+/// ends): the local images of scripts/images.sh when they exist (reached at their addresses on
+/// Docker's bridge network, Linux), else the public `postgres` and `apache/kafka` images;
+/// otherwise `postgres://postgres@127.0.0.1:5432` and `127.0.0.1:9092`.
 pub struct Services {
     pub database_base: String,
     pub broker: String,
     containers: Option<Containers>,
 }
 
-struct Containers {
-    postgres: testcontainers_modules::testcontainers::ContainerAsync<
-        testcontainers_modules::postgres::Postgres,
-    >,
-    kafka: testcontainers_modules::testcontainers::ContainerAsync<
-        testcontainers_modules::kafka::apache::Kafka,
-    >,
+enum Containers {
+    Public {
+        postgres: Box<
+            testcontainers_modules::testcontainers::ContainerAsync<
+                testcontainers_modules::postgres::Postgres,
+            >,
+        >,
+        kafka: Box<
+            testcontainers_modules::testcontainers::ContainerAsync<
+                testcontainers_modules::kafka::apache::Kafka,
+            >,
+        >,
+    },
+    /// scripts/images.sh's PostgreSQL and tansu.
+    Local(Vec<testcontainers_modules::testcontainers::ContainerAsync<GenericImage>>),
+}
+
+/// The local images scripts/images.sh builds for PostgreSQL and the broker.
+pub const LOCAL_POSTGRES_IMAGE: (&str, &str) = ("event-updater-postgres", "local");
+pub const LOCAL_BROKER_IMAGE: (&str, &str) = ("event-updater-tansu", "local");
+
+/// Runs `docker args...`: its trimmed stdout, or an error with its stderr.
+pub fn docker(args: &[&str]) -> Result<String, String> {
+    let out = std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .map_err(|e| format!("docker {}: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(format!(
+            "docker {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Whether the image `name:tag` exists locally.
+pub fn image_exists((name, tag): (&str, &str)) -> bool {
+    docker(&["image", "inspect", &format!("{name}:{tag}")]).is_ok()
 }
 
 impl Services {
     pub async fn start() -> Services {
         let db = std::env::var("TEST_DATABASE_URL").ok();
         let broker = std::env::var("KAFKA_BOOTSTRAP_SERVERS").ok();
-        let docker = std::env::var_os("DOCKER_HOST").is_some()
+        let has_docker = std::env::var_os("DOCKER_HOST").is_some()
             || std::path::Path::new("/var/run/docker.sock").exists();
-        if db.is_some() || broker.is_some() || !docker {
+        if db.is_some() || broker.is_some() || !has_docker {
             return Services {
                 database_base: db.unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432".into()),
                 broker: broker.unwrap_or_else(|| "127.0.0.1:9092".into()),
@@ -59,8 +98,39 @@ impl Services {
         }
         use testcontainers_modules::kafka::apache;
         use testcontainers_modules::postgres::Postgres;
+        use testcontainers_modules::testcontainers::core::WaitFor;
         use testcontainers_modules::testcontainers::runners::AsyncRunner;
         use testcontainers_modules::testcontainers::ImageExt;
+        if image_exists(LOCAL_POSTGRES_IMAGE) && image_exists(LOCAL_BROKER_IMAGE) {
+            let postgres = GenericImage::new(LOCAL_POSTGRES_IMAGE.0, LOCAL_POSTGRES_IMAGE.1)
+                .with_wait_for(WaitFor::message_on_stderr(
+                    "database system is ready to accept connections",
+                ))
+                .start()
+                .await
+                .expect("PostgreSQL container");
+            // tansu advertises its own address on the network, where the host reaches it.
+            let broker = GenericImage::new(LOCAL_BROKER_IMAGE.0, LOCAL_BROKER_IMAGE.1)
+                .with_wait_for(WaitFor::healthcheck())
+                .start()
+                .await
+                .expect("broker container");
+            let ip = |id: &str| {
+                docker(&[
+                    "inspect",
+                    "--format",
+                    "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                    id,
+                ])
+                .expect("the container's address")
+            };
+            let (pg_ip, broker_ip) = (ip(postgres.id()), ip(broker.id()));
+            return Services {
+                database_base: format!("postgres://postgres@{pg_ip}:5432"),
+                broker: format!("{broker_ip}:9092"),
+                containers: Some(Containers::Local(vec![postgres, broker])),
+            };
+        }
         let postgres = Postgres::default()
             .with_host_auth()
             .with_tag("17")
@@ -80,15 +150,36 @@ impl Services {
         Services {
             database_base: format!("postgres://postgres@127.0.0.1:{pg_port}"),
             broker: format!("127.0.0.1:{kafka_port}"),
-            containers: Some(Containers { postgres, kafka }),
+            containers: Some(Containers::Public {
+                postgres: Box::new(postgres),
+                kafka: Box::new(kafka),
+            }),
+        }
+    }
+
+    /// Services the test started itself (e.g. in containers of its own), at these addresses:
+    /// a PostgreSQL server URL without database, and the broker's bootstrap servers.
+    pub fn at(database_base: impl Into<String>, broker: impl Into<String>) -> Services {
+        Services {
+            database_base: database_base.into(),
+            broker: broker.into(),
+            containers: None,
         }
     }
 
     /// Removes the containers, if this test started any.
     async fn stop(self) {
-        if let Some(c) = self.containers {
-            let _ = c.kafka.rm().await;
-            let _ = c.postgres.rm().await;
+        match self.containers {
+            Some(Containers::Public { postgres, kafka }) => {
+                let _ = kafka.rm().await;
+                let _ = postgres.rm().await;
+            }
+            Some(Containers::Local(containers)) => {
+                for c in containers.into_iter().rev() {
+                    let _ = c.rm().await;
+                }
+            }
+            None => {}
         }
     }
 }
@@ -142,16 +233,26 @@ impl TestApp {
 
     /// Starts a processor on fresh resources; `tweak` adjusts its configuration.
     pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
-        TestApp::build(tweak, true).await
+        TestApp::build(tweak, true, None).await
     }
 
     /// Fresh resources (database migrated, topics, token) without a processor in this process:
     /// for tests that run processors as child processes ([`TestApp::start_child`]).
     pub async fn resources_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
-        TestApp::build(tweak, false).await
+        TestApp::build(tweak, false, None).await
     }
 
-    async fn build(tweak: impl FnOnce(&mut Config), in_process: bool) -> TestApp {
+    /// Like [`TestApp::resources_with`], on `services` instead of the usual ones: for tests whose
+    /// processors run elsewhere (in containers, tests/containers.rs).
+    pub async fn resources_on(services: Services, tweak: impl FnOnce(&mut Config)) -> TestApp {
+        TestApp::build(tweak, false, Some(services)).await
+    }
+
+    async fn build(
+        tweak: impl FnOnce(&mut Config),
+        in_process: bool,
+        services: Option<Services>,
+    ) -> TestApp {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
@@ -159,7 +260,10 @@ impl TestApp {
         let id = Uuid::new_v4().simple().to_string();
         let db_name = format!("event_updater_test_{id}");
         let mut cfg = Config::defaults();
-        let services = Services::start().await;
+        let services = match services {
+            Some(s) => s,
+            None => Services::start().await,
+        };
         let database_base = services.database_base.clone();
         cfg.database_url = format!("{database_base}/{db_name}");
         cfg.kafka_bootstrap_servers = services.broker.clone();
