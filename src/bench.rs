@@ -268,6 +268,23 @@ struct Percentiles {
     max: f64,
 }
 
+impl Percentiles {
+    /// `p50 / p99 / max`.
+    fn show(&self) -> String {
+        format!(
+            "{} / {} / {}",
+            fmt_ms(self.p50),
+            fmt_ms(self.p99),
+            fmt_ms(self.max)
+        )
+    }
+
+    /// `p50 / p99`.
+    fn show_p50_p99(&self) -> String {
+        format!("{} / {}", fmt_ms(self.p50), fmt_ms(self.p99))
+    }
+}
+
 /// One point of the latency–load curve: the processor and, at the same rate, the floor.
 #[derive(Debug, Clone)]
 struct LoadPoint {
@@ -845,23 +862,18 @@ impl Bench {
                 stages,
             };
             self.progress(format_args!(
-                "latency at {:.0}%: end to end p50 {} p99 {} max {}; inside p50 {} p99 {}; floor p50 {} p99 {} max {}; {} of {} answered",
+                "latency at {:.0}% (p50 / p99 / max): end to end {}; inside {}; floor {}; {} of {} answered",
                 load * 100.0,
-                fmt_ms(point.end_to_end.p50),
-                fmt_ms(point.end_to_end.p99),
-                fmt_ms(point.end_to_end.max),
-                fmt_ms(point.inside.p50),
-                fmt_ms(point.inside.p99),
-                fmt_ms(point.floor.p50),
-                fmt_ms(point.floor.p99),
-                fmt_ms(point.floor.max),
+                point.end_to_end.show(),
+                point.inside.show_p50_p99(),
+                point.floor.show(),
                 point.answered,
                 point.sent,
             ));
             let stages: Vec<String> = point
                 .stages
                 .iter()
-                .map(|(name, p)| format!("{name} p50 {} p99 {}", fmt_ms(p.p50), fmt_ms(p.p99)))
+                .map(|(name, p)| format!("{name} {}", p.show_p50_p99()))
                 .collect();
             self.progress(format_args!(
                 "latency at {:.0}%: per batch {}",
@@ -1884,18 +1896,13 @@ impl Report {
         ];
         for p in &self.curve.points {
             rows.push(format!(
-                "| {:.0}% | {} cmd/s ({}) | {} / {} / {} | {} / {} | {} / {} / {} | {} | {} of {} |",
+                "| {:.0}% | {} cmd/s ({}) | {} | {} | {} | {} | {} of {} |",
                 p.load * 100.0,
                 fmt_count(p.target_rate),
                 fmt_count(p.achieved_rate),
-                fmt_ms(p.end_to_end.p50),
-                fmt_ms(p.end_to_end.p99),
-                fmt_ms(p.end_to_end.max),
-                fmt_ms(p.inside.p50),
-                fmt_ms(p.inside.p99),
-                fmt_ms(p.floor.p50),
-                fmt_ms(p.floor.p99),
-                fmt_ms(p.floor.max),
+                p.end_to_end.show(),
+                p.inside.show_p50_p99(),
+                p.floor.show(),
                 fmt_ms(p.end_to_end.p99 - p.floor.p99),
                 p.answered,
                 p.sent,
@@ -1909,11 +1916,7 @@ impl Report {
         rows.push("| Load | queue p50 / p99 | apply p50 / p99 | publish p50 / p99 |".into());
         rows.push("|---|---|---|---|".into());
         for p in &self.curve.points {
-            let cells: Vec<String> = p
-                .stages
-                .iter()
-                .map(|(_, s)| format!("{} / {}", fmt_ms(s.p50), fmt_ms(s.p99)))
-                .collect();
+            let cells: Vec<String> = p.stages.iter().map(|(_, s)| s.show_p50_p99()).collect();
             rows.push(format!(
                 "| {:.0}% | {} |",
                 p.load * 100.0,

@@ -731,39 +731,10 @@ impl Writes {
         if l.uuid.is_empty() && v.uuid.is_empty() && r.request_id.is_empty() {
             return Ok(());
         }
-        sqlx::query(
+        let q = sqlx::query(
             "SELECT event_updater_write_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28)",
-        )
-        .bind(&l.uuid)
-        .bind(&l.version)
-        .bind(&l.request_id)
-        .bind(&l.change)
-        .bind(&l.topic)
-        .bind(&l.partition)
-        .bind(&l.offset)
-        .bind(&v.uuid)
-        .bind(&v.version)
-        .bind(&v.read_version)
-        .bind(&v.user)
-        .bind(&v.action)
-        .bind(&v.app)
-        .bind(&v.context)
-        .bind(&v.client_ip)
-        .bind(&v.created)
-        .bind(&v.expires)
-        .bind(&v.brand)
-        .bind(&r.request_id)
-        .bind(&r.fingerprint)
-        .bind(&r.event_uuid)
-        .bind(&r.status)
-        .bind(&r.version)
-        .bind(&r.reply)
-        .bind(&r.topic)
-        .bind(&r.partition)
-        .bind(&r.offset)
-        .bind(now)
-        .execute(conn)
-        .await?;
+        );
+        r.bind(v.bind(l.bind(q))).bind(now).execute(conn).await?;
         Ok(())
     }
 }
@@ -777,40 +748,19 @@ impl Writes {
         tx: &mut Transaction<'_, Postgres>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let (l, r) = (&self.log, &self.replies);
-        sqlx::query(
+        let q = sqlx::query(
             "INSERT INTO event_log (event_uuid, version, request_id, change, recorded_at, source_topic, source_partition, source_offset)
-             SELECT u, v, r, c::jsonb, $5, t, p, o
-             FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::text[], $6::text[], $7::int4[], $8::int8[]) AS x(u, v, r, c, t, p, o)",
-        )
-        .bind(&l.uuid)
-        .bind(&l.version)
-        .bind(&l.request_id)
-        .bind(&l.change)
-        .bind(now)
-        .bind(&l.topic)
-        .bind(&l.partition)
-        .bind(&l.offset)
-        .execute(&mut **tx)
-        .await?;
+             SELECT u, v, r, c::jsonb, $8, t, p, o
+             FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::int4[], $7::int8[]) AS x(u, v, r, c, t, p, o)",
+        );
+        self.log.bind(q).bind(now).execute(&mut **tx).await?;
         upsert_views(tx, self.views.states.iter(), now).await?;
-        sqlx::query(
+        let q = sqlx::query(
             "INSERT INTO command_replies (request_id, fingerprint, event_uuid, status, version, reply, handled_at, source_topic, source_partition, source_offset)
-             SELECT r, f, u, s, v, b, $7, t, p, o
-             FROM UNNEST($1::text[], $2::bytea[], $3::uuid[], $4::int2[], $5::int8[], $6::bytea[], $8::text[], $9::int4[], $10::int8[]) AS x(r, f, u, s, v, b, t, p, o)",
-        )
-        .bind(&r.request_id)
-        .bind(&r.fingerprint)
-        .bind(&r.event_uuid)
-        .bind(&r.status)
-        .bind(&r.version)
-        .bind(&r.reply)
-        .bind(now)
-        .bind(&r.topic)
-        .bind(&r.partition)
-        .bind(&r.offset)
-        .execute(&mut **tx)
-        .await?;
+             SELECT r, f, u, s, v, b, $10, t, p, o
+             FROM UNNEST($1::text[], $2::bytea[], $3::uuid[], $4::int2[], $5::int8[], $6::bytea[], $7::text[], $8::int4[], $9::int8[]) AS x(r, f, u, s, v, b, t, p, o)",
+        );
+        self.replies.bind(q).bind(now).execute(&mut **tx).await?;
         Ok(())
     }
 }
@@ -826,7 +776,20 @@ struct LogRows {
     offset: Vec<i64>,
 }
 
+type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+
 impl LogRows {
+    /// Binds the columns, in the function's order, as the next seven parameters.
+    fn bind<'q>(&'q self, q: PgQuery<'q>) -> PgQuery<'q> {
+        q.bind(&self.uuid)
+            .bind(&self.version)
+            .bind(&self.request_id)
+            .bind(&self.change)
+            .bind(&self.topic)
+            .bind(&self.partition)
+            .bind(&self.offset)
+    }
+
     fn push(&mut self, a: &projection::Applied, request_id: &str, source: &Source) {
         self.uuid.push(a.state.event_uuid);
         self.version.push(a.state.version);
@@ -855,6 +818,21 @@ struct ViewRows {
 }
 
 impl ViewRows {
+    /// Binds the columns, in the function's order, as the next eleven parameters.
+    fn bind<'q>(&'q self, q: PgQuery<'q>) -> PgQuery<'q> {
+        q.bind(&self.uuid)
+            .bind(&self.version)
+            .bind(&self.read_version)
+            .bind(&self.user)
+            .bind(&self.action)
+            .bind(&self.app)
+            .bind(&self.context)
+            .bind(&self.client_ip)
+            .bind(&self.created)
+            .bind(&self.expires)
+            .bind(&self.brand)
+    }
+
     fn push(&mut self, s: EventState, read_version: i64) {
         self.uuid.push(s.event_uuid);
         self.version.push(s.version);
@@ -885,6 +863,19 @@ struct ReplyRows {
 }
 
 impl ReplyRows {
+    /// Binds the columns, in the function's order, as the next nine parameters.
+    fn bind<'q>(&'q self, q: PgQuery<'q>) -> PgQuery<'q> {
+        q.bind(&self.request_id)
+            .bind(&self.fingerprint)
+            .bind(&self.event_uuid)
+            .bind(&self.status)
+            .bind(&self.version)
+            .bind(&self.reply)
+            .bind(&self.topic)
+            .bind(&self.partition)
+            .bind(&self.offset)
+    }
+
     fn push(&mut self, cmd: &Command, reply: &Reply, bytes: &[u8], source: &Source) {
         self.request_id.push(cmd.request_id.clone());
         self.fingerprint.push(cmd.fingerprint.to_vec());
