@@ -35,11 +35,12 @@ def main(src: str, out: str) -> None:
         ax.plot(x, series(kind, "p99_ms"), marker="s", linestyle="--", color=color, label=f"{label}, p99")
     ax.axhline(50, color="tab:red", linewidth=0.8, linestyle=":", label="50 ms")
     for p in points:
-        ax.annotate(f"{p['load'] * 100:.0f}%", (p["achieved_rate_per_s"], 0), textcoords="offset points",
-                    xytext=(0, 4), ha="center", fontsize=8, color="dimgray")
-    ax.set_xlabel(f"load, commands/s (the drain rate is {drain:,.0f}/s)")
-    ax.set_ylabel("latency, ms")
-    ax.set_ylim(bottom=0)
+        ax.annotate(f"{p['load'] * 100:.0f}%", (p["achieved_rate_per_s"], 0),
+                    xycoords=("data", "axes fraction"), textcoords="offset points", xytext=(0, 4),
+                    ha="center", fontsize=8, color="dimgray")
+    ax.set_xlabel(f"load, commands/s (percentages: of the drain rate, {drain:,.0f}/s)")
+    ax.set_ylabel("latency, ms (log scale)")
+    ax.set_yscale("log")
     ax.set_title("event-updater: latency against load")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
