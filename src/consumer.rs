@@ -348,12 +348,24 @@ impl Processor {
                     rdkafka::error::KafkaError::Canceled
                 })?
         };
+        // The fetch thread ends only when asked to, or when a lane is gone (a task panicked):
+        // then the lanes and ackers drain what they hold and the processor stops with an error
+        // rather than stall.
+        let mut fetched = tokio::task::spawn_blocking(move || fetcher.join());
         let mut wait = shutdown.clone();
-        let _ = wait.wait_for(|s| *s).await;
+        let mut failed = tokio::select! {
+            _ = wait.wait_for(|s| *s) => false,
+            _ = &mut fetched => true,
+        };
         stop.store(true, Ordering::Relaxed);
-        let _ = tokio::task::spawn_blocking(move || fetcher.join()).await;
+        if !failed {
+            let _ = fetched.await;
+        }
         for t in tasks {
-            let _ = t.await;
+            if let Err(e) = t.await {
+                tracing::error!(error = %e, "a pipeline task failed");
+                failed = true;
+            }
         }
         tracing::info!("shutting down: committing stored offsets");
         shared.publisher.flush(Duration::from_secs(5));
@@ -366,12 +378,16 @@ impl Processor {
                 tracing::warn!(error = %e, "final commit failed; the last batch will be redelivered and answered from the stored replies")
             }
         }
+        if failed {
+            tracing::error!("a pipeline stage stopped without being asked to; the processor stops");
+            return Err(rdkafka::error::KafkaError::Canceled);
+        }
         Ok(())
     }
 }
 
 /// The fetch thread: polls, admits each record against the budget, decodes it, and hands it
-/// to its partition's lane. Returns when `stop` turns true. (Rebalance callbacks run here,
+/// to its partition's lane. Returns when `stop` turns true, or when a lane is gone. (Rebalance callbacks run here,
 /// inside `poll`.)
 fn fetch(shared: &Shared, lanes: Vec<mpsc::UnboundedSender<Fetched>>, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
@@ -730,7 +746,13 @@ fn outgoing(
         if let Some(t) = t {
             headers.push(("traceparent".to_string(), t.header.clone().into_bytes()));
         }
-        let topic = m.header("reply-to").and_then(|t| {
+        // A 403 goes to the default reply topic only: whoever may write commands must not be
+        // able to place a reply (with any request id) on a topic that others read.
+        let reply_to = match o.kind {
+            OutcomeKind::Forbidden => None,
+            _ => m.header("reply-to"),
+        };
+        let topic = reply_to.and_then(|t| {
             let t = std::str::from_utf8(t).ok()?;
             if cfg.reply_to_allowed(t) {
                 Some(t.to_string())

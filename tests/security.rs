@@ -149,6 +149,23 @@ async fn reply_to_is_honoured_only_for_allowed_topics() {
         (r.value["request_id"].clone(), r.status()),
         (Value::from("r2"), 200)
     );
+
+    // A 403 never goes to a reply-to topic, allowed or not: an unauthenticated sender cannot
+    // place a reply carrying someone's request id on a topic that others read.
+    app.send_raw(
+        Some(&event),
+        Some(&cmd("r3", &event)),
+        &[
+            ("reply-to", team_topic.as_bytes()),
+            ("authorization", b"Bearer not-a-token"),
+        ],
+    )
+    .await;
+    let r = app.reply().await;
+    assert_eq!(
+        (r.value["request_id"].clone(), r.status()),
+        (Value::from("r3"), 403)
+    );
     drop(team_reader);
     app.finish().await;
 }
