@@ -1,27 +1,28 @@
-//! `event-updater bench`: GitHub issue 4's benchmark, against this machine's broker and
-//! PostgreSQL, in one run.
+//! `event-updater bench`: the processor's throughput, latency and memory against this machine's
+//! broker and PostgreSQL, beside the baselines that bound them, in one run.
 //!
 //! What it measures, each phase on a fresh database and fresh topics that it removes afterwards:
 //! - **Backlog drain, empty log.** N commands over M events (a share of them invalid) are
 //!   produced first; then the processor (this binary's `serve`, started as a child process so
 //!   that its peak RSS is its own) drains them. Throughput is read off the replies' record
 //!   timestamps (CreateTime, set by the processor's producer when it publishes): the replies
-//!   published after the first one, divided by the time from the first reply to the last. The
-//!   first batch's own work is thus left out of both count and time (its consumption cannot be
-//!   seen from outside); every other command is counted from its consumption to its reply.
+//!   published after the first one, divided by the time from the first reply to the last.
 //!   Every request id must be answered exactly once; duplicates and gaps are reported.
 //! - **(b) Broker pass-through.** The same backlog topic consumed and produced to a scratch
 //!   topic with the processor's producer settings, no database: the Kafka-only ceiling.
-//! - **(a) Naive baseline.** The first K commands of the same data, drained with MAX_BATCH=1.
-//! - **(c) PostgreSQL ingest.** The rows the processor writes for the same N commands (log rows,
-//!   view upserts, stored replies), computed in memory with the processor's own decoding and
-//!   projection and written with the same multi-row `INSERT … SELECT FROM UNNEST` statements as
-//!   `store.rs`, one transaction per MAX_BATCH commands; only the database time is counted.
+//! - **(a) Naive baseline.** The first K commands of the same data, drained with MAX_BATCH=1
+//!   and one lane.
+//! - **(c) PostgreSQL limit.** The rows the processor writes for the same N commands (log rows,
+//!   views, stored replies), computed in memory with the processor's own decoding and
+//!   decisions, written by plain `INSERT … SELECT FROM unnest` statements in transactions of
+//!   [`INGEST_CHUNK`] commands, unfenced; only the database time is counted.
 //! - **Drain with a full log.** As the first drain, after `--preload-changes` changes (and their
 //!   stored replies and views) for other events were put in the log.
-//! - **Steady-state latency.** Commands produced at 50% of the measured drain throughput for
-//!   `--latency-seconds`; latency is from handing a command to the producer to receiving its
-//!   reply, per command: p50, p99, max.
+//! - **Latency against load.** Commands produced at 10%, 25%, 50% and 75% of the measured drain
+//!   rate for `--latency-seconds` each, timed from being handed to the producer to the reply
+//!   being read; at each rate the same commands also go through an echo with the processor's
+//!   client settings and no database (the broker's own round trip, the floor); the processor's
+//!   own latency and per-stage histograms are read from its `/metrics` around each point.
 //!
 //! Before each measured phase a `CHECKPOINT` gives every phase the same starting point. The
 //! command data is a pure function of the command's index (a seeded splitmix64), so every phase

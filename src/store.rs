@@ -1,14 +1,17 @@
 //! PostgreSQL: the event log, the projection and the stored replies, written one batch per
-//! transaction.
+//! transaction (one fenced statement, see [`apply_batch`]).
 //!
 //! Invariants this file keeps (the tests in `tests/` check them):
 //! - A batch's effects (log rows, view rows, stored replies) commit together or not at all.
 //! - Every handled request id has exactly one row in `command_replies`; a request id seen again
 //!   is answered from that row (the same bytes) or, with other content, with a 422.
-//! - An event's versions are 1..n without gaps: the next version is read under `FOR UPDATE` on
-//!   the view row, and the log's primary key refuses a repeat from a concurrent writer (the
-//!   batch then fails with [`StoreError::Conflict`] and is retried whole).
-//! - Commands are applied in the order given, so per-partition order is kept.
+//! - An event's versions are 1..n without gaps: a batch decided on rows read without locks is
+//!   written only if no other writer moved its events or handled its request ids meanwhile (the
+//!   log's and the stored replies' primary keys, and a version guard on the view); otherwise it
+//!   is decided again with the rows read under `FOR UPDATE`, and a conflict there fails the
+//!   batch with [`StoreError::Conflict`], to be retried whole.
+//! - Commands are decided in the order given ([`decide_batch`], pure), so per-partition order is
+//!   kept.
 
 use std::collections::HashMap;
 use std::sync::Arc;
