@@ -695,7 +695,7 @@ impl Bench {
         }
         for u in &touched {
             if let Some(s) = states.get(u) {
-                rows.view(s.clone(), 0);
+                rows.view(s, 0);
             }
         }
         rows
@@ -884,7 +884,7 @@ impl Bench {
             points.push(point);
         }
         let peak_rss = child.stop().await?;
-        echo.stop();
+        drop(echo);
         Ok(Curve { points, peak_rss })
     }
 
@@ -1511,16 +1511,10 @@ impl Echo {
             thread: Some(thread),
         })
     }
-
-    fn stop(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 impl Drop for Echo {
+    /// Stops the loop and waits for its thread.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {

@@ -238,14 +238,8 @@ pub async fn apply_batch_locked(
     now: DateTime<Utc>,
 ) -> Result<Vec<Outcome>, StoreError> {
     let mut tx = pool.begin().await?;
-    let mut known = Known {
-        grants: match auth_mode {
-            AuthMode::Required => load_grants(&mut tx, commands).await?,
-            AuthMode::Disabled => HashMap::new(),
-        },
-        handled: load_handled(&mut tx, commands).await?,
-        states: HashMap::new(),
-    };
+    // The grants and stored answers as on the common path; the views again, under row locks.
+    let mut known = read_known(&mut tx, commands, auth_mode).await?;
     let mut uuids: Vec<Uuid> = commands
         .iter()
         .filter(|(c, _)| !known.handled.contains_key(&c.request_id))
@@ -418,7 +412,7 @@ pub fn decide_batch(
     }
     for u in &touched {
         if let Some(s) = states.remove(u) {
-            writes.view(s, read_versions.get(u).copied().unwrap_or(0));
+            writes.view(&s, read_versions.get(u).copied().unwrap_or(0));
         }
     }
     (outcomes, writes)
@@ -521,69 +515,6 @@ fn token_hashes(commands: &[(Command, Source)]) -> Vec<Vec<u8>> {
     hashes
 }
 
-/// The standing of every token the batch's commands present.
-async fn load_grants(
-    tx: &mut Transaction<'_, Postgres>,
-    commands: &[(Command, Source)],
-) -> Result<HashMap<[u8; 32], TokenGrant>, StoreError> {
-    let hashes = token_hashes(commands);
-    if hashes.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let rows = sqlx::query(
-        "SELECT token_hash, can_change_event,
-                revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now()) AS usable
-         FROM api_tokens WHERE token_hash = ANY($1)",
-    )
-    .bind(&hashes)
-    .fetch_all(&mut **tx)
-    .await?;
-    let mut grants = HashMap::new();
-    for r in rows {
-        let h: Vec<u8> = r.try_get("token_hash")?;
-        if let Ok(h) = <[u8; 32]>::try_from(h.as_slice()) {
-            grants.insert(
-                h,
-                TokenGrant {
-                    usable: r.try_get("usable")?,
-                    can_change_event: r.try_get("can_change_event")?,
-                },
-            );
-        }
-    }
-    Ok(grants)
-}
-
-/// The stored answers of the batch's request ids.
-async fn load_handled(
-    tx: &mut Transaction<'_, Postgres>,
-    commands: &[(Command, Source)],
-) -> Result<HashMap<String, Handled>, StoreError> {
-    let ids: Vec<&str> = commands
-        .iter()
-        .map(|(c, _)| c.request_id.as_str())
-        .collect();
-    let mut handled = HashMap::new();
-    for row in sqlx::query(
-        "SELECT request_id, fingerprint, status, reply FROM command_replies WHERE request_id = ANY($1)",
-    )
-    .bind(&ids)
-    .fetch_all(&mut **tx)
-    .await?
-    {
-        let status: i16 = row.try_get("status")?;
-        handled.insert(
-            row.try_get("request_id")?,
-            Handled {
-                fingerprint: row.try_get("fingerprint")?,
-                status: u16::try_from(status).unwrap_or_default(),
-                reply: Arc::new(row.try_get("reply")?),
-            },
-        );
-    }
-    Ok(handled)
-}
-
 pub(crate) const VIEW_COLUMNS: &str = r#"event_uuid, version, "user"::text AS "user", action, app, context::text AS context, client_ip, created, expires, brand::text AS brand"#;
 
 async fn load_for_update(
@@ -633,17 +564,18 @@ pub(crate) async fn upsert_views<'a>(
 ) -> Result<(), StoreError> {
     let mut c = ViewColumns::default();
     for s in states {
-        c.uuid.push(s.event_uuid);
-        c.version.push(s.version);
-        c.user.push(s.user.to_string());
-        c.action.push(s.action.clone());
-        c.app.push(s.app.clone());
-        c.context.push(s.context.to_string());
-        c.client_ip.push(s.client_ip.clone());
-        c.created.push(s.created);
-        c.expires.push(s.expires);
-        c.brand.push(s.brand.to_string());
+        c.push(s);
     }
+    upsert_columns(tx, &c, now).await
+}
+
+/// Inserts or replaces the view rows `c` (no version guard: for repairs and the benchmark's
+/// limit, never for the processor's writes).
+async fn upsert_columns(
+    tx: &mut Transaction<'_, Postgres>,
+    c: &ViewColumns,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
     if c.uuid.is_empty() {
         return Ok(());
     }
@@ -673,7 +605,8 @@ pub(crate) async fn upsert_views<'a>(
     Ok(())
 }
 
-#[derive(Default)]
+/// View rows as columns, for the multi-row statements.
+#[derive(Debug, Default)]
 struct ViewColumns {
     uuid: Vec<Uuid>,
     version: Vec<i64>,
@@ -685,6 +618,21 @@ struct ViewColumns {
     created: Vec<DateTime<Utc>>,
     expires: Vec<DateTime<Utc>>,
     brand: Vec<String>,
+}
+
+impl ViewColumns {
+    fn push(&mut self, s: &EventState) {
+        self.uuid.push(s.event_uuid);
+        self.version.push(s.version);
+        self.user.push(s.user.to_string());
+        self.action.push(s.action.clone());
+        self.app.push(s.app.clone());
+        self.context.push(s.context.to_string());
+        self.client_ip.push(s.client_ip.clone());
+        self.created.push(s.created);
+        self.expires.push(s.expires);
+        self.brand.push(s.brand.to_string());
+    }
 }
 
 /// What one batch writes: log rows, the final view row of each event it touched (with the
@@ -710,7 +658,7 @@ impl Writes {
 
     /// An event's view row after the batch (once per event); `read_version` is the version the
     /// batch read it at (0: it did not exist).
-    pub fn view(&mut self, state: EventState, read_version: i64) {
+    pub fn view(&mut self, state: &EventState, read_version: i64) {
         self.views.push(state, read_version);
     }
 
@@ -718,7 +666,7 @@ impl Writes {
     pub fn counts(&self) -> (usize, usize, usize) {
         (
             self.log.uuid.len(),
-            self.views.uuid.len(),
+            self.views.columns.uuid.len(),
             self.replies.request_id.len(),
         )
     }
@@ -731,7 +679,7 @@ impl Writes {
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let (l, v, r) = (&self.log, &self.views, &self.replies);
-        if l.uuid.is_empty() && v.uuid.is_empty() && r.request_id.is_empty() {
+        if l.uuid.is_empty() && v.columns.uuid.is_empty() && r.request_id.is_empty() {
             return Ok(());
         }
         let q = sqlx::query(
@@ -757,7 +705,7 @@ impl Writes {
              FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::int4[], $7::int8[]) AS x(u, v, r, c, t, p, o)",
         );
         self.log.bind(q).bind(now).execute(&mut **tx).await?;
-        upsert_views(tx, self.views.states.iter(), now).await?;
+        upsert_columns(tx, &self.views.columns, now).await?;
         let q = sqlx::query(
             "INSERT INTO command_replies (request_id, fingerprint, event_uuid, status, version, reply, handled_at, source_topic, source_partition, source_offset)
              SELECT r, f, u, s, v, b, $10, t, p, o
@@ -804,51 +752,33 @@ impl LogRows {
     }
 }
 
+/// A batch's view rows and the version each was read at (0: it did not exist).
 #[derive(Debug, Default)]
 struct ViewRows {
-    states: Vec<EventState>,
-    uuid: Vec<Uuid>,
-    version: Vec<i64>,
+    columns: ViewColumns,
     read_version: Vec<i64>,
-    user: Vec<String>,
-    action: Vec<String>,
-    app: Vec<String>,
-    context: Vec<String>,
-    client_ip: Vec<Option<String>>,
-    created: Vec<DateTime<Utc>>,
-    expires: Vec<DateTime<Utc>>,
-    brand: Vec<String>,
 }
 
 impl ViewRows {
     /// Binds the columns, in the function's order, as the next eleven parameters.
     fn bind<'q>(&'q self, q: PgQuery<'q>) -> PgQuery<'q> {
-        q.bind(&self.uuid)
-            .bind(&self.version)
+        let c = &self.columns;
+        q.bind(&c.uuid)
+            .bind(&c.version)
             .bind(&self.read_version)
-            .bind(&self.user)
-            .bind(&self.action)
-            .bind(&self.app)
-            .bind(&self.context)
-            .bind(&self.client_ip)
-            .bind(&self.created)
-            .bind(&self.expires)
-            .bind(&self.brand)
+            .bind(&c.user)
+            .bind(&c.action)
+            .bind(&c.app)
+            .bind(&c.context)
+            .bind(&c.client_ip)
+            .bind(&c.created)
+            .bind(&c.expires)
+            .bind(&c.brand)
     }
 
-    fn push(&mut self, s: EventState, read_version: i64) {
-        self.uuid.push(s.event_uuid);
-        self.version.push(s.version);
+    fn push(&mut self, s: &EventState, read_version: i64) {
+        self.columns.push(s);
         self.read_version.push(read_version);
-        self.user.push(s.user.to_string());
-        self.action.push(s.action.clone());
-        self.app.push(s.app.clone());
-        self.context.push(s.context.to_string());
-        self.client_ip.push(s.client_ip.clone());
-        self.created.push(s.created);
-        self.expires.push(s.expires);
-        self.brand.push(s.brand.to_string());
-        self.states.push(s);
     }
 }
 
@@ -1095,7 +1025,7 @@ mod tests {
         // Three changes, one view row (read at version 0: a create), four stored replies.
         assert_eq!(writes.counts(), (3, 1, 4));
         assert_eq!(writes.views.read_version, [0]);
-        assert_eq!(writes.views.version, [3]);
+        assert_eq!(writes.views.columns.version, [3]);
         assert_eq!(writes.log.version, [1, 2, 3]);
     }
 
@@ -1135,7 +1065,7 @@ mod tests {
             [(200, OutcomeKind::New), (200, OutcomeKind::New)]
         );
         assert_eq!(writes.views.read_version, [7]);
-        assert_eq!(writes.views.version, [9]);
+        assert_eq!(writes.views.columns.version, [9]);
         assert_eq!(writes.log.version, [8, 9]);
     }
 }

@@ -31,7 +31,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::exactly_once::{assert_exactly_once, env_or, load, send_paced, Rng};
-use common::{docker, http_status, ReplyCollector, Services, TestApp};
+use common::{docker, http_get, http_status, ReplyCollector, Services, TestApp};
 use serde_json::{json, Value};
 use testcontainers_event_updater::testcontainers::core::WaitFor;
 use testcontainers_event_updater::testcontainers::runners::AsyncRunner;
@@ -421,21 +421,6 @@ async fn the_image_runs_unprivileged_reports_its_health_and_stops_on_its_stop_si
     );
     p.remove().await;
     stack.finish().await;
-}
-
-/// A minimal HTTP/1.1 GET, returning the body.
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .expect("write");
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.expect("read");
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    text.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default()
 }
 
 // ---------------------------------------------------------------------------------------------

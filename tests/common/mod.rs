@@ -796,8 +796,8 @@ impl ReplyCollector {
     }
 }
 
-/// A minimal HTTP/1.1 GET, returning the status code.
-pub async fn http_status(addr: std::net::SocketAddr, path: &str) -> u16 {
+/// A minimal HTTP/1.1 GET, returning the status code and the body.
+async fn http_request(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
@@ -806,8 +806,24 @@ pub async fn http_status(addr: std::net::SocketAddr, path: &str) -> u16 {
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.expect("read");
     let text = String::from_utf8_lossy(&buf);
-    text.split_whitespace()
+    let status = text
+        .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A minimal HTTP/1.1 GET, returning the status code.
+pub async fn http_status(addr: std::net::SocketAddr, path: &str) -> u16 {
+    http_request(addr, path).await.0
+}
+
+/// A minimal HTTP/1.1 GET, returning the body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    http_request(addr, path).await.1
 }
