@@ -677,7 +677,7 @@ impl Bench {
                 payload: Some(c.value.into_bytes()),
                 ..Incoming::default()
             };
-            let cmd = command::decode(&incoming, self.cfg.max_message_bytes);
+            let cmd = command::decode(&incoming, self.cfg.max_message_bytes, self.cfg.auth_mode);
             let current = cmd
                 .action
                 .event_uuid_to_apply()
@@ -691,7 +691,8 @@ impl Bench {
                 }
                 states.insert(u, applied.state);
             }
-            rows.reply(&cmd, &reply, &reply.to_bytes(), &source);
+            let scope = cmd.scope(self.cfg.auth_mode).unwrap_or_default();
+            rows.reply(&cmd, scope, &reply, &reply.to_bytes(), &source);
         }
         for u in &touched {
             if let Some(s) = states.get(u) {
@@ -1092,8 +1093,8 @@ const PRELOAD_LOG: &str = "INSERT INTO event_log (event_uuid, version, request_i
      FROM generate_series($1::int8, $2::int8 - 1) AS g";
 
 /// The stored replies of those changes, about the size of real ones.
-const PRELOAD_REPLIES: &str = "INSERT INTO command_replies (request_id, fingerprint, event_uuid, status, version, reply, handled_at, source_topic, source_partition, source_offset)
-     SELECT 'preload-' || g, sha256(convert_to('preload-' || g, 'UTF8')), md5('preload-' || (g / 10))::uuid,
+const PRELOAD_REPLIES: &str = "INSERT INTO command_replies (scope, request_id, fingerprint, event_uuid, status, version, reply, handled_at, source_topic, source_partition, source_offset)
+     SELECT '\\x'::bytea, 'preload-' || g, sha256(convert_to('preload-' || g, 'UTF8')), md5('preload-' || (g / 10))::uuid,
             (CASE WHEN g % 10 = 0 THEN 201 ELSE 200 END)::int2, g % 10 + 1,
             convert_to(json_build_object('request_id', 'preload-' || g, 'event_uuid', md5('preload-' || (g / 10))::uuid,
                 'status', 200, 'version', g % 10 + 1,
@@ -2170,10 +2171,11 @@ mod tests {
         for i in 0..200 {
             let c = w.command(i);
             let m = Incoming {
+                key: Some(c.key.into_bytes()),
                 payload: Some(c.value.into_bytes()),
                 ..Incoming::default()
             };
-            let cmd = command::decode(&m, 1 << 20);
+            let cmd = command::decode(&m, 1 << 20, AuthMode::Disabled);
             assert_eq!(cmd.request_id, format!("bench-{i}"));
             match cmd.action {
                 Action::Apply { .. } => assert!(w.is_valid(i)),

@@ -103,6 +103,12 @@ pub struct Config {
     #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 1_048_576)]
     pub max_message_bytes: usize,
 
+    /// Largest reply value, in bytes. A command whose reply would be larger is not applied and
+    /// gets a 400 saying so. Keep it at most the reply topic's `max.message.bytes` less 64 KiB
+    /// (key and headers); the default fits Kafka's default limits.
+    #[arg(long, env = "MAX_REPLY_BYTES", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1024..=100_000_000).map(|v| v as usize))]
+    pub max_reply_bytes: usize,
+
     /// Connections in the PostgreSQL pool (at least APPLY_CONCURRENCY are opened).
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 4)]
     pub database_max_connections: u32,

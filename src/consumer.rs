@@ -54,25 +54,49 @@ use crate::reply::{detail, Destination, Outgoing};
 use crate::store::{self, Outcome, OutcomeKind, Source, StoreError};
 use crate::trace;
 
-/// What `/healthz` and `/readyz` report; written by the processor.
-#[derive(Debug, Default)]
+/// What `/healthz` and `/readyz` report; written by the processor and the reply producer.
+#[derive(Debug)]
 pub struct Health {
     pub migrated: AtomicBool,
     pub subscribed: AtomicBool,
     pub database_ok: AtomicBool,
     pub assigned_partitions: AtomicUsize,
+    /// The reply producer reaches a broker (false after "all brokers down", true again once
+    /// its statistics show a broker up).
+    pub producer_connected: AtomicBool,
+    /// The reply producer hit a fatal error (the idempotent producer cannot go on): nothing
+    /// more can be answered until the process restarts.
+    pub producer_fatal: AtomicBool,
+}
+
+impl Default for Health {
+    fn default() -> Health {
+        Health {
+            migrated: AtomicBool::new(false),
+            subscribed: AtomicBool::new(false),
+            database_ok: AtomicBool::new(false),
+            assigned_partitions: AtomicUsize::new(0),
+            producer_connected: AtomicBool::new(true),
+            producer_fatal: AtomicBool::new(false),
+        }
+    }
 }
 
 impl Health {
-    /// Migrations ran and the consumer is subscribed.
+    /// Migrations ran, the consumer is subscribed, and the reply producer is not broken for
+    /// good.
     pub fn is_live(&self) -> bool {
-        self.migrated.load(Ordering::Relaxed) && self.subscribed.load(Ordering::Relaxed)
+        self.migrated.load(Ordering::Relaxed)
+            && self.subscribed.load(Ordering::Relaxed)
+            && !self.producer_fatal.load(Ordering::Relaxed)
     }
-    /// Live, the database answers, and partitions are assigned.
+    /// Live, the database answers, partitions are assigned, and the reply producer reaches a
+    /// broker.
     pub fn is_ready(&self) -> bool {
         self.is_live()
             && self.database_ok.load(Ordering::Relaxed)
             && self.assigned_partitions.load(Ordering::Relaxed) > 0
+            && self.producer_connected.load(Ordering::Relaxed)
     }
 }
 
@@ -232,6 +256,9 @@ pub fn create_consumer(
     health: Arc<Health>,
     budget: Arc<Budget>,
 ) -> KafkaResult<CommandConsumer> {
+    /// One fetch response at most (librdkafka still takes a single larger record whole).
+    const FETCH_MAX_BYTES: usize = 4 * 1024 * 1024;
+    let prefetch_kib = (cfg.max_in_flight_bytes / 1024).min(8192);
     let mut c = kafka::client_config(cfg);
     c.set("group.id", &cfg.kafka_group_id)
         .set("enable.auto.commit", "true")
@@ -244,14 +271,36 @@ pub fn create_consumer(
         // one fetch response (default 50 MiB; it still grows to take a single larger record).
         // The processor's own budget (MAX_IN_FLIGHT_BYTES) bounds what is fetched and not yet
         // answered.
-        .set("queued.max.messages.kbytes", "8192")
-        .set("fetch.max.bytes", "4194304")
+        .set("queued.max.messages.kbytes", prefetch_kib.to_string())
+        .set("fetch.max.bytes", FETCH_MAX_BYTES.to_string())
         // How long a fetch may wait at the broker for data. Kafka answers as soon as data
         // arrives; some Kafka-protocol brokers wait the whole time, which then bounds the
         // latency of a quiet partition. Overridable with KAFKA_PROPERTIES.
         .set("fetch.wait.max.ms", "10");
     for (k, v) in &cfg.kafka_properties {
         c.set(k, v);
+    }
+    // What librdkafka buffers ahead is part of the processor's memory too: the operator's
+    // properties may lower these bounds but not raise them past the in-flight budget.
+    // (librdkafka wants a fetch to hold at least one record of `message.max.bytes`.)
+    let record_max = c
+        .get("message.max.bytes")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(1_000_000);
+    for (key, most) in [
+        ("queued.max.messages.kbytes", prefetch_kib),
+        ("fetch.max.bytes", FETCH_MAX_BYTES.max(record_max)),
+    ] {
+        let asked = c.get(key).and_then(|v| v.parse::<usize>().ok());
+        if asked.is_some_and(|a| a > most) {
+            tracing::warn!(
+                property = key,
+                asked,
+                kept = most,
+                "KAFKA_PROPERTIES asks for more prefetch than MAX_IN_FLIGHT_BYTES allows; kept within it"
+            );
+            c.set(key, most.to_string());
+        }
     }
     c.create_with_context(ProcessorContext {
         health,
@@ -405,7 +454,11 @@ fn fetch(shared: &Shared, lanes: Vec<mpsc::UnboundedSender<Fetched>>, stop: &Ato
             break;
         }
         let fetched_at = Instant::now();
-        let command = command::decode(&incoming, shared.cfg.max_message_bytes);
+        let command = command::decode(
+            &incoming,
+            shared.cfg.max_message_bytes,
+            shared.cfg.auth_mode,
+        );
         let lane = usize::try_from(incoming.partition).unwrap_or(0) % lanes.len();
         let f = Fetched {
             incoming,
@@ -555,6 +608,9 @@ fn finish(
                 .map(Duration::from_millis)
         });
         metrics::record_command(o.status, o.kind, latency);
+        if let (Some(reason), OutcomeKind::New) = (o.refused, o.kind) {
+            metrics::record_refused(reason);
+        }
         let span = tracing::info_span!(
             "command",
             request_id = %c.request_id,
@@ -642,6 +698,7 @@ async fn apply_one(
                 status: 400,
                 reply: Arc::new(reply.to_bytes()),
                 kind: OutcomeKind::New,
+                refused: None,
             })
         }
     }
@@ -659,7 +716,7 @@ async fn apply_retrying(
         let wait = match store::apply_batch(
             &shared.pool,
             commands,
-            shared.cfg.auth_mode,
+            store::Rules::of(&shared.cfg),
             Utc::now(),
         )
         .await
@@ -740,7 +797,10 @@ fn outgoing(
     for ((f, o), t) in batch.iter().zip(outcomes).zip(traces) {
         let (m, c) = (&f.incoming, &f.command);
         let mut headers = vec![("request-id".to_string(), c.request_id.clone().into_bytes())];
-        if let Some(v) = m.header("correlation-id") {
+        if let Some(v) = m
+            .header("correlation-id")
+            .filter(|v| v.len() <= kafka::MAX_ECHOED_BYTES)
+        {
             headers.push(("correlation-id".to_string(), v.to_vec()));
         }
         if let Some(t) = t {

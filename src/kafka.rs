@@ -5,6 +5,8 @@
 //! [`Publisher`] delivers a batch's replies and dead letters and retries until the broker has
 //! acknowledged every one: the consumer stores no offset before that.
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -15,11 +17,15 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
+use rdkafka::ClientContext;
+use serde_json::{json, Value};
 use tokio::sync::watch;
+use uuid::Uuid;
 
 use crate::config::{is_secret_property, Config};
+use crate::consumer::Health;
 use crate::metrics;
-use crate::reply::{Destination, Outgoing};
+use crate::reply::{Destination, Outgoing, Reply};
 
 /// The base configuration of every client: bootstrap servers plus the pass-through properties.
 pub fn client_config(cfg: &Config) -> ClientConfig {
@@ -90,18 +96,92 @@ pub async fn ensure_topics(cfg: &Config) -> Result<(), KafkaError> {
     Ok(())
 }
 
-/// The idempotent producer used for replies and dead letters.
+/// What a record may carry besides its value: its key and headers. Replies echo at most
+/// [`MAX_ECHOED_BYTES`] of the command's key and `correlation-id`, and the rest of their
+/// headers are short, so a reply of `MAX_REPLY_BYTES` always fits within this much more.
+pub const RECORD_OVERHEAD_BYTES: usize = 64 * 1024;
+
+/// Longest command key or `correlation-id` that a reply echoes.
+pub const MAX_ECHOED_BYTES: usize = 1024;
+
+/// The producer's record size limit (`message.max.bytes`): a reply of `MAX_REPLY_BYTES` and a
+/// dead letter of `MAX_MESSAGE_BYTES`, each with its key and headers.
+pub fn producer_max_bytes(cfg: &Config) -> usize {
+    cfg.max_reply_bytes.max(cfg.max_message_bytes) + RECORD_OVERHEAD_BYTES
+}
+
+/// The idempotent producer, configured as for replies and dead letters (for the tools).
 pub fn producer(cfg: &Config) -> Result<FutureProducer, KafkaError> {
+    producer_config(cfg).create()
+}
+
+/// The reply producer of the processor: as [`producer`], reporting its health to `health`.
+pub fn reply_producer(
+    cfg: &Config,
+    health: Arc<Health>,
+) -> Result<FutureProducer<PublisherContext>, KafkaError> {
+    let mut c = producer_config(cfg);
+    c.set("statistics.interval.ms", "1000");
+    c.create_with_context(PublisherContext { health })
+}
+
+/// The reply producer's callbacks: whether it reaches a broker, and whether it broke for good,
+/// go to [`Health`] (and so to `/readyz` and `/healthz`).
+#[derive(Debug)]
+pub struct PublisherContext {
+    health: Arc<Health>,
+}
+
+impl ClientContext for PublisherContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::Fatal) => {
+                self.health.producer_fatal.store(true, Ordering::Relaxed);
+                metrics::record_producer_fatal();
+                tracing::error!(error = %error, reason, "the reply producer failed for good: nothing more can be answered; the service reports itself not live and must be restarted");
+            }
+            Some(RDKafkaErrorCode::AllBrokersDown) => {
+                self.health
+                    .producer_connected
+                    .store(false, Ordering::Relaxed);
+                tracing::warn!(error = %error, reason, "the reply producer reaches no broker; not ready");
+            }
+            _ => tracing::warn!(error = %error, reason, "reply producer error"),
+        }
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let up = statistics.brokers.values().any(|b| b.state == "UP");
+        if up && !self.health.producer_connected.swap(true, Ordering::Relaxed) {
+            tracing::info!("the reply producer reaches a broker again");
+        }
+    }
+}
+
+fn producer_config(cfg: &Config) -> ClientConfig {
     let mut c = client_config(cfg);
+    let max_bytes = producer_max_bytes(cfg);
     c.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "2")
-        .set("compression.type", "lz4");
+        .set("compression.type", "lz4")
+        .set("message.max.bytes", max_bytes.to_string());
     // The operator's properties win over the defaults above.
     for (k, v) in &cfg.kafka_properties {
         c.set(k, v);
     }
-    c.create()
+    if let Some(set) = c
+        .get("message.max.bytes")
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|v| *v < max_bytes)
+    {
+        tracing::warn!(
+            message_max_bytes = set,
+            needed = max_bytes,
+            "KAFKA_PROPERTIES lowers message.max.bytes below MAX_REPLY_BYTES and MAX_MESSAGE_BYTES plus headers: larger replies will be refused and go to the dead-letter topic, each answered by a short error reply"
+        );
+    }
+    c
 }
 
 /// A batch's records handed to the producer, with their pending acknowledgements.
@@ -121,7 +201,7 @@ impl std::fmt::Debug for Enqueued {
 /// Publishes a batch's records and waits until every one is acknowledged.
 #[derive(Clone)]
 pub struct Publisher {
-    producer: FutureProducer,
+    producer: FutureProducer<PublisherContext>,
     reply_topic: String,
     dlq_topic: String,
 }
@@ -136,7 +216,7 @@ impl std::fmt::Debug for Publisher {
 }
 
 impl Publisher {
-    pub fn new(producer: FutureProducer, cfg: &Config) -> Publisher {
+    pub fn new(producer: FutureProducer<PublisherContext>, cfg: &Config) -> Publisher {
         Publisher {
             producer,
             reply_topic: cfg.reply_topic.clone(),
@@ -242,7 +322,26 @@ impl Publisher {
             }
             Err(e) if is_permanent(&e) => {
                 metrics::record_publish_failed(record.destination, true);
-                tracing::error!(error = %e, destination = ?record.destination, "the broker refuses this record for good; dropped");
+                let bytes = record.value.len();
+                match record.destination {
+                    Destination::Reply if record.header(REPLY_REFUSED).is_none() => {
+                        tracing::error!(error = %e, bytes, "the broker refuses this reply for good; it goes to the dead-letter topic and a short error reply answers the command");
+                        let (dead, answer) = refused_reply(record, &e);
+                        retry.push(dead);
+                        retry.push(answer);
+                    }
+                    Destination::DeadLetter if bytes > 0 => {
+                        tracing::error!(error = %e, bytes, "the broker refuses this dead letter for good; sending its headers without the value");
+                        record.value = Arc::new(Vec::new());
+                        record
+                            .headers
+                            .push(("dlq-value-dropped".into(), bytes.to_string().into_bytes()));
+                        retry.push(record);
+                    }
+                    _ => {
+                        tracing::error!(error = %e, bytes, destination = ?record.destination, "the broker refuses even this short record for good; dropped");
+                    }
+                }
             }
             Err(e) => {
                 metrics::record_publish_failed(record.destination, false);
@@ -290,6 +389,59 @@ impl Publisher {
     }
 }
 
+/// The header of the error reply that stands in for a reply the broker refused.
+const REPLY_REFUSED: &str = "reply-refused";
+
+/// For a reply the broker refuses for good (too large for the topic): the reply itself as a dead
+/// letter, and a short reply with status 500 that says what happened and what the command's
+/// outcome was (`reply_status`, `reply_version`), so that the command is still answered.
+fn refused_reply(record: Outgoing, e: &KafkaError) -> (Outgoing, Outgoing) {
+    let original: Value = serde_json::from_slice(&record.value).unwrap_or(Value::Null);
+    let reason = format!("reply refused by the broker: {e}");
+    let answer = Reply {
+        request_id: original["request_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        event_uuid: original["event_uuid"]
+            .as_str()
+            .and_then(|u| u.parse::<Uuid>().ok()),
+        status: 500,
+        version: None,
+        body: json!({
+            "detail": format!(
+                "The reply to this command ({} bytes) was refused by the broker ({e}); it is on the dead-letter topic.",
+                record.value.len()
+            ),
+            "reply_status": original["status"],
+            "reply_version": original["version"],
+        }),
+    };
+    let mut answer_headers = record.headers.clone();
+    answer_headers.push((REPLY_REFUSED.into(), reason.clone().into_bytes()));
+    let answer = Outgoing {
+        destination: Destination::Reply,
+        topic: record.topic.clone(),
+        key: record.key.clone(),
+        value: Arc::new(answer.to_bytes()),
+        headers: answer_headers,
+    };
+    let mut headers = record.headers;
+    headers.push(("dlq-reason".into(), reason.into_bytes()));
+    headers.push((
+        "dlq-status".into(),
+        original["status"].to_string().into_bytes(),
+    ));
+    let dead = Outgoing {
+        destination: Destination::DeadLetter,
+        topic: None,
+        key: record.key,
+        value: record.value,
+        headers,
+    };
+    (dead, answer)
+}
+
 fn is_unusable_topic(e: &KafkaError) -> bool {
     matches!(
         e.rdkafka_error_code(),
@@ -305,10 +457,6 @@ fn is_unusable_topic(e: &KafkaError) -> bool {
 fn is_permanent(e: &KafkaError) -> bool {
     matches!(
         e.rdkafka_error_code(),
-        Some(
-            RDKafkaErrorCode::MessageSizeTooLarge
-                | RDKafkaErrorCode::InvalidMessageSize
-                | RDKafkaErrorCode::InvalidMessage
-        )
+        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize)
     )
 }

@@ -27,6 +27,8 @@ pub const CONSUMER_LAG: &str = "event_updater_consumer_lag";
 pub const VERSION_CONFLICTS: &str = "event_updater_version_conflicts_total";
 pub const DUPLICATES: &str = "event_updater_duplicates_total";
 pub const STAGE: &str = "event_updater_stage_seconds";
+pub const REFUSED: &str = "event_updater_commands_refused_total";
+pub const PRODUCER_FATAL: &str = "event_updater_producer_fatal_errors_total";
 
 static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
 
@@ -74,6 +76,18 @@ pub fn record_command(status: u16, kind: OutcomeKind, latency: Option<Duration>)
     if let Some(l) = latency {
         histogram!(COMMAND_LATENCY).record(l.as_secs_f64());
     }
+}
+
+/// A command answered with a 400 because it broke an envelope rule: `key_mismatch` (its record
+/// key is not its event's UUID), `too_large` (its value is over MAX_MESSAGE_BYTES),
+/// `reply_too_large` (its reply would be over MAX_REPLY_BYTES).
+pub fn record_refused(reason: &'static str) {
+    counter!(REFUSED, "reason" => reason).increment(1);
+}
+
+/// The reply producer failed for good (librdkafka's fatal error).
+pub fn record_producer_fatal() {
+    counter!(PRODUCER_FATAL).increment(1);
 }
 
 /// One batch committed to PostgreSQL.

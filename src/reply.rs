@@ -40,6 +40,16 @@ pub struct Outgoing {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
+impl Outgoing {
+    /// The first header named `name`.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
 /// Where an [`Outgoing`] record goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Destination {

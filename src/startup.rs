@@ -84,7 +84,7 @@ impl Application {
         let processor = Processor {
             consumer: consumer::create_consumer(&cfg, health.clone(), budget.clone())?,
             budget,
-            publisher: Publisher::new(kafka::producer(&cfg)?, &cfg),
+            publisher: Publisher::new(kafka::reply_producer(&cfg, health.clone())?, &cfg),
             pool: pool.clone(),
             cfg,
             health: health.clone(),

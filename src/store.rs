@@ -3,8 +3,9 @@
 //!
 //! Invariants this file keeps (the tests in `tests/` check them):
 //! - A batch's effects (log rows, view rows, stored replies) commit together or not at all.
-//! - Every handled request id has exactly one row in `command_replies`; a request id seen again
-//!   is answered from that row (the same bytes) or, with other content, with a 422.
+//! - Every handled request id has exactly one row in `command_replies` per scope (the credential
+//!   that sent it, see [`Command::scope`]); a request id seen again in its scope is answered from
+//!   that row (the same bytes) or, with other content, with a 422.
 //! - An event's versions are 1..n without gaps: a batch decided on rows read without locks is
 //!   written only if no other writer moved its events or handled its request ids meanwhile (the
 //!   log's and the stored replies' primary keys, and a version guard on the view); otherwise it
@@ -159,6 +160,25 @@ pub struct Outcome {
     /// The reply value.
     pub reply: Arc<Vec<u8>>,
     pub kind: OutcomeKind,
+    /// The envelope rule a new 400 enforced (`key_mismatch`, `too_large`, `reply_too_large`).
+    pub refused: Option<&'static str>,
+}
+
+/// The settings a batch is decided under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rules {
+    pub auth_mode: AuthMode,
+    /// A command whose reply would be longer is not applied and gets a 400 instead.
+    pub max_reply_bytes: usize,
+}
+
+impl Rules {
+    pub fn of(cfg: &crate::config::Config) -> Rules {
+        Rules {
+            auth_mode: cfg.auth_mode,
+            max_reply_bytes: cfg.max_reply_bytes,
+        }
+    }
 }
 
 /// Whether an outcome was decided now or earlier.
@@ -184,13 +204,22 @@ struct Handled {
 }
 
 /// What the database knows that a batch's decisions need: the standing of the tokens its
-/// commands present, the stored answers of its request ids, and the current state of its events
-/// (an event that is absent does not exist).
+/// commands present, the stored answers of its request ids (by scope, then request id: see
+/// [`Command::scope`]), and the current state of its events (an event that is absent does not
+/// exist).
 #[derive(Debug, Default)]
 pub struct Known {
     grants: HashMap<[u8; 32], TokenGrant>,
-    handled: HashMap<String, Handled>,
+    handled: HashMap<Vec<u8>, HashMap<String, Handled>>,
     states: HashMap<Uuid, EventState>,
+}
+
+impl Known {
+    /// The stored answer of `cmd`'s request id in its scope.
+    fn handled(&self, cmd: &Command, auth_mode: AuthMode) -> Option<&Handled> {
+        let scope = cmd.scope(auth_mode)?;
+        self.handled.get(scope)?.get(&cmd.request_id)
+    }
 }
 
 /// Applies `commands` (in order) and returns one outcome per command, with every effect
@@ -205,25 +234,26 @@ pub struct Known {
 ///   ours (23505);
 /// - a view row is only updated at the version it was read at, and a new one only inserted where
 ///   none exists (the function raises 40001 otherwise);
-/// - `command_replies`' primary key refuses a request id that another writer handled meanwhile.
+/// - `command_replies`' primary key refuses a (scope, request id) that another writer handled
+///   meanwhile.
 ///
 /// When a fence trips, the batch is decided again on the locking path ([`apply_batch_locked`]):
 /// one transaction that reads under `FOR UPDATE`.
 pub async fn apply_batch(
     pool: &PgPool,
     commands: &[(Command, Source)],
-    auth_mode: AuthMode,
+    rules: Rules,
     now: DateTime<Utc>,
 ) -> Result<Vec<Outcome>, StoreError> {
     let mut conn = pool.acquire().await?;
-    let known = read_known(&mut conn, commands, auth_mode).await?;
-    let (outcomes, writes) = decide_batch(commands, known, auth_mode, now);
+    let known = read_known(&mut conn, commands, rules.auth_mode).await?;
+    let (outcomes, writes) = decide_batch(commands, known, rules, now);
     match writes.write(&mut conn, now).await {
         Ok(()) => Ok(outcomes),
         Err(StoreError::Conflict(e)) => {
             tracing::debug!(error = %e, "a write fence tripped; deciding the batch again under row locks");
             drop(conn);
-            apply_batch_locked(pool, commands, auth_mode, now).await
+            apply_batch_locked(pool, commands, rules, now).await
         }
         Err(e) => Err(e),
     }
@@ -234,21 +264,22 @@ pub async fn apply_batch(
 pub async fn apply_batch_locked(
     pool: &PgPool,
     commands: &[(Command, Source)],
-    auth_mode: AuthMode,
+    rules: Rules,
     now: DateTime<Utc>,
 ) -> Result<Vec<Outcome>, StoreError> {
+    let auth_mode = rules.auth_mode;
     let mut tx = pool.begin().await?;
     // The grants and stored answers as on the common path; the views again, under row locks.
     let mut known = read_known(&mut tx, commands, auth_mode).await?;
     let mut uuids: Vec<Uuid> = commands
         .iter()
-        .filter(|(c, _)| !known.handled.contains_key(&c.request_id))
+        .filter(|(c, _)| known.handled(c, auth_mode).is_none())
         .filter_map(|(c, _)| c.action.event_uuid_to_apply())
         .collect();
     uuids.sort_unstable();
     uuids.dedup();
     known.states = load_for_update(&mut tx, &uuids).await?;
-    let (outcomes, writes) = decide_batch(commands, known, auth_mode, now);
+    let (outcomes, writes) = decide_batch(commands, known, rules, now);
     writes.write(&mut tx, now).await?;
     tx.commit().await?;
     Ok(outcomes)
@@ -261,10 +292,12 @@ async fn read_known(
     commands: &[(Command, Source)],
     auth_mode: AuthMode,
 ) -> Result<Known, StoreError> {
-    let ids: Vec<&str> = commands
+    // The (scope, request id) pairs to look up; a command without a scope (no usable
+    // credentials) has nothing stored.
+    let (scopes, ids): (Vec<&[u8]>, Vec<&str>) = commands
         .iter()
-        .map(|(c, _)| c.request_id.as_str())
-        .collect();
+        .filter_map(|(c, _)| Some((c.scope(auth_mode)?, c.request_id.as_str())))
+        .unzip();
     let mut uuids: Vec<Uuid> = commands
         .iter()
         .filter_map(|(c, _)| c.action.event_uuid_to_apply())
@@ -277,6 +310,7 @@ async fn read_known(
     };
     let rows = sqlx::query(READ_KNOWN)
         .bind(&uuids)
+        .bind(&scopes)
         .bind(&ids)
         .bind(&hashes)
         .fetch_all(&mut *conn)
@@ -290,7 +324,8 @@ async fn read_known(
             }
             2 => {
                 let status: i16 = r.try_get("status")?;
-                known.handled.insert(
+                let scope: Vec<u8> = r.try_get("scope")?;
+                known.handled.entry(scope).or_default().insert(
                     r.try_get("request_id")?,
                     Handled {
                         fingerprint: r.try_get("fingerprint")?,
@@ -300,7 +335,7 @@ async fn read_known(
                 );
             }
             _ => {
-                let h: Vec<u8> = r.try_get("token_hash")?;
+                let h: Vec<u8> = r.try_get("scope")?;
                 if let Ok(h) = <[u8; 32]>::try_from(h.as_slice()) {
                     known.grants.insert(
                         h,
@@ -316,34 +351,44 @@ async fn read_known(
     Ok(known)
 }
 
-/// [`read_known`]'s statement: views (kind 1), stored answers (kind 2) and tokens (kind 3), each
-/// a lookup by primary or unique key.
+/// [`read_known`]'s statement: views (kind 1), stored answers by (scope, request id) (kind 2)
+/// and tokens by hash (kind 3, the hash in `scope`), each a lookup by primary or unique key.
 const READ_KNOWN: &str = r#"
 SELECT 1 AS kind, event_uuid, version, "user"::text AS "user", action, app, context::text AS context,
        client_ip, created, expires, brand::text AS brand,
        NULL::text AS request_id, NULL::bytea AS fingerprint, NULL::int2 AS status, NULL::bytea AS reply,
-       NULL::bytea AS token_hash, NULL::bool AS can_change_event, NULL::bool AS usable
+       NULL::bytea AS scope, NULL::bool AS can_change_event, NULL::bool AS usable
 FROM events WHERE event_uuid = ANY($1)
 UNION ALL
 SELECT 2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-       request_id, fingerprint, status, reply, NULL, NULL, NULL
-FROM command_replies WHERE request_id = ANY($2)
+       c.request_id, c.fingerprint, c.status, c.reply, c.scope, NULL, NULL
+FROM unnest($2::bytea[], $3::text[]) AS k(scope, request_id)
+JOIN command_replies c ON c.scope = k.scope AND c.request_id = k.request_id
 UNION ALL
 SELECT 3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        token_hash, can_change_event, revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
-FROM api_tokens WHERE token_hash = ANY($3)
+FROM api_tokens WHERE token_hash = ANY($4)
 "#;
 
-/// Decides every command of a batch, in order, against what the database knows: the checks run
-/// in the REST endpoint's order (403, then a request id handled before: its stored reply or a
-/// 422, then the command itself, see [`decide`]); later commands of the batch see the effects of
-/// earlier ones. Returns one outcome per command and the rows to write. Pure.
+/// Decides every command of a batch, in order, against what the database knows; later commands
+/// of the batch see the effects of earlier ones. Returns one outcome per command and the rows to
+/// write. Pure. The order of checks:
+/// 1. a redelivery (same scope, request id and content as a stored answer) gets the stored reply,
+///    even when its token has been revoked or has expired since: its change is in the log, and
+///    the reply was already given to that credential;
+/// 2. authentication and permission (403, not stored), as the REST endpoint checks them first;
+/// 3. a request id handled before in the same scope with other content: a 422;
+/// 4. the command itself ([`decide`]): 409 against the version the batch has reached, else
+///    201/200, or its 400/404;
+/// 5. a reply longer than `rules.max_reply_bytes` could not be published: the command is not
+///    applied and gets a 400 saying so instead (stored like any other answer).
 pub fn decide_batch(
     commands: &[(Command, Source)],
     known: Known,
-    auth_mode: AuthMode,
+    rules: Rules,
     now: DateTime<Utc>,
 ) -> (Vec<Outcome>, Writes) {
+    let auth_mode = rules.auth_mode;
     let Known {
         grants,
         mut handled,
@@ -355,6 +400,17 @@ pub fn decide_batch(
     let mut writes = Writes::default();
     let mut touched: Vec<Uuid> = Vec::new();
     for (cmd, source) in commands {
+        let scope = cmd.scope(auth_mode);
+        let stored = scope.and_then(|s| handled.get(s)?.get(&cmd.request_id));
+        if let Some(h) = stored.filter(|h| h.fingerprint.as_slice() == cmd.fingerprint) {
+            outcomes.push(Outcome {
+                status: h.status,
+                reply: h.reply.clone(),
+                kind: OutcomeKind::Duplicate,
+                refused: None,
+            });
+            continue;
+        }
         if auth_mode == AuthMode::Required {
             let grant = match &cmd.credentials {
                 Credentials::Bearer(h) => grants.get(h).copied(),
@@ -365,27 +421,50 @@ pub fn decide_batch(
                 continue;
             }
         }
-        if let Some(h) = handled.get(&cmd.request_id) {
-            outcomes.push(if h.fingerprint.as_slice() == cmd.fingerprint {
-                Outcome {
-                    status: h.status,
-                    reply: h.reply.clone(),
-                    kind: OutcomeKind::Duplicate,
-                }
-            } else {
-                let text = format!(
-                    "request_id {:?} was already used for a different command.",
-                    cmd.request_id
-                );
-                unstored(cmd, 422, detail(text), OutcomeKind::ReusedRequestId)
-            });
+        // Past the 403, a command has a scope (its token's, or the one scope without auth).
+        // (Only a bearer token passes the check where auth is required, so this is a 403 too.)
+        let Some(scope) = scope else {
+            let text = "Authentication credentials were not provided.";
+            outcomes.push(unstored(cmd, 403, detail(text), OutcomeKind::Forbidden));
+            continue;
+        };
+        if stored.is_some() {
+            let text = format!(
+                "request_id {:?} was already used for a different command.",
+                cmd.request_id
+            );
+            outcomes.push(unstored(
+                cmd,
+                422,
+                detail(text),
+                OutcomeKind::ReusedRequestId,
+            ));
             continue;
         }
         let current = cmd
             .action
             .event_uuid_to_apply()
             .and_then(|u| states.get(&u));
-        let (reply, applied) = decide(cmd, current, now);
+        let (mut reply, mut applied) = decide(cmd, current, now);
+        let mut bytes = reply.to_bytes();
+        let mut refused = cmd.refused;
+        if bytes.len() > rules.max_reply_bytes {
+            let text = format!(
+                "The reply to this command would be {} bytes, over the limit of {} bytes; the command was not applied.",
+                bytes.len(),
+                rules.max_reply_bytes
+            );
+            reply = Reply {
+                request_id: cmd.request_id.clone(),
+                event_uuid: cmd.action.event_uuid(),
+                status: 400,
+                version: None,
+                body: detail(text),
+            };
+            applied = None;
+            refused = Some("reply_too_large");
+            bytes = reply.to_bytes();
+        }
         if let Some(applied) = applied {
             writes.applied(&applied, &cmd.request_id, source);
             let u = applied.state.event_uuid;
@@ -394,9 +473,9 @@ pub fn decide_batch(
             }
             states.insert(u, applied.state);
         }
-        let bytes = Arc::new(reply.to_bytes());
-        writes.reply(cmd, &reply, &bytes, source);
-        handled.insert(
+        let bytes = Arc::new(bytes);
+        writes.reply(cmd, scope, &reply, &bytes, source);
+        handled.entry(scope.to_vec()).or_default().insert(
             cmd.request_id.clone(),
             Handled {
                 fingerprint: cmd.fingerprint.to_vec(),
@@ -408,6 +487,7 @@ pub fn decide_batch(
             status: reply.status,
             reply: bytes,
             kind: OutcomeKind::New,
+            refused: refused.filter(|_| reply.status == 400),
         });
     }
     for u in &touched {
@@ -498,6 +578,7 @@ fn unstored(cmd: &Command, status: u16, body: Value, kind: OutcomeKind) -> Outco
         status,
         reply: Arc::new(reply.to_bytes()),
         kind,
+        refused: None,
     }
 }
 
@@ -651,9 +732,16 @@ impl Writes {
         self.log.push(a, request_id, source);
     }
 
-    /// A command's stored reply (`bytes` is `reply` serialised).
-    pub fn reply(&mut self, cmd: &Command, reply: &Reply, bytes: &[u8], source: &Source) {
-        self.replies.push(cmd, reply, bytes, source);
+    /// A command's stored reply in `scope` (`bytes` is `reply` serialised).
+    pub fn reply(
+        &mut self,
+        cmd: &Command,
+        scope: &[u8],
+        reply: &Reply,
+        bytes: &[u8],
+        source: &Source,
+    ) {
+        self.replies.push(cmd, scope, reply, bytes, source);
     }
 
     /// An event's view row after the batch (once per event); `read_version` is the version the
@@ -683,7 +771,7 @@ impl Writes {
             return Ok(());
         }
         let q = sqlx::query(
-            "SELECT event_updater_write_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28)",
+            "SELECT event_updater_write_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)",
         );
         r.bind(v.bind(l.bind(q))).bind(now).execute(conn).await?;
         Ok(())
@@ -707,9 +795,9 @@ impl Writes {
         self.log.bind(q).bind(now).execute(&mut **tx).await?;
         upsert_columns(tx, &self.views.columns, now).await?;
         let q = sqlx::query(
-            "INSERT INTO command_replies (request_id, fingerprint, event_uuid, status, version, reply, handled_at, source_topic, source_partition, source_offset)
-             SELECT r, f, u, s, v, b, $10, t, p, o
-             FROM UNNEST($1::text[], $2::bytea[], $3::uuid[], $4::int2[], $5::int8[], $6::bytea[], $7::text[], $8::int4[], $9::int8[]) AS x(r, f, u, s, v, b, t, p, o)",
+            "INSERT INTO command_replies (scope, request_id, fingerprint, event_uuid, status, version, reply, handled_at, source_topic, source_partition, source_offset)
+             SELECT sc, r, f, u, s, v, b, $11, t, p, o
+             FROM UNNEST($1::bytea[], $2::text[], $3::bytea[], $4::uuid[], $5::int2[], $6::int8[], $7::bytea[], $8::text[], $9::int4[], $10::int8[]) AS x(sc, r, f, u, s, v, b, t, p, o)",
         );
         self.replies.bind(q).bind(now).execute(&mut **tx).await?;
         Ok(())
@@ -784,6 +872,7 @@ impl ViewRows {
 
 #[derive(Debug, Default)]
 struct ReplyRows {
+    scope: Vec<Vec<u8>>,
     request_id: Vec<String>,
     fingerprint: Vec<Vec<u8>>,
     event_uuid: Vec<Option<Uuid>>,
@@ -796,9 +885,10 @@ struct ReplyRows {
 }
 
 impl ReplyRows {
-    /// Binds the columns, in the function's order, as the next nine parameters.
+    /// Binds the columns, in the function's order, as the next ten parameters.
     fn bind<'q>(&'q self, q: PgQuery<'q>) -> PgQuery<'q> {
-        q.bind(&self.request_id)
+        q.bind(&self.scope)
+            .bind(&self.request_id)
             .bind(&self.fingerprint)
             .bind(&self.event_uuid)
             .bind(&self.status)
@@ -809,7 +899,8 @@ impl ReplyRows {
             .bind(&self.offset)
     }
 
-    fn push(&mut self, cmd: &Command, reply: &Reply, bytes: &[u8], source: &Source) {
+    fn push(&mut self, cmd: &Command, scope: &[u8], reply: &Reply, bytes: &[u8], source: &Source) {
+        self.scope.push(scope.to_vec());
         self.request_id.push(cmd.request_id.clone());
         self.fingerprint.push(cmd.fingerprint.to_vec());
         self.event_uuid.push(reply.event_uuid);
@@ -874,10 +965,10 @@ pub async fn load_history(pool: &PgPool, event_uuid: Uuid) -> Result<Vec<LogEntr
 
 #[cfg(test)]
 mod tests {
-    //! The order of checks in [`decide_batch`]: 403 first (never stored), then a request id
-    //! handled before (its stored reply, or a 422 for other content), then the command itself
-    //! (409 against the version the batch has reached, else 201/200); later commands of a batch
-    //! see the effects of earlier ones.
+    //! The order of checks in [`decide_batch`]: a redelivery in its scope gets its stored reply,
+    //! then 403 (never stored), then a request id handled before in the scope with other content
+    //! (422), then the command itself (409 against the version the batch has reached, else
+    //! 201/200); later commands of a batch see the effects of earlier ones.
     use super::*;
     use crate::command::{decode, Incoming};
     use serde_json::json;
@@ -895,11 +986,12 @@ mod tests {
             .unwrap_or_default();
         let m = Incoming {
             topic: "cmds".into(),
+            key: value["event_uuid"].as_str().map(|u| u.as_bytes().to_vec()),
             payload: Some(value.to_string().into_bytes()),
             headers,
             ..Incoming::default()
         };
-        (decode(&m, 1 << 20), Source::default())
+        (decode(&m, 1 << 20, AuthMode::Disabled), Source::default())
     }
 
     fn update(id: &str, expected: Option<i64>, token: Option<&str>) -> (Command, Source) {
@@ -923,6 +1015,13 @@ mod tests {
         "2026-11-30T12:00:00Z".parse().unwrap()
     }
 
+    fn rules(auth_mode: AuthMode) -> Rules {
+        Rules {
+            auth_mode,
+            max_reply_bytes: 1_000_000,
+        }
+    }
+
     #[test]
     fn forbidden_comes_first_and_is_not_stored() {
         let mut known = Known::default();
@@ -940,11 +1039,11 @@ mod tests {
                 can_change_event: false,
             },
         );
-        // Even a request id handled before gets the 403, not its stored reply.
-        known.handled.insert(
+        // A request id handled before for another credential does not help one without any.
+        known.handled.entry(vec![]).or_default().insert(
             "r1".into(),
             Handled {
-                fingerprint: vec![0; 32],
+                fingerprint: update("r1", None, None).0.fingerprint.to_vec(),
                 status: 201,
                 reply: Arc::new(b"{}".to_vec()),
             },
@@ -955,7 +1054,7 @@ mod tests {
             update("r3", None, Some("revoked")),
             update("r4", None, Some("read-only")),
         ];
-        let (outcomes, writes) = decide_batch(&commands, known, AuthMode::Required, now());
+        let (outcomes, writes) = decide_batch(&commands, known, rules(AuthMode::Required), now());
         assert!(outcomes
             .iter()
             .all(|o| (o.status, o.kind) == (403, OutcomeKind::Forbidden)));
@@ -976,7 +1075,7 @@ mod tests {
     fn a_request_id_seen_before_gets_its_stored_reply_or_a_422() {
         let first = update("r1", None, None);
         let mut known = Known::default();
-        known.handled.insert(
+        known.handled.entry(vec![]).or_default().insert(
             "r1".into(),
             Handled {
                 fingerprint: first.0.fingerprint.to_vec(),
@@ -988,7 +1087,8 @@ mod tests {
             json!({"request_id": "r1", "event_uuid": U, "body": {"action": "logout", "app": "a"}}),
             None,
         );
-        let (outcomes, writes) = decide_batch(&[first, reused], known, AuthMode::Disabled, now());
+        let (outcomes, writes) =
+            decide_batch(&[first, reused], known, rules(AuthMode::Disabled), now());
         assert_eq!(
             statuses(&outcomes),
             [
@@ -1001,6 +1101,64 @@ mod tests {
     }
 
     #[test]
+    fn request_ids_are_scoped_by_credential_and_outlive_its_revocation() {
+        let mut known = Known::default();
+        for (token, usable) in [("alice", true), ("bob", true), ("revoked", false)] {
+            known.grants.insert(
+                auth::hash(token),
+                TokenGrant {
+                    usable,
+                    can_change_event: true,
+                },
+            );
+        }
+        // `revoked` applied r1 just before a crash, then its token was revoked.
+        let applied = update("r1", None, Some("revoked"));
+        known
+            .handled
+            .entry(auth::hash("revoked").to_vec())
+            .or_default()
+            .insert(
+                "r1".into(),
+                Handled {
+                    fingerprint: applied.0.fingerprint.to_vec(),
+                    status: 201,
+                    reply: Arc::new(b"stored for revoked".to_vec()),
+                },
+            );
+        let commands = [
+            // The redelivery: its stored reply, although the token no longer works.
+            applied,
+            // The same id with other content from the revoked token: a 403, not a 422.
+            update("r1", Some(5), Some("revoked")),
+            // The same id from other credentials: other requests, applied.
+            update("r1", None, Some("alice")),
+            update("r1", None, Some("bob")),
+            // Within alice's scope the id is now taken.
+            update("r1", Some(9), Some("alice")),
+            update("r1", None, Some("alice")),
+        ];
+        let (outcomes, writes) = decide_batch(&commands, known, rules(AuthMode::Required), now());
+        assert_eq!(
+            statuses(&outcomes),
+            [
+                (201, OutcomeKind::Duplicate),
+                (403, OutcomeKind::Forbidden),
+                (201, OutcomeKind::New),
+                (200, OutcomeKind::New),
+                (422, OutcomeKind::ReusedRequestId),
+                (201, OutcomeKind::Duplicate)
+            ]
+        );
+        assert_eq!(outcomes[0].reply.as_slice(), b"stored for revoked");
+        assert_eq!(outcomes[5].reply, outcomes[2].reply);
+        assert_eq!(
+            writes.replies.scope,
+            [auth::hash("alice").to_vec(), auth::hash("bob").to_vec()]
+        );
+    }
+
+    #[test]
     fn later_commands_see_earlier_ones_and_versions_follow_on() {
         let commands = [
             update("r1", Some(0), None),
@@ -1009,8 +1167,12 @@ mod tests {
             update("r2", Some(1), None),
             update("r4", None, None),
         ];
-        let (outcomes, writes) =
-            decide_batch(&commands, Known::default(), AuthMode::Disabled, now());
+        let (outcomes, writes) = decide_batch(
+            &commands,
+            Known::default(),
+            rules(AuthMode::Disabled),
+            now(),
+        );
         assert_eq!(
             statuses(&outcomes),
             [
@@ -1030,11 +1192,64 @@ mod tests {
     }
 
     #[test]
+    fn a_reply_over_the_limit_is_a_400_and_the_command_is_not_applied() {
+        let big = |id: &str| {
+            command(
+                json!({"request_id": id, "event_uuid": U,
+                       "body": {"action": "login", "app": "a", "context": {"pad": "x".repeat(5000)}}}),
+                None,
+            )
+        };
+        // The size of the reply at no limit, then the limit at exactly that size and one less.
+        let (free, _) = decide_batch(
+            &[big("r1")],
+            Known::default(),
+            rules(AuthMode::Disabled),
+            now(),
+        );
+        let exact = free[0].reply.len();
+        let at = |max_reply_bytes| {
+            decide_batch(
+                &[big("r1"), update("r2", Some(1), None)],
+                Known::default(),
+                Rules {
+                    auth_mode: AuthMode::Disabled,
+                    max_reply_bytes,
+                },
+                now(),
+            )
+        };
+        let (fits, writes) = at(exact);
+        assert_eq!(
+            statuses(&fits),
+            [(201, OutcomeKind::New), (200, OutcomeKind::New)]
+        );
+        assert_eq!(fits[0].reply, free[0].reply);
+        assert_eq!(writes.counts(), (2, 1, 2));
+        let (over, writes) = at(exact - 1);
+        // Not applied: the next command finds no event at version 1.
+        assert_eq!(
+            statuses(&over),
+            [(400, OutcomeKind::New), (409, OutcomeKind::New)]
+        );
+        assert_eq!(over[0].refused, Some("reply_too_large"));
+        assert_eq!(
+            body(&over[0])["detail"],
+            format!(
+                "The reply to this command would be {exact} bytes, over the limit of {} bytes; the command was not applied.",
+                exact - 1
+            )
+        );
+        // Both answers are stored, so a redelivery gets the same 400.
+        assert_eq!(writes.counts(), (0, 0, 2));
+    }
+
+    #[test]
     fn a_view_is_written_with_the_version_it_was_read_at() {
         let (created, _) = decide_batch(
             &[update("r1", None, None)],
             Known::default(),
-            AuthMode::Disabled,
+            rules(AuthMode::Disabled),
             now(),
         );
         assert_eq!(created[0].status, 201);
@@ -1057,7 +1272,7 @@ mod tests {
         let (outcomes, writes) = decide_batch(
             &[update("r2", None, None), update("r3", Some(8), None)],
             known,
-            AuthMode::Disabled,
+            rules(AuthMode::Disabled),
             now(),
         );
         assert_eq!(

@@ -11,7 +11,7 @@ mod common;
 use std::time::Duration;
 
 use common::exactly_once::{assert_exactly_once, env_or, load, send_paced, Rng};
-use common::{http_status, ReplyCollector, TestApp};
+use common::{http_status, on_mock_cluster, ReplyCollector, TestApp};
 use rdkafka::mocking::MockCluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,18 +262,6 @@ async fn a_broker_outage_under_load_loses_nothing_and_replies_arrive_after_it() 
 }
 
 /// Points `c` at `cluster` and creates the test's topics there.
-fn on_mock_cluster(
-    cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
-    c: &mut event_updater::Config,
-) {
-    c.kafka_bootstrap_servers = cluster.bootstrap_servers();
-    for t in [&c.command_topic, &c.reply_topic, &c.dlq_topic] {
-        cluster
-            .create_topic(t, c.topic_partitions, 1)
-            .expect("topic");
-    }
-}
-
 async fn admin_connection(base: &str) -> sqlx::PgConnection {
     use sqlx::Connection;
     sqlx::PgConnection::connect(&format!("{base}/postgres"))

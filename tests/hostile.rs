@@ -164,7 +164,7 @@ async fn odd_but_decodable_input_is_answered_as_the_rest_endpoint_would() {
     // other headers are echoed byte for byte.
     let cmd = json!({"event_uuid": event, "body": {"action": "login", "app": "a"}}).to_string();
     app.send_raw(
-        None,
+        Some(&event),
         Some(cmd.as_bytes()),
         &[
             ("request-id", b"\xff\x00"),
@@ -183,7 +183,183 @@ async fn odd_but_decodable_input_is_answered_as_the_rest_endpoint_would() {
         r.header("correlation-id"),
         Some(String::from_utf8_lossy(b"\xc3\x28\x00").as_ref())
     );
-    // A record without a key is still answered, keyed by the canonical UUID.
     assert_eq!(r.key.as_deref(), Some(event.as_str()));
+    app.finish().await;
+}
+
+/// Fetches `/metrics` of the in-process processor.
+async fn metrics_text(app: &TestApp) -> String {
+    common::http_get(app.app.as_ref().unwrap().http_addr(), "/metrics").await
+}
+
+#[tokio::test]
+async fn a_record_key_other_than_the_event_uuid_is_a_400_and_changes_nothing() {
+    let app = TestApp::spawn().await;
+    let event = Uuid::new_v4();
+    let canonical = event.to_string();
+    let upper = canonical.to_uppercase();
+    let cmd = |id: &str, spelled: &str| {
+        json!({"request_id": id, "event_uuid": spelled, "body": {"action": "login", "app": "a"}})
+            .to_string()
+            .into_bytes()
+    };
+    let text = |what: &str| {
+        format!("The record key must be the event's UUID (\"{canonical}\"), so that the commands of one event stay in order; {what}.")
+    };
+    // Another spelling of the same event as key: it could land in another partition.
+    app.send_raw(Some(&upper), Some(&cmd("k1", &canonical)), &[])
+        .await;
+    // No key at all: the partition is the producer's choice.
+    app.send_raw(None, Some(&cmd("k2", &canonical)), &[]).await;
+    // Another event's UUID.
+    let other = Uuid::new_v4().to_string();
+    app.send_raw(Some(&other), Some(&cmd("k3", &canonical)), &[])
+        .await;
+    let expected = [
+        text(&format!("it is {upper:?}")),
+        text("the record has no key"),
+        text(&format!("it is {other:?}")),
+    ];
+    let mut got = app.replies(3).await;
+    got.sort_by_key(|r| r.value["request_id"].as_str().unwrap().to_string());
+    for (r, detail) in got.iter().zip(&expected) {
+        assert_eq!((r.status(), r.body()), (400, &json!({"detail": detail})));
+        // Answered under the event's canonical key, beside its other replies.
+        assert_eq!(r.key.as_deref(), Some(canonical.as_str()));
+    }
+    assert_eq!(app.log_len(event).await, 0);
+    assert!(metrics_text(&app)
+        .await
+        .contains(r#"event_updater_commands_refused_total{reason="key_mismatch"} 3"#));
+    // The UUID as sent, and its canonical form, are both fine as keys.
+    app.send_raw(Some(&upper), Some(&cmd("k4", &upper)), &[])
+        .await;
+    assert_eq!(app.reply().await.status(), 201);
+    app.send_raw(Some(&canonical), Some(&cmd("k5", &upper)), &[])
+        .await;
+    assert_eq!(app.reply().await.status(), 200);
+    app.finish().await;
+}
+
+/// A command value with `pad` (an envelope key the processor ignores) grown to `size` bytes.
+fn padded(id: &str, event: &str, body: serde_json::Value, size: usize) -> Vec<u8> {
+    let bare = json!({"request_id": id, "event_uuid": event, "pad": "", "body": body}).to_string();
+    assert!(bare.len() <= size);
+    let v = json!({"request_id": id, "event_uuid": event, "pad": "p".repeat(size - bare.len()), "body": body});
+    let bytes = v.to_string().into_bytes();
+    assert_eq!(bytes.len(), size);
+    bytes
+}
+
+#[tokio::test]
+async fn commands_and_replies_just_under_and_just_over_their_limits() {
+    const MESSAGE: usize = 60_000;
+    const REPLY: usize = 30_000;
+    let app = TestApp::spawn_with(|c| {
+        c.max_message_bytes = MESSAGE;
+        c.max_reply_bytes = REPLY;
+    })
+    .await;
+    let event = Uuid::new_v4().to_string();
+    let small = json!({"action": "login", "app": "a"});
+    // A value of exactly MAX_MESSAGE_BYTES is taken; one byte more is refused unparsed.
+    app.send_raw(
+        Some(&event),
+        Some(&padded("m1", &event, small.clone(), MESSAGE)),
+        &[],
+    )
+    .await;
+    let r = app.reply().await;
+    assert_eq!((r.status(), r.value["version"].as_u64()), (201, Some(1)));
+    app.send_raw(
+        Some(&event),
+        Some(&padded("m2", &event, small.clone(), MESSAGE + 1)),
+        &[],
+    )
+    .await;
+    let r = app.reply().await;
+    assert_eq!(
+        (r.status(), r.body()),
+        (
+            400,
+            &json!({"detail": format!("Command value is {} bytes, over the limit of {MESSAGE} bytes.", MESSAGE + 1)})
+        )
+    );
+    // Replies echo the body: one a little under MAX_REPLY_BYTES is sent whole...
+    let body = |n: usize| json!({"action": "login", "app": "a", "context": {"pad": "c".repeat(n)}});
+    app.send_raw(
+        Some(&event),
+        Some(&padded("r1", &event, body(REPLY - 1_000), 40_000)),
+        &[],
+    )
+    .await;
+    let r = app.reply().await;
+    assert_eq!((r.status(), r.value["version"].as_u64()), (200, Some(2)));
+    assert!(
+        r.raw.len() <= REPLY && r.raw.len() > REPLY - 1_000,
+        "{}",
+        r.raw.len()
+    );
+    // ...one a little over is not applied, and the 400 says why (stored: a redelivery gets it
+    // again).
+    let over = padded("r2", &event, body(REPLY + 10), 40_000);
+    for _ in 0..2 {
+        app.send_raw(Some(&event), Some(&over), &[]).await;
+        let r = app.reply().await;
+        assert_eq!(r.status(), 400);
+        let detail = r.body()["detail"].as_str().unwrap().to_string();
+        assert!(
+            detail.starts_with("The reply to this command would be ")
+                && detail.ends_with(&format!(
+                    " bytes, over the limit of {REPLY} bytes; the command was not applied."
+                )),
+            "{detail}"
+        );
+    }
+    assert_eq!(app.log_len(event.parse().unwrap()).await, 2);
+    assert!(metrics_text(&app)
+        .await
+        .contains(r#"event_updater_commands_refused_total{reason="reply_too_large"} 1"#));
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_reply_the_broker_refuses_goes_to_the_dlq_and_a_short_error_reply_answers() {
+    // The producer's limit set lower than the replies (a topic whose `max.message.bytes` is
+    // below MAX_REPLY_BYTES refuses them the same way, from the broker).
+    let app = TestApp::spawn_with(|c| {
+        c.kafka_properties
+            .push(("message.max.bytes".into(), "20000".into()))
+    })
+    .await;
+    let event = Uuid::new_v4().to_string();
+    let cmd = json!({"request_id": "big", "event_uuid": event,
+                     "body": {"action": "login", "app": "a", "context": {"pad": "c".repeat(25_000)}}});
+    app.send(&cmd).await;
+    let r = app.reply().await;
+    assert_eq!(r.value["request_id"], "big");
+    assert_eq!(r.status(), 500);
+    assert_eq!(
+        (
+            r.body()["reply_status"].as_u64(),
+            r.body()["reply_version"].as_u64()
+        ),
+        (Some(201), Some(1))
+    );
+    assert!(r.header("reply-refused").is_some());
+    // The command was applied once; its reply is on the dead-letter topic (here without its
+    // value, which the same limit refuses too), with the reason.
+    assert_eq!(app.log_len(event.parse().unwrap()).await, 1);
+    let d = app.dead_letter().await;
+    assert_eq!(d.header("request-id"), Some("big"));
+    assert!(d
+        .header("dlq-reason")
+        .unwrap()
+        .starts_with("reply refused by the broker: "));
+    assert_eq!(d.header("dlq-status"), Some("201"));
+    assert!(d.header("dlq-value-dropped").is_some());
+    // The partition flows on.
+    let r = app.call(&json!({"request_id": "small", "event_uuid": event, "body": {"action": "login", "app": "a"}})).await;
+    assert_eq!((r.status(), r.value["version"].as_u64()), (200, Some(2)));
     app.finish().await;
 }

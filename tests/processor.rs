@@ -454,14 +454,24 @@ async fn racing_writers_on_the_same_events_are_fenced_and_apply_each_command_onc
                                            "body": {"action": "login", "app": format!("w{w}b{b}")}});
                         let m = Incoming {
                             topic: "race".into(),
+                            key: Some(u.to_string().into_bytes()),
                             payload: Some(value.to_string().into_bytes()),
                             ..Incoming::default()
                         };
-                        (decode(&m, 1 << 20), Source::default())
+                        (decode(&m, 1 << 20, AuthMode::Disabled), Source::default())
                     })
                     .collect();
                 let outcomes = loop {
-                    match store::apply_batch(&pool, &commands, AuthMode::Disabled, Utc::now()).await
+                    match store::apply_batch(
+                        &pool,
+                        &commands,
+                        store::Rules {
+                            auth_mode: AuthMode::Disabled,
+                            max_reply_bytes: 1_000_000,
+                        },
+                        Utc::now(),
+                    )
+                    .await
                     {
                         Ok(o) => break o,
                         // Both writers on the locking path: the processor retries the same way.
@@ -505,5 +515,57 @@ async fn racing_writers_on_the_same_events_are_fenced_and_apply_each_command_onc
     assert_eq!(replies, n * events.len() as i64);
     app.assert_view_is_fold_of_log().await;
     pool.close().await;
+    app.finish().await;
+}
+
+/// Polls `path` until it answers `status` (panics after `timeout`).
+async fn wait_for_status(
+    addr: std::net::SocketAddr,
+    path: &str,
+    status: u16,
+    timeout: std::time::Duration,
+) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let now = http_status(addr, path).await;
+        if now == status {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{path} still answers {now}, not {status}, after {timeout:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_whether_the_reply_producer_reaches_a_broker() {
+    // librdkafka's mock cluster, whose broker the test can take down and bring back.
+    let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+    let app = TestApp::spawn_with(|c| common::on_mock_cluster(&cluster, c)).await;
+    let addr = app.app.as_ref().unwrap().http_addr();
+    wait_for_status(addr, "/readyz", 200, std::time::Duration::from_secs(60)).await;
+    cluster.broker_down(1).expect("broker down");
+    // Nothing could be answered: not ready (but live: nothing is broken for good).
+    wait_for_status(addr, "/readyz", 503, std::time::Duration::from_secs(60)).await;
+    assert_eq!(http_status(addr, "/healthz").await, 200);
+    cluster.broker_up(1).expect("broker up");
+    wait_for_status(addr, "/readyz", 200, std::time::Duration::from_secs(60)).await;
+    // (A fresh reader: the test's own reader saw the outage as an error.)
+    let collector = common::ReplyCollector::start(app.new_reader(&app.cfg.reply_topic));
+    let event = Uuid::new_v4().to_string();
+    app.send(&json!({"request_id": "after-outage", "event_uuid": event, "body": {"action": "login", "app": "a"}}))
+        .await;
+    let id = "after-outage".to_string();
+    collector
+        .wait_for_all(
+            std::slice::from_ref(&id),
+            std::time::Duration::from_secs(60),
+        )
+        .await;
+    let replies = collector.stop().await;
+    let r: Value = serde_json::from_slice(&replies[&id][0]).unwrap();
+    assert_eq!(r["status"], 201);
     app.finish().await;
 }

@@ -1,9 +1,16 @@
-//! Who may write: the contract's 403s, in the REST endpoint's order, and `reply-to` routing.
+//! Who may write: the contract's 403s, in the REST endpoint's order, request ids scoped by
+//! credential, `reply-to` routing, and a flood of unauthenticated records.
 
 mod common;
 
-use common::TestApp;
+use std::time::Duration;
+
+use common::{on_mock_cluster, ReplyCollector, TestApp};
 use event_updater::auth;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -52,10 +59,15 @@ async fn commands_without_a_usable_token_get_the_contracts_403s() {
         ),
     ];
     for (id, header, _) in &cases {
+        // A command without a bearer token is answered without its value being read: its 403
+        // carries the `request-id` header's id.
         app.send_raw(
             Some(&event),
             Some(&cmd(id, &event)),
-            &[("authorization", header.as_bytes())],
+            &[
+                ("authorization", header.as_bytes()),
+                ("request-id", id.as_bytes()),
+            ],
         )
         .await;
     }
@@ -167,5 +179,167 @@ async fn reply_to_is_honoured_only_for_allowed_topics() {
         (Value::from("r3"), 403)
     );
     drop(team_reader);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn request_ids_are_scoped_by_credential_and_a_redelivery_outlives_a_revoked_token() {
+    let app = TestApp::spawn().await;
+    let alice = format!(
+        "Bearer {}",
+        auth::create_token(&app.pool, "alice", None, true)
+            .await
+            .unwrap()
+    );
+    let bob = format!(
+        "Bearer {}",
+        auth::create_token(&app.pool, "bob", None, true)
+            .await
+            .unwrap()
+    );
+    let (e1, e2) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
+    let as_ = |who: &str| vec![("authorization", who.as_bytes().to_vec())];
+    let send = |event: &str, value: Vec<u8>, who: &str| {
+        let (event, headers) = (event.to_string(), as_(who));
+        let app = &app;
+        async move {
+            let h: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+            app.send_raw(Some(&event), Some(&value), &h).await;
+            app.reply().await
+        }
+    };
+    let first = send(&e1, cmd("same", &e1), &alice).await;
+    assert_eq!(
+        (first.status(), first.value["version"].as_u64()),
+        (201, Some(1))
+    );
+    // Bob's "same" is another request: applied, not a 422 and not alice's reply.
+    let r = send(&e2, cmd("same", &e2), &bob).await;
+    assert_eq!(
+        (r.status(), r.value["event_uuid"].as_str()),
+        (201, Some(e2.as_str()))
+    );
+    // Within alice's scope the id is taken.
+    let other =
+        json!({"request_id": "same", "event_uuid": e1, "body": {"action": "logout", "app": "a"}});
+    let r = send(&e1, other.to_string().into_bytes(), &alice).await;
+    assert_eq!(r.status(), 422);
+
+    // Alice's token is revoked; her command is redelivered (a crash before its offset was
+    // committed): the stored reply, byte for byte, and no second change.
+    auth::revoke_token(&app.pool, "alice").await.unwrap();
+    let again = send(&e1, cmd("same", &e1), &alice).await;
+    assert_eq!(again.raw, first.raw);
+    assert_eq!(app.log_len(e1.parse().unwrap()).await, 1);
+    // Anything new from the revoked token is a 403.
+    let r = send(&e1, cmd("new", &e1), &alice).await;
+    assert_eq!(
+        (r.status(), r.body()),
+        (403, &json!({"detail": "Token invalid/expired"}))
+    );
+    assert_eq!(app.log_len(e1.parse().unwrap()).await, 1);
+    assert_eq!(app.log_len(e2.parse().unwrap()).await, 1);
+    app.finish().await;
+}
+
+/// Peak resident memory of a process, from `/proc` (Linux), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    kib * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_unauthenticated_one_mib_records_is_answered_in_bounded_memory() {
+    const RECORDS: usize = 2000;
+    const BYTES: usize = 1 << 20;
+    // librdkafka's mock cluster keeps the 2 GiB in this process, not in the shared broker. It
+    // keeps 5 MiB per partition, so the flood is spread over 500 partitions, 4 records each.
+    const PARTITIONS: usize = 500;
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let app = TestApp::resources_with(|c| {
+        c.topic_partitions = PARTITIONS as i32;
+        on_mock_cluster(&cluster, c)
+    })
+    .await;
+    let collector = ReplyCollector::start(app.new_reader(&app.cfg.reply_topic));
+    // The operator asks librdkafka to prefetch up to 2 GiB; the processor keeps its own bound.
+    let child = app
+        .start_child(
+            "flood",
+            &[(
+                "KAFKA_PROPERTIES",
+                "session.timeout.ms=6000;heartbeat.interval.ms=500;queued.max.messages.kbytes=2097151;fetch.max.bytes=524288000;max.partition.fetch.bytes=524288000",
+            )],
+        )
+        .await;
+    let pid = child.child.id().expect("pid");
+    let producer: FutureProducer = common::client(&app.cfg)
+        .set("message.max.bytes", "2000000")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    let event = Uuid::new_v4().to_string();
+    // A JSON-looking value: parsing it would cost a tree of a million-odd nodes.
+    let mut value =
+        format!(r#"{{"event_uuid": "{event}", "body": {{"context": {{"k": ["#).into_bytes();
+    while value.len() < BYTES - 8 {
+        value.extend_from_slice(b"1,");
+    }
+    value.extend_from_slice(b"1]}}}");
+    value.resize(BYTES, b' ');
+    let ids: Vec<String> = (0..RECORDS).map(|i| format!("flood-{i}")).collect();
+    for (c, chunk) in ids.chunks(50).enumerate() {
+        let sends = chunk.iter().enumerate().map(|(i, id)| {
+            let headers = OwnedHeaders::new().insert(Header {
+                key: "request-id",
+                value: Some(id.as_bytes()),
+            });
+            producer.send(
+                FutureRecord::to(&app.cfg.command_topic)
+                    .partition(((c * 50 + i) % PARTITIONS) as i32)
+                    .key(event.as_str())
+                    .payload(value.as_slice())
+                    .headers(headers),
+                Timeout::After(Duration::from_secs(120)),
+            )
+        });
+        for r in futures::future::join_all(sends).await {
+            r.map_err(|(e, _)| e).expect("flood record delivered");
+        }
+    }
+    collector.wait_for_all(&ids, Duration::from_secs(300)).await;
+    // A valid command after the flood, on the same partition, is applied.
+    app.send(&json!({"request_id": "after-flood", "event_uuid": event, "body": {"action": "login", "app": "a"}}))
+        .await;
+    collector
+        .wait_for_all(&["after-flood".to_string()], Duration::from_secs(60))
+        .await;
+    let peak = peak_rss(pid);
+    let (status, _) = child.terminate(Duration::from_secs(30)).await;
+    assert!(status.success());
+    let replies = collector.stop().await;
+    for id in &ids {
+        let r: Value = serde_json::from_slice(&replies[id][0]).unwrap();
+        assert_eq!(
+            (r["status"].as_u64(), &r["body"]),
+            (
+                Some(403),
+                &json!({"detail": "Authentication credentials were not provided."})
+            ),
+            "{id}"
+        );
+    }
+    let after: Value = serde_json::from_slice(&replies["after-flood"][0]).unwrap();
+    assert_eq!(after["status"], 201);
+    println!(
+        "peak RSS of the processor during the flood: {:.1} MiB",
+        peak as f64 / 1048576.0
+    );
+    assert!(peak < 150 * 1024 * 1024, "peak RSS {peak} bytes");
     app.finish().await;
 }

@@ -16,6 +16,7 @@ use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -826,4 +827,18 @@ pub async fn http_status(addr: std::net::SocketAddr, path: &str) -> u16 {
 /// A minimal HTTP/1.1 GET, returning the body.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     http_request(addr, path).await.1
+}
+
+/// Points `c` at librdkafka's mock `cluster` (reachable by child processes over its local port)
+/// and creates the test's topics there.
+pub fn on_mock_cluster(
+    cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+    c: &mut event_updater::Config,
+) {
+    c.kafka_bootstrap_servers = cluster.bootstrap_servers();
+    for t in [&c.command_topic, &c.reply_topic, &c.dlq_topic] {
+        cluster
+            .create_topic(t, c.topic_partitions, 1)
+            .expect("topic");
+    }
 }

@@ -383,8 +383,15 @@ def generate(seed, cases, max_depth):
                        js("+" + u.hex[1:]), js(u.hex[:8] + "_" + u.hex[9:]),
                        js(u.hex[:31] + "٣"), js("{" + str(u)), js("urn:uuid:{" + u.hex + "}"),
                        js(u.hex[:16] + "__" + u.hex[18:]), js(u.hex.upper() + " ")]
-                members.append(f'"event_uuid": {g.pick(odd)}')
+                spelled = g.pick(odd)
+                members.append(f'"event_uuid": {spelled}')
                 classes.append("event-uuid")
+                # Producers key a command by the event it names (the service answers a 400
+                # otherwise); these spellings may name another event than `u`.
+                try:
+                    key = str(uuid.UUID(json.loads(spelled)))
+                except (TypeError, ValueError, AttributeError):
+                    pass
             elif ku != 1:
                 members.append(f'"event_uuid": {js(g.uuid_text(u))}')
             else:
