@@ -695,6 +695,25 @@ impl ChildProcessor {
         }
     }
 
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    /// Sends `signal` (a name `kill` knows: `STOP`, `CONT`, ...) to the child.
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} {}", self.pid());
+    }
+
+    /// The child's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
     /// SIGKILL: no chance to finish anything.
     pub async fn kill9(mut self) {
         let _ = self.child.kill().await;
@@ -768,20 +787,30 @@ impl ReplyCollector {
     /// Waits until every id in `ids` has a reply, or `timeout` passes (then panics with the
     /// number missing).
     pub async fn wait_for_all(&self, ids: &[String], timeout: Duration) {
+        let missing = self.wait_for_all_or_missing(ids, timeout).await;
+        assert!(
+            missing.is_empty(),
+            "{} of {} commands have no reply after {timeout:?}",
+            missing.len(),
+            ids.len()
+        );
+    }
+
+    /// Waits until every id in `ids` has a reply, or `timeout` passes; returns the ids still
+    /// without a reply (empty: all answered).
+    pub async fn wait_for_all_or_missing(&self, ids: &[String], timeout: Duration) -> Vec<String> {
         let deadline = std::time::Instant::now() + timeout;
         loop {
-            let missing = {
+            let missing: Vec<String> = {
                 let seen = self.seen.lock().expect("lock");
-                ids.iter().filter(|id| !seen.contains_key(*id)).count()
+                ids.iter()
+                    .filter(|id| !seen.contains_key(*id))
+                    .cloned()
+                    .collect()
             };
-            if missing == 0 {
-                return;
+            if missing.is_empty() || std::time::Instant::now() >= deadline {
+                return missing;
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{missing} of {} commands have no reply after {timeout:?}",
-                ids.len()
-            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
