@@ -98,6 +98,78 @@ async fn sigterm_finishes_the_batch_in_hand_and_exits_0_within_the_bound() {
     app.finish().await;
 }
 
+/// SIGTERM while a processor with a backlog has a batch in hand (its read held up by a lock the
+/// test holds on `events`): it finishes that batch, leaves the rest, and commits an offset inside
+/// the stream (and inside a producer's batch of records); its successor resumes there and answers
+/// every command left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_in_the_middle_of_a_backlog_leaves_the_rest_to_the_successor() {
+    let mut rng = Rng::new();
+    let app = TestApp::resources_with(|c| c.max_batch = 5).await;
+    let l = load(&mut rng, 600, 20);
+    let collector = ReplyCollector::start(app.new_reader(&app.cfg.reply_topic));
+    app.send_many(&l.records).await;
+    let mut lock = app.pool.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .expect("lock");
+    let first = app.start_child("b0", &[]).await;
+    let waiting = wait_for_blocked_reads(&app).await;
+    first.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    lock.rollback().await.expect("unlock");
+    let status = first.wait(Duration::from_secs(35)).await;
+    assert!(status.success(), "exit status {status}");
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM command_replies")
+        .fetch_one(&app.pool)
+        .await
+        .expect("count");
+    println!(
+        "SIGTERM with {waiting} batch(es) in hand: the first processor handled {applied} of {}",
+        l.ids.len()
+    );
+    let second = app.start_child("b1", &[]).await;
+    let missing = collector
+        .wait_for_all_or_missing(&l.ids, Duration::from_secs(60))
+        .await;
+    if !missing.is_empty() {
+        let why = explain_missing(&app, &missing).await;
+        panic!(
+            "{} of {} commands have no reply after 60 s:\n{why}",
+            missing.len(),
+            l.ids.len()
+        );
+    }
+    assert!(second.terminate(Duration::from_secs(30)).await.0.success());
+    let replies = collector.stop().await;
+    assert_exactly_once(&app, &l, &replies).await;
+    app.finish().await;
+}
+
+/// Waits until a processor's read of its next batch waits for a lock in PostgreSQL (a batch in
+/// hand, not yet decided); returns how many such reads wait.
+async fn wait_for_blocked_reads(app: &TestApp) -> i64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+             AND wait_event_type = 'Lock' AND query LIKE '%SELECT 1 AS kind%'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .expect("pg_stat_activity");
+        if waiting > 0 {
+            return waiting;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no batch read waited within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processors_joining_and_dying_in_one_group_lose_and_double_nothing() {
     let mut rng = Rng::new();
@@ -316,24 +388,7 @@ async fn a_frozen_processor_thawed_after_its_partitions_moved_doubles_nothing() 
         .await
         .expect("lock");
     app.send_many(second).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let waiting = loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
-             AND wait_event_type = 'Lock' AND query LIKE '%SELECT 1 AS kind%'",
-        )
-        .fetch_one(&app.pool)
-        .await
-        .expect("pg_stat_activity");
-        if waiting > 0 {
-            break waiting;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "A never started a batch"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let waiting = wait_for_blocked_reads(&app).await;
     a.signal("STOP");
     lock.rollback().await.expect("unlock");
     println!(

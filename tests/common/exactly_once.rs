@@ -155,21 +155,28 @@ pub async fn assert_exactly_once(app: &TestApp, l: &Load, replies: &HashMap<Stri
 /// reply published but not read.
 pub async fn explain_missing(app: &TestApp, missing: &[String]) -> String {
     let wanted: HashSet<&str> = missing.iter().map(String::as_str).collect();
-    let mut position: HashMap<String, (i32, i64)> = HashMap::new();
-    let reader = app.new_reader(&app.cfg.command_topic);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while position.len() < wanted.len() && std::time::Instant::now() < deadline {
-        let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(2), reader.recv()).await else {
-            continue;
-        };
-        let id = serde_json::from_slice::<Value>(m.payload().unwrap_or_default())
-            .ok()
-            .and_then(|v| v["request_id"].as_str().map(str::to_string));
-        if let Some(id) = id.filter(|id| wanted.contains(id.as_str())) {
-            position.insert(id, (m.partition(), m.offset()));
+    let wanted = &wanted;
+    // Where each one is on `topic`, read again from the beginning by a reader of its own.
+    let find = |topic: String| async move {
+        let mut found: HashMap<String, (i32, i64)> = HashMap::new();
+        let reader = app.new_reader(&topic);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while found.len() < wanted.len() && std::time::Instant::now() < deadline {
+            let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(2), reader.recv()).await
+            else {
+                continue;
+            };
+            let id = serde_json::from_slice::<Value>(m.payload().unwrap_or_default())
+                .ok()
+                .and_then(|v| v["request_id"].as_str().map(str::to_string));
+            if let Some(id) = id.filter(|id| wanted.contains(id.as_str())) {
+                found.insert(id, (m.partition(), m.offset()));
+            }
         }
-    }
-    drop(reader);
+        found
+    };
+    let position = find(app.cfg.command_topic.clone()).await;
+    let published = find(app.cfg.reply_topic.clone()).await;
     let group: StreamConsumer = super::client(&app.cfg)
         .set("group.id", &app.cfg.kafka_group_id)
         .create()
@@ -212,7 +219,11 @@ pub async fn explain_missing(app: &TestApp, missing: &[String]) -> String {
             "no stored reply (never applied)".to_string(),
             |(s, p, o)| format!("stored reply {s} (from partition {p} offset {o})"),
         );
-        out.push_str(&format!("{id}: {at}; {db}\n"));
+        let reply = published.get(id).map_or(
+            "no reply on the reply topic".to_string(),
+            |(p, o)| format!("a reply IS on the reply topic (partition {p} offset {o}): the collector missed it"),
+        );
+        out.push_str(&format!("{id}: {at}; {db}; {reply}\n"));
     }
     out
 }
