@@ -1,5 +1,7 @@
-//! Faults, for real: `kill -9`, SIGTERM, PostgreSQL closed to connections, a broker outage,
-//! processors joining and dying in one group. After each, every command is applied once or
+//! Faults, for real: `kill -9`, SIGTERM (also with a batch in hand over a backlog), PostgreSQL
+//! closed to connections, a broker outage, processors joining and dying in one group, a processor
+//! frozen mid-batch and thawed after its partitions moved (a zombie), and a command whose write
+//! keeps conflicting. After each, every command is applied once or
 //! rejected once, and every command has a reply (identical where it has two).
 //!
 //! Sizes are environment variables, so that a soak run can be longer than the test suite:
