@@ -29,6 +29,7 @@ pub const DUPLICATES: &str = "event_updater_duplicates_total";
 pub const STAGE: &str = "event_updater_stage_seconds";
 pub const REFUSED: &str = "event_updater_commands_refused_total";
 pub const PRODUCER_FATAL: &str = "event_updater_producer_fatal_errors_total";
+pub const KEPT_CONFLICTING: &str = "event_updater_kept_conflicting_total";
 
 static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
 
@@ -106,6 +107,13 @@ pub fn record_stage(stage: &'static str, d: Duration) {
 /// A transaction failed; `kind` is `unavailable`, `conflict` or `refused`.
 pub fn record_db_error(kind: &'static str) {
     counter!(DB_ERRORS, "kind" => kind).increment(1);
+}
+
+/// Concurrent writers conflicted with a batch `CONFLICT_ATTEMPTS` times: `scope` is `batch` (its
+/// commands are then applied one by one) or `command` (that command was not applied and got a
+/// 409).
+pub fn record_kept_conflicting(scope: &'static str) {
+    counter!(KEPT_CONFLICTING, "scope" => scope).increment(1);
 }
 
 pub fn record_published(d: Destination) {

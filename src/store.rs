@@ -10,7 +10,11 @@
 //!   written only if no other writer moved its events or handled its request ids meanwhile (the
 //!   log's and the stored replies' primary keys, and a version guard on the view); otherwise it
 //!   is decided again with the rows read under `FOR UPDATE`, and a conflict there fails the
-//!   batch with [`StoreError::Conflict`], to be retried whole.
+//!   batch with [`StoreError::Conflict`], to be retried whole (a bounded number of times; the
+//!   consumer then isolates the command that keeps conflicting).
+//! - A writer that lost its partitions but still holds a batch (a zombie) writes nothing stale:
+//!   its batch was decided on rows the new owner has since moved, so a fence trips, and decided
+//!   again its request ids are found handled and get the replies the new owner stored.
 //! - Commands are decided in the order given ([`decide_batch`], pure), so per-partition order is
 //!   kept.
 
@@ -36,7 +40,8 @@ pub enum StoreError {
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
     /// A concurrent writer got there first (unique violation, serialization failure,
-    /// deadlock): retry the same batch at once; it will see the other writer's work.
+    /// deadlock): retry the same batch after a short back-off; it will see the other writer's
+    /// work. The consumer bounds these retries (`consumer::CONFLICT_ATTEMPTS`).
     #[error("conflict with a concurrent writer: {0}")]
     Conflict(#[source] sqlx::Error),
     /// The database refused the data itself: isolate the command that carries it.

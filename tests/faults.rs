@@ -1,5 +1,7 @@
-//! Faults, for real: `kill -9`, SIGTERM, PostgreSQL closed to connections, a broker outage,
-//! processors joining and dying in one group. After each, every command is applied once or
+//! Faults, for real: `kill -9`, SIGTERM (also with a batch in hand over a backlog), PostgreSQL
+//! closed to connections, a broker outage, processors joining and dying in one group, a processor
+//! frozen mid-batch and thawed after its partitions moved (a zombie), and a command whose write
+//! keeps conflicting. After each, every command is applied once or
 //! rejected once, and every command has a reply (identical where it has two).
 //!
 //! Sizes are environment variables, so that a soak run can be longer than the test suite:
@@ -10,7 +12,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::exactly_once::{assert_exactly_once, env_or, load, send_paced, Rng};
+use common::exactly_once::{assert_exactly_once, env_or, explain_missing, load, send_paced, Rng};
 use common::{http_status, on_mock_cluster, ReplyCollector, TestApp};
 use rdkafka::mocking::MockCluster;
 
@@ -81,13 +83,93 @@ async fn sigterm_finishes_the_batch_in_hand_and_exits_0_within_the_bound() {
     };
     tokio::join!(send_paced(&app, &l, Duration::from_millis(50)), stopper);
     let second = app.start_child("t1", &[]).await;
-    collector
-        .wait_for_all(&l.ids, Duration::from_secs(120))
+    let missing = collector
+        .wait_for_all_or_missing(&l.ids, Duration::from_secs(120))
         .await;
+    if !missing.is_empty() {
+        let why = explain_missing(&app, &missing).await;
+        panic!(
+            "{} of {} commands have no reply after 120 s:\n{why}",
+            missing.len(),
+            l.ids.len()
+        );
+    }
     assert!(second.terminate(Duration::from_secs(30)).await.0.success());
     let replies = collector.stop().await;
     assert_exactly_once(&app, &l, &replies).await;
     app.finish().await;
+}
+
+/// SIGTERM while a processor with a backlog has a batch in hand (its read held up by a lock the
+/// test holds on `events`): it finishes that batch, leaves the rest, and commits an offset inside
+/// the stream (and inside a producer's batch of records); its successor resumes there and answers
+/// every command left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_in_the_middle_of_a_backlog_leaves_the_rest_to_the_successor() {
+    let mut rng = Rng::new();
+    let app = TestApp::resources_with(|c| c.max_batch = 5).await;
+    let l = load(&mut rng, 600, 20);
+    let collector = ReplyCollector::start(app.new_reader(&app.cfg.reply_topic));
+    app.send_many(&l.records).await;
+    let mut lock = app.pool.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .expect("lock");
+    let first = app.start_child("b0", &[]).await;
+    let waiting = wait_for_blocked_reads(&app).await;
+    first.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    lock.rollback().await.expect("unlock");
+    let status = first.wait(Duration::from_secs(35)).await;
+    assert!(status.success(), "exit status {status}");
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM command_replies")
+        .fetch_one(&app.pool)
+        .await
+        .expect("count");
+    println!(
+        "SIGTERM with {waiting} batch(es) in hand: the first processor handled {applied} of {}",
+        l.ids.len()
+    );
+    let second = app.start_child("b1", &[]).await;
+    let missing = collector
+        .wait_for_all_or_missing(&l.ids, Duration::from_secs(60))
+        .await;
+    if !missing.is_empty() {
+        let why = explain_missing(&app, &missing).await;
+        panic!(
+            "{} of {} commands have no reply after 60 s:\n{why}",
+            missing.len(),
+            l.ids.len()
+        );
+    }
+    assert!(second.terminate(Duration::from_secs(30)).await.0.success());
+    let replies = collector.stop().await;
+    assert_exactly_once(&app, &l, &replies).await;
+    app.finish().await;
+}
+
+/// Waits until a processor's read of its next batch waits for a lock in PostgreSQL (a batch in
+/// hand, not yet decided); returns how many such reads wait.
+async fn wait_for_blocked_reads(app: &TestApp) -> i64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+             AND wait_event_type = 'Lock' AND query LIKE '%SELECT 1 AS kind%'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .expect("pg_stat_activity");
+        if waiting > 0 {
+            return waiting;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no batch read waited within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,6 +339,214 @@ async fn a_broker_outage_under_load_loses_nothing_and_replies_arrive_after_it() 
     let replies = collector.stop().await;
     println!("faults injected: broker down for {outage:?}");
     assert_exactly_once(&app, &l, &replies).await;
+    app.finish().await;
+    drop(cluster);
+}
+
+/// A zombie: processor A is frozen (SIGSTOP) in the middle of a batch, after reading the rows it
+/// decides on and before writing; the group gives its partitions to processor B, which applies
+/// the same commands and more; then A is thawed (SIGCONT) with its batch in hand, decided on
+/// stale rows. Its late write must not land: the fence refuses it, and the batch decided again
+/// gets the stored replies B wrote. Nothing doubled, versions 1..n, the view a fold of the log,
+/// and every command answered (identically where twice).
+///
+/// How A is caught mid-batch: the test holds an exclusive lock on `events`, so A's read of its
+/// next batch waits in PostgreSQL; once `pg_stat_activity` shows it waiting, A is frozen and the
+/// lock released. A's read then completes in PostgreSQL and its answer waits in A's socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_processor_thawed_after_its_partitions_moved_doubles_nothing() {
+    let mut rng = Rng::new();
+    // The mock cluster: tansu 0.6 does not rebalance on session expiry (see above).
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let app = TestApp::resources_with(|c| {
+        c.max_batch = 200;
+        on_mock_cluster(&cluster, c);
+    })
+    .await;
+    let l = load(
+        &mut rng,
+        env_or("FAULT_COMMANDS", 3000) / 2,
+        env_or("FAULT_EVENTS", 200),
+    );
+    let n = l.records.len();
+    let (first, second, third) = (
+        &l.records[..n / 3],
+        &l.records[n / 3..2 * n / 3],
+        &l.records[2 * n / 3..],
+    );
+    let collector = ReplyCollector::start(app.new_reader(&app.cfg.reply_topic));
+    let a = app
+        .start_child("zombie", &[("RUST_LOG", "info,event_updater::store=debug")])
+        .await;
+    app.send_many(first).await;
+    collector
+        .wait_for_all(&l.ids[..n / 3], Duration::from_secs(60))
+        .await;
+
+    // A's next batch waits for its read of `events`.
+    let mut lock = app.pool.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .expect("lock");
+    app.send_many(second).await;
+    let waiting = wait_for_blocked_reads(&app).await;
+    a.signal("STOP");
+    lock.rollback().await.expect("unlock");
+    println!(
+        "A (pid {}) frozen with {waiting} batch read(s) waiting; {} answered so far",
+        a.pid(),
+        collector.answered()
+    );
+
+    // B takes A's partitions once A's session (6 s) expires, and answers the second part.
+    let b = app.start_child("heir", &[]).await;
+    collector
+        .wait_for_all(&l.ids[..2 * n / 3], Duration::from_secs(120))
+        .await;
+    println!(
+        "B answered everything A held; {} answered so far; thawing A",
+        collector.answered()
+    );
+    a.signal("CONT");
+    // The rest flows on (to B, and to A once it has rejoined the group).
+    app.send_many(third).await;
+    collector
+        .wait_for_all(&l.ids, Duration::from_secs(120))
+        .await;
+    let log_a = a.log();
+    assert!(a.terminate(Duration::from_secs(35)).await.0.success());
+    assert!(b.terminate(Duration::from_secs(35)).await.0.success());
+    let replies = collector.stop().await;
+    // The premise: A really wrote a batch decided on stale rows, and the fence refused it.
+    let refused = log_a.matches("a write fence tripped").count();
+    println!("A's late writes refused by the fence: {refused}");
+    assert!(
+        refused > 0,
+        "A never wrote its stale batch; the test did not make a zombie"
+    );
+    println!("faults injected: SIGSTOP mid-batch, partitions moved, SIGCONT");
+    assert_exactly_once(&app, &l, &replies).await;
+    app.finish().await;
+    drop(cluster);
+}
+
+/// A command whose write conflicts every time (a trigger raises `serialization_failure` for its
+/// request id, as a writer that always gets there first would) stalls nothing: after the
+/// bounded attempts it is answered 409 and not applied, the commands around it are applied in
+/// order, its answer is stored (a redelivery gets the same bytes and is not attempted again), and
+/// the give-up is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_keeps_conflicting_is_answered_409_unapplied_within_the_bound() {
+    use event_updater::consumer::{CONFLICT_ATTEMPTS, KEPT_CONFLICTING};
+    use serde_json::{json, Value};
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let app = TestApp::spawn_with(|c| on_mock_cluster(&cluster, c)).await;
+    for statement in [
+        "CREATE SEQUENCE conflicting_writes",
+        "CREATE FUNCTION always_conflicts() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.request_id = 'keeps-conflicting' THEN
+                 PERFORM nextval('conflicting_writes');
+                 RAISE EXCEPTION 'a concurrent writer got there first (simulated)'
+                     USING ERRCODE = 'serialization_failure';
+             END IF;
+             RETURN NEW;
+         END $$",
+        "CREATE TRIGGER always_conflicts BEFORE INSERT ON event_log
+         FOR EACH ROW EXECUTE FUNCTION always_conflicts()",
+    ] {
+        sqlx::query(statement)
+            .execute(&app.pool)
+            .await
+            .expect(statement);
+    }
+    let event = uuid::Uuid::new_v4();
+    let command = |id: &str, app: &str| {
+        json!({"request_id": id, "event_uuid": event.to_string(),
+               "body": {"action": "model_updated", "app": app}})
+    };
+    let ids = ["r1", "r2", "keeps-conflicting", "r4", "r5"];
+    for (i, id) in ids.iter().enumerate() {
+        app.send(&command(id, &format!("a{i}"))).await;
+    }
+    let mut got = std::collections::HashMap::new();
+    for r in app.replies(ids.len()).await {
+        got.insert(r.value["request_id"].as_str().expect("id").to_string(), r);
+    }
+    let statuses: Vec<(u64, Option<u64>)> = ids
+        .iter()
+        .map(|id| (got[*id].status(), got[*id].value["version"].as_u64()))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            (201, Some(1)),
+            (200, Some(2)),
+            (409, None),
+            (200, Some(3)),
+            (200, Some(4))
+        ]
+    );
+    let refused = &got["keeps-conflicting"];
+    assert_eq!(refused.body(), &json!({"detail": KEPT_CONFLICTING}));
+    assert_eq!(
+        refused.value["event_uuid"],
+        Value::String(event.to_string())
+    );
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/schema/reply.schema.json"),
+        )
+        .expect("schema"),
+    )
+    .expect("schema JSON");
+    assert!(
+        jsonschema::validator_for(&schema)
+            .expect("schema")
+            .is_valid(&refused.value),
+        "the 409 fits the reply schema"
+    );
+    let logged: Vec<String> = sqlx::query_scalar(
+        "SELECT request_id FROM event_log WHERE event_uuid = $1 ORDER BY version",
+    )
+    .bind(event)
+    .fetch_all(&app.pool)
+    .await
+    .expect("log");
+    assert_eq!(logged, ["r1", "r2", "r4", "r5"]);
+    app.assert_view_is_fold_of_log().await;
+    // The bound: a batch gets CONFLICT_ATTEMPTS attempts, then each command alone as many, and an
+    // attempt writes at most twice (fenced, then under row locks).
+    let writes: i64 = sqlx::query_scalar("SELECT last_value FROM conflicting_writes")
+        .fetch_one(&app.pool)
+        .await
+        .expect("sequence");
+    println!("the conflicting command was written {writes} times");
+    let bound = i64::from(CONFLICT_ATTEMPTS);
+    assert!(
+        (bound..=4 * bound).contains(&writes),
+        "{writes} writes of the conflicting command; the bound is {} attempts",
+        2 * bound
+    );
+    // A redelivery gets the stored answer and is not attempted again.
+    app.send(&command("keeps-conflicting", "a2")).await;
+    let again = app.reply().await;
+    assert_eq!(again.raw, refused.raw);
+    let after: i64 = sqlx::query_scalar("SELECT last_value FROM conflicting_writes")
+        .fetch_one(&app.pool)
+        .await
+        .expect("sequence");
+    assert_eq!(after, writes);
+    let addr = app.app.as_ref().expect("in process").http_addr();
+    let metrics = common::http_get(addr, "/metrics").await;
+    let counted = metrics
+        .lines()
+        .find(|l| l.starts_with("event_updater_kept_conflicting_total{scope=\"command\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(counted >= 1.0, "kept_conflicting not counted:\n{metrics}");
     app.finish().await;
     drop(cluster);
 }

@@ -7,6 +7,10 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::TopicPartitionList;
+
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -143,4 +147,83 @@ pub async fn assert_exactly_once(app: &TestApp, l: &Load, replies: &HashMap<Stri
         l.ids.len(),
         l.valid.len()
     );
+}
+
+/// For commands without a reply: where each sits on the command topic, the group's committed
+/// offset of its partition, and what the database stored for it. Tells a command the processors
+/// never answered (committed past: an offset moved ahead of an answer; or not reached) from a
+/// reply published but not read.
+pub async fn explain_missing(app: &TestApp, missing: &[String]) -> String {
+    let wanted: HashSet<&str> = missing.iter().map(String::as_str).collect();
+    let wanted = &wanted;
+    // Where each one is on `topic`, read again from the beginning by a reader of its own.
+    let find = |topic: String| async move {
+        let mut found: HashMap<String, (i32, i64)> = HashMap::new();
+        let reader = app.new_reader(&topic);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while found.len() < wanted.len() && std::time::Instant::now() < deadline {
+            let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(2), reader.recv()).await
+            else {
+                continue;
+            };
+            let id = serde_json::from_slice::<Value>(m.payload().unwrap_or_default())
+                .ok()
+                .and_then(|v| v["request_id"].as_str().map(str::to_string));
+            if let Some(id) = id.filter(|id| wanted.contains(id.as_str())) {
+                found.insert(id, (m.partition(), m.offset()));
+            }
+        }
+        found
+    };
+    let position = find(app.cfg.command_topic.clone()).await;
+    let published = find(app.cfg.reply_topic.clone()).await;
+    let group: StreamConsumer = super::client(&app.cfg)
+        .set("group.id", &app.cfg.kafka_group_id)
+        .create()
+        .expect("group client");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..app.cfg.topic_partitions {
+        tpl.add_partition(&app.cfg.command_topic, p);
+    }
+    let committed: HashMap<i32, String> = group
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .map(|c| {
+            c.elements()
+                .iter()
+                .map(|e| (e.partition(), format!("{:?}", e.offset())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let stored: Vec<(String, i16, i32, i64)> = sqlx::query_as(
+        "SELECT request_id, status, source_partition, source_offset FROM command_replies WHERE request_id = ANY($1)",
+    )
+    .bind(missing)
+    .fetch_all(&app.pool)
+    .await
+    .expect("stored replies");
+    let stored: HashMap<String, (i16, i32, i64)> = stored
+        .into_iter()
+        .map(|(id, s, p, o)| (id, (s, p, o)))
+        .collect();
+    let mut out = String::new();
+    for id in missing {
+        let at = position
+            .get(id)
+            .map_or("not found on the command topic".to_string(), |(p, o)| {
+                format!(
+                    "partition {p} offset {o} (committed: {})",
+                    committed.get(p).map_or("?", String::as_str)
+                )
+            });
+        let db = stored.get(id).map_or(
+            "no stored reply (never applied)".to_string(),
+            |(s, p, o)| format!("stored reply {s} (from partition {p} offset {o})"),
+        );
+        let reply = published.get(id).map_or(
+            "no reply on the reply topic".to_string(),
+            |(p, o)| format!("a reply IS on the reply topic (partition {p} offset {o}): the collector missed it"),
+        );
+        out.push_str(&format!("{id}: {at}; {db}; {reply}\n"));
+    }
+    out
 }
