@@ -152,7 +152,7 @@ fn the_schemas_are_valid_2020_12_and_agree_with_each_other() {
     assert_eq!(actions.as_array().map(Vec::len), Some(27));
     assert_eq!(
         reply["properties"]["status"]["enum"],
-        json!([200, 201, 400, 403, 404, 409, 422])
+        json!([200, 201, 400, 403, 404, 409, 422, 500])
     );
 }
 
