@@ -180,24 +180,34 @@ pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     const UNITS: &str = "d, h, m, s or ms";
     if s.is_empty() {
-        return Err(format!("an empty duration; give seconds or numbers with {UNITS}"));
+        return Err(format!(
+            "an empty duration; give seconds or numbers with {UNITS}"
+        ));
     }
     let total = if s.bytes().all(|b| b.is_ascii_digit()) {
-        let secs: u64 = s.parse().map_err(|_| format!("`{s}` is too long a duration"))?;
+        let secs: u64 = s
+            .parse()
+            .map_err(|_| format!("`{s}` is too long a duration"))?;
         Duration::from_secs(secs)
     } else {
         let mut total = Duration::ZERO;
         let mut rest = s;
         while !rest.is_empty() {
-            let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+            let digits = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
             if digits == 0 {
-                return Err(format!("`{s}`: expected a number before each unit ({UNITS})"));
+                return Err(format!(
+                    "`{s}`: expected a number before each unit ({UNITS})"
+                ));
             }
             let n: u64 = rest[..digits]
                 .parse()
                 .map_err(|_| format!("`{s}` is too long a duration"))?;
             rest = &rest[digits..];
-            let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+            let unit_len = rest
+                .find(|c: char| c.is_ascii_digit())
+                .unwrap_or(rest.len());
             let millis_per = match &rest[..unit_len] {
                 "d" => 86_400_000,
                 "h" => 3_600_000,
@@ -356,8 +366,21 @@ mod tests {
         assert_eq!(ok("604800"), Duration::from_secs(604_800));
         assert_eq!(ok("36500d"), MAX_DURATION);
         for bad in [
-            "", "0", "0s", "0d0h", "d", "7x", "7 d", " 7d", "-1s", "1.5h", "7D", "h7",
-            "36501d", "18446744073709551615d", "99999999999999999999",
+            "",
+            "0",
+            "0s",
+            "0d0h",
+            "d",
+            "7x",
+            "7 d",
+            " 7d",
+            "-1s",
+            "1.5h",
+            "7D",
+            "h7",
+            "36501d",
+            "18446744073709551615d",
+            "99999999999999999999",
         ] {
             assert!(parse_duration(bad).is_err(), "`{bad}` is refused");
         }
