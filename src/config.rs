@@ -126,6 +126,17 @@ pub struct Config {
     /// On SIGTERM, how long the in-flight batch may take to finish before exiting, in seconds.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
     pub shutdown_timeout_secs: u64,
+
+    /// How long a handled request id's stored reply is kept: within it a redelivery gets the
+    /// same reply (or a 422), after it the request id is handled as a new command. `7d`, `12h`,
+    /// `30m`, `90s`, `500ms`, combinations (`1h30m`) or plain seconds.
+    #[arg(long, env = "IDEMPOTENCY_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    pub idempotency_retention: Duration,
+
+    /// How often stored replies older than IDEMPOTENCY_RETENTION are deleted and the tables'
+    /// sizes measured (same forms as IDEMPOTENCY_RETENTION).
+    #[arg(long, env = "IDEMPOTENCY_PRUNE_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub idempotency_prune_interval: Duration,
 }
 
 impl Config {
@@ -163,6 +174,73 @@ impl Config {
     pub fn database_url_masked(&self) -> String {
         mask_url_password(&self.database_url)
     }
+}
+
+/// The longest duration [`parse_duration`] accepts: 100 years (so that `now - d` is always a
+/// representable timestamp).
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// A human duration: plain seconds (`604800`), or numbers each followed by a unit, `d`, `h`,
+/// `m`, `s` or `ms` (`7d`, `12h`, `30m`, `90s`, `500ms`, `1h30m`). Zero and anything above
+/// [`MAX_DURATION`] are refused.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    const UNITS: &str = "d, h, m, s or ms";
+    if s.is_empty() {
+        return Err(format!(
+            "an empty duration; give seconds or numbers with {UNITS}"
+        ));
+    }
+    let total = if s.bytes().all(|b| b.is_ascii_digit()) {
+        let secs: u64 = s
+            .parse()
+            .map_err(|_| format!("`{s}` is too long a duration"))?;
+        Duration::from_secs(secs)
+    } else {
+        let mut total = Duration::ZERO;
+        let mut rest = s;
+        while !rest.is_empty() {
+            let digits = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            if digits == 0 {
+                return Err(format!(
+                    "`{s}`: expected a number before each unit ({UNITS})"
+                ));
+            }
+            let n: u64 = rest[..digits]
+                .parse()
+                .map_err(|_| format!("`{s}` is too long a duration"))?;
+            rest = &rest[digits..];
+            let unit_len = rest
+                .find(|c: char| c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            let millis_per = match &rest[..unit_len] {
+                "d" => 86_400_000,
+                "h" => 3_600_000,
+                "m" => 60_000,
+                "s" => 1_000,
+                "ms" => 1,
+                "" => return Err(format!("`{s}`: a number without a unit ({UNITS})")),
+                u => return Err(format!("`{s}`: unknown unit `{u}` ({UNITS})")),
+            };
+            rest = &rest[unit_len..];
+            let part = n
+                .checked_mul(millis_per)
+                .map(Duration::from_millis)
+                .ok_or_else(|| format!("`{s}` is too long a duration"))?;
+            total = total
+                .checked_add(part)
+                .ok_or_else(|| format!("`{s}` is too long a duration"))?;
+        }
+        total
+    };
+    if total.is_zero() {
+        return Err(format!("`{s}`: a duration must be more than zero"));
+    }
+    if total > MAX_DURATION {
+        return Err(format!("`{s}` is longer than 100 years"));
+    }
+    Ok(total)
 }
 
 fn parse_property(s: &str) -> Result<(String, String), String> {
@@ -279,6 +357,57 @@ mod tests {
         assert!(!c.reply_to_allowed("exactly"));
         assert!(!c.reply_to_allowed("other-replies-x"));
         assert!(!c.reply_to_allowed("a-b-"));
+    }
+
+    #[test]
+    fn durations_parse_human_units_and_plain_seconds() {
+        let ok = |s: &str| parse_duration(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+        assert_eq!(ok("7d"), Duration::from_secs(7 * 86_400));
+        assert_eq!(ok("12h"), Duration::from_secs(12 * 3_600));
+        assert_eq!(ok("30m"), Duration::from_secs(30 * 60));
+        assert_eq!(ok("90s"), Duration::from_secs(90));
+        assert_eq!(ok("250ms"), Duration::from_millis(250));
+        assert_eq!(ok("1h30m"), Duration::from_secs(5_400));
+        assert_eq!(ok("1m500ms"), Duration::from_millis(60_500));
+        assert_eq!(ok("604800"), Duration::from_secs(604_800));
+        assert_eq!(ok("36500d"), MAX_DURATION);
+        for bad in [
+            "",
+            "0",
+            "0s",
+            "0d0h",
+            "d",
+            "7x",
+            "7 d",
+            " 7d",
+            "-1s",
+            "1.5h",
+            "7D",
+            "h7",
+            "36501d",
+            "18446744073709551615d",
+            "99999999999999999999",
+        ] {
+            assert!(parse_duration(bad).is_err(), "`{bad}` is refused");
+        }
+    }
+
+    #[test]
+    fn idempotency_settings_default_to_a_week_and_a_minute_and_read_durations() {
+        let c = Config::defaults();
+        assert_eq!(c.idempotency_retention, Duration::from_secs(7 * 86_400));
+        assert_eq!(c.idempotency_prune_interval, Duration::from_secs(60));
+        let c = Config::try_parse_from([
+            "event-updater",
+            "--idempotency-retention",
+            "12h",
+            "--idempotency-prune-interval",
+            "500ms",
+        ])
+        .unwrap();
+        assert_eq!(c.idempotency_retention, Duration::from_secs(12 * 3_600));
+        assert_eq!(c.idempotency_prune_interval, Duration::from_millis(500));
+        assert!(Config::try_parse_from(["event-updater", "--idempotency-retention", "0"]).is_err());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! A command arrives on Kafka ([`consumer`]), is decoded and validated as the REST endpoint
 //! would ([`command`], [`validate`], [`pyjson`], [`ipaddr`], [`isodate`]), applied to an
 //! append-only log and its projection in PostgreSQL ([`store`], [`projection`]), and answered
-//! on the reply topic ([`reply`], [`kafka`]). [`startup::Application`] wires it together.
+//! on the reply topic ([`reply`], [`kafka`]). Stored replies are kept for a retention window
+//! ([`retention`]). [`startup::Application`] wires it together.
 
 pub mod auth;
 pub mod command;
@@ -19,6 +20,7 @@ pub mod projection;
 pub mod pyjson;
 pub mod rebuild;
 pub mod reply;
+pub mod retention;
 pub mod startup;
 pub mod store;
 pub mod trace;

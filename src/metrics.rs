@@ -30,6 +30,9 @@ pub const STAGE: &str = "event_updater_stage_seconds";
 pub const REFUSED: &str = "event_updater_commands_refused_total";
 pub const PRODUCER_FATAL: &str = "event_updater_producer_fatal_errors_total";
 pub const KEPT_CONFLICTING: &str = "event_updater_kept_conflicting_total";
+pub const TABLE_BYTES: &str = "event_updater_table_bytes";
+pub const TABLE_ROWS: &str = "event_updater_table_rows";
+pub const REPLIES_PRUNED: &str = "event_updater_replies_pruned_total";
 
 static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
 
@@ -148,4 +151,19 @@ pub fn record_reply_to_refused() {
 pub fn record_consumer_lag(topic: &str, partition: i32, lag: i64) {
     gauge!(CONSUMER_LAG, "topic" => topic.to_string(), "partition" => partition.to_string())
         .set(lag as f64);
+}
+
+/// A table's size on disk (`pg_total_relation_size`: heap, indexes and TOAST) and PostgreSQL's
+/// estimate of its rows (`pg_class.reltuples`; `None` before the table was first vacuumed or
+/// analyzed, when the row gauge keeps its last value).
+pub fn record_table_size(table: &str, bytes: i64, rows: Option<f64>) {
+    gauge!(TABLE_BYTES, "table" => table.to_string()).set(bytes as f64);
+    if let Some(rows) = rows {
+        gauge!(TABLE_ROWS, "table" => table.to_string()).set(rows);
+    }
+}
+
+/// `n` stored replies older than the retention window were deleted (0 registers the counter).
+pub fn record_replies_pruned(n: u64) {
+    counter!(REPLIES_PRUNED).increment(n);
 }

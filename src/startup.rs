@@ -2,8 +2,8 @@
 //! can choose (`HTTP_ADDR=127.0.0.1:0`).
 //!
 //! Start-up order: the Prometheus recorder, the database (created if missing, migrated), the
-//! topics (created if missing), the HTTP server, then the processor. A failure in any step is
-//! an error from `build`; nothing is left running.
+//! topics (created if missing), the HTTP server, then the processor and the pruner of stored
+//! replies ([`retention`]). A failure in any step is an error from `build`; nothing is left running.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -20,6 +20,7 @@ use crate::consumer::{self, Budget, Health, Processor};
 use crate::http;
 use crate::kafka::{self, Publisher};
 use crate::metrics;
+use crate::retention::{self, Retention};
 use crate::store::{self, StoreError};
 
 /// Why the service could not start or stopped with an error.
@@ -44,6 +45,8 @@ pub struct Application {
     shutdown: watch::Sender<bool>,
     processor: JoinHandle<Result<(), KafkaError>>,
     http: JoinHandle<std::io::Result<()>>,
+    /// Deletes stored replies past the retention window; ends on shutdown.
+    pruner: JoinHandle<()>,
 }
 
 impl Application {
@@ -89,6 +92,11 @@ impl Application {
             cfg,
             health: health.clone(),
         };
+        let pruner = tokio::spawn(retention::run(
+            retention::pool_beside(&pool),
+            Retention::from_config(&processor.cfg),
+            rx.clone(),
+        ));
         let processor = tokio::spawn(processor.run(rx));
         tracing::info!(%http_addr, "event-updater started");
         Ok(Application {
@@ -98,6 +106,7 @@ impl Application {
             shutdown,
             processor,
             http,
+            pruner,
         })
     }
 
@@ -126,6 +135,7 @@ impl Application {
         let result = self.processor.await;
         let _ = self.shutdown.send(true);
         self.http.await??;
+        self.pruner.await?;
         self.pool.close().await;
         result??;
         Ok(())
