@@ -23,6 +23,9 @@ use crate::metrics;
 use crate::retention::{self, Retention};
 use crate::store::{self, StoreError};
 
+/// How long shutdown waits for the pruner of stored replies to end its batch.
+const PRUNER_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Why the service could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -131,11 +134,19 @@ impl Application {
     }
 
     /// Waits until the processor has stopped (after a shutdown request, or on a fatal error).
-    pub async fn run_until_stopped(self) -> Result<(), StartupError> {
+    pub async fn run_until_stopped(mut self) -> Result<(), StartupError> {
         let result = self.processor.await;
         let _ = self.shutdown.send(true);
         self.http.await??;
-        self.pruner.await?;
+        // The pruner stops between two batches; one that hangs on an unresponsive database is
+        // not waited for longer than a batch should ever take.
+        match tokio::time::timeout(PRUNER_STOP_TIMEOUT, &mut self.pruner).await {
+            Ok(joined) => joined?,
+            Err(_) => {
+                tracing::warn!("the pruner of stored replies did not stop in time; aborted");
+                self.pruner.abort();
+            }
+        }
         self.pool.close().await;
         result??;
         Ok(())
