@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The benchmark in one command. Starts what it needs (scripts/services.sh), builds the release
-# binary, runs `event-updater bench` (extra arguments go to it) against this machine's broker
+# binaries, runs `event-updater-bench` (extra arguments go to it) against this machine's broker
 # and PostgreSQL, keeps its table in target/bench/bench.md and its figures in
 # target/bench/bench.json, and plots the latency-load curve to docs/bench/latency.png
 # (matplotlib, installed from PyPI into a virtualenv under target/ the first time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh
-cargo build --release --locked
+cargo build --release --locked --bins
 mkdir -p target/bench docs/bench
-./target/release/event-updater bench --json-out target/bench/bench.json "$@" | tee target/bench/bench.md
+./target/release/event-updater-bench --json-out target/bench/bench.json "$@" | tee target/bench/bench.md
 scripts/plot_latency.sh target/bench/bench.json docs/bench/latency.png

@@ -2,7 +2,6 @@
 //!
 //! This is the edge of the program, so errors are `anyhow` here and typed everywhere else.
 
-mod bench;
 mod demo;
 mod tools;
 
@@ -49,8 +48,6 @@ pub enum CliCommand {
     /// embedded Kafka-protocol broker (librdkafka's mock cluster) on a local port; send a handful
     /// of commands, print their replies, and keep serving.
     Demo,
-    /// Measure throughput, latency and memory against this machine's broker and PostgreSQL (see README).
-    Bench(bench::BenchArgs),
     /// Manage the API tokens that commands present in `authorization: Bearer <token>`.
     Token {
         #[command(subcommand)]
@@ -115,7 +112,6 @@ async fn run() -> anyhow::Result<()> {
         }
         CliCommand::Show { event_uuid } => show(&cfg, &event_uuid).await,
         CliCommand::Demo => demo::run(cfg).await,
-        CliCommand::Bench(args) => bench::run(cfg, args).await,
         CliCommand::Token { action } => token(&cfg, action).await,
         CliCommand::RebuildProjection(args) => tools::rebuild_projection(&cfg, args).await,
         CliCommand::Dlq { action } => tools::dlq(&cfg, action).await,

@@ -1405,3 +1405,38 @@ fn the_dockerfile_builds_the_binary_and_runs_it_unprivileged() {
         .iter()
         .any(|a| a.contains("GET /readyz") && a.contains("200")));
 }
+
+/// Every Rust file under `src/` is named in the README's Layout section (by its path below
+/// `src/`, or its file name), so the map a newcomer reads cannot leave files out.
+#[test]
+fn the_readme_layout_names_every_source_file() {
+    fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("src/") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                rust_files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let layout = readme_section("Layout");
+    let src = root().join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    assert!(files.len() > 10, "{files:?}");
+    let missing: Vec<String> = files
+        .iter()
+        .map(|f| {
+            f.strip_prefix(&src)
+                .expect("below src/")
+                .display()
+                .to_string()
+        })
+        .filter(|rel| {
+            let name = rel.rsplit('/').next().unwrap_or(rel);
+            !layout.contains(&format!("`src/{rel}`")) && !layout.contains(&format!("`{name}`"))
+        })
+        .collect();
+    assert!(missing.is_empty(), "README's Layout leaves out {missing:?}");
+}

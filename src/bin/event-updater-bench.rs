@@ -1,5 +1,11 @@
-//! `event-updater bench`: the processor's throughput, latency and memory against this machine's
-//! broker and PostgreSQL, beside the baselines that bound them, in one run.
+//! `event-updater-bench`: the processor's throughput, latency and memory against this machine's
+//! broker and PostgreSQL, beside the baselines that bound them, in one run. A binary of its own
+//! (the serving binary carries none of it); it starts the `event-updater` binary beside it as
+//! the processor under test.
+//!
+//! It only ever writes to what it made: a database and topics named `…bench…<random id>`,
+//! created fresh (it refuses to go on when one of them exists already) and removed afterwards.
+//! The database and topics named by the configuration are never touched.
 //!
 //! What it measures, each phase on a fresh database and fresh topics that it removes afterwards:
 //! - **Backlog drain, empty log.** N commands over M events (a share of them invalid) are
@@ -41,7 +47,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use chrono::{DateTime, Utc};
-use clap::{value_parser, Args, ValueEnum};
+use clap::{value_parser, Args, Parser, ValueEnum};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -61,7 +67,7 @@ use event_updater::consumer::{self, Budget, Health};
 use event_updater::projection::EventState;
 use event_updater::{kafka, store};
 
-/// `event-updater bench` options.
+/// The benchmark's own options (the processor's, such as `--max-batch`, are its configuration's).
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// Commands in each backlog drain and in the PostgreSQL ingest.
@@ -83,18 +89,48 @@ pub struct BenchArgs {
     /// Changes put in the log before the second drain (0 skips that drain).
     #[arg(long, default_value_t = 1_000_000)]
     pub preload_changes: u64,
-    /// MAX_BATCH of the processor under test, also the ingest's transaction size
-    /// (default: the processor's MAX_BATCH, 500).
-    #[arg(long, value_parser = value_parser!(u32).range(1..=10_000))]
-    pub max_batch: Option<u32>,
     /// Also write the JSON figures (one line) to this file.
     #[arg(long)]
     pub json_out: Option<PathBuf>,
 }
 
+/// The same allocator as the serving binary, so that the in-process baselines (the echo, the
+/// pass-through) run as the processor would.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `event-updater-bench [configuration] [benchmark options]`: the configuration flags and
+/// environment of `event-updater` (broker, PostgreSQL, the processor's settings), plus the
+/// benchmark's own.
+#[derive(Debug, Parser)]
+#[command(name = "event-updater-bench", version, about, long_about = None)]
+struct Cli {
+    #[command(flatten)]
+    config: Config,
+    #[command(flatten)]
+    bench: BenchArgs,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    // Decoding recurses as deep as the parser accepts, as in the processor.
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(event_updater::pyjson::STACK_BYTES)
+        .build()?
+        .block_on(run(cli.config, cli.bench))
+}
+
 /// Runs every phase, prints the table and the JSON line; removes what it made, even on
 /// failure or Ctrl-C.
-pub async fn run(cfg: Config, args: BenchArgs) -> anyhow::Result<()> {
+async fn run(cfg: Config, args: BenchArgs) -> anyhow::Result<()> {
     let bench = Bench::new(cfg, args)?;
     let outcome = tokio::select! {
         r = bench.run_phases() => r,
@@ -384,7 +420,7 @@ impl Bench {
     fn new(cfg: Config, args: BenchArgs) -> anyhow::Result<Bench> {
         let admin_url = with_database(&cfg.database_url, "postgres")?;
         Ok(Bench {
-            max_batch: args.max_batch.unwrap_or(cfg.max_batch),
+            max_batch: cfg.max_batch,
             partitions: cfg.topic_partitions,
             workload: Workload {
                 events: args.events,
@@ -450,9 +486,53 @@ impl Bench {
         Fut: std::future::Future<Output = anyhow::Result<T>>,
     {
         let scope = self.new_scope()?;
+        if let Err(e) = self.refuse_existing(&scope).await {
+            // Not ours: never released (dropped or deleted).
+            self.forget(&scope);
+            return Err(e);
+        }
         let result = phase(scope.clone()).await;
         self.release(&scope).await;
         result
+    }
+
+    /// Fails when the scope's database or one of its topics exists already: the benchmark only
+    /// removes what it created itself.
+    async fn refuse_existing(&self, scope: &Scope) -> anyhow::Result<()> {
+        let mut c = self.admin_connection().await?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                .bind(&scope.db)
+                .fetch_one(&mut c)
+                .await?;
+        if exists {
+            bail!(
+                "database {} exists already; the benchmark only uses databases it creates",
+                scope.db
+            );
+        }
+        let admin: AdminClient<DefaultClientContext> = kafka::client_config(&self.cfg).create()?;
+        let metadata = admin
+            .inner()
+            .fetch_metadata(None, Timeout::After(Duration::from_secs(10)))?;
+        let names = scope.topics();
+        if let Some(t) = metadata
+            .topics()
+            .iter()
+            .find(|t| t.error().is_none() && names.iter().any(|n| n == t.name()))
+        {
+            bail!(
+                "topic {} exists already; the benchmark only uses topics it creates",
+                t.name()
+            );
+        }
+        Ok(())
+    }
+
+    fn forget(&self, scope: &Scope) {
+        if let Ok(mut l) = self.leftovers.lock() {
+            l.retain(|s| s.db != scope.db);
+        }
     }
 
     fn new_scope(&self) -> anyhow::Result<Scope> {
@@ -1653,7 +1733,10 @@ impl ChildProcessor {
         } else {
             cfg.apply_concurrency
         };
-        let exe = std::env::current_exe().context("locating this binary")?;
+        // The serving binary, built beside this one.
+        let exe = std::env::current_exe()
+            .context("locating this binary")?
+            .with_file_name("event-updater");
         // A port free now; the child binds it a moment later.
         let http_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let auth_mode = cfg
@@ -1686,6 +1769,7 @@ impl ChildProcessor {
                 cfg.database_max_connections.to_string(),
             )
             .env("MAX_MESSAGE_BYTES", cfg.max_message_bytes.to_string())
+            .env("MAX_REPLY_BYTES", cfg.max_reply_bytes.to_string())
             .env(
                 "SHUTDOWN_TIMEOUT_SECS",
                 cfg.shutdown_timeout_secs.to_string(),
@@ -2145,6 +2229,16 @@ impl Report {
 mod tests {
     use super::*;
     use event_updater::command::Action;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli =
+            Cli::try_parse_from(["event-updater-bench", "--max-batch", "7", "--commands", "9"])
+                .unwrap();
+        assert_eq!((cli.config.max_batch, cli.bench.commands), (7, 9));
+    }
 
     #[test]
     fn the_data_is_deterministic_and_about_as_invalid_as_asked() {
