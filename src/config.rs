@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::builder::TypedValueParser;
 use clap::{Args, Parser};
 
-use crate::auth::AuthMode;
+use crate::domain::auth::AuthMode;
 
 /// Just the configuration, without the binary's subcommands.
 #[derive(Debug, Parser)]
@@ -140,6 +140,14 @@ pub struct Config {
 }
 
 impl Config {
+    /// The settings a batch is decided under.
+    pub fn rules(&self) -> crate::domain::decide::Rules {
+        crate::domain::decide::Rules {
+            auth_mode: self.auth_mode,
+            max_reply_bytes: self.max_reply_bytes,
+        }
+    }
+
     /// The linger as a [`Duration`].
     pub fn batch_linger(&self) -> Duration {
         Duration::from_millis(self.batch_linger_ms)

@@ -18,7 +18,9 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
 use uuid::Uuid;
 
-use event_updater::{auth, kafka, Application, Config};
+use event_updater::pipeline::kafka;
+use event_updater::store::tokens;
+use event_updater::{Application, Config};
 
 pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
     let _cluster = if broker_answers(&cfg) {
@@ -47,7 +49,7 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
     );
 
     let replies = reply_reader(&cfg)?;
-    let token = auth::create_token(
+    let token = tokens::create_token(
         app.pool(),
         &format!("demo-{}", Uuid::new_v4().simple()),
         Some(chrono::Utc::now() + chrono::Duration::hours(1)),

@@ -1,30 +1,25 @@
 //! event-updater: authentik's `PUT /events/events/{event_uuid}/` as a Kafka-driven,
 //! event-sourced update processor.
 //!
-//! A command arrives on Kafka ([`consumer`]), is decoded and validated as the REST endpoint
-//! would ([`command`], [`validate`], [`pyjson`], [`ipaddr`], [`isodate`]), applied to an
-//! append-only log and its projection in PostgreSQL ([`store`], [`projection`]), and answered
-//! on the reply topic ([`reply`], [`kafka`]). Stored replies are kept for a retention window
-//! ([`retention`]). [`startup::Application`] wires it together.
+//! The crate is laid out by concern:
+//! - [`drf`]: Django REST framework's side of the REST endpoint: Python's JSON parser, DRF's
+//!   field rules, texts and normal forms. Pure.
+//! - [`domain`]: the command, the event and its fold, replies, tokens' standing, and the pure
+//!   batch decision ([`domain::decide::decide_batch`]). No I/O: it may import [`drf`], never
+//!   sqlx or rdkafka (a test fails the build if it does).
+//! - [`store`]: PostgreSQL: connections and errors, the batch's load and fenced write, tokens,
+//!   retention of stored replies, rebuilding the view.
+//! - [`pipeline`]: Kafka and the process around it: consuming, publishing, offsets, health.
+//!
+//! [`config`], [`metrics`] and [`startup::Application`] tie them together.
 
-pub mod auth;
-pub mod command;
 pub mod config;
-pub mod consumer;
-pub mod http;
-pub mod ipaddr;
-pub mod isodate;
-pub mod kafka;
+pub mod domain;
+pub mod drf;
 pub mod metrics;
-pub mod projection;
-pub mod pyjson;
-pub mod rebuild;
-pub mod reply;
-pub mod retention;
+pub mod pipeline;
 pub mod startup;
 pub mod store;
-pub mod trace;
-pub mod validate;
 
 pub use config::Config;
 pub use startup::{Application, ShutdownHandle, StartupError};

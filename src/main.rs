@@ -13,7 +13,11 @@ use serde_json::{json, Value};
 use tracing_subscriber::EnvFilter;
 
 use event_updater::config::Config;
-use event_updater::{auth, kafka, projection, store, validate, Application};
+use event_updater::domain::projection;
+use event_updater::drf::validate;
+use event_updater::pipeline::kafka;
+use event_updater::store::{self, tokens};
+use event_updater::Application;
 
 /// mimalloc instead of glibc's malloc: commands are decoded on the fetch thread and freed on
 /// the runtime's workers, and glibc's per-thread arenas make such cross-thread frees costly
@@ -94,7 +98,7 @@ fn main() -> anyhow::Result<()> {
     // recursively on these threads: give them the stack for it.
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .thread_stack_size(event_updater::pyjson::STACK_BYTES)
+        .thread_stack_size(event_updater::drf::pyjson::STACK_BYTES)
         .build()?
         .block_on(run())
 }
@@ -226,7 +230,7 @@ async fn show(cfg: &Config, event_uuid: &str) -> anyhow::Result<()> {
         "history": history.iter().map(|e| json!({
             "version": e.version,
             "request_id": e.request_id,
-            "recorded_at": event_updater::isodate::to_representation(e.recorded_at),
+            "recorded_at": event_updater::drf::isodate::to_representation(e.recorded_at),
             "source": format!("{}/{}/{}", e.source.topic, e.source.partition, e.source.offset),
             "change": e.change,
         })).collect::<Vec<_>>(),
@@ -245,24 +249,27 @@ async fn token(cfg: &Config, action: TokenCommand) -> anyhow::Result<()> {
         } => {
             let expires = match expires {
                 None => None,
-                Some(text) => match event_updater::isodate::parse_datetime(&text) {
+                Some(text) => match event_updater::drf::isodate::parse_datetime(&text) {
                     Ok(t) => Some(t),
                     Err(_) => bail!("--expires {text:?} is not an ISO 8601 date or datetime"),
                 },
             };
-            let secret = auth::create_token(&pool, &name, expires, !no_change_permission).await?;
+            let secret = tokens::create_token(&pool, &name, expires, !no_change_permission).await?;
             eprintln!("Token {name:?} created. It is shown only now; store it safely:");
             println!("{secret}");
         }
         TokenCommand::List => {
             let show = |t: Option<chrono::DateTime<chrono::Utc>>| {
-                t.map_or("-".to_string(), event_updater::isodate::to_representation)
+                t.map_or(
+                    "-".to_string(),
+                    event_updater::drf::isodate::to_representation,
+                )
             };
             println!(
                 "{:<24} {:<10} {:<28} {:<28} REVOKED",
                 "NAME", "CHANGE", "CREATED", "EXPIRES"
             );
-            for t in auth::list_tokens(&pool).await? {
+            for t in tokens::list_tokens(&pool).await? {
                 println!(
                     "{:<24} {:<10} {:<28} {:<28} {}",
                     t.name,
@@ -274,7 +281,7 @@ async fn token(cfg: &Config, action: TokenCommand) -> anyhow::Result<()> {
             }
         }
         TokenCommand::Revoke { name } => {
-            auth::revoke_token(&pool, &name).await?;
+            tokens::revoke_token(&pool, &name).await?;
             println!("token {name:?} revoked");
         }
     }

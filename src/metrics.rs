@@ -10,8 +10,8 @@ use std::time::Duration;
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::reply::Destination;
-use crate::store::OutcomeKind;
+use crate::domain::decide::OutcomeKind;
+use crate::domain::reply::Destination;
 
 pub const COMMANDS: &str = "event_updater_commands_total";
 pub const COMMAND_LATENCY: &str = "event_updater_command_latency_seconds";

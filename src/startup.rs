@@ -16,11 +16,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::consumer::{self, Budget, Health, Processor};
-use crate::http;
-use crate::kafka::{self, Publisher};
 use crate::metrics;
-use crate::retention::{self, Retention};
+use crate::pipeline::consumer::{self, Budget, Health, Processor};
+use crate::pipeline::http;
+use crate::pipeline::kafka::{self, Publisher};
+use crate::store::retention::{self, Retention};
 use crate::store::{self, StoreError};
 
 /// How long shutdown waits for the pruner of stored replies to end its batch.
@@ -62,7 +62,7 @@ impl Application {
                 None
             }
         };
-        if cfg.auth_mode == crate::auth::AuthMode::Disabled {
+        if cfg.auth_mode == crate::domain::auth::AuthMode::Disabled {
             tracing::warn!("AUTH_MODE=disabled: commands are NOT authenticated; any producer may change events. For local development only.");
         }
         let health = Arc::new(Health::default());

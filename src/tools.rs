@@ -3,7 +3,7 @@
 //! command topic) and `send` (one command in, its reply out).
 //!
 //! This is the command-line half of them (arguments, printing, exit codes), so it lives in the
-//! binary; the rebuild's logic is the library's [`event_updater::rebuild`]. The Kafka clients
+//! binary; the rebuild's logic is the library's [`event_updater::store::rebuild`]. The Kafka clients
 //! start from [`kafka::client_config`] (so TLS and SASL properties apply), are assigned their
 //! partitions by hand (no consumer-group join to wait for) and commit nothing.
 
@@ -22,8 +22,10 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use event_updater::config::Config;
-use event_updater::rebuild::{self, Report};
-use event_updater::{isodate, kafka, store, validate};
+use event_updater::drf::{isodate, validate};
+use event_updater::pipeline::kafka;
+use event_updater::store;
+use event_updater::store::rebuild::{self, Report};
 
 /// How long a broker request (metadata, watermarks, offsets by time) may take.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(10);

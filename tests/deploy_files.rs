@@ -13,7 +13,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use event_updater::config::Config;
-use event_updater::consumer::Health;
+use event_updater::pipeline::consumer::Health;
 use serde_json::Value;
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -671,7 +671,7 @@ async fn the_probe_paths_are_served_by_the_binarys_http_server() {
     let addr = listener.local_addr().expect("addr");
     let health = Arc::new(Health::default());
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(event_updater::http::serve(
+    let server = tokio::spawn(event_updater::pipeline::http::serve(
         listener,
         health.clone(),
         None,
@@ -1149,9 +1149,9 @@ fn base_metric(name: &str) -> &str {
 /// What the binary's metrics module renders after recording one of each happening: metric
 /// series name -> label names.
 fn exported_series() -> BTreeMap<String, BTreeSet<String>> {
+    use event_updater::domain::decide::OutcomeKind;
+    use event_updater::domain::reply::Destination;
     use event_updater::metrics;
-    use event_updater::reply::Destination;
-    use event_updater::store::OutcomeKind;
     let handle = metrics::install().expect("the recorder installs");
     metrics::record_command(201, OutcomeKind::New, Some(Duration::from_millis(3)));
     metrics::record_batch(5, Duration::from_millis(2));
@@ -1439,4 +1439,66 @@ fn the_readme_layout_names_every_source_file() {
         })
         .collect();
     assert!(missing.is_empty(), "README's Layout leaves out {missing:?}");
+}
+
+/// The layers keep to their imports (see the module docs of `src/domain` and `src/drf`): the
+/// domain does no I/O (no sqlx, rdkafka, or the store and pipeline modules), and DRF's rules
+/// depend on nothing else of the crate.
+#[test]
+fn the_domain_does_no_io_and_drf_stands_alone() {
+    fn rust_files(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).expect("folder") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                out.extend(rust_files(&path));
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+        out
+    }
+    let check = |folder: &str, banned: &[&str]| {
+        let files = rust_files(&root().join(folder));
+        assert!(!files.is_empty(), "{folder}");
+        let mut found = Vec::new();
+        for f in files {
+            let text = std::fs::read_to_string(&f).expect("source");
+            for (n, line) in text.lines().enumerate() {
+                let code = line.split("//").next().unwrap_or_default();
+                for b in banned {
+                    if code.contains(b) {
+                        found.push(format!("{}:{}: {}", f.display(), n + 1, line.trim()));
+                    }
+                }
+            }
+        }
+        assert!(
+            found.is_empty(),
+            "{folder} imports what it may not:\n{}",
+            found.join("\n")
+        );
+    };
+    check(
+        "src/domain",
+        &[
+            "sqlx",
+            "rdkafka",
+            "crate::store",
+            "crate::pipeline",
+            "crate::startup",
+            "crate::metrics",
+        ],
+    );
+    check(
+        "src/drf",
+        &[
+            "sqlx",
+            "rdkafka",
+            "crate::domain",
+            "crate::store",
+            "crate::pipeline",
+            "crate::config",
+        ],
+    );
 }

@@ -438,7 +438,7 @@ async fn a_frozen_processor_thawed_after_its_partitions_moved_doubles_nothing() 
 /// the give-up is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_that_keeps_conflicting_is_answered_409_unapplied_within_the_bound() {
-    use event_updater::consumer::{CONFLICT_ATTEMPTS, KEPT_CONFLICTING};
+    use event_updater::pipeline::consumer::{CONFLICT_ATTEMPTS, KEPT_CONFLICTING};
     use serde_json::{json, Value};
     let cluster = MockCluster::new(1).expect("mock cluster");
     let app = TestApp::spawn_with(|c| on_mock_cluster(&cluster, c)).await;

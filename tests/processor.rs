@@ -430,9 +430,10 @@ async fn metrics_count_what_happened() {
 /// row locks, and every command is applied exactly once with versions 1..n.
 #[tokio::test]
 async fn racing_writers_on_the_same_events_are_fenced_and_apply_each_command_once() {
-    use event_updater::auth::AuthMode;
-    use event_updater::command::{decode, Incoming};
-    use event_updater::store::{self, OutcomeKind, Source};
+    use event_updater::domain::auth::AuthMode;
+    use event_updater::domain::command::{decode, Incoming};
+    use event_updater::domain::decide::{OutcomeKind, Rules, Source};
+    use event_updater::store;
 
     let app = TestApp::resources_with(|_| {}).await;
     let pool = store::connect_for_processing(&app.cfg.database_url, 4)
@@ -465,7 +466,7 @@ async fn racing_writers_on_the_same_events_are_fenced_and_apply_each_command_onc
                     match store::apply_batch(
                         &pool,
                         &commands,
-                        store::Rules {
+                        Rules {
                             auth_mode: AuthMode::Disabled,
                             max_reply_bytes: 1_000_000,
                         },

@@ -1,4 +1,4 @@
-//! Retention of stored replies (`IDEMPOTENCY_RETENTION`, src/retention.rs): replies past the
+//! Retention of stored replies (`IDEMPOTENCY_RETENTION`, src/store/retention.rs): replies past the
 //! window are deleted, younger ones stay and still answer redeliveries byte for byte, a request
 //! id replayed after the window is handled as a new command, only one pruner deletes at a time,
 //! and the tables' sizes and the pruned count are on `/metrics`.
@@ -68,7 +68,7 @@ async fn replies_past_the_window_are_pruned_and_younger_ones_still_answer_redeli
         .await
         .expect("a second session");
     sqlx::query("SELECT pg_advisory_lock($1)")
-        .bind(event_updater::retention::PRUNE_LOCK_KEY)
+        .bind(event_updater::store::retention::PRUNE_LOCK_KEY)
         .execute(&mut other)
         .await
         .expect("the prune lock");
@@ -91,7 +91,7 @@ async fn replies_past_the_window_are_pruned_and_younger_ones_still_answer_redeli
         "pruned while another session held the prune lock"
     );
     sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(event_updater::retention::PRUNE_LOCK_KEY)
+        .bind(event_updater::store::retention::PRUNE_LOCK_KEY)
         .execute(&mut other)
         .await
         .expect("unlock");
@@ -164,9 +164,10 @@ async fn replies_past_the_window_are_pruned_and_younger_ones_still_answer_redeli
 #[tokio::test]
 #[ignore = "a measurement: run it with --ignored --nocapture"]
 async fn bytes_stored_per_million_commands() {
-    use event_updater::auth::AuthMode;
-    use event_updater::command::{self, Incoming};
-    use event_updater::store::{self, Source};
+    use event_updater::domain::auth::AuthMode;
+    use event_updater::domain::command::{self, Incoming};
+    use event_updater::domain::decide::{Rules, Source};
+    use event_updater::store;
 
     const N: u64 = 100_000;
     const PER_EVENT: u64 = 10;
@@ -216,7 +217,7 @@ async fn bytes_stored_per_million_commands() {
         let outcomes = store::apply_batch(
             &pool,
             &batch,
-            store::Rules {
+            Rules {
                 auth_mode: AuthMode::Disabled,
                 max_reply_bytes: 1_000_000,
             },

@@ -6,7 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::{on_mock_cluster, ReplyCollector, TestApp};
-use event_updater::auth;
+use event_updater::domain::auth;
+use event_updater::store::tokens;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -24,10 +25,10 @@ fn cmd(request_id: &str, event: &str) -> Vec<u8> {
 async fn commands_without_a_usable_token_get_the_contracts_403s() {
     let app = TestApp::spawn().await;
     let event = Uuid::new_v4().to_string();
-    let no_perm = auth::create_token(&app.pool, "reader", None, false)
+    let no_perm = tokens::create_token(&app.pool, "reader", None, false)
         .await
         .unwrap();
-    let expired = auth::create_token(
+    let expired = tokens::create_token(
         &app.pool,
         "old",
         Some(chrono::Utc::now() - chrono::Duration::days(1)),
@@ -35,10 +36,10 @@ async fn commands_without_a_usable_token_get_the_contracts_403s() {
     )
     .await
     .unwrap();
-    let revoked = auth::create_token(&app.pool, "gone", None, true)
+    let revoked = tokens::create_token(&app.pool, "gone", None, true)
         .await
         .unwrap();
-    auth::revoke_token(&app.pool, "gone").await.unwrap();
+    tokens::revoke_token(&app.pool, "gone").await.unwrap();
 
     app.send_raw_with(Some(&event), Some(&cmd("s1", &event)), &[], false)
         .await;
@@ -187,13 +188,13 @@ async fn request_ids_are_scoped_by_credential_and_a_redelivery_outlives_a_revoke
     let app = TestApp::spawn().await;
     let alice = format!(
         "Bearer {}",
-        auth::create_token(&app.pool, "alice", None, true)
+        tokens::create_token(&app.pool, "alice", None, true)
             .await
             .unwrap()
     );
     let bob = format!(
         "Bearer {}",
-        auth::create_token(&app.pool, "bob", None, true)
+        tokens::create_token(&app.pool, "bob", None, true)
             .await
             .unwrap()
     );
@@ -227,7 +228,7 @@ async fn request_ids_are_scoped_by_credential_and_a_redelivery_outlives_a_revoke
 
     // Alice's token is revoked; her command is redelivered (a crash before its offset was
     // committed): the stored reply, byte for byte, and no second change.
-    auth::revoke_token(&app.pool, "alice").await.unwrap();
+    tokens::revoke_token(&app.pool, "alice").await.unwrap();
     let again = send(&e1, cmd("same", &e1), &alice).await;
     assert_eq!(again.raw, first.raw);
     assert_eq!(app.log_len(e1.parse().unwrap()).await, 1);

@@ -7,7 +7,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use common::TestApp;
-use event_updater::rebuild::{self, FindingKind, Options};
+use event_updater::store::rebuild::{self, FindingKind, Options};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -219,7 +219,7 @@ async fn rebuild_write_repairs_missing_extra_and_created_and_leaves_broken_logs_
         let changes: Vec<(i64, Value)> =
             history.into_iter().map(|h| (h.version, h.change)).collect();
         assert_eq!(
-            event_updater::projection::fold(e, &changes).expect("folds"),
+            event_updater::domain::projection::fold(e, &changes).expect("folds"),
             event_updater::store::load_view(&app.pool, e)
                 .await
                 .expect("view")

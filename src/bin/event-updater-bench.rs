@@ -60,12 +60,14 @@ use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
-use event_updater::auth::{self, AuthMode};
-use event_updater::command::{self, Incoming};
 use event_updater::config::Config;
-use event_updater::consumer::{self, Budget, Health};
-use event_updater::projection::EventState;
-use event_updater::{kafka, store};
+use event_updater::domain::auth::AuthMode;
+use event_updater::domain::command::{self, Command, Incoming};
+use event_updater::domain::decide::{decide_batch, Known, Rules, Source};
+use event_updater::domain::projection::EventState;
+use event_updater::pipeline::consumer::{self, Budget, Health};
+use event_updater::pipeline::kafka;
+use event_updater::store::{self, tokens};
 
 /// The benchmark's own options (the processor's, such as `--max-batch`, are its configuration's).
 #[derive(Debug, Clone, Args)]
@@ -123,7 +125,7 @@ fn main() -> anyhow::Result<()> {
     // Decoding recurses as deep as the parser accepts, as in the processor.
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .thread_stack_size(event_updater::pyjson::STACK_BYTES)
+        .thread_stack_size(event_updater::drf::pyjson::STACK_BYTES)
         .build()?
         .block_on(run(cli.config, cli.bench))
 }
@@ -733,53 +735,56 @@ impl Bench {
         Ok(out)
     }
 
-    /// Decodes and applies commands `range` in memory, exactly as the processor would.
+    /// Decodes and decides commands `range` in memory with the processor's own functions
+    /// ([`command::decode`], [`decide_batch`]), against `states` (the events as the log has them
+    /// so far, updated here). Tokens are not part of the limit: its records carry none, and the
+    /// rows are those of authorized commands (one scope).
     fn ingest_rows(
         &self,
         range: std::ops::Range<u64>,
         states: &mut HashMap<Uuid, EventState>,
         now: DateTime<Utc>,
     ) -> store::Writes {
-        let mut rows = store::Writes::default();
-        let mut touched: Vec<Uuid> = Vec::new();
-        for i in range {
-            let c = self.workload.command(i);
-            let source = store::Source {
-                topic: "bench".into(),
-                partition: (i % self.partitions.max(1) as u64) as i32,
-                offset: i64::try_from(i).unwrap_or(i64::MAX),
-            };
-            let incoming = Incoming {
-                topic: source.topic.clone(),
-                partition: source.partition,
-                offset: source.offset,
-                key: Some(c.key.into_bytes()),
-                payload: Some(c.value.into_bytes()),
-                ..Incoming::default()
-            };
-            let cmd = command::decode(&incoming, self.cfg.max_message_bytes, self.cfg.auth_mode);
-            let current = cmd
-                .action
-                .event_uuid_to_apply()
-                .and_then(|u| states.get(&u));
-            let (reply, applied) = store::decide(&cmd, current, now);
-            if let Some(applied) = applied {
-                rows.applied(&applied, &cmd.request_id, &source);
-                let u = applied.state.event_uuid;
-                if !touched.contains(&u) {
-                    touched.push(u);
+        let commands: Vec<(Command, Source)> = range
+            .map(|i| {
+                let c = self.workload.command(i);
+                let source = Source {
+                    topic: "bench".into(),
+                    partition: (i % self.partitions.max(1) as u64) as i32,
+                    offset: i64::try_from(i).unwrap_or(i64::MAX),
+                };
+                let incoming = Incoming {
+                    topic: source.topic.clone(),
+                    partition: source.partition,
+                    offset: source.offset,
+                    key: Some(c.key.into_bytes()),
+                    payload: Some(c.value.into_bytes()),
+                    ..Incoming::default()
+                };
+                let cmd =
+                    command::decode(&incoming, self.cfg.max_message_bytes, AuthMode::Disabled);
+                (cmd, source)
+            })
+            .collect();
+        // What the database would know: the current state of every event the commands name.
+        let mut known = Known::default();
+        for (c, _) in &commands {
+            if let Some(u) = c.action.event_uuid_to_apply() {
+                if let Some(s) = states.get(&u) {
+                    known.states.entry(u).or_insert_with(|| s.clone());
                 }
-                states.insert(u, applied.state);
-            }
-            let scope = cmd.scope(self.cfg.auth_mode).unwrap_or_default();
-            rows.reply(&cmd, scope, &reply, &reply.to_bytes(), &source);
-        }
-        for u in &touched {
-            if let Some(s) = states.get(u) {
-                rows.view(s, 0);
             }
         }
-        rows
+        let rules = Rules {
+            auth_mode: AuthMode::Disabled,
+            max_reply_bytes: self.cfg.max_reply_bytes,
+        };
+        let (_, effects) = decide_batch(&commands, known, rules, now);
+        let writes = store::Writes::of(&effects);
+        for v in effects.views {
+            states.insert(v.state.event_uuid, v.state);
+        }
+        writes
     }
 
     /// The drain again, after filling the log with `changes` changes of other events.
@@ -1023,7 +1028,7 @@ impl Bench {
         let pool = store::connect(&scope.db_url, 2).await?;
         let authorization = match self.cfg.auth_mode {
             AuthMode::Required => {
-                let secret = auth::create_token(&pool, "bench", None, true).await?;
+                let secret = tokens::create_token(&pool, "bench", None, true).await?;
                 Some(format!("Bearer {secret}"))
             }
             AuthMode::Disabled => None,
@@ -2228,7 +2233,7 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use event_updater::command::Action;
+    use event_updater::domain::command::Action;
 
     #[test]
     fn the_command_line_is_well_formed() {

@@ -11,7 +11,8 @@ pub mod exactly_once;
 use std::time::Duration;
 
 use event_updater::config::Config;
-use event_updater::{projection, store, Application};
+use event_updater::domain::projection;
+use event_updater::{store, Application};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -287,12 +288,12 @@ impl TestApp {
             let pool = store::connect(&cfg.database_url, 2)
                 .await
                 .expect("database");
-            event_updater::kafka::ensure_topics(&cfg)
+            event_updater::pipeline::kafka::ensure_topics(&cfg)
                 .await
                 .expect("topics");
             (None, pool)
         };
-        let token = event_updater::auth::create_token(&pool, "tests", None, true)
+        let token = event_updater::store::tokens::create_token(&pool, "tests", None, true)
             .await
             .expect("token");
         let authorization = format!("Bearer {token}");

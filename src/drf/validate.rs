@@ -10,7 +10,7 @@
 use serde_json::{Map, Value};
 use std::sync::OnceLock;
 
-use crate::pyjson;
+use crate::drf::pyjson;
 
 /// The validated body: DRF's `validated_data`. A field is `Some` only when the body carried it
 /// (on an update, absent fields keep their old values; on a create they take the model defaults).
@@ -293,7 +293,7 @@ fn client_ip_field(v: Option<&Value>, surrogates: bool) -> FieldResult<Option<Op
         Some(_) => return fail(INVALID_IP),
     };
     let value = if s.contains(':') {
-        match crate::ipaddr::clean_ipv6_address(s) {
+        match crate::drf::ipaddr::clean_ipv6_address(s) {
             Some(clean) => clean,
             None => return fail(INVALID_IP),
         }
@@ -305,7 +305,7 @@ fn client_ip_field(v: Option<&Value>, surrogates: bool) -> FieldResult<Option<Op
         msgs.push(NULL_CHARS.to_owned());
     }
     msgs.extend(surrogate_message(&value, surrogates));
-    if !crate::ipaddr::validate_ipv46_address(&value) {
+    if !crate::drf::ipaddr::validate_ipv46_address(&value) {
         msgs.push(INVALID_IP.to_owned());
     }
     validated(Some(Some(value)), msgs)
@@ -318,10 +318,10 @@ fn expires_field(
     v: Option<&Value>,
     surrogates: bool,
 ) -> FieldResult<Option<chrono::DateTime<chrono::Utc>>> {
-    use crate::isodate::DateTimeError;
+    use crate::drf::isodate::DateTimeError;
     let parse = |s: &str| match first_surrogate(s, surrogates) {
-        Some(_) => crate::isodate::parse_datetime_with_surrogates(s),
-        None => crate::isodate::parse_datetime(s),
+        Some(_) => crate::drf::isodate::parse_datetime_with_surrogates(s),
+        None => crate::drf::isodate::parse_datetime(s),
     };
     match v {
         None => Ok(None),
@@ -712,7 +712,7 @@ mod tests {
             app: "authentik.core".into(),
             context: Some(v("[1]")),
             client_ip: Some(Some("10.0.0.1".into())),
-            expires: crate::isodate::parse_datetime("2027-01-01T00:00:00Z").ok(),
+            expires: crate::drf::isodate::parse_datetime("2027-01-01T00:00:00Z").ok(),
             brand: Some(v(r#""b""#)),
         };
         assert_eq!(body, expected);
@@ -761,7 +761,7 @@ mod tests {
 
     #[test]
     fn json_fields_refuse_non_finite_and_walk_deep_values() {
-        let inf = crate::pyjson::parse(b"[-1e400]").unwrap();
+        let inf = crate::drf::pyjson::parse(b"[-1e400]").unwrap();
         assert_eq!(
             json_field(Some(&inf), false),
             Err(vec![INVALID_JSON.to_owned()])
@@ -780,7 +780,7 @@ mod tests {
 
     /// DRF's answer for a body (JSON text, `\udXXX` escapes allowed) parsed as a command's.
     fn answer(body: &str) -> String {
-        let doc = crate::pyjson::parse_document(body.as_bytes()).expect(body);
+        let doc = crate::drf::pyjson::parse_document(body.as_bytes()).expect(body);
         match validate_body_of(Some(&doc.value), doc.surrogates) {
             Ok(b) => format!("ok {} {}", b.action, b.app),
             Err(e) => Value::Object(e).to_string(),
@@ -835,7 +835,7 @@ mod tests {
         for (body, want) in rows {
             assert_eq!(answer(&body), want, "{body}");
         }
-        let doc = crate::pyjson::parse_document(br#"["a\ud800"]"#).unwrap();
+        let doc = crate::drf::pyjson::parse_document(br#"["a\ud800"]"#).unwrap();
         assert_eq!(
             validate_request_id_of(&doc.value[0], doc.surrogates),
             Err(vec![
@@ -878,7 +878,7 @@ mod tests {
         for (body, want) in rows {
             assert_eq!(answer(body), want, "{body}");
         }
-        let inf = crate::pyjson::parse(b"1e400").unwrap();
+        let inf = crate::drf::pyjson::parse(b"1e400").unwrap();
         assert_eq!(py_type_name(&inf), "float");
         assert_eq!(
             validate_expected_version(&inf),

@@ -9,9 +9,9 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::isodate;
-use crate::pyjson::jsonb_normalize;
-use crate::validate::ValidBody;
+use crate::drf::isodate;
+use crate::drf::pyjson::jsonb_normalize;
+use crate::drf::validate::ValidBody;
 
 /// How long a new event lives when the body sets no `expires` (authentik's
 /// `default_event_duration`).
@@ -86,7 +86,7 @@ pub fn apply(
     }
     if let Some(v) = &body.client_ip {
         // authentik's `inet` column hands a kept address back in PostgreSQL's spelling.
-        next.client_ip = v.as_deref().map(crate::ipaddr::pg_inet);
+        next.client_ip = v.as_deref().map(crate::drf::ipaddr::pg_inet);
     }
     if let Some(v) = body.expires {
         next.expires = truncate_to_micros(v);
@@ -221,7 +221,7 @@ pub fn fold(event_uuid: Uuid, changes: &[(i64, Value)]) -> Result<Option<EventSt
                     s.client_ip = match v {
                         Value::Null => None,
                         // Logs written before addresses were kept in inet's spelling.
-                        v => Some(crate::ipaddr::pg_inet(&string(v, "client_ip")?)),
+                        v => Some(crate::drf::ipaddr::pg_inet(&string(v, "client_ip")?)),
                     }
                 }
                 "created" => s.created = time(v, "created")?,

@@ -13,10 +13,10 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::auth::{self, AuthMode, Credentials};
-use crate::pyjson;
-use crate::reply::detail;
-use crate::validate::{self, ValidBody};
+use crate::domain::auth::{self, AuthMode, Credentials};
+use crate::domain::reply::detail;
+use crate::drf::pyjson;
+use crate::drf::validate::{self, ValidBody};
 
 /// A record as it came off the command topic.
 #[derive(Debug, Clone, Default)]
@@ -306,11 +306,11 @@ pub fn decode(msg: &Incoming, max_bytes: usize, auth_mode: AuthMode) -> Command 
 }
 
 /// The command's own key, as the key of a reply that has no event UUID to carry; a key longer
-/// than [`crate::kafka::MAX_ECHOED_BYTES`] is not echoed.
+/// than [`crate::domain::reply::MAX_ECHOED_BYTES`] is not echoed.
 fn echoed_key(msg: &Incoming) -> Option<Vec<u8>> {
     msg.key
         .clone()
-        .filter(|k| k.len() <= crate::kafka::MAX_ECHOED_BYTES)
+        .filter(|k| k.len() <= crate::domain::reply::MAX_ECHOED_BYTES)
 }
 
 /// Why the record key does not do for a command on `event_uuid` (sent as `sent`); `None`: it is
@@ -559,7 +559,7 @@ mod tests {
             };
             let cmd = dec(&keyed(&payload), 1 << 20);
             assert!(matches!(cmd.action, Action::Apply { .. }), "{:?}", cmd.dead_letter);
-            let (reply, applied) = crate::store::decide(&cmd, None, chrono::Utc::now());
+            let (reply, applied) = crate::domain::decide::decide(&cmd, None, chrono::Utc::now());
             assert_eq!(reply.status, 201);
             let text = String::from_utf8(reply.to_bytes()).unwrap();
             assert!(text.contains(&format!("{}1.5{}", "[".repeat(n), "]".repeat(n))));

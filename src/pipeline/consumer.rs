@@ -54,13 +54,14 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
-use crate::command::{self, Action, Command, Incoming};
 use crate::config::Config;
-use crate::kafka::{self, Enqueued, Publisher};
+use crate::domain::command::{self, Action, Command, Incoming};
+use crate::domain::decide::{Outcome, OutcomeKind, Source};
+use crate::domain::reply::{detail, Destination, Outgoing};
 use crate::metrics;
-use crate::reply::{detail, Destination, Outgoing};
-use crate::store::{self, Outcome, OutcomeKind, Source, StoreError};
-use crate::trace;
+use crate::pipeline::kafka::{self, Enqueued, Publisher};
+use crate::pipeline::trace;
+use crate::store::{self, StoreError};
 
 /// What `/healthz` and `/readyz` report; written by the processor and the reply producer.
 #[derive(Debug)]
@@ -398,7 +399,7 @@ impl Processor {
             std::thread::Builder::new()
                 .name("fetch".into())
                 // Decoding recurses into nested values as deep as the parser accepts.
-                .stack_size(crate::pyjson::STACK_BYTES)
+                .stack_size(crate::drf::pyjson::STACK_BYTES)
                 .spawn(move || fetch(&shared, senders, &stop))
                 .map_err(|e| {
                     tracing::error!(error = %e, "could not start the fetch thread");
@@ -746,7 +747,7 @@ async fn answer_unapplied(
             // Even the answer cannot be stored: answer without storing it.
             tracing::error!(error = %e, status, "could not store an error reply");
             let [(cmd, _)] = single;
-            let reply = crate::reply::Reply {
+            let reply = crate::domain::reply::Reply {
                 request_id: cmd.request_id,
                 event_uuid,
                 status,
@@ -781,13 +782,8 @@ async fn apply_retrying(
     let mut conflicts = 0;
     loop {
         let started = Instant::now();
-        let wait = match store::apply_batch(
-            &shared.pool,
-            commands,
-            store::Rules::of(&shared.cfg),
-            Utc::now(),
-        )
-        .await
+        let wait = match store::apply_batch(&shared.pool, commands, shared.cfg.rules(), Utc::now())
+            .await
         {
             Ok(o) => {
                 metrics::record_batch(commands.len(), started.elapsed());

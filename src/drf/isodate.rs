@@ -33,7 +33,7 @@ pub fn parse_datetime(value: &str) -> Result<DateTime<Utc>, DateTimeError> {
     to_utc(parsed)
 }
 
-/// [`parse_datetime`] for a value holding lone surrogates (as [`crate::pyjson`] carries them).
+/// [`parse_datetime`] for a value holding lone surrogates (as [`crate::drf::pyjson`] carries them).
 /// CPython's `_sanitize_isoformat_str` replaces a surrogate at position 7, 8 or 10 (the
 /// possible separators) with `T`; any other surrogate makes the UTF-8 encoding, and so
 /// `fromisoformat`, fail. Django's regex and DRF's `strptime` match no surrogate. So the value
@@ -41,7 +41,7 @@ pub fn parse_datetime(value: &str) -> Result<DateTime<Utc>, DateTimeError> {
 pub fn parse_datetime_with_surrogates(value: &str) -> Result<DateTime<Utc>, DateTimeError> {
     let mut chars: Vec<char> = value.chars().collect();
     let lone: Vec<usize> = (0..chars.len())
-        .filter(|&i| crate::pyjson::surrogate_of(chars[i]).is_some())
+        .filter(|&i| crate::drf::pyjson::surrogate_of(chars[i]).is_some())
         .collect();
     match lone[..] {
         [] => parse_datetime(value),
@@ -290,7 +290,7 @@ fn is_py_space(c: char) -> bool {
 /// Python's `\d` and `int()` for one char: an ASCII digit or any Unicode `Nd` digit.
 fn re_digit(c: char) -> Option<u32> {
     c.to_digit(10)
-        .or_else(|| crate::validate::py_decimal(c).map(u32::from))
+        .or_else(|| crate::drf::validate::py_decimal(c).map(u32::from))
 }
 
 /// Greedy `\d{min,max}` (Unicode digits) at `*i`: (value, digits consumed).
@@ -525,7 +525,9 @@ mod tests {
     /// CPython 3.13 answers `"\ud800"` escapes in the JSON body.
     #[test]
     fn lone_surrogates_only_as_the_separator() {
-        let sur = crate::pyjson::parse_document(br#""\udc00""#).unwrap().value;
+        let sur = crate::drf::pyjson::parse_document(br#""\udc00""#)
+            .unwrap()
+            .value;
         let sur = sur.as_str().unwrap().to_owned();
         let render = |input: &str| match parse_datetime_with_surrogates(&input.replace('@', &sur)) {
             Ok(v) => to_representation(v),

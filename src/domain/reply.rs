@@ -29,6 +29,10 @@ impl Reply {
     }
 }
 
+/// Longest command key or `correlation-id` that a reply echoes (so that a reply's key and
+/// headers stay small beside its value).
+pub const MAX_ECHOED_BYTES: usize = 1024;
+
 /// A record to publish: a reply (to the reply topic) or a dead letter (to the DLQ topic).
 #[derive(Debug, Clone)]
 pub struct Outgoing {

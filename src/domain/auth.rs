@@ -1,14 +1,12 @@
 //! Who may write: bearer tokens on commands, checked as authentik's API checks them.
 //!
-//! A command's `authorization` header is read into [`Credentials`] when it is decoded; the
-//! store checks the token against `api_tokens` inside the batch's transaction, so a revoked
-//! token stops working with the next batch. Tokens are random, shown once at creation, and
-//! stored only as SHA-256 hashes; they never appear in logs, errors or metrics.
+//! A command's `authorization` header is read into [`Credentials`] when it is decoded; the batch
+//! decision checks it against the token's grant, read from `api_tokens` with every batch, so a
+//! revoked token stops working with the next batch. Tokens (see `store::tokens`) are random,
+//! shown once at creation, and stored only as SHA-256 hashes; they never appear in logs,
+//! errors or metrics.
 
-use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
-use sqlx::{PgPool, Row};
-use uuid::Uuid;
 
 /// Whether commands must carry a valid token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -85,85 +83,6 @@ pub fn denial(credentials: &Credentials, grant: Option<TokenGrant>) -> Option<&'
         }
         (Credentials::Bearer(_), _) => Some("Token invalid/expired"),
     }
-}
-
-/// Errors of the token tools.
-#[derive(Debug, thiserror::Error)]
-pub enum TokenError {
-    #[error("a token named {0:?} exists already")]
-    NameTaken(String),
-    #[error("no token named {0:?}")]
-    NotFound(String),
-    #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
-}
-
-/// Creates a token and returns its secret (shown once; only its hash is kept).
-pub async fn create_token(
-    pool: &PgPool,
-    name: &str,
-    expires_at: Option<DateTime<Utc>>,
-    can_change_event: bool,
-) -> Result<String, TokenError> {
-    let secret = format!("eut_{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
-    let inserted = sqlx::query(
-        "INSERT INTO api_tokens (name, token_hash, can_change_event, created_at, expires_at)
-         VALUES ($1, $2, $3, now(), $4) ON CONFLICT (name) DO NOTHING",
-    )
-    .bind(name)
-    .bind(hash(&secret).as_slice())
-    .bind(can_change_event)
-    .bind(expires_at)
-    .execute(pool)
-    .await?;
-    if inserted.rows_affected() == 0 {
-        return Err(TokenError::NameTaken(name.into()));
-    }
-    Ok(secret)
-}
-
-/// Revokes the token named `name`.
-pub async fn revoke_token(pool: &PgPool, name: &str) -> Result<(), TokenError> {
-    let done = sqlx::query(
-        "UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE name = $1",
-    )
-    .bind(name)
-    .execute(pool)
-    .await?;
-    if done.rows_affected() == 0 {
-        return Err(TokenError::NotFound(name.into()));
-    }
-    Ok(())
-}
-
-/// A token as `token list` shows it (never the secret).
-#[derive(Debug, Clone)]
-pub struct TokenInfo {
-    pub name: String,
-    pub can_change_event: bool,
-    pub created_at: DateTime<Utc>,
-    pub expires_at: Option<DateTime<Utc>>,
-    pub revoked_at: Option<DateTime<Utc>>,
-}
-
-/// Every token, by name.
-pub async fn list_tokens(pool: &PgPool) -> Result<Vec<TokenInfo>, TokenError> {
-    let rows = sqlx::query(
-        "SELECT name, can_change_event, created_at, expires_at, revoked_at FROM api_tokens ORDER BY name",
-    )
-    .fetch_all(pool)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(TokenInfo {
-                name: r.try_get("name")?,
-                can_change_event: r.try_get("can_change_event")?,
-                created_at: r.try_get("created_at")?,
-                expires_at: r.try_get("expires_at")?,
-                revoked_at: r.try_get("revoked_at")?,
-            })
-        })
-        .collect()
 }
 
 #[cfg(test)]

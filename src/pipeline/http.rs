@@ -18,7 +18,7 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::consumer::Health;
+use crate::pipeline::consumer::Health;
 
 #[derive(Clone)]
 struct AppState {

@@ -22,8 +22,8 @@ use serde_json::Value;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
-use crate::projection::{self, EventState};
-use crate::pyjson;
+use crate::domain::projection::{self, EventState};
+use crate::drf::pyjson;
 use crate::store::{self, StoreError};
 
 /// Events per batch when the caller does not say.
@@ -533,7 +533,7 @@ async fn repair(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::validate::ValidBody;
+    use crate::drf::validate::ValidBody;
     use chrono::TimeZone;
     use serde_json::json;
 

@@ -23,9 +23,9 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::config::{is_secret_property, Config};
-use crate::consumer::Health;
+use crate::domain::reply::{Destination, Outgoing, Reply};
 use crate::metrics;
-use crate::reply::{Destination, Outgoing, Reply};
+use crate::pipeline::consumer::Health;
 
 /// The base configuration of every client: bootstrap servers plus the pass-through properties.
 pub fn client_config(cfg: &Config) -> ClientConfig {
@@ -101,8 +101,7 @@ pub async fn ensure_topics(cfg: &Config) -> Result<(), KafkaError> {
 /// headers are short, so a reply of `MAX_REPLY_BYTES` always fits within this much more.
 pub const RECORD_OVERHEAD_BYTES: usize = 64 * 1024;
 
-/// Longest command key or `correlation-id` that a reply echoes.
-pub const MAX_ECHOED_BYTES: usize = 1024;
+pub use crate::domain::reply::MAX_ECHOED_BYTES;
 
 /// The producer's record size limit (`message.max.bytes`): a reply of `MAX_REPLY_BYTES` and a
 /// dead letter of `MAX_MESSAGE_BYTES`, each with its key and headers.

@@ -1,0 +1,681 @@
+//! PostgreSQL: the event log, the projection and the stored replies, written one batch per
+//! transaction (one fenced statement, see [`apply_batch`]): load what the batch needs
+//! ([`Known`]), decide it ([`decide_batch`], pure, in [`crate::domain::decide`]), write its
+//! [`Effects`]. Also here: tokens ([`tokens`]), the retention of stored replies ([`retention`]),
+//! rebuilding the view ([`rebuild`]). What may import sqlx lives under `store/` and `pipeline/`.
+//!
+//! Invariants this file keeps (the tests in `tests/` check them):
+//! - A batch's effects (log rows, view rows, stored replies) commit together or not at all.
+//! - Every handled request id has exactly one row in `command_replies` per scope (the credential
+//!   that sent it, see [`Command::scope`]); a request id seen again in its scope is answered from
+//!   that row (the same bytes) or, with other content, with a 422.
+//! - An event's versions are 1..n without gaps: a batch decided on rows read without locks is
+//!   written only if no other writer moved its events or handled its request ids meanwhile (the
+//!   log's and the stored replies' primary keys, and a version guard on the view); otherwise it
+//!   is decided again with the rows read under `FOR UPDATE`, and a conflict there fails the
+//!   batch with [`StoreError::Conflict`], to be retried whole (a bounded number of times; the
+//!   consumer then isolates the command that keeps conflicting).
+//! - A writer that lost its partitions but still holds a batch (a zombie) writes nothing stale:
+//!   its batch was decided on rows the new owner has since moved, so a fence trips, and decided
+//!   again its request ids are found handled and get the replies the new owner stored.
+//! - Commands are decided in the order given ([`decide_batch`], pure), so per-partition order is
+//!   kept.
+
+pub mod rebuild;
+pub mod retention;
+pub mod tokens;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Postgres, Row, Transaction};
+use uuid::Uuid;
+
+use crate::domain::auth::{AuthMode, Credentials, TokenGrant};
+use crate::domain::command::Command;
+use crate::domain::decide::{
+    decide_batch, Effects, Handled, Known, LogRow, Outcome, Rules, Source, StoredReply, ViewRow,
+};
+use crate::domain::projection::EventState;
+use crate::drf::pyjson;
+
+/// Errors from the store, sorted by what the caller should do about them.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or is shutting down: back off and retry the same batch.
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// A concurrent writer got there first (unique violation, serialization failure,
+    /// deadlock): retry the same batch after a short back-off; it will see the other writer's
+    /// work. The consumer bounds these retries (`consumer::CONFLICT_ATTEMPTS`).
+    #[error("conflict with a concurrent writer: {0}")]
+    Conflict(#[source] sqlx::Error),
+    /// The database refused the data itself: isolate the command that carries it.
+    #[error("the database refused the data: {0}")]
+    Refused(#[source] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("invalid database URL: {0}")]
+    Url(#[source] sqlx::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        classify(e)
+    }
+}
+
+/// Sorts an error by what to do about it. Only errors about the data itself (SQLSTATE classes
+/// 22 data exception, 23 integrity, 54 program limit; a row we cannot decode) are `Refused`:
+/// anything else, from a refused connection to an unknown state, is retried as `Unavailable`,
+/// so that no infrastructure trouble is ever answered as a 400.
+fn classify(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) => {
+            let code = db.code().map(|c| c.to_string()).unwrap_or_default();
+            match code.as_str() {
+                "23505" | "40001" | "40P01" => StoreError::Conflict(e),
+                c if c.starts_with("22") || c.starts_with("23") || c.starts_with("54") => {
+                    StoreError::Refused(e)
+                }
+                _ => StoreError::Unavailable(e),
+            }
+        }
+        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) | sqlx::Error::Encode(_) => {
+            StoreError::Refused(e)
+        }
+        _ => StoreError::Unavailable(e),
+    }
+}
+
+/// Creates the database named in `url` when it does not exist, connects a pool, and runs the
+/// migrations. For tools; the processor's pool is [`connect_for_processing`].
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
+    connect_with(url, max_connections, false).await
+}
+
+/// As [`connect`], for the processor's hot path:
+/// - Every statement the processor runs is a lookup or write by key, so its sessions set
+///   `enable_seqscan = off`: a cached generic plan, made while a table was tiny, can then never
+///   be a sequential scan that keeps being used once the table is large. Prepared statements
+///   (and the write function's plans) are cached per connection and not re-planned per batch.
+/// - No ping before each use of a pooled connection: a broken connection fails the statement,
+///   and the batch is retried like any unavailable database.
+pub async fn connect_for_processing(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
+    connect_with(url, max_connections, true).await
+}
+
+async fn connect_with(
+    url: &str,
+    max_connections: u32,
+    processing: bool,
+) -> Result<PgPool, StoreError> {
+    let options: PgConnectOptions = url.parse().map_err(StoreError::Url)?;
+    create_database_if_missing(&options).await?;
+    let options = if processing {
+        options.options([("enable_seqscan", "off")])
+    } else {
+        options
+    };
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .test_before_acquire(!processing)
+        .connect_with(options)
+        .await?;
+    migrate(&pool).await?;
+    Ok(pool)
+}
+
+/// Runs the migrations under `migrations/` (embedded in the binary).
+pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+    sqlx::migrate!("./migrations").run(pool).await?;
+    Ok(())
+}
+
+async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), StoreError> {
+    let name = options.get_database().unwrap_or("postgres").to_string();
+    let mut admin = options.clone().database("postgres").connect().await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await?;
+    if !exists {
+        let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+        match sqlx::query(&sql).execute(&mut admin).await {
+            Ok(_) => {}
+            // Another process created it between our check and our CREATE.
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P04") => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    admin.close().await?;
+    Ok(())
+}
+
+/// Applies `commands` (in order) and returns one outcome per command, with every effect
+/// committed atomically before it returns.
+///
+/// The common case takes two round trips and no row locks: one statement reads what the batch
+/// needs ([`read_known`]), the decisions are made in memory ([`decide_batch`]), and one call of
+/// the `event_updater_write_batch` function writes the log rows, the views and the stored replies
+/// as a single implicit transaction. That is safe without locks because the write is fenced:
+/// - versions are contiguous, so any change committed to an event after it was read includes
+///   the version after the one read, and the log's primary key `(event_uuid, version)` refuses
+///   ours (23505);
+/// - a view row is only updated at the version it was read at, and a new one only inserted where
+///   none exists (the function raises 40001 otherwise);
+/// - `command_replies`' primary key refuses a (scope, request id) that another writer handled
+///   meanwhile.
+///
+/// When a fence trips, the batch is decided again on the locking path ([`apply_batch_locked`]):
+/// one transaction that reads under `FOR UPDATE`.
+pub async fn apply_batch(
+    pool: &PgPool,
+    commands: &[(Command, Source)],
+    rules: Rules,
+    now: DateTime<Utc>,
+) -> Result<Vec<Outcome>, StoreError> {
+    let mut conn = pool.acquire().await?;
+    let known = read_known(&mut conn, commands, rules.auth_mode).await?;
+    let (outcomes, effects) = decide_batch(commands, known, rules, now);
+    match Writes::of(&effects).write(&mut conn, now).await {
+        Ok(()) => Ok(outcomes),
+        Err(StoreError::Conflict(e)) => {
+            tracing::debug!(error = %e, "a write fence tripped; deciding the batch again under row locks");
+            drop(conn);
+            apply_batch_locked(pool, commands, rules, now).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The locking path: reads under `FOR UPDATE` (rows locked in event-id order, so concurrent
+/// batches cannot deadlock) and writes in the same transaction.
+pub async fn apply_batch_locked(
+    pool: &PgPool,
+    commands: &[(Command, Source)],
+    rules: Rules,
+    now: DateTime<Utc>,
+) -> Result<Vec<Outcome>, StoreError> {
+    let auth_mode = rules.auth_mode;
+    let mut tx = pool.begin().await?;
+    // The grants and stored answers as on the common path; the views again, under row locks.
+    let mut known = read_known(&mut tx, commands, auth_mode).await?;
+    let mut uuids: Vec<Uuid> = commands
+        .iter()
+        .filter(|(c, _)| known.handled(c, auth_mode).is_none())
+        .filter_map(|(c, _)| c.action.event_uuid_to_apply())
+        .collect();
+    uuids.sort_unstable();
+    uuids.dedup();
+    known.states = load_for_update(&mut tx, &uuids).await?;
+    let (outcomes, effects) = decide_batch(commands, known, rules, now);
+    Writes::of(&effects).write(&mut tx, now).await?;
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+/// One statement, no locks: the grants of the batch's tokens, the stored answers of its request
+/// ids and the views of its events.
+async fn read_known(
+    conn: &mut PgConnection,
+    commands: &[(Command, Source)],
+    auth_mode: AuthMode,
+) -> Result<Known, StoreError> {
+    // The (scope, request id) pairs to look up; a command without a scope (no usable
+    // credentials) has nothing stored.
+    let (scopes, ids): (Vec<&[u8]>, Vec<&str>) = commands
+        .iter()
+        .filter_map(|(c, _)| Some((c.scope(auth_mode)?, c.request_id.as_str())))
+        .unzip();
+    let mut uuids: Vec<Uuid> = commands
+        .iter()
+        .filter_map(|(c, _)| c.action.event_uuid_to_apply())
+        .collect();
+    uuids.sort_unstable();
+    uuids.dedup();
+    let hashes = match auth_mode {
+        AuthMode::Required => token_hashes(commands),
+        AuthMode::Disabled => Vec::new(),
+    };
+    let rows = sqlx::query(READ_KNOWN)
+        .bind(&uuids)
+        .bind(&scopes)
+        .bind(&ids)
+        .bind(&hashes)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut known = Known::default();
+    for r in &rows {
+        match r.try_get::<i32, _>("kind")? {
+            1 => {
+                let s = view_from_row(r)?;
+                known.states.insert(s.event_uuid, s);
+            }
+            2 => {
+                let status: i16 = r.try_get("status")?;
+                let scope: Vec<u8> = r.try_get("scope")?;
+                known.handled.entry(scope).or_default().insert(
+                    r.try_get("request_id")?,
+                    Handled {
+                        fingerprint: r.try_get("fingerprint")?,
+                        status: u16::try_from(status).unwrap_or_default(),
+                        reply: Arc::new(r.try_get("reply")?),
+                    },
+                );
+            }
+            _ => {
+                let h: Vec<u8> = r.try_get("scope")?;
+                if let Ok(h) = <[u8; 32]>::try_from(h.as_slice()) {
+                    known.grants.insert(
+                        h,
+                        TokenGrant {
+                            usable: r.try_get("usable")?,
+                            can_change_event: r.try_get("can_change_event")?,
+                        },
+                    );
+                }
+            }
+        }
+    }
+    Ok(known)
+}
+
+/// [`read_known`]'s statement: views (kind 1), stored answers by (scope, request id) (kind 2)
+/// and tokens by hash (kind 3, the hash in `scope`), each a lookup by primary or unique key.
+const READ_KNOWN: &str = r#"
+SELECT 1 AS kind, event_uuid, version, "user"::text AS "user", action, app, context::text AS context,
+       client_ip, created, expires, brand::text AS brand,
+       NULL::text AS request_id, NULL::bytea AS fingerprint, NULL::int2 AS status, NULL::bytea AS reply,
+       NULL::bytea AS scope, NULL::bool AS can_change_event, NULL::bool AS usable
+FROM events WHERE event_uuid = ANY($1)
+UNION ALL
+SELECT 2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       c.request_id, c.fingerprint, c.status, c.reply, c.scope, NULL, NULL
+FROM unnest($2::bytea[], $3::text[]) AS k(scope, request_id)
+JOIN command_replies c ON c.scope = k.scope AND c.request_id = k.request_id
+UNION ALL
+SELECT 3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       token_hash, can_change_event, revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
+FROM api_tokens WHERE token_hash = ANY($4)
+"#;
+
+/// The distinct token hashes a batch's commands present.
+fn token_hashes(commands: &[(Command, Source)]) -> Vec<Vec<u8>> {
+    let mut hashes: Vec<Vec<u8>> = commands
+        .iter()
+        .filter_map(|(c, _)| match &c.credentials {
+            Credentials::Bearer(h) => Some(h.to_vec()),
+            _ => None,
+        })
+        .collect();
+    hashes.sort_unstable();
+    hashes.dedup();
+    hashes
+}
+
+pub(crate) const VIEW_COLUMNS: &str = r#"event_uuid, version, "user"::text AS "user", action, app, context::text AS context, client_ip, created, expires, brand::text AS brand"#;
+
+async fn load_for_update(
+    tx: &mut Transaction<'_, Postgres>,
+    uuids: &[Uuid],
+) -> Result<HashMap<Uuid, EventState>, StoreError> {
+    if uuids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    // Sorted ids and ORDER BY: concurrent batches take their row locks in one order.
+    let rows = sqlx::query(&format!(
+        "SELECT {VIEW_COLUMNS} FROM events WHERE event_uuid = ANY($1) ORDER BY event_uuid FOR UPDATE"
+    ))
+    .bind(uuids)
+    .fetch_all(&mut **tx)
+    .await?;
+    rows.iter()
+        .map(|r| view_from_row(r).map(|s| (s.event_uuid, s)))
+        .collect()
+}
+
+pub(crate) fn view_from_row(r: &sqlx::postgres::PgRow) -> Result<EventState, StoreError> {
+    let json = |col: &str| -> Result<Value, StoreError> {
+        let text: String = r.try_get(col)?;
+        pyjson::parse_str(&text).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
+    };
+    Ok(EventState {
+        event_uuid: r.try_get("event_uuid")?,
+        version: r.try_get("version")?,
+        user: json("user")?,
+        action: r.try_get("action")?,
+        app: r.try_get("app")?,
+        context: json("context")?,
+        client_ip: r
+            .try_get::<Option<String>, _>("client_ip")?
+            .map(|ip| crate::drf::ipaddr::pg_inet(&ip)),
+        created: r.try_get("created")?,
+        expires: r.try_get("expires")?,
+        brand: json("brand")?,
+    })
+}
+
+pub(crate) async fn upsert_views<'a>(
+    tx: &mut Transaction<'_, Postgres>,
+    states: impl Iterator<Item = &'a EventState>,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let mut c = ViewColumns::default();
+    for s in states {
+        c.push(s);
+    }
+    upsert_columns(tx, &c, now).await
+}
+
+/// Inserts or replaces the view rows `c` (no version guard: for repairs and the benchmark's
+/// limit, never for the processor's writes).
+async fn upsert_columns(
+    tx: &mut Transaction<'_, Postgres>,
+    c: &ViewColumns,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    if c.uuid.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        r#"INSERT INTO events (event_uuid, version, "user", action, app, context, client_ip, created, expires, brand, updated_at)
+           SELECT u, v, us::jsonb, a, ap, co::jsonb, ip, cr, ex, br::jsonb, $11
+           FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::timestamptz[], $9::timestamptz[], $10::text[])
+                AS t(u, v, us, a, ap, co, ip, cr, ex, br)
+           ON CONFLICT (event_uuid) DO UPDATE SET
+             version = EXCLUDED.version, "user" = EXCLUDED."user", action = EXCLUDED.action,
+             app = EXCLUDED.app, context = EXCLUDED.context, client_ip = EXCLUDED.client_ip,
+             expires = EXCLUDED.expires, brand = EXCLUDED.brand, updated_at = EXCLUDED.updated_at"#,
+    )
+    .bind(&c.uuid)
+    .bind(&c.version)
+    .bind(&c.user)
+    .bind(&c.action)
+    .bind(&c.app)
+    .bind(&c.context)
+    .bind(&c.client_ip)
+    .bind(&c.created)
+    .bind(&c.expires)
+    .bind(&c.brand)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// View rows as columns, for the multi-row statements.
+#[derive(Debug, Default)]
+struct ViewColumns {
+    uuid: Vec<Uuid>,
+    version: Vec<i64>,
+    user: Vec<String>,
+    action: Vec<String>,
+    app: Vec<String>,
+    context: Vec<String>,
+    client_ip: Vec<Option<String>>,
+    created: Vec<DateTime<Utc>>,
+    expires: Vec<DateTime<Utc>>,
+    brand: Vec<String>,
+}
+
+impl ViewColumns {
+    fn push(&mut self, s: &EventState) {
+        self.uuid.push(s.event_uuid);
+        self.version.push(s.version);
+        self.user.push(s.user.to_string());
+        self.action.push(s.action.clone());
+        self.app.push(s.app.clone());
+        self.context.push(s.context.to_string());
+        self.client_ip.push(s.client_ip.clone());
+        self.created.push(s.created);
+        self.expires.push(s.expires);
+        self.brand.push(s.brand.to_string());
+    }
+}
+
+/// What one batch writes: log rows, the final view row of each event it touched (with the
+/// version it was read at), and the stored replies; written by one call of the
+/// `event_updater_write_batch` function (see `migrations/`), which fences the write.
+#[derive(Debug, Default)]
+pub struct Writes {
+    log: LogRows,
+    views: ViewRows,
+    replies: ReplyRows,
+}
+
+impl Writes {
+    /// The rows of a batch's decided effects, as the columns of the write.
+    pub fn of(effects: &Effects) -> Writes {
+        let mut w = Writes::default();
+        for l in &effects.log {
+            w.log.push(l);
+        }
+        for v in &effects.views {
+            w.views.push(v);
+        }
+        for r in &effects.replies {
+            w.replies.push(r);
+        }
+        w
+    }
+
+    /// (log rows, view rows, stored replies).
+    pub fn counts(&self) -> (usize, usize, usize) {
+        (
+            self.log.uuid.len(),
+            self.views.columns.uuid.len(),
+            self.replies.request_id.len(),
+        )
+    }
+
+    /// Writes everything in one statement: atomically on its own, or as part of the caller's
+    /// transaction. A tripped fence is [`StoreError::Conflict`].
+    pub async fn write(
+        &self,
+        conn: &mut PgConnection,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let (l, v, r) = (&self.log, &self.views, &self.replies);
+        if l.uuid.is_empty() && v.columns.uuid.is_empty() && r.request_id.is_empty() {
+            return Ok(());
+        }
+        let q = sqlx::query(
+            "SELECT event_updater_write_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)",
+        );
+        r.bind(v.bind(l.bind(q))).bind(now).execute(conn).await?;
+        Ok(())
+    }
+}
+
+impl Writes {
+    /// The same rows by three plain `INSERT … SELECT FROM unnest` statements, unfenced (views
+    /// upserted): what PostgreSQL ingests at best, for the benchmark's limit. Not for the
+    /// processor, whose writes must be fenced.
+    pub async fn write_unfenced(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let q = sqlx::query(
+            "INSERT INTO event_log (event_uuid, version, request_id, change, recorded_at, source_topic, source_partition, source_offset)
+             SELECT u, v, r, c::jsonb, $8, t, p, o
+             FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::int4[], $7::int8[]) AS x(u, v, r, c, t, p, o)",
+        );
+        self.log.bind(q).bind(now).execute(&mut **tx).await?;
+        upsert_columns(tx, &self.views.columns, now).await?;
+        let q = sqlx::query(
+            "INSERT INTO command_replies (scope, request_id, fingerprint, event_uuid, status, version, reply, handled_at, source_topic, source_partition, source_offset)
+             SELECT sc, r, f, u, s, v, b, $11, t, p, o
+             FROM UNNEST($1::bytea[], $2::text[], $3::bytea[], $4::uuid[], $5::int2[], $6::int8[], $7::bytea[], $8::text[], $9::int4[], $10::int8[]) AS x(sc, r, f, u, s, v, b, t, p, o)",
+        );
+        self.replies.bind(q).bind(now).execute(&mut **tx).await?;
+        Ok(())
+    }
+}
+
+#[derive(Debug, Default)]
+struct LogRows {
+    uuid: Vec<Uuid>,
+    version: Vec<i64>,
+    request_id: Vec<String>,
+    change: Vec<String>,
+    topic: Vec<String>,
+    partition: Vec<i32>,
+    offset: Vec<i64>,
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+
+impl LogRows {
+    /// Binds the columns, in the function's order, as the next seven parameters.
+    fn bind<'q>(&'q self, q: PgQuery<'q>) -> PgQuery<'q> {
+        q.bind(&self.uuid)
+            .bind(&self.version)
+            .bind(&self.request_id)
+            .bind(&self.change)
+            .bind(&self.topic)
+            .bind(&self.partition)
+            .bind(&self.offset)
+    }
+
+    fn push(&mut self, l: &LogRow) {
+        self.uuid.push(l.event_uuid);
+        self.version.push(l.version);
+        self.request_id.push(l.request_id.clone());
+        self.change.push(l.change.to_string());
+        self.topic.push(l.source.topic.clone());
+        self.partition.push(l.source.partition);
+        self.offset.push(l.source.offset);
+    }
+}
+
+/// A batch's view rows and the version each was read at (0: it did not exist).
+#[derive(Debug, Default)]
+struct ViewRows {
+    columns: ViewColumns,
+    read_version: Vec<i64>,
+}
+
+impl ViewRows {
+    /// Binds the columns, in the function's order, as the next eleven parameters.
+    fn bind<'q>(&'q self, q: PgQuery<'q>) -> PgQuery<'q> {
+        let c = &self.columns;
+        q.bind(&c.uuid)
+            .bind(&c.version)
+            .bind(&self.read_version)
+            .bind(&c.user)
+            .bind(&c.action)
+            .bind(&c.app)
+            .bind(&c.context)
+            .bind(&c.client_ip)
+            .bind(&c.created)
+            .bind(&c.expires)
+            .bind(&c.brand)
+    }
+
+    fn push(&mut self, v: &ViewRow) {
+        self.columns.push(&v.state);
+        self.read_version.push(v.read_version);
+    }
+}
+
+#[derive(Debug, Default)]
+struct ReplyRows {
+    scope: Vec<Vec<u8>>,
+    request_id: Vec<String>,
+    fingerprint: Vec<Vec<u8>>,
+    event_uuid: Vec<Option<Uuid>>,
+    status: Vec<i16>,
+    version: Vec<Option<i64>>,
+    reply: Vec<Vec<u8>>,
+    topic: Vec<String>,
+    partition: Vec<i32>,
+    offset: Vec<i64>,
+}
+
+impl ReplyRows {
+    /// Binds the columns, in the function's order, as the next ten parameters.
+    fn bind<'q>(&'q self, q: PgQuery<'q>) -> PgQuery<'q> {
+        q.bind(&self.scope)
+            .bind(&self.request_id)
+            .bind(&self.fingerprint)
+            .bind(&self.event_uuid)
+            .bind(&self.status)
+            .bind(&self.version)
+            .bind(&self.reply)
+            .bind(&self.topic)
+            .bind(&self.partition)
+            .bind(&self.offset)
+    }
+
+    fn push(&mut self, r: &StoredReply) {
+        self.scope.push(r.scope.clone());
+        self.request_id.push(r.request_id.clone());
+        self.fingerprint.push(r.fingerprint.to_vec());
+        self.event_uuid.push(r.event_uuid);
+        self.status
+            .push(i16::try_from(r.status).unwrap_or(i16::MAX));
+        self.version.push(r.version);
+        self.reply.push(r.reply.to_vec());
+        self.topic.push(r.source.topic.clone());
+        self.partition.push(r.source.partition);
+        self.offset.push(r.source.offset);
+    }
+}
+
+/// One row of an event's history.
+#[derive(Debug, Clone)]
+pub struct LogEntry {
+    pub version: i64,
+    pub request_id: String,
+    pub change: Value,
+    pub recorded_at: DateTime<Utc>,
+    pub source: Source,
+}
+
+/// The current view of one event (None when it does not exist).
+pub async fn load_view(pool: &PgPool, event_uuid: Uuid) -> Result<Option<EventState>, StoreError> {
+    let row = sqlx::query(&format!(
+        "SELECT {VIEW_COLUMNS} FROM events WHERE event_uuid = $1"
+    ))
+    .bind(event_uuid)
+    .fetch_optional(pool)
+    .await?;
+    row.as_ref().map(view_from_row).transpose()
+}
+
+/// An event's log, in version order.
+pub async fn load_history(pool: &PgPool, event_uuid: Uuid) -> Result<Vec<LogEntry>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT version, request_id, change::text AS change, recorded_at, source_topic, source_partition, source_offset
+         FROM event_log WHERE event_uuid = $1 ORDER BY version",
+    )
+    .bind(event_uuid)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let change: String = r.try_get("change")?;
+            Ok(LogEntry {
+                version: r.try_get("version")?,
+                request_id: r.try_get("request_id")?,
+                change: pyjson::parse_str(&change)
+                    .map_err(|e| StoreError::Corrupt(format!("change: {e}")))?,
+                recorded_at: r.try_get("recorded_at")?,
+                source: Source {
+                    topic: r.try_get("source_topic")?,
+                    partition: r.try_get("source_partition")?,
+                    offset: r.try_get("source_offset")?,
+                },
+            })
+        })
+        .collect()
+}
