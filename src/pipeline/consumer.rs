@@ -523,7 +523,7 @@ async fn run_lane(
         let started = Instant::now();
         metrics::record_stage("queue", started - batch[0].fetched_at);
         let span = tracing::debug_span!("batch", size = batch.len());
-        let Some(outcomes) = apply_durably(&shared, &batch, &mut shutdown)
+        let Some(outcomes) = persist_batch(&shared, &batch, &mut shutdown)
             .instrument(span)
             .await
         else {
@@ -638,7 +638,7 @@ fn finish(
 }
 
 /// Most attempts at one batch, and then at each of its commands alone, while concurrent writers
-/// keep conflicting with it (see [`apply_retrying`]).
+/// keep conflicting with it (see [`persist_retrying`]).
 pub const CONFLICT_ATTEMPTS: u32 = 8;
 /// The first wait after a conflict; it doubles with each further conflict, up to
 /// [`CONFLICT_BACKOFF_MAX`], and is jittered.
@@ -654,7 +654,7 @@ pub const KEPT_CONFLICTING: &str = "Concurrent writers kept changing this event 
 /// [`CONFLICT_ATTEMPTS`], applies the commands one by one so that only the offending command is
 /// answered with an error (400 for refused data, 409 [`KEPT_CONFLICTING`] for a command that
 /// keeps conflicting), and the others are applied. `None`: shutdown came first.
-async fn apply_durably(
+async fn persist_batch(
     shared: &Shared,
     batch: &[Fetched],
     shutdown: &mut watch::Receiver<bool>,
@@ -670,7 +670,7 @@ async fn apply_durably(
             (f.command.clone(), s)
         })
         .collect();
-    match apply_retrying(shared, &commands, shutdown).await? {
+    match persist_retrying(shared, &commands, shutdown).await? {
         Ok(o) => Some(o),
         Err(e) if commands.len() == 1 => {
             let c = commands.pop()?;
@@ -685,7 +685,7 @@ async fn apply_durably(
             tracing::warn!(error = %e, size = commands.len(), "batch not applied; applying its commands one by one");
             let mut out = Vec::with_capacity(commands.len());
             for c in commands {
-                out.push(apply_one(shared, c, shutdown).await?);
+                out.push(persist_alone(shared, c, shutdown).await?);
             }
             Some(out)
         }
@@ -694,13 +694,13 @@ async fn apply_durably(
 
 /// Applies one command; if it is refused or keeps conflicting, answers it with an error
 /// ([`answer_unapplied`]).
-async fn apply_one(
+async fn persist_alone(
     shared: &Shared,
     (cmd, source): (Command, Source),
     shutdown: &mut watch::Receiver<bool>,
 ) -> Option<Outcome> {
     let single = [(cmd, source)];
-    let e = match apply_retrying(shared, &single, shutdown).await? {
+    let e = match persist_retrying(shared, &single, shutdown).await? {
         Ok(mut o) => return o.pop(),
         Err(e) => e,
     };
@@ -741,7 +741,7 @@ async fn answer_unapplied(
         ..cmd
     };
     let single = [(rejected, source)];
-    match apply_retrying(shared, &single, shutdown).await? {
+    match persist_retrying(shared, &single, shutdown).await? {
         Ok(mut o) => o.pop(),
         Err(e) => {
             // Even the answer cannot be stored: answer without storing it.
@@ -773,7 +773,7 @@ async fn answer_unapplied(
 ///
 /// `None`: shutdown while waiting; `Some(Err)`: refused data, or a conflict after the bound
 /// (never an unavailable database).
-async fn apply_retrying(
+async fn persist_retrying(
     shared: &Shared,
     commands: &[(Command, Source)],
     shutdown: &mut watch::Receiver<bool>,
