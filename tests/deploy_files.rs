@@ -15,7 +15,11 @@ use std::time::Duration;
 use event_updater::config::Config;
 use event_updater::pipeline::consumer::Health;
 use serde_json::Value;
-use yaml_rust2::{Yaml, YamlLoader};
+use yaml_rust2::YamlLoader;
+
+#[path = "it/support/yaml.rs"]
+mod yaml;
+use yaml::{root, yaml_to_json};
 
 /// Consumer lag by `partition`: on the dashboard ahead of README's list and of the exporter (it
 /// is being added); its one label is checked by name.
@@ -25,10 +29,6 @@ const TARGET_LABELS: [&str; 2] = ["instance", "job"];
 
 // ---------------------------------------------------------------------------------------------
 // Reading files.
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn read(rel: &str) -> String {
     let path = root().join(rel);
@@ -50,36 +50,6 @@ fn yaml(rel: &str) -> Value {
 
 fn json_file(rel: &str) -> Value {
     serde_json::from_str(&read(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
-}
-
-fn yaml_to_json(y: &Yaml, file: &str) -> Value {
-    match y {
-        Yaml::Null => Value::Null,
-        Yaml::Boolean(b) => Value::Bool(*b),
-        Yaml::Integer(i) => Value::from(*i),
-        Yaml::Real(r) => {
-            let f: f64 = r
-                .parse()
-                .unwrap_or_else(|_| panic!("{file}: bad number {r}"));
-            Value::from(f)
-        }
-        Yaml::String(s) => Value::String(s.clone()),
-        Yaml::Array(a) => Value::Array(a.iter().map(|v| yaml_to_json(v, file)).collect()),
-        Yaml::Hash(h) => Value::Object(
-            h.iter()
-                .map(|(k, v)| {
-                    let key = match k {
-                        Yaml::String(s) => s.clone(),
-                        Yaml::Integer(i) => i.to_string(),
-                        Yaml::Boolean(b) => b.to_string(),
-                        other => panic!("{file}: unsupported mapping key {other:?}"),
-                    };
-                    (key, yaml_to_json(v, file))
-                })
-                .collect(),
-        ),
-        Yaml::Alias(_) | Yaml::BadValue => panic!("{file}: unsupported YAML node {y:?}"),
-    }
 }
 
 /// A scalar as the string a container would see in its environment.
@@ -1396,7 +1366,7 @@ fn the_dockerfile_builds_the_binary_and_runs_it_unprivileged() {
     assert_eq!(cmd, ["serve"]);
     assert!(binary_subcommands().contains("serve"));
 
-    // The health check is an exec-form command that asks /readyz for a 200 (tests/containers.rs
+    // The health check is an exec-form command that asks /readyz for a 200 (tests/it/containers.rs
     // runs it: healthy once serving, unhealthy when the database is gone).
     let health = dockerfile_args("HEALTHCHECK").pop().expect("HEALTHCHECK");
     let exec = &health[health.find("CMD").expect("HEALTHCHECK ... CMD") + 3..];

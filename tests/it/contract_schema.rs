@@ -5,21 +5,17 @@
 //! and `docs/asyncapi.yaml` parses, names the default topics and the headers the processor
 //! really sets, and references schema files that exist.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use common::{Received, TestApp};
+use crate::support::{Received, TestApp};
 use event_updater::config::Config;
 use jsonschema::Validator;
 use serde_json::{json, Value};
 use uuid::Uuid;
-use yaml_rust2::{Yaml, YamlLoader};
+use yaml_rust2::YamlLoader;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::support::yaml::{root, yaml_to_json};
 
 fn load_json(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -46,36 +42,12 @@ fn errors(v: &Validator, instance: &Value) -> Vec<String> {
         .collect()
 }
 
-fn yaml_to_json(y: &Yaml) -> Value {
-    match y {
-        Yaml::Null => Value::Null,
-        Yaml::Boolean(b) => Value::Bool(*b),
-        Yaml::Integer(i) => Value::from(*i),
-        Yaml::Real(r) => Value::from(r.parse::<f64>().expect("a YAML float")),
-        Yaml::String(s) => Value::String(s.clone()),
-        Yaml::Array(a) => Value::Array(a.iter().map(yaml_to_json).collect()),
-        Yaml::Hash(h) => Value::Object(
-            h.iter()
-                .map(|(k, v)| {
-                    let key = match k {
-                        Yaml::String(s) => s.clone(),
-                        Yaml::Integer(i) => i.to_string(),
-                        other => panic!("unsupported mapping key {other:?}"),
-                    };
-                    (key, yaml_to_json(v))
-                })
-                .collect(),
-        ),
-        Yaml::Alias(_) | Yaml::BadValue => panic!("unsupported YAML node {y:?}"),
-    }
-}
-
 fn asyncapi() -> Value {
     let path = root().join("docs/asyncapi.yaml");
     let text = std::fs::read_to_string(&path).expect("docs/asyncapi.yaml");
     let docs = YamlLoader::load_from_str(&text).expect("docs/asyncapi.yaml is YAML");
     assert_eq!(docs.len(), 1);
-    yaml_to_json(&docs[0])
+    yaml_to_json(&docs[0], "docs/asyncapi.yaml")
 }
 
 /// Every `$ref` in a document, with the JSON pointer of the object holding it.

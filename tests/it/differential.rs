@@ -13,13 +13,11 @@
 //! the rule the oracle applied if any, and the seed; all of them are also written to
 //! `target/differential/disagreements-<seed>.jsonl` (and the cases are kept beside them).
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::TestApp;
+use crate::support::TestApp;
 use event_updater::drf::pyjson;
 use futures::StreamExt;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};

@@ -1,10 +1,8 @@
 //! End to end against a real broker and PostgreSQL: a command in, the REST endpoint's answer out,
 //! and the change in the log and the view.
 
-mod common;
-
+use crate::support::{http_status, TestApp};
 use chrono::{DateTime, Duration, Utc};
-use common::{http_status, TestApp};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -365,10 +363,10 @@ async fn offsets_are_committed_once_commands_are_answered() {
             .await;
     }
     let replies = app.replies(5).await;
-    let partition = common::PARTITIONS;
+    let partition = crate::support::PARTITIONS;
     // The auto-commit interval is half a second.
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
-    let probe: BaseConsumer = common::client(&app.cfg)
+    let probe: BaseConsumer = crate::support::client(&app.cfg)
         .set("group.id", &app.cfg.kafka_group_id)
         .create()
         .unwrap();
@@ -544,7 +542,7 @@ async fn wait_for_status(
 async fn readiness_follows_whether_the_reply_producer_reaches_a_broker() {
     // librdkafka's mock cluster, whose broker the test can take down and bring back.
     let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
-    let app = TestApp::spawn_with(|c| common::on_mock_cluster(&cluster, c)).await;
+    let app = TestApp::spawn_with(|c| crate::support::on_mock_cluster(&cluster, c)).await;
     let addr = app.app.as_ref().unwrap().http_addr();
     wait_for_status(addr, "/readyz", 200, std::time::Duration::from_secs(60)).await;
     cluster.broker_down(1).expect("broker down");
@@ -554,7 +552,7 @@ async fn readiness_follows_whether_the_reply_producer_reaches_a_broker() {
     cluster.broker_up(1).expect("broker up");
     wait_for_status(addr, "/readyz", 200, std::time::Duration::from_secs(60)).await;
     // (A fresh reader: the test's own reader saw the outage as an error.)
-    let collector = common::ReplyCollector::start(app.new_reader(&app.cfg.reply_topic));
+    let collector = crate::support::ReplyCollector::start(app.new_reader(&app.cfg.reply_topic));
     let event = Uuid::new_v4().to_string();
     app.send(&json!({"request_id": "after-outage", "event_uuid": event, "body": {"action": "login", "app": "a"}}))
         .await;

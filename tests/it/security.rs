@@ -1,11 +1,9 @@
 //! Who may write: the contract's 403s, in the REST endpoint's order, request ids scoped by
 //! credential, `reply-to` routing, and a flood of unauthenticated records.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{on_mock_cluster, ReplyCollector, TestApp};
+use crate::support::{on_mock_cluster, ReplyCollector, TestApp};
 use event_updater::domain::auth;
 use event_updater::store::tokens;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -279,7 +277,7 @@ async fn a_flood_of_unauthenticated_one_mib_records_is_answered_in_bounded_memor
         )
         .await;
     let pid = child.child.id().expect("pid");
-    let producer: FutureProducer = common::client(&app.cfg)
+    let producer: FutureProducer = crate::support::client(&app.cfg)
         .set("message.max.bytes", "2000000")
         .set("linger.ms", "5")
         .create()

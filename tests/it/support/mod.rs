@@ -4,9 +4,9 @@
 //! Addresses come from `KAFKA_BOOTSTRAP_SERVERS` (default `127.0.0.1:9092`) and
 //! `TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432`). Everything a test makes
 //! (its database, its topics) is removed when its [`TestApp`] is dropped, pass or fail.
-#![allow(dead_code)]
 
 pub mod exactly_once;
+pub mod yaml;
 
 use std::time::Duration;
 
@@ -193,7 +193,6 @@ pub struct Received {
     pub raw: Vec<u8>,
     pub value: Value,
     pub headers: Vec<(String, String)>,
-    pub partition: i32,
 }
 
 impl Received {
@@ -245,7 +244,7 @@ impl TestApp {
     }
 
     /// Like [`TestApp::resources_with`], on `services` instead of the usual ones: for tests whose
-    /// processors run elsewhere (in containers, tests/containers.rs).
+    /// processors run elsewhere (in containers, tests/it/containers.rs).
     pub async fn resources_on(services: Services, tweak: impl FnOnce(&mut Config)) -> TestApp {
         TestApp::build(tweak, false, Some(services)).await
     }
@@ -590,7 +589,6 @@ async fn read(consumer: &StreamConsumer) -> Received {
         raw,
         value,
         headers,
-        partition: m.partition(),
     }
 }
 

@@ -4,13 +4,11 @@
 //! and the tables' sizes and the pruned count are on `/metrics`.
 //!
 //! Also, `#[ignore]`d, the measurement of the bytes stored per 1,000,000 commands:
-//! `cargo test --test retention -- --ignored --nocapture bytes_stored_per_million_commands`.
-
-mod common;
+//! `cargo test --test it -- --ignored --nocapture retention::bytes_stored_per_million_commands`.
 
 use std::time::Duration;
 
-use common::{http_get, TestApp};
+use crate::support::{http_get, TestApp};
 use serde_json::{json, Value};
 use sqlx::Connection;
 use uuid::Uuid;

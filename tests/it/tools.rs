@@ -1,12 +1,10 @@
 //! The event-log tools against a real broker and PostgreSQL: `rebuild-projection` (through the
 //! library and the binary), `dlq replay` and `send` (the binary, as an operator runs them).
 
-mod common;
-
 use std::process::Output;
 use std::time::Duration;
 
-use common::TestApp;
+use crate::support::TestApp;
 use event_updater::store::rebuild::{self, FindingKind, Options};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde_json::{json, Value};
@@ -362,7 +360,7 @@ async fn a_repair_that_meets_a_concurrent_writer_retries_on_a_fresh_snapshot() {
 
 /// The high watermark of partition `p` of `topic`.
 fn high_watermark(app: &TestApp, topic: &str, p: i32) -> i64 {
-    let c: BaseConsumer = common::client(&app.cfg).create().expect("consumer");
+    let c: BaseConsumer = crate::support::client(&app.cfg).create().expect("consumer");
     let (_, high) = c
         .fetch_watermarks(topic, p, Duration::from_secs(10))
         .expect("watermarks");

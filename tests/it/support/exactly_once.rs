@@ -1,8 +1,7 @@
-//! What the fault tests (tests/faults.rs, tests/containers.rs) share: a seeded load of valid and
+//! What the fault tests (tests/it/faults.rs, tests/it/containers.rs) share: a seeded load of valid and
 //! invalid commands over a set of events, sending it paced so that faults land while it flows,
 //! and the promise checked afterwards (nothing lost, nothing doubled, every command answered,
 //! versions 1..n per event in production order, the view a fold of the log).
-#![allow(dead_code)]
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;

@@ -8,12 +8,12 @@
 //! `FAULT_COMMANDS` (default 3000), `FAULT_EVENTS` (200), `FAULT_KILLS` (3),
 //! `FAULT_PG_OUTAGE_SECS` (30), `FAULT_BROKER_OUTAGE_SECS` (10).
 
-mod common;
-
 use std::time::Duration;
 
-use common::exactly_once::{assert_exactly_once, env_or, explain_missing, load, send_paced, Rng};
-use common::{http_status, on_mock_cluster, ReplyCollector, TestApp};
+use crate::support::exactly_once::{
+    assert_exactly_once, env_or, explain_missing, load, send_paced, Rng,
+};
+use crate::support::{http_status, on_mock_cluster, ReplyCollector, TestApp};
 use rdkafka::mocking::MockCluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -539,7 +539,7 @@ async fn a_command_that_keeps_conflicting_is_answered_409_unapplied_within_the_b
         .expect("sequence");
     assert_eq!(after, writes);
     let addr = app.app.as_ref().expect("in process").http_addr();
-    let metrics = common::http_get(addr, "/metrics").await;
+    let metrics = crate::support::http_get(addr, "/metrics").await;
     let counted = metrics
         .lines()
         .find(|l| l.starts_with("event_updater_kept_conflicting_total{scope=\"command\"}"))

@@ -11,7 +11,7 @@
 //!   `docker network disconnect` for 30 s, then reconnected; the broker cut off the same way;
 //!   `docker stop` in the middle of a batch and a new container started on the same database.
 //!   After each: nothing lost, nothing applied twice, every command answered, versions 1..n,
-//!   the view a fold of the log (tests/common/exactly_once.rs, shared with tests/faults.rs).
+//!   the view a fold of the log (tests/it/support/exactly_once.rs, shared with tests/it/faults.rs).
 //! - The local stack: `docker-compose` brings up deploy/compose.yaml with
 //!   deploy/local/compose.override.yaml (the local images, nothing pulled); commands go through
 //!   it and its replies and `/metrics` are read, and Prometheus scrapes the processor.
@@ -24,14 +24,12 @@
 //! the load; `CONTAINER_OUTAGE_SECS` (30) the network cuts. Container logs go to
 //! `target/test-logs/`.
 
-mod common;
-
 use std::io::Write;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::exactly_once::{assert_exactly_once, env_or, load, send_paced, Rng};
-use common::{docker, http_get, http_status, ReplyCollector, Services, TestApp};
+use crate::support::exactly_once::{assert_exactly_once, env_or, load, send_paced, Rng};
+use crate::support::{docker, http_get, http_status, ReplyCollector, Services, TestApp};
 use serde_json::{json, Value};
 use testcontainers_event_updater::testcontainers::core::WaitFor;
 use testcontainers_event_updater::testcontainers::runners::AsyncRunner;

@@ -2,9 +2,7 @@
 //! cannot be decoded get a dead-letter copy with the reason, and the partition keeps flowing.
 //! (The differential test, `differential.rs`, compares such input with DRF itself.)
 
-mod common;
-
-use common::TestApp;
+use crate::support::TestApp;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -189,7 +187,7 @@ async fn odd_but_decodable_input_is_answered_as_the_rest_endpoint_would() {
 
 /// Fetches `/metrics` of the in-process processor.
 async fn metrics_text(app: &TestApp) -> String {
-    common::http_get(app.app.as_ref().unwrap().http_addr(), "/metrics").await
+    crate::support::http_get(app.app.as_ref().unwrap().http_addr(), "/metrics").await
 }
 
 #[tokio::test]
