@@ -827,5 +827,41 @@ async fn the_local_compose_stack_answers_commands_and_serves_metrics() {
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    // Every expression of the Grafana dashboard is one this Prometheus evaluates (its syntax is
+    // Prometheus's to judge, not a parser of ours).
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            crate::support::yaml::root().join("deploy/grafana/dashboards/event-updater.json"),
+        )
+        .expect("the dashboard"),
+    )
+    .expect("the dashboard is JSON");
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            let body = http_get(
+                prometheus,
+                &format!("/api/v1/query?query={}", percent(expr)),
+            )
+            .await;
+            let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            assert_eq!(v["status"], "success", "Prometheus on {expr}: {body}");
+            checked += 1;
+        }
+    }
+    println!("compose: Prometheus evaluated the dashboard's {checked} expressions");
     drop(compose);
+}
+
+/// `s` percent-encoded for a URL's query (every byte but unreserved ones).
+fn percent(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
