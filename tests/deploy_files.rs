@@ -1339,24 +1339,27 @@ fn the_dockerfile_builds_the_binary_and_runs_it_unprivileged() {
         .any(|a| a.contains("GET /readyz") && a.contains("200")));
 }
 
+/// The Rust files under `dir`, at any depth.
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("a folder") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            out.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+    out
+}
+
 /// Every Rust file under `src/` is named in the README's Layout section (by its path below
 /// `src/`, or its file name), so the map a newcomer reads cannot leave files out.
 #[test]
 fn the_readme_layout_names_every_source_file() {
-    fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-        for entry in std::fs::read_dir(dir).expect("src/") {
-            let path = entry.expect("entry").path();
-            if path.is_dir() {
-                rust_files(&path, out);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                out.push(path);
-            }
-        }
-    }
     let layout = readme_section("Layout");
     let src = root().join("src");
-    let mut files = Vec::new();
-    rust_files(&src, &mut files);
+    let files = rust_files(&src);
     assert!(files.len() > 10, "{files:?}");
     let missing: Vec<String> = files
         .iter()
@@ -1379,18 +1382,6 @@ fn the_readme_layout_names_every_source_file() {
 /// depend on nothing else of the crate.
 #[test]
 fn the_domain_does_no_io_and_drf_stands_alone() {
-    fn rust_files(dir: &Path) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        for entry in std::fs::read_dir(dir).expect("folder") {
-            let path = entry.expect("entry").path();
-            if path.is_dir() {
-                out.extend(rust_files(&path));
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                out.push(path);
-            }
-        }
-        out
-    }
     let check = |folder: &str, banned: &[&str]| {
         let files = rust_files(&root().join(folder));
         assert!(!files.is_empty(), "{folder}");
