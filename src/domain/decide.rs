@@ -356,8 +356,9 @@ fn conflict_body(expected: i64, current: i64) -> Value {
     json!({"detail": text, "current_version": current})
 }
 
-/// A reply that is not stored with the request id (403, 422).
-fn unstored(cmd: &Command, status: u16, body: Value, kind: OutcomeKind) -> Outcome {
+/// `cmd`'s answer as an outcome whose reply is not stored with the request id (403, 422; and
+/// an error reply the store could not keep).
+pub fn unstored(cmd: &Command, status: u16, body: Value, kind: OutcomeKind) -> Outcome {
     let event_uuid = cmd.action.event_uuid();
     let reply = Reply {
         request_id: cmd.request_id.clone(),

@@ -56,8 +56,8 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::domain::command::{self, Action, Command, Incoming};
-use crate::domain::decide::{Outcome, OutcomeKind, Source};
-use crate::domain::reply::{detail, Destination, Outgoing};
+use crate::domain::decide::{unstored, Outcome, OutcomeKind, Source};
+use crate::domain::reply::{detail, Destination, Outgoing, MAX_ECHOED_BYTES};
 use crate::metrics;
 use crate::pipeline::kafka::{self, Enqueued, Publisher};
 use crate::pipeline::trace;
@@ -747,19 +747,7 @@ async fn answer_unapplied(
             // Even the answer cannot be stored: answer without storing it.
             tracing::error!(error = %e, status, "could not store an error reply");
             let [(cmd, _)] = single;
-            let reply = crate::domain::reply::Reply {
-                request_id: cmd.request_id,
-                event_uuid,
-                status,
-                version: None,
-                body: detail(text),
-            };
-            Some(Outcome {
-                status,
-                reply: Arc::new(reply.to_bytes()),
-                kind: OutcomeKind::New,
-                refused: None,
-            })
+            Some(unstored(&cmd, status, detail(text), OutcomeKind::New))
         }
     }
 }
@@ -884,7 +872,7 @@ fn outgoing(
         let mut headers = vec![("request-id".to_string(), c.request_id.clone().into_bytes())];
         if let Some(v) = m
             .header("correlation-id")
-            .filter(|v| v.len() <= kafka::MAX_ECHOED_BYTES)
+            .filter(|v| v.len() <= MAX_ECHOED_BYTES)
         {
             headers.push(("correlation-id".to_string(), v.to_vec()));
         }

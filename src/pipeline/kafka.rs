@@ -97,11 +97,10 @@ pub async fn ensure_topics(cfg: &Config) -> Result<(), KafkaError> {
 }
 
 /// What a record may carry besides its value: its key and headers. Replies echo at most
-/// [`MAX_ECHOED_BYTES`] of the command's key and `correlation-id`, and the rest of their
-/// headers are short, so a reply of `MAX_REPLY_BYTES` always fits within this much more.
+/// [`MAX_ECHOED_BYTES`](crate::domain::reply::MAX_ECHOED_BYTES) of the command's key and
+/// `correlation-id`, and the rest of their headers are short, so a reply of `MAX_REPLY_BYTES`
+/// always fits within this much more.
 pub const RECORD_OVERHEAD_BYTES: usize = 64 * 1024;
-
-pub use crate::domain::reply::MAX_ECHOED_BYTES;
 
 /// The producer's record size limit (`message.max.bytes`): a reply of `MAX_REPLY_BYTES` and a
 /// dead letter of `MAX_MESSAGE_BYTES`, each with its key and headers.
