@@ -40,7 +40,6 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command as Process, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -52,10 +51,10 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders, ToBytes};
+use rdkafka::message::{Header, Message, OwnedHeaders, ToBytes};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
@@ -68,6 +67,8 @@ use event_updater::domain::projection::EventState;
 use event_updater::pipeline::consumer::{self, Budget, Health};
 use event_updater::pipeline::kafka;
 use event_updater::store::{self, tokens};
+use event_updater_harness::process::{Log, Processor};
+use event_updater_harness::replies::{self, Collector, Replies};
 
 /// The benchmark's own options (the processor's, such as `--max-batch`, are its configuration's).
 #[derive(Debug, Clone, Args)]
@@ -234,13 +235,6 @@ fn request_index(id: &[u8]) -> Option<u64> {
         .ok()?
         .parse()
         .ok()
-}
-
-fn request_id_header<'m>(m: &'m BorrowedMessage<'_>) -> Option<&'m [u8]> {
-    m.headers()?
-        .iter()
-        .find(|h| h.key == "request-id")
-        .and_then(|h| h.value)
 }
 
 /// Headers of every command: the bearer token where the processor requires one.
@@ -624,17 +618,13 @@ impl Bench {
             fmt_count(produce_rate)
         ));
         self.checkpoint().await;
-        let consumer = reader(&self.cfg, &scope.replies, self.partitions)?;
-        let mut collector = ReplyCollector::new(n)?;
+        let collector = Collector::start(reader(&self.cfg, &scope.replies, self.partitions)?);
         let mut child = ChildProcessor::spawn(&self.cfg, scope, max_batch)?;
-        self.collect_replies(&mut child, &consumer, &mut collector, label)
-            .await?;
+        self.await_answers(&mut child, &collector, n, label).await?;
         let peak_rss = child.stop().await?;
         // Anything published after the last command was answered (a duplicate) is counted too.
-        while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(2), consumer.recv()).await {
-            collector.record(&m);
-        }
-        let replies = collector.tally();
+        collector.settle(Duration::from_secs(2)).await;
+        let replies = ReplyTally::of(&collector.stop().await, n);
         let throughput = throughput(&replies);
         self.progress(format_args!(
             "{label}: {} cmd/s, {} answered, {} duplicates, {} missing, peak RSS {}",
@@ -865,8 +855,8 @@ impl Bench {
             &scope.echo_replies,
             &format!("{}-echo", scope.group),
         )?;
-        let replies = reader(&self.cfg, &scope.replies, self.partitions)?;
-        let echoes = reader(&self.cfg, &scope.echo_replies, self.partitions)?;
+        let replies = Collector::start(reader(&self.cfg, &scope.replies, self.partitions)?);
+        let echoes = Collector::start(reader(&self.cfg, &scope.echo_replies, self.partitions)?);
         let producer = latency_producer(&self.cfg)?;
         let headers = command_headers(authorization.as_deref());
         self.progress("latency: warming the processor and the echo up");
@@ -975,23 +965,34 @@ impl Bench {
     }
 
     /// Produces commands `base..base + total` to `topic` at `rate` and times each from being
-    /// handed to the producer to its reply being read from `replies`.
+    /// handed to the producer to its reply being read by `replies`. Gives up at the point's
+    /// deadline, or 30 s after the last reply.
     #[allow(clippy::too_many_arguments)]
     async fn timed_run(
         &self,
         producer: &FutureProducer,
-        replies: &StreamConsumer,
+        replies: &Collector,
         topic: &str,
         headers: &OwnedHeaders,
         rate: f64,
         base: u64,
         total: u64,
     ) -> anyhow::Result<TimedRun> {
-        let ((sent_at, produced), received) = tokio::join!(
+        let ids: Vec<String> = (base..base + total)
+            .map(|i| format!("{REQUEST_PREFIX}{i}"))
+            .collect();
+        let ((sent_at, produced), _) = tokio::join!(
             produce_paced(&self.workload, producer, topic, headers, rate, base, total),
-            receive_timed(replies, base, total, self.latency_deadline()),
+            replies.wait_while_arriving(&ids, self.latency_wait(), Duration::from_secs(30)),
         );
         let achieved_rate = produced?;
+        // Each command's first reply, as the collector read it; the rest of the point's
+        // replies (and any late ones of earlier points) go with it.
+        let read = replies.take();
+        let received: Vec<Option<Instant>> = ids
+            .iter()
+            .map(|id| read.get(id).and_then(|r| r.first()).map(|r| r.read_at))
+            .collect();
         let mut ms: Vec<f64> = sent_at
             .iter()
             .zip(&received)
@@ -1017,9 +1018,9 @@ impl Bench {
 
     /// How long a point of the curve waits for replies: its own length, plus twice that (at
     /// least a minute) for a processor that fell behind to catch up.
-    fn latency_deadline(&self) -> tokio::time::Instant {
+    fn latency_wait(&self) -> Duration {
         let run = self.args.latency_seconds;
-        tokio::time::Instant::now() + Duration::from_secs(run + (2 * run).max(60))
+        Duration::from_secs(run + (2 * run).max(60))
     }
 
     /// Creates and migrates the scope's database; where the processor requires tokens, creates
@@ -1058,41 +1059,33 @@ impl Bench {
         Ok(n as f64 / started.elapsed().as_secs_f64().max(1e-9))
     }
 
-    /// Reads replies while the processor drains, until every command is answered.
-    async fn collect_replies(
+    /// Waits while the processor drains, until every command is answered; fails when the
+    /// processor exits or nothing is answered for three minutes.
+    async fn await_answers(
         &self,
         child: &mut ChildProcessor,
-        consumer: &StreamConsumer,
-        collector: &mut ReplyCollector,
+        collector: &Collector,
+        n: u64,
         label: &str,
     ) -> anyhow::Result<()> {
         const STALL: Duration = Duration::from_secs(180);
-        let mut last = Instant::now();
+        let started = Instant::now();
         let mut printed = Instant::now();
-        while !collector.all_answered() {
-            match tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
-                Ok(Ok(m)) => {
-                    collector.record(&m);
-                    last = Instant::now();
-                }
-                Ok(Err(e)) => self.progress(format_args!("{label}: reply reader: {e}")),
-                Err(_) => child.ensure_running()?,
-            }
-            if last.elapsed() > STALL {
+        while (collector.answered() as u64) < n {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            child.ensure_running()?;
+            if collector.last_read().unwrap_or(started).elapsed() > STALL {
                 bail!(
-                    "{label}: no reply for {STALL:?}, {} of {} commands answered",
-                    collector.answered,
-                    collector.seen.len()
+                    "{label}: no reply for {STALL:?}, {} of {n} commands answered",
+                    collector.answered()
                 );
             }
             if printed.elapsed() >= Duration::from_secs(5) {
                 self.progress(format_args!(
-                    "{label}: {} of {} answered",
-                    collector.answered,
-                    collector.seen.len()
+                    "{label}: {} of {n} answered",
+                    collector.answered()
                 ));
                 printed = Instant::now();
-                child.ensure_running()?;
             }
         }
         Ok(())
@@ -1201,20 +1194,13 @@ const PRELOAD_VIEWS: &str = r#"INSERT INTO events (event_uuid, version, "user", 
 
 /// A consumer assigned every partition of `topic` from the beginning, outside any group.
 fn reader(cfg: &Config, topic: &str, partitions: i32) -> anyhow::Result<StreamConsumer> {
-    let consumer: StreamConsumer = kafka::client_config(cfg)
-        .set(
-            "group.id",
-            format!("bench-reader-{}", Uuid::new_v4().simple()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "5")
-        .create()?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
-    }
-    consumer.assign(&tpl)?;
-    Ok(consumer)
+    let group = format!("bench-reader-{}", Uuid::new_v4().simple());
+    Ok(replies::reader(
+        kafka::client_config(cfg),
+        &group,
+        topic,
+        partitions,
+    )?)
 }
 
 fn producer_with(cfg: &Config, tweaks: &[(&str, &str)]) -> anyhow::Result<FutureProducer> {
@@ -1337,62 +1323,31 @@ impl<'p> Pipeline<'p> {
     }
 }
 
-/// Checks off the replies of a drain of `n` commands.
-#[derive(Debug)]
-struct ReplyCollector {
-    /// Replies per command index.
-    seen: Vec<u32>,
-    answered: u64,
-    stamps: Vec<i64>,
-    tally: ReplyTally,
-}
-
-impl ReplyCollector {
-    fn new(n: u64) -> anyhow::Result<Self> {
-        let len = usize::try_from(n).context("too many commands")?;
-        Ok(ReplyCollector {
-            seen: vec![0; len],
-            answered: 0,
-            stamps: Vec::with_capacity(len),
-            tally: ReplyTally::default(),
-        })
-    }
-
-    fn all_answered(&self) -> bool {
-        self.answered == self.seen.len() as u64
-    }
-
-    fn record(&mut self, m: &BorrowedMessage<'_>) {
-        self.tally.records += 1;
-        let index = request_id_header(m).and_then(request_index);
-        match index.and_then(|i| self.seen.get_mut(usize::try_from(i).ok()?)) {
-            Some(count) => {
-                if *count == 0 {
-                    self.answered += 1;
+impl ReplyTally {
+    /// What a drain of commands `bench-0..bench-<n>` got back: each command's replies, the
+    /// statuses, and the span of the replies' record timestamps.
+    fn of(replies: &Replies, n: u64) -> ReplyTally {
+        let mut t = ReplyTally::default();
+        let mut stamps = Vec::new();
+        for (id, copies) in replies {
+            let copies_n = copies.len() as u64;
+            t.records += copies_n;
+            match request_index(id.as_bytes()).filter(|i| *i < n) {
+                Some(_) => {
+                    t.answered += 1;
+                    t.duplicates += copies_n - 1;
                 }
-                *count += 1;
+                None => t.foreign += copies_n,
             }
-            None => self.tally.foreign += 1,
+            for c in copies {
+                *t.statuses.entry(reply_status(&c.value)).or_default() += 1;
+                stamps.extend(c.timestamp_ms);
+            }
         }
-        let status = reply_status(m.payload().unwrap_or_default());
-        *self.tally.statuses.entry(status).or_default() += 1;
-        if let Some(ts) = m.timestamp().to_millis() {
-            self.stamps.push(ts);
-        }
-    }
-
-    fn tally(self) -> ReplyTally {
-        let mut t = self.tally;
-        t.answered = self.answered;
-        t.missing = self.seen.iter().filter(|c| **c == 0).count() as u64;
-        t.duplicates = self
-            .seen
-            .iter()
-            .map(|c| u64::from(c.saturating_sub(1)))
-            .sum();
-        if let (Some(first), Some(last)) = (self.stamps.iter().min(), self.stamps.iter().max()) {
+        t.missing = n - t.answered;
+        if let (Some(first), Some(last)) = (stamps.iter().min(), stamps.iter().max()) {
             t.span_ms = last - first;
-            t.after_first = self.stamps.iter().filter(|ts| *ts > first).count() as u64;
+            t.after_first = stamps.iter().filter(|ts| *ts > first).count() as u64;
         }
         t
     }
@@ -1423,42 +1378,41 @@ fn throughput(t: &ReplyTally) -> Option<f64> {
 
 /// Sends warm-up commands to `topic` one at a time until each is answered on `replies`: the
 /// service behind them has joined its group, connected, and is consuming. `alive` fails when
-/// that service is gone.
+/// that service is gone. The warm-up replies are then discarded.
 async fn warm_up(
     workload: &Workload,
     producer: &FutureProducer,
-    replies: &StreamConsumer,
+    replies: &Collector,
     topic: &str,
     headers: &OwnedHeaders,
     mut alive: impl FnMut() -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     for j in 0..20 {
         let c = workload.warmup(j);
-        let want = format!("{WARMUP_PREFIX}{j}");
+        let want = [format!("{WARMUP_PREFIX}{j}")];
         producer
             .send(
                 FutureRecord::to(topic)
                     .key(c.key.as_str())
                     .payload(c.value.as_str())
-                    .headers(with_request_id(headers, &want)),
+                    .headers(with_request_id(headers, &want[0])),
                 Timeout::After(Duration::from_secs(30)),
             )
             .await
             .map_err(|(e, _)| e)?;
         let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
+        while !replies
+            .wait_for_all_or_missing(&want, Duration::from_secs(1))
+            .await
+            .is_empty()
+        {
             alive()?;
             if Instant::now() > deadline {
                 bail!("no reply to a warm-up command within 120 s");
             }
-            let Ok(m) = tokio::time::timeout(Duration::from_secs(1), replies.recv()).await else {
-                continue;
-            };
-            if request_id_header(&m?) == Some(want.as_bytes()) {
-                break;
-            }
         }
     }
+    replies.take();
     Ok(())
 }
 
@@ -1509,36 +1463,6 @@ async fn produce_paced(
         .await
         .map(|()| total as f64 / seconds.max(1e-9));
     (sent_at, result)
-}
-
-/// When each of commands `base..base + total` was answered; gives up at `deadline`, or 30 s
-/// after the last reply. Each reply is timed as `recv` hands it over: the reader waits at the
-/// broker at most `fetch.wait.max.ms` (5 ms) and returns each record as it arrives.
-async fn receive_timed(
-    consumer: &StreamConsumer,
-    base: u64,
-    total: u64,
-    deadline: tokio::time::Instant,
-) -> Vec<Option<Instant>> {
-    let mut received = vec![None; usize::try_from(total).unwrap_or(0)];
-    let mut count = 0u64;
-    while count < total {
-        let idle = tokio::time::Instant::now() + Duration::from_secs(30);
-        let Ok(m) = tokio::time::timeout_at(idle.min(deadline), consumer.recv()).await else {
-            break;
-        };
-        let now = Instant::now();
-        let Ok(m) = m else { continue };
-        let slot = request_id_header(&m)
-            .and_then(request_index)
-            .and_then(|i| i.checked_sub(base))
-            .and_then(|i| received.get_mut(usize::try_from(i).ok()?));
-        if let Some(slot @ None) = slot {
-            *slot = Some(now);
-            count += 1;
-        }
-    }
-    received
 }
 
 /// The broker's own round trip: consumes `from` and produces each record (key, value,
@@ -1615,15 +1539,10 @@ impl Drop for Echo {
 type Histograms = HashMap<String, Vec<(f64, f64)>>;
 
 async fn scrape_histograms(addr: SocketAddr) -> anyhow::Result<Histograms> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("connecting to the processor's metrics at {addr}"))?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .await?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await?;
+    let (status, text) = event_updater_harness::http::get(addr, "/metrics").await?;
+    if status != 200 {
+        bail!("GET /metrics from the processor at {addr}: status {status}");
+    }
     let mut out: Histograms = HashMap::new();
     for line in text.lines() {
         let Some((series, count)) = line.rsplit_once(' ') else {
@@ -1724,7 +1643,7 @@ fn histogram_percentiles(before: &[(f64, f64)], after: &[(f64, f64)]) -> Percent
 /// `event-updater serve` in a child process, configured through its environment.
 #[derive(Debug)]
 struct ChildProcessor {
-    child: Child,
+    child: Processor,
     /// Where its `/metrics` is served.
     http_addr: SocketAddr,
 }
@@ -1749,7 +1668,7 @@ impl ChildProcessor {
             .to_possible_value()
             .map(|v| v.get_name().to_string())
             .unwrap_or_default();
-        let mut command = Process::new(exe);
+        let mut command = tokio::process::Command::new(exe);
         command
             .arg("serve")
             .env("DATABASE_URL", &scope.db_url)
@@ -1781,10 +1700,7 @@ impl ChildProcessor {
             )
             .env("AUTH_MODE", auth_mode)
             .env("RUST_LOG", "warn")
-            .env_remove("LOG_FORMAT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .env_remove("LOG_FORMAT");
         if cfg.kafka_properties.is_empty() {
             command.env_remove("KAFKA_PROPERTIES");
         } else {
@@ -1795,62 +1711,24 @@ impl ChildProcessor {
                 .collect();
             command.env("KAFKA_PROPERTIES", joined.join(";"));
         }
-        let child = command.spawn().context("starting the processor")?;
+        // Its warnings and errors go to the benchmark's stderr, among the progress lines.
+        let child = Processor::start(command, Log::Inherit).context("starting the processor")?;
         Ok(ChildProcessor { child, http_addr })
     }
 
     fn ensure_running(&mut self) -> anyhow::Result<()> {
-        match self.child.try_wait()? {
-            Some(status) => bail!("the processor exited unexpectedly ({status})"),
-            None => Ok(()),
-        }
-    }
-
-    /// The processor's peak resident set size so far (`VmHWM`), in bytes.
-    fn peak_rss(&self) -> anyhow::Result<u64> {
-        let path = format!("/proc/{}/status", self.child.id());
-        let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().strip_suffix("kB"))
-            .and_then(|kb| kb.trim().parse::<u64>().ok())
-            .map(|kb| kb * 1024)
-            .context("no VmHWM in /proc/<pid>/status")
+        Ok(self.child.ensure_running()?)
     }
 
     /// Reads the peak RSS, then stops the processor with SIGTERM and waits for it.
     async fn stop(mut self) -> anyhow::Result<u64> {
         self.ensure_running()?;
-        let peak = self.peak_rss()?;
-        let pid = self.child.id().to_string();
-        let sent = Process::new("kill").args(["-TERM", &pid]).status()?;
-        if !sent.success() {
-            bail!("kill -TERM {pid} failed");
+        let peak = self.child.peak_rss()?;
+        let (status, _) = self.child.terminate(Duration::from_secs(60)).await?;
+        if !status.success() {
+            eprintln!("[bench] the processor exited with {status} after SIGTERM");
         }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                if !status.success() {
-                    eprintln!("[bench] the processor exited with {status} after SIGTERM");
-                }
-                return Ok(peak);
-            }
-            if Instant::now() > deadline {
-                bail!("the processor did not stop within 60 s of SIGTERM");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for ChildProcessor {
-    /// A phase that failed or was interrupted: the processor must not outlive it.
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        Ok(peak)
     }
 }
 

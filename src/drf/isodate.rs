@@ -21,7 +21,7 @@ pub enum DateTimeError {
     Overflow,
 }
 
-/// DRF `DateTimeField.to_internal_value` for a string input, with input_formats = [ISO_8601], USE_TZ=True, TIME_ZONE='UTC':
+/// DRF `DateTimeField.to_internal_value` for a string input, with `input_formats = [ISO_8601]`, USE_TZ=True, TIME_ZONE='UTC':
 /// `parse_datetime(value)` from Django 5.1 (first `datetime.fromisoformat(value)` as Python 3.13 implements it, then on ValueError the `datetime_re` regex fallback, whose `datetime(**kw)` ValueErrors also mean Invalid),
 /// then `enforce_timezone`: naive -> UTC; aware -> `astimezone(UTC)`, where an OverflowError (result outside year 1..9999) is Overflow.
 /// Any result must also be in Python's datetime range.

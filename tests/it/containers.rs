@@ -29,7 +29,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::exactly_once::{assert_exactly_once, env_or, load, send_paced, Rng};
-use crate::support::{docker, http_get, http_status, ReplyCollector, Services, TestApp};
+use crate::support::{docker, http_get, http_status, Services, TestApp};
 use serde_json::{json, Value};
 use testcontainers_event_updater::testcontainers::core::WaitFor;
 use testcontainers_event_updater::testcontainers::runners::AsyncRunner;
@@ -445,11 +445,14 @@ async fn postgres_cut_off_by_the_network_for_30_s_under_load_loses_and_doubles_n
         env_or("FAULT_COMMANDS", 3000) / 2,
         env_or("FAULT_EVENTS", 200),
     );
-    let collector = ReplyCollector::start(app.new_reader(&app.cfg.reply_topic));
+    let collector = app.collect_replies();
     let p = stack.start_processor(stack.processor(), "p").await;
     let pace = outage.as_millis() as u64 / (l.records.len() as u64 / 100).max(1);
     let fault = async {
-        collector.wait_for_count(100, Duration::from_secs(60)).await;
+        collector
+            .wait_for_count(100, Duration::from_secs(60))
+            .await
+            .expect("replies");
         stack.disconnect(&stack.postgres_name);
         println!(
             "PostgreSQL disconnected; {} answered so far",
@@ -484,7 +487,8 @@ async fn postgres_cut_off_by_the_network_for_30_s_under_load_loses_and_doubles_n
     tokio::join!(send_paced(app, &l, Duration::from_millis(pace)), fault);
     collector
         .wait_for_all(&l.ids, Duration::from_secs(240))
-        .await;
+        .await
+        .expect("replies");
     let readyz = wait_for_status(p.http, "/readyz", 200, Duration::from_secs(30)).await;
     assert_eq!(readyz, 200);
     let replies = collector.stop().await;
@@ -513,7 +517,7 @@ async fn the_broker_cut_off_by_the_network_for_30_s_under_load_loses_and_doubles
         env_or("FAULT_COMMANDS", 3000) / 2,
         env_or("FAULT_EVENTS", 200),
     );
-    let collector = ReplyCollector::start(app.new_reader(&app.cfg.reply_topic));
+    let collector = app.collect_replies();
     // A session timeout (60 s) longer than the cut and connection attempts that give up after
     // 5 s (librdkafka's default, 30 s, can leave an attempt started during the cut hanging
     // well after it): the processor keeps its partitions through the cut, as with Kafka. (If
@@ -526,7 +530,10 @@ async fn the_broker_cut_off_by_the_network_for_30_s_under_load_loses_and_doubles
     let p = stack.start_processor(image, "p").await;
     let pace = outage.as_millis() as u64 / (l.records.len() as u64 / 100).max(1);
     let fault = async {
-        collector.wait_for_count(100, Duration::from_secs(60)).await;
+        collector
+            .wait_for_count(100, Duration::from_secs(60))
+            .await
+            .expect("replies");
         stack.disconnect(&stack.broker_name);
         println!(
             "broker disconnected; {} answered so far",
@@ -550,7 +557,8 @@ async fn the_broker_cut_off_by_the_network_for_30_s_under_load_loses_and_doubles
     tokio::join!(send_paced(app, &l, Duration::from_millis(pace)), fault);
     collector
         .wait_for_all(&l.ids, Duration::from_secs(300))
-        .await;
+        .await
+        .expect("replies");
     let replies = collector.stop().await;
     println!("faults injected: broker cut off (docker network disconnect) for {outage:?}");
     assert_exactly_once(app, &l, &replies).await;
@@ -576,7 +584,7 @@ async fn docker_stop_in_the_middle_of_a_batch_then_a_new_container_loses_and_dou
         env_or("FAULT_COMMANDS", 3000) / 2,
         env_or("FAULT_EVENTS", 200),
     );
-    let collector = ReplyCollector::start(app.new_reader(&app.cfg.reply_topic));
+    let collector = app.collect_replies();
     let first = stack
         .start_processor(
             stack.processor().with_env("SHUTDOWN_TIMEOUT_SECS", "30"),
@@ -588,7 +596,8 @@ async fn docker_stop_in_the_middle_of_a_batch_then_a_new_container_loses_and_dou
         // In the middle of the load: a quarter answered, more keep coming.
         collector
             .wait_for_count(n / 4, Duration::from_secs(60))
-            .await;
+            .await
+            .expect("replies");
         let (code, took) = first.docker_stop(45).await;
         let answered = collector.answered();
         println!("docker stop: exit code {code} after {took:?}; {answered} of {n} answered so far");
@@ -608,7 +617,8 @@ async fn docker_stop_in_the_middle_of_a_batch_then_a_new_container_loses_and_dou
     let second = stack.start_processor(stack.processor(), "b").await;
     collector
         .wait_for_all(&l.ids, Duration::from_secs(180))
-        .await;
+        .await
+        .expect("replies");
     let replies = collector.stop().await;
     println!("faults injected: docker stop mid-load, a new container on the same database");
     assert_exactly_once(app, &l, &replies).await;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::support::exactly_once::{
     assert_exactly_once, env_or, explain_missing, load, send_paced, Rng,
 };
-use crate::support::{http_status, on_mock_cluster, ReplyCollector, TestApp};
+use crate::support::{http_status, on_mock_cluster, TestApp};
 use rdkafka::mocking::MockCluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -26,7 +26,7 @@ async fn kill_9_at_random_moments_then_restart_loses_and_doubles_nothing() {
     let mut rng = Rng::new();
     let app = TestApp::resources_with(|c| c.max_batch = 200).await;
     let l = load(&mut rng, n, m);
-    let collector = ReplyCollector::start(app.new_reader(&app.cfg.reply_topic));
+    let collector = app.collect_replies();
     let waits: Vec<u64> = (0..kills).map(|_| 300 + rng.below(1500)).collect();
     let killer = async {
         let mut child = app.start_child("p0", &[]).await;
@@ -36,7 +36,7 @@ async fn kill_9_at_random_moments_then_restart_loses_and_doubles_nothing() {
                 "kill -9 after {wait} ms; {} answered so far",
                 collector.answered()
             );
-            child.kill9().await;
+            child.kill9().await.expect("kill -9");
             // The replacement starts once the dead member's session (6 s) has expired, as a
             // restarted container would. (tansu 0.6 rebalances a group only when a member
             // joins, not when a session expires: a replacement joining earlier can leave
@@ -49,8 +49,12 @@ async fn kill_9_at_random_moments_then_restart_loses_and_doubles_nothing() {
     let ((), child) = tokio::join!(send_paced(&app, &l, Duration::from_millis(700)), killer);
     collector
         .wait_for_all(&l.ids, Duration::from_secs(240))
-        .await;
-    let (status, _) = child.terminate(Duration::from_secs(30)).await;
+        .await
+        .expect("replies");
+    let (status, _) = child
+        .terminate(Duration::from_secs(30))
+        .await
+        .expect("the processor stops");
     assert!(status.success());
     let replies = collector.stop().await;
     println!("faults injected: {kills} kill -9");
@@ -67,13 +71,16 @@ async fn sigterm_finishes_the_batch_in_hand_and_exits_0_within_the_bound() {
         env_or("FAULT_COMMANDS", 3000) / 2,
         env_or("FAULT_EVENTS", 200),
     );
-    let collector = ReplyCollector::start(app.new_reader(&app.cfg.reply_topic));
+    let collector = app.collect_replies();
     let first = app
         .start_child("t0", &[("SHUTDOWN_TIMEOUT_SECS", "30")])
         .await;
     let stopper = async {
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        let (status, took) = first.terminate(Duration::from_secs(35)).await;
+        let (status, took) = first
+            .terminate(Duration::from_secs(35))
+            .await
+            .expect("the processor stops");
         println!(
             "SIGTERM: exit {status} after {took:?}; {} answered so far",
             collector.answered()
@@ -94,7 +101,12 @@ async fn sigterm_finishes_the_batch_in_hand_and_exits_0_within_the_bound() {
             l.ids.len()
         );
     }
-    assert!(second.terminate(Duration::from_secs(30)).await.0.success());
+    assert!(second
+        .terminate(Duration::from_secs(30))
+        .await
+        .expect("the processor stops")
+        .0
+        .success());
     let replies = collector.stop().await;
     assert_exactly_once(&app, &l, &replies).await;
     app.finish().await;
@@ -109,7 +121,7 @@ async fn sigterm_in_the_middle_of_a_backlog_leaves_the_rest_to_the_successor() {
     let mut rng = Rng::new();
     let app = TestApp::resources_with(|c| c.max_batch = 5).await;
     let l = load(&mut rng, 600, 20);
-    let collector = ReplyCollector::start(app.new_reader(&app.cfg.reply_topic));
+    let collector = app.collect_replies();
     app.send_many(&l.records).await;
     let mut lock = app.pool.begin().await.expect("begin");
     sqlx::query("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
@@ -118,10 +130,13 @@ async fn sigterm_in_the_middle_of_a_backlog_leaves_the_rest_to_the_successor() {
         .expect("lock");
     let first = app.start_child("b0", &[]).await;
     let waiting = wait_for_blocked_reads(&app).await;
-    first.signal("TERM");
+    first.signal("TERM").expect("kill");
     tokio::time::sleep(Duration::from_millis(200)).await;
     lock.rollback().await.expect("unlock");
-    let status = first.wait(Duration::from_secs(35)).await;
+    let status = first
+        .wait(Duration::from_secs(35))
+        .await
+        .expect("the processor exits");
     assert!(status.success(), "exit status {status}");
     let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM command_replies")
         .fetch_one(&app.pool)
@@ -143,7 +158,12 @@ async fn sigterm_in_the_middle_of_a_backlog_leaves_the_rest_to_the_successor() {
             l.ids.len()
         );
     }
-    assert!(second.terminate(Duration::from_secs(30)).await.0.success());
+    assert!(second
+        .terminate(Duration::from_secs(30))
+        .await
+        .expect("the processor stops")
+        .0
+        .success());
     let replies = collector.stop().await;
     assert_exactly_once(&app, &l, &replies).await;
     app.finish().await;
@@ -191,14 +211,15 @@ async fn processors_joining_and_dying_in_one_group_lose_and_double_nothing() {
         env_or("FAULT_COMMANDS", 3000),
         env_or("FAULT_EVENTS", 200),
     );
-    let collector = ReplyCollector::start(app.new_reader(&app.cfg.reply_topic));
+    let collector = app.collect_replies();
     let n = l.ids.len();
     let churn = async {
         let a = app.start_child("g1", &[]).await;
         let b = app.start_child("g2", &[]).await;
         collector
             .wait_for_count(n / 5, Duration::from_secs(60))
-            .await;
+            .await
+            .expect("replies");
         let c = app.start_child("g3", &[]).await;
         println!(
             "third processor joined; {} answered so far",
@@ -206,8 +227,9 @@ async fn processors_joining_and_dying_in_one_group_lose_and_double_nothing() {
         );
         collector
             .wait_for_count(n * 2 / 5, Duration::from_secs(60))
-            .await;
-        a.kill9().await;
+            .await
+            .expect("replies");
+        a.kill9().await.expect("kill -9");
         println!(
             "first processor killed; {} answered so far",
             collector.answered()
@@ -217,9 +239,20 @@ async fn processors_joining_and_dying_in_one_group_lose_and_double_nothing() {
     let ((), (b, c)) = tokio::join!(send_paced(&app, &l, Duration::from_millis(300)), churn);
     collector
         .wait_for_all(&l.ids, Duration::from_secs(180))
-        .await;
-    assert!(b.terminate(Duration::from_secs(30)).await.0.success());
-    assert!(c.terminate(Duration::from_secs(30)).await.0.success());
+        .await
+        .expect("replies");
+    assert!(b
+        .terminate(Duration::from_secs(30))
+        .await
+        .expect("the processor stops")
+        .0
+        .success());
+    assert!(c
+        .terminate(Duration::from_secs(30))
+        .await
+        .expect("the processor stops")
+        .0
+        .success());
     let replies = collector.stop().await;
     println!("faults injected: 1 join, 1 kill -9 (rebalances)");
     assert_exactly_once(&app, &l, &replies).await;
@@ -245,11 +278,14 @@ async fn postgres_closed_to_connections_under_load_loses_nothing() {
         env_or("FAULT_COMMANDS", 3000) / 2,
         env_or("FAULT_EVENTS", 200),
     );
-    let collector = ReplyCollector::start(app.new_reader(&app.cfg.reply_topic));
+    let collector = app.collect_replies();
     let pace = outage.as_millis() as u64 / (l.records.len() as u64 / 100).max(1);
     let fault = async {
         // Under load: the fault lands once commands are being answered.
-        collector.wait_for_count(100, Duration::from_secs(60)).await;
+        collector
+            .wait_for_count(100, Duration::from_secs(60))
+            .await
+            .expect("replies");
         let mut admin = admin_connection(app.database_base()).await;
         sqlx::query(&format!(
             "ALTER DATABASE \"{db}\" WITH ALLOW_CONNECTIONS false"
@@ -297,7 +333,8 @@ async fn postgres_closed_to_connections_under_load_loses_nothing() {
     tokio::join!(send_paced(&app, &l, Duration::from_millis(pace)), fault);
     collector
         .wait_for_all(&l.ids, Duration::from_secs(120))
-        .await;
+        .await
+        .expect("replies");
     assert_eq!(http_status(addr, "/readyz").await, 200);
     let replies = collector.stop().await;
     println!("faults injected: PostgreSQL closed for {outage:?}");
@@ -320,9 +357,12 @@ async fn a_broker_outage_under_load_loses_nothing_and_replies_arrive_after_it() 
         env_or("FAULT_COMMANDS", 3000) / 2,
         env_or("FAULT_EVENTS", 200),
     );
-    let collector = ReplyCollector::start(app.new_reader(&app.cfg.reply_topic));
+    let collector = app.collect_replies();
     let fault = async {
-        collector.wait_for_count(100, Duration::from_secs(60)).await;
+        collector
+            .wait_for_count(100, Duration::from_secs(60))
+            .await
+            .expect("replies");
         cluster.broker_down(1).expect("broker down");
         println!("broker down; {} answered so far", collector.answered());
         tokio::time::sleep(outage).await;
@@ -335,7 +375,8 @@ async fn a_broker_outage_under_load_loses_nothing_and_replies_arrive_after_it() 
     tokio::join!(send_paced(&app, &l, Duration::from_millis(100)), fault);
     collector
         .wait_for_all(&l.ids, Duration::from_secs(180))
-        .await;
+        .await
+        .expect("replies");
     let replies = collector.stop().await;
     println!("faults injected: broker down for {outage:?}");
     assert_exactly_once(&app, &l, &replies).await;
@@ -374,14 +415,15 @@ async fn a_frozen_processor_thawed_after_its_partitions_moved_doubles_nothing() 
         &l.records[n / 3..2 * n / 3],
         &l.records[2 * n / 3..],
     );
-    let collector = ReplyCollector::start(app.new_reader(&app.cfg.reply_topic));
+    let collector = app.collect_replies();
     let a = app
         .start_child("zombie", &[("RUST_LOG", "info,event_updater::store=debug")])
         .await;
     app.send_many(first).await;
     collector
         .wait_for_all(&l.ids[..n / 3], Duration::from_secs(60))
-        .await;
+        .await
+        .expect("replies");
 
     // A's next batch waits for its read of `events`.
     let mut lock = app.pool.begin().await.expect("begin");
@@ -391,7 +433,7 @@ async fn a_frozen_processor_thawed_after_its_partitions_moved_doubles_nothing() 
         .expect("lock");
     app.send_many(second).await;
     let waiting = wait_for_blocked_reads(&app).await;
-    a.signal("STOP");
+    a.signal("STOP").expect("kill");
     lock.rollback().await.expect("unlock");
     println!(
         "A (pid {}) frozen with {waiting} batch read(s) waiting; {} answered so far",
@@ -403,20 +445,32 @@ async fn a_frozen_processor_thawed_after_its_partitions_moved_doubles_nothing() 
     let b = app.start_child("heir", &[]).await;
     collector
         .wait_for_all(&l.ids[..2 * n / 3], Duration::from_secs(120))
-        .await;
+        .await
+        .expect("replies");
     println!(
         "B answered everything A held; {} answered so far; thawing A",
         collector.answered()
     );
-    a.signal("CONT");
+    a.signal("CONT").expect("kill");
     // The rest flows on (to B, and to A once it has rejoined the group).
     app.send_many(third).await;
     collector
         .wait_for_all(&l.ids, Duration::from_secs(120))
-        .await;
+        .await
+        .expect("replies");
     let log_a = a.log();
-    assert!(a.terminate(Duration::from_secs(35)).await.0.success());
-    assert!(b.terminate(Duration::from_secs(35)).await.0.success());
+    assert!(a
+        .terminate(Duration::from_secs(35))
+        .await
+        .expect("the processor stops")
+        .0
+        .success());
+    assert!(b
+        .terminate(Duration::from_secs(35))
+        .await
+        .expect("the processor stops")
+        .0
+        .success());
     let replies = collector.stop().await;
     // The premise: A really wrote a batch decided on stale rows, and the fence refused it.
     let refused = log_a.matches("a write fence tripped").count();

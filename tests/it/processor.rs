@@ -552,7 +552,7 @@ async fn readiness_follows_whether_the_reply_producer_reaches_a_broker() {
     cluster.broker_up(1).expect("broker up");
     wait_for_status(addr, "/readyz", 200, std::time::Duration::from_secs(60)).await;
     // (A fresh reader: the test's own reader saw the outage as an error.)
-    let collector = crate::support::ReplyCollector::start(app.new_reader(&app.cfg.reply_topic));
+    let collector = app.collect_replies();
     let event = Uuid::new_v4().to_string();
     app.send(&json!({"request_id": "after-outage", "event_uuid": event, "body": {"action": "login", "app": "a"}}))
         .await;
@@ -562,9 +562,10 @@ async fn readiness_follows_whether_the_reply_producer_reaches_a_broker() {
             std::slice::from_ref(&id),
             std::time::Duration::from_secs(60),
         )
-        .await;
+        .await
+        .expect("replies");
     let replies = collector.stop().await;
-    let r: Value = serde_json::from_slice(&replies[&id][0]).unwrap();
+    let r: Value = serde_json::from_slice(&replies[&id][0].value).unwrap();
     assert_eq!(r["status"], 201);
     app.finish().await;
 }

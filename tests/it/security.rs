@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::support::{on_mock_cluster, ReplyCollector, TestApp};
+use crate::support::{on_mock_cluster, TestApp};
 use event_updater::domain::auth;
 use event_updater::store::tokens;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -241,17 +241,6 @@ async fn request_ids_are_scoped_by_credential_and_a_redelivery_outlives_a_revoke
     app.finish().await;
 }
 
-/// Peak resident memory of a process, from `/proc` (Linux), in bytes.
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM");
-    kib * 1024
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_unauthenticated_one_mib_records_is_answered_in_bounded_memory() {
     const RECORDS: usize = 2000;
@@ -265,7 +254,7 @@ async fn a_flood_of_unauthenticated_one_mib_records_is_answered_in_bounded_memor
         on_mock_cluster(&cluster, c)
     })
     .await;
-    let collector = ReplyCollector::start(app.new_reader(&app.cfg.reply_topic));
+    let collector = app.collect_replies();
     // The operator asks librdkafka to prefetch up to 2 GiB; the processor keeps its own bound.
     let child = app
         .start_child(
@@ -276,7 +265,6 @@ async fn a_flood_of_unauthenticated_one_mib_records_is_answered_in_bounded_memor
             )],
         )
         .await;
-    let pid = child.child.id().expect("pid");
     let producer: FutureProducer = crate::support::client(&app.cfg)
         .set("message.max.bytes", "2000000")
         .set("linger.ms", "5")
@@ -311,19 +299,26 @@ async fn a_flood_of_unauthenticated_one_mib_records_is_answered_in_bounded_memor
             r.map_err(|(e, _)| e).expect("flood record delivered");
         }
     }
-    collector.wait_for_all(&ids, Duration::from_secs(300)).await;
+    collector
+        .wait_for_all(&ids, Duration::from_secs(300))
+        .await
+        .expect("replies");
     // A valid command after the flood, on the same partition, is applied.
     app.send(&json!({"request_id": "after-flood", "event_uuid": event, "body": {"action": "login", "app": "a"}}))
         .await;
     collector
         .wait_for_all(&["after-flood".to_string()], Duration::from_secs(60))
-        .await;
-    let peak = peak_rss(pid);
-    let (status, _) = child.terminate(Duration::from_secs(30)).await;
+        .await
+        .expect("replies");
+    let peak = child.peak_rss().expect("peak RSS");
+    let (status, _) = child
+        .terminate(Duration::from_secs(30))
+        .await
+        .expect("the processor stops");
     assert!(status.success());
     let replies = collector.stop().await;
     for id in &ids {
-        let r: Value = serde_json::from_slice(&replies[id][0]).unwrap();
+        let r: Value = serde_json::from_slice(&replies[id][0].value).unwrap();
         assert_eq!(
             (r["status"].as_u64(), &r["body"]),
             (
@@ -333,7 +328,7 @@ async fn a_flood_of_unauthenticated_one_mib_records_is_answered_in_bounded_memor
             "{id}"
         );
     }
-    let after: Value = serde_json::from_slice(&replies["after-flood"][0]).unwrap();
+    let after: Value = serde_json::from_slice(&replies["after-flood"][0].value).unwrap();
     assert_eq!(after["status"], 201);
     println!(
         "peak RSS of the processor during the flood: {:.1} MiB",

@@ -13,7 +13,7 @@ use rdkafka::TopicPartitionList;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::TestApp;
+use super::{Replies, TestApp};
 
 pub fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -93,7 +93,7 @@ pub async fn send_paced(app: &TestApp, l: &Load, pause: Duration) {
 
 /// The promise: nothing lost, nothing doubled, every command answered (identically if twice),
 /// versions 1..n per event in production order, the view a fold of the log.
-pub async fn assert_exactly_once(app: &TestApp, l: &Load, replies: &HashMap<String, Vec<Vec<u8>>>) {
+pub async fn assert_exactly_once(app: &TestApp, l: &Load, replies: &Replies) {
     let mut redelivered = 0;
     let mut version_of: HashMap<&str, u64> = HashMap::new();
     for id in &l.ids {
@@ -101,11 +101,11 @@ pub async fn assert_exactly_once(app: &TestApp, l: &Load, replies: &HashMap<Stri
             .get(id)
             .unwrap_or_else(|| panic!("no reply for {id}"));
         assert!(
-            copies.iter().all(|c| c == &copies[0]),
+            copies.iter().all(|c| c.value == copies[0].value),
             "{id}: replies differ"
         );
         redelivered += copies.len() - 1;
-        let v: Value = serde_json::from_slice(&copies[0]).expect("reply JSON");
+        let v: Value = serde_json::from_slice(&copies[0].value).expect("reply JSON");
         let status = v["status"].as_u64().unwrap_or(0);
         if l.valid.contains(id) {
             assert!(status == 200 || status == 201, "{id}: {v}");

@@ -13,14 +13,17 @@ use std::time::Duration;
 use event_updater::config::Config;
 use event_updater::domain::projection;
 use event_updater::{store, Application};
+use event_updater_harness::http;
+pub use event_updater_harness::process::{Log, Processor};
+pub use event_updater_harness::replies::{self, Collector, Replies};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
 use serde_json::Value;
 use sqlx::{Connection, PgConnection, PgPool};
 use testcontainers_modules::testcontainers::GenericImage;
@@ -550,18 +553,13 @@ pub fn client(cfg: &Config) -> ClientConfig {
 
 /// A consumer assigned every partition of `topic` from the beginning (no group join wait).
 fn reader(cfg: &Config, topic: &str) -> StreamConsumer {
-    let consumer: StreamConsumer = client(cfg)
-        .set("group.id", format!("{}-reader", cfg.kafka_group_id))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("reader");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..cfg.topic_partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .expect("tpl");
-    }
-    consumer.assign(&tpl).expect("assign");
-    consumer
+    replies::reader(
+        client(cfg),
+        &format!("{}-reader", cfg.kafka_group_id),
+        topic,
+        cfg.topic_partitions,
+    )
+    .expect("reader")
 }
 
 async fn read(consumer: &StreamConsumer) -> Received {
@@ -603,12 +601,11 @@ impl TestApp {
     ///
     /// Returns once the child has subscribed (its log says so), so that a signal sent to it
     /// afterwards finds its handlers installed; panics if it exits first or takes over 60 s.
-    pub async fn start_child(&self, name: &str, extra: &[(&str, &str)]) -> ChildProcessor {
+    pub async fn start_child(&self, name: &str, extra: &[(&str, &str)]) -> Processor {
         let c = &self.cfg;
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-logs");
-        let _ = std::fs::create_dir_all(&dir);
-        let log_path = dir.join(format!("{}-{name}.log", c.kafka_group_id));
-        let log = std::fs::File::create(&log_path).expect("log file");
+        let log = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target/test-logs")
+            .join(format!("{}-{name}.log", c.kafka_group_id));
         let mut cmd = self.binary();
         cmd.arg("serve")
             .env("TOPIC_PARTITIONS", c.topic_partitions.to_string())
@@ -618,18 +615,15 @@ impl TestApp {
                 "KAFKA_PROPERTIES",
                 "session.timeout.ms=6000;heartbeat.interval.ms=500",
             )
-            .env("RUST_LOG", "info")
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true);
+            .env("RUST_LOG", "info");
         for (k, v) in extra {
             cmd.env(k, v);
         }
-        let mut child = ChildProcessor {
-            child: cmd.spawn().expect("start the processor binary"),
-            log_path,
-        };
-        child.wait_until_subscribed().await;
+        let mut child = Processor::start(cmd, Log::File(log)).expect("start the processor");
+        child
+            .wait_for_log("subscribed", Duration::from_secs(60))
+            .await
+            .expect("the processor subscribes");
         child
     }
 
@@ -650,6 +644,12 @@ impl TestApp {
     /// A new reader of `topic` from its beginning (drop it before [`TestApp::finish`]).
     pub fn new_reader(&self, topic: &str) -> StreamConsumer {
         reader(&self.cfg, topic)
+    }
+
+    /// Collects every reply on the reply topic from its beginning, in the background (stop it
+    /// before [`TestApp::finish`]).
+    pub fn collect_replies(&self) -> Collector {
+        Collector::start(self.new_reader(&self.cfg.reply_topic))
     }
 
     /// Publishes every `(key, value)` as fast as the producer takes them, awaiting delivery.
@@ -674,203 +674,14 @@ impl TestApp {
     }
 }
 
-/// `event-updater serve` running as a child process.
-pub struct ChildProcessor {
-    pub child: tokio::process::Child,
-    pub log_path: std::path::PathBuf,
-}
-
-impl ChildProcessor {
-    async fn wait_until_subscribed(&mut self) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-            if log.contains("subscribed") {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "the processor exited at start ({status}); its log {}:\n{log}",
-                    self.log_path.display()
-                );
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the processor did not subscribe within 60 s; see {}",
-                self.log_path.display()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// The child's process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id().expect("running")
-    }
-
-    /// Sends `signal` (a name `kill` knows: `STOP`, `CONT`, ...) to the child.
-    pub fn signal(&self, signal: &str) {
-        let status = std::process::Command::new("kill")
-            .args([&format!("-{signal}"), &self.pid().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill -{signal} {}", self.pid());
-    }
-
-    /// The child's log so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    /// SIGKILL: no chance to finish anything.
-    pub async fn kill9(mut self) {
-        let _ = self.child.kill().await;
-    }
-
-    /// Waits for the child to exit (at most `bound`).
-    pub async fn wait(mut self, bound: Duration) -> std::process::ExitStatus {
-        tokio::time::timeout(bound, self.child.wait())
-            .await
-            .expect("exited within the bound")
-            .expect("wait")
-    }
-
-    /// SIGTERM, then waits; returns the exit status and how long the stop took.
-    pub async fn terminate(mut self, bound: Duration) -> (std::process::ExitStatus, Duration) {
-        let pid = self.child.id().expect("running");
-        let started = std::time::Instant::now();
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .expect("kill -TERM");
-        let status = tokio::time::timeout(bound, self.child.wait())
-            .await
-            .expect("stopped within the bound")
-            .expect("wait");
-        (status, started.elapsed())
-    }
-}
-
-/// Collects every reply of a topic in the background: request id -> the raw replies.
-pub struct ReplyCollector {
-    pub seen: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<Vec<u8>>>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl ReplyCollector {
-    pub fn start(consumer: StreamConsumer) -> ReplyCollector {
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
-        let s = seen.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                match consumer.recv().await {
-                    Ok(m) => {
-                        let raw = m.payload().unwrap_or_default().to_vec();
-                        let id = serde_json::from_slice::<Value>(&raw)
-                            .ok()
-                            .and_then(|v| v["request_id"].as_str().map(str::to_string))
-                            .unwrap_or_default();
-                        s.lock()
-                            .expect("lock")
-                            .entry(id)
-                            .or_insert_with(Vec::new)
-                            .push(raw);
-                    }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-            }
-        });
-        ReplyCollector { seen, task }
-    }
-
-    /// How many distinct request ids have a reply.
-    pub fn answered(&self) -> usize {
-        self.seen.lock().expect("lock").len()
-    }
-
-    /// Waits until at least `n` request ids have a reply (panics after `timeout`).
-    pub async fn wait_for_count(&self, n: usize, timeout: Duration) {
-        let deadline = std::time::Instant::now() + timeout;
-        while self.answered() < n {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "fewer than {n} replies after {timeout:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Waits until every id in `ids` has a reply, or `timeout` passes (then panics with the
-    /// number missing).
-    pub async fn wait_for_all(&self, ids: &[String], timeout: Duration) {
-        let missing = self.wait_for_all_or_missing(ids, timeout).await;
-        assert!(
-            missing.is_empty(),
-            "{} of {} commands have no reply after {timeout:?}",
-            missing.len(),
-            ids.len()
-        );
-    }
-
-    /// Waits until every id in `ids` has a reply, or `timeout` passes; returns the ids still
-    /// without a reply (empty: all answered).
-    pub async fn wait_for_all_or_missing(&self, ids: &[String], timeout: Duration) -> Vec<String> {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let missing: Vec<String> = {
-                let seen = self.seen.lock().expect("lock");
-                ids.iter()
-                    .filter(|id| !seen.contains_key(*id))
-                    .cloned()
-                    .collect()
-            };
-            if missing.is_empty() || std::time::Instant::now() >= deadline {
-                return missing;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    /// Stops collecting (and drops the consumer) and returns what was collected.
-    pub async fn stop(self) -> std::collections::HashMap<String, Vec<Vec<u8>>> {
-        self.task.abort();
-        let _ = self.task.await;
-        std::sync::Arc::try_unwrap(self.seen)
-            .map(|m| m.into_inner().expect("lock"))
-            .unwrap_or_default()
-    }
-}
-
-/// A minimal HTTP/1.1 GET, returning the status code and the body.
-async fn http_request(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .expect("write");
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.expect("read");
-    let text = String::from_utf8_lossy(&buf);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
-/// A minimal HTTP/1.1 GET, returning the status code.
+/// The status code of a GET of `path`.
 pub async fn http_status(addr: std::net::SocketAddr, path: &str) -> u16 {
-    http_request(addr, path).await.0
+    http::get(addr, path).await.expect("GET").0
 }
 
-/// A minimal HTTP/1.1 GET, returning the body.
+/// The body of a GET of `path`.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    http_request(addr, path).await.1
+    http::get(addr, path).await.expect("GET").1
 }
 
 /// Points `c` at librdkafka's mock `cluster` (reachable by child processes over its local port)
