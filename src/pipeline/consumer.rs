@@ -638,7 +638,7 @@ fn finish(
 }
 
 /// Most attempts at one batch, and then at each of its commands alone, while concurrent writers
-/// keep conflicting with it (see [`persist_retrying`]).
+/// keep conflicting with it (see `persist_retrying`).
 pub const CONFLICT_ATTEMPTS: u32 = 8;
 /// The first wait after a conflict; it doubles with each further conflict, up to
 /// [`CONFLICT_BACKOFF_MAX`], and is jittered.

@@ -163,7 +163,7 @@ async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), St
 /// committed atomically before it returns.
 ///
 /// The common case takes two round trips and no row locks: one statement reads what the batch
-/// needs ([`read_known`]), the decisions are made in memory ([`decide_batch`]), and one call of
+/// needs (`read_known`), the decisions are made in memory ([`decide_batch`]), and one call of
 /// the `event_updater_write_batch` function writes the log rows, the views and the stored replies
 /// as a single implicit transaction. That is safe without locks because the write is fenced:
 /// - versions are contiguous, so any change committed to an event after it was read includes
