@@ -9,7 +9,7 @@
 //!
 //! What it measures, each phase on a fresh database and fresh topics that it removes afterwards:
 //! - **Backlog drain, empty log.** N commands over M events (a share of them invalid) are
-//!   produced first; then the processor (this binary's `serve`, started as a child process so
+//!   produced first; then the processor (`event-updater serve`, started as a child process so
 //!   that its peak RSS is its own) drains them. Throughput is read off the replies' record
 //!   timestamps (CreateTime, set by the processor's producer when it publishes): the replies
 //!   published after the first one, divided by the time from the first reply to the last.
@@ -34,6 +34,9 @@
 //! command data is a pure function of the command's index (a seeded splitmix64), so every phase
 //! sees the same commands. Librdkafka clients are always dropped (and the child stopped) before
 //! topics are deleted: deleting a topic under a live client crashes it with this broker.
+//!
+//! The child process, its peak RSS, the reply readers and the `/metrics` scrape are the
+//! integration tests' own harness (`tests/harness`): both drive the processor the same way.
 //!
 //! Progress goes to stderr; the table and a `BENCH_JSON {…}` line go to stdout.
 

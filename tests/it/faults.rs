@@ -51,11 +51,10 @@ async fn kill_9_at_random_moments_then_restart_loses_and_doubles_nothing() {
         .wait_for_all(&l.ids, Duration::from_secs(240))
         .await
         .expect("replies");
-    let (status, _) = child
-        .terminate(Duration::from_secs(30))
+    child
+        .stop(Duration::from_secs(30))
         .await
-        .expect("the processor stops");
-    assert!(status.success());
+        .expect("the processor stops cleanly");
     let replies = collector.stop().await;
     println!("faults injected: {kills} kill -9");
     assert_exactly_once(&app, &l, &replies).await;
@@ -101,12 +100,10 @@ async fn sigterm_finishes_the_batch_in_hand_and_exits_0_within_the_bound() {
             l.ids.len()
         );
     }
-    assert!(second
-        .terminate(Duration::from_secs(30))
+    second
+        .stop(Duration::from_secs(30))
         .await
-        .expect("the processor stops")
-        .0
-        .success());
+        .expect("the processor stops cleanly");
     let replies = collector.stop().await;
     assert_exactly_once(&app, &l, &replies).await;
     app.finish().await;
@@ -158,12 +155,10 @@ async fn sigterm_in_the_middle_of_a_backlog_leaves_the_rest_to_the_successor() {
             l.ids.len()
         );
     }
-    assert!(second
-        .terminate(Duration::from_secs(30))
+    second
+        .stop(Duration::from_secs(30))
         .await
-        .expect("the processor stops")
-        .0
-        .success());
+        .expect("the processor stops cleanly");
     let replies = collector.stop().await;
     assert_exactly_once(&app, &l, &replies).await;
     app.finish().await;
@@ -241,18 +236,12 @@ async fn processors_joining_and_dying_in_one_group_lose_and_double_nothing() {
         .wait_for_all(&l.ids, Duration::from_secs(180))
         .await
         .expect("replies");
-    assert!(b
-        .terminate(Duration::from_secs(30))
+    b.stop(Duration::from_secs(30))
         .await
-        .expect("the processor stops")
-        .0
-        .success());
-    assert!(c
-        .terminate(Duration::from_secs(30))
+        .expect("the processor stops cleanly");
+    c.stop(Duration::from_secs(30))
         .await
-        .expect("the processor stops")
-        .0
-        .success());
+        .expect("the processor stops cleanly");
     let replies = collector.stop().await;
     println!("faults injected: 1 join, 1 kill -9 (rebalances)");
     assert_exactly_once(&app, &l, &replies).await;
@@ -459,18 +448,12 @@ async fn a_frozen_processor_thawed_after_its_partitions_moved_doubles_nothing() 
         .await
         .expect("replies");
     let log_a = a.log();
-    assert!(a
-        .terminate(Duration::from_secs(35))
+    a.stop(Duration::from_secs(35))
         .await
-        .expect("the processor stops")
-        .0
-        .success());
-    assert!(b
-        .terminate(Duration::from_secs(35))
+        .expect("the processor stops cleanly");
+    b.stop(Duration::from_secs(35))
         .await
-        .expect("the processor stops")
-        .0
-        .success());
+        .expect("the processor stops cleanly");
     let replies = collector.stop().await;
     // The premise: A really wrote a batch decided on stale rows, and the fence refused it.
     let refused = log_a.matches("a write fence tripped").count();

@@ -172,6 +172,16 @@ impl Processor {
         Ok((status, started.elapsed()))
     }
 
+    /// SIGTERM, then waits at most `bound`; fails unless the processor exits with status 0.
+    /// How long the stop took.
+    pub async fn stop(self, bound: Duration) -> Result<Duration> {
+        let log = self.log.describe();
+        match self.terminate(bound).await? {
+            (status, took) if status.success() => Ok(took),
+            (status, _) => Err(Error::Exited { status, log }),
+        }
+    }
+
     async fn wait_bounded(&mut self, bound: Duration, what: &str) -> Result<ExitStatus> {
         match tokio::time::timeout(bound, self.child.wait()).await {
             Ok(status) => status.map_err(io("waiting for the processor")),
