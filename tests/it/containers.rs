@@ -28,7 +28,7 @@ use std::io::Write;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::exactly_once::{assert_exactly_once, env_or, load, send_paced, Rng};
+use crate::support::exactly_once::{assert_exactly_once, env_or, fault_load, send_paced, Rng};
 use crate::support::{docker, http_get, http_status, Services, TestApp};
 use serde_json::{json, Value};
 use testcontainers_event_updater::testcontainers::core::WaitFor;
@@ -440,11 +440,7 @@ async fn postgres_cut_off_by_the_network_for_30_s_under_load_loses_and_doubles_n
     let mut rng = Rng::new();
     let stack = Stack::start(test, |c| c.max_batch = 200).await;
     let app = &stack.app;
-    let l = load(
-        &mut rng,
-        env_or("FAULT_COMMANDS", 3000) / 2,
-        env_or("FAULT_EVENTS", 200),
-    );
+    let l = fault_load(&mut rng, 2);
     let collector = app.collect_replies();
     let p = stack.start_processor(stack.processor(), "p").await;
     let pace = outage.as_millis() as u64 / (l.records.len() as u64 / 100).max(1);
@@ -491,9 +487,13 @@ async fn postgres_cut_off_by_the_network_for_30_s_under_load_loses_and_doubles_n
         .expect("replies");
     let readyz = wait_for_status(p.http, "/readyz", 200, Duration::from_secs(30)).await;
     assert_eq!(readyz, 200);
-    let replies = collector.stop().await;
-    println!("faults injected: PostgreSQL cut off (docker network disconnect) for {outage:?}");
-    assert_exactly_once(app, &l, &replies).await;
+    assert_exactly_once(
+        app,
+        &l,
+        collector,
+        &format!("PostgreSQL cut off (docker network disconnect) for {outage:?}"),
+    )
+    .await;
     let (code, _) = p.docker_stop(45).await;
     assert_eq!(code, 0);
     p.remove().await;
@@ -512,11 +512,7 @@ async fn the_broker_cut_off_by_the_network_for_30_s_under_load_loses_and_doubles
     let mut rng = Rng::new();
     let stack = Stack::start(test, |c| c.max_batch = 200).await;
     let app = &stack.app;
-    let l = load(
-        &mut rng,
-        env_or("FAULT_COMMANDS", 3000) / 2,
-        env_or("FAULT_EVENTS", 200),
-    );
+    let l = fault_load(&mut rng, 2);
     let collector = app.collect_replies();
     // A session timeout (60 s) longer than the cut and connection attempts that give up after
     // 5 s (librdkafka's default, 30 s, can leave an attempt started during the cut hanging
@@ -559,9 +555,13 @@ async fn the_broker_cut_off_by_the_network_for_30_s_under_load_loses_and_doubles
         .wait_for_all(&l.ids, Duration::from_secs(300))
         .await
         .expect("replies");
-    let replies = collector.stop().await;
-    println!("faults injected: broker cut off (docker network disconnect) for {outage:?}");
-    assert_exactly_once(app, &l, &replies).await;
+    assert_exactly_once(
+        app,
+        &l,
+        collector,
+        &format!("broker cut off (docker network disconnect) for {outage:?}"),
+    )
+    .await;
     let (code, _) = p.docker_stop(45).await;
     assert_eq!(code, 0);
     p.remove().await;
@@ -579,11 +579,7 @@ async fn docker_stop_in_the_middle_of_a_batch_then_a_new_container_loses_and_dou
     let mut rng = Rng::new();
     let stack = Stack::start(test, |c| c.max_batch = 200).await;
     let app = &stack.app;
-    let l = load(
-        &mut rng,
-        env_or("FAULT_COMMANDS", 3000) / 2,
-        env_or("FAULT_EVENTS", 200),
-    );
+    let l = fault_load(&mut rng, 2);
     let collector = app.collect_replies();
     let first = stack
         .start_processor(
@@ -619,9 +615,13 @@ async fn docker_stop_in_the_middle_of_a_batch_then_a_new_container_loses_and_dou
         .wait_for_all(&l.ids, Duration::from_secs(180))
         .await
         .expect("replies");
-    let replies = collector.stop().await;
-    println!("faults injected: docker stop mid-load, a new container on the same database");
-    assert_exactly_once(app, &l, &replies).await;
+    assert_exactly_once(
+        app,
+        &l,
+        collector,
+        "docker stop mid-load, a new container on the same database",
+    )
+    .await;
     let (code, _) = second.docker_stop(45).await;
     assert_eq!(code, 0);
     second.remove().await;

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use crate::support::exactly_once::{
-    assert_exactly_once, env_or, explain_missing, load, send_paced, Rng,
+    assert_exactly_once, env_or, fault_load, load, send_paced, wait_for_all_or_explain, Rng,
 };
 use crate::support::{http_status, on_mock_cluster, TestApp};
 use rdkafka::mocking::MockCluster;
@@ -55,9 +55,7 @@ async fn kill_9_at_random_moments_then_restart_loses_and_doubles_nothing() {
         .stop(Duration::from_secs(30))
         .await
         .expect("the processor stops cleanly");
-    let replies = collector.stop().await;
-    println!("faults injected: {kills} kill -9");
-    assert_exactly_once(&app, &l, &replies).await;
+    assert_exactly_once(&app, &l, collector, &format!("{kills} kill -9")).await;
     app.finish().await;
 }
 
@@ -65,11 +63,7 @@ async fn kill_9_at_random_moments_then_restart_loses_and_doubles_nothing() {
 async fn sigterm_finishes_the_batch_in_hand_and_exits_0_within_the_bound() {
     let mut rng = Rng::new();
     let app = TestApp::resources_with(|c| c.max_batch = 200).await;
-    let l = load(
-        &mut rng,
-        env_or("FAULT_COMMANDS", 3000) / 2,
-        env_or("FAULT_EVENTS", 200),
-    );
+    let l = fault_load(&mut rng, 2);
     let collector = app.collect_replies();
     let first = app
         .start_child("t0", &[("SHUTDOWN_TIMEOUT_SECS", "30")])
@@ -89,23 +83,12 @@ async fn sigterm_finishes_the_batch_in_hand_and_exits_0_within_the_bound() {
     };
     tokio::join!(send_paced(&app, &l, Duration::from_millis(50)), stopper);
     let second = app.start_child("t1", &[]).await;
-    let missing = collector
-        .wait_for_all_or_missing(&l.ids, Duration::from_secs(120))
-        .await;
-    if !missing.is_empty() {
-        let why = explain_missing(&app, &missing).await;
-        panic!(
-            "{} of {} commands have no reply after 120 s:\n{why}",
-            missing.len(),
-            l.ids.len()
-        );
-    }
+    wait_for_all_or_explain(&app, &collector, &l, Duration::from_secs(120)).await;
     second
         .stop(Duration::from_secs(30))
         .await
         .expect("the processor stops cleanly");
-    let replies = collector.stop().await;
-    assert_exactly_once(&app, &l, &replies).await;
+    assert_exactly_once(&app, &l, collector, "SIGTERM under load, then a successor").await;
     app.finish().await;
 }
 
@@ -144,23 +127,18 @@ async fn sigterm_in_the_middle_of_a_backlog_leaves_the_rest_to_the_successor() {
         l.ids.len()
     );
     let second = app.start_child("b1", &[]).await;
-    let missing = collector
-        .wait_for_all_or_missing(&l.ids, Duration::from_secs(60))
-        .await;
-    if !missing.is_empty() {
-        let why = explain_missing(&app, &missing).await;
-        panic!(
-            "{} of {} commands have no reply after 60 s:\n{why}",
-            missing.len(),
-            l.ids.len()
-        );
-    }
+    wait_for_all_or_explain(&app, &collector, &l, Duration::from_secs(60)).await;
     second
         .stop(Duration::from_secs(30))
         .await
         .expect("the processor stops cleanly");
-    let replies = collector.stop().await;
-    assert_exactly_once(&app, &l, &replies).await;
+    assert_exactly_once(
+        &app,
+        &l,
+        collector,
+        "SIGTERM with batches in hand, then a successor",
+    )
+    .await;
     app.finish().await;
 }
 
@@ -201,11 +179,7 @@ async fn processors_joining_and_dying_in_one_group_lose_and_double_nothing() {
         on_mock_cluster(&cluster, c);
     })
     .await;
-    let l = load(
-        &mut rng,
-        env_or("FAULT_COMMANDS", 3000),
-        env_or("FAULT_EVENTS", 200),
-    );
+    let l = fault_load(&mut rng, 1);
     let collector = app.collect_replies();
     let n = l.ids.len();
     let churn = async {
@@ -242,9 +216,7 @@ async fn processors_joining_and_dying_in_one_group_lose_and_double_nothing() {
     c.stop(Duration::from_secs(30))
         .await
         .expect("the processor stops cleanly");
-    let replies = collector.stop().await;
-    println!("faults injected: 1 join, 1 kill -9 (rebalances)");
-    assert_exactly_once(&app, &l, &replies).await;
+    assert_exactly_once(&app, &l, collector, "1 join, 1 kill -9 (rebalances)").await;
     app.finish().await;
     drop(cluster);
 }
@@ -262,11 +234,7 @@ async fn postgres_closed_to_connections_under_load_loses_nothing() {
         .next()
         .expect("db name")
         .to_string();
-    let l = load(
-        &mut rng,
-        env_or("FAULT_COMMANDS", 3000) / 2,
-        env_or("FAULT_EVENTS", 200),
-    );
+    let l = fault_load(&mut rng, 2);
     let collector = app.collect_replies();
     let pace = outage.as_millis() as u64 / (l.records.len() as u64 / 100).max(1);
     let fault = async {
@@ -325,9 +293,13 @@ async fn postgres_closed_to_connections_under_load_loses_nothing() {
         .await
         .expect("replies");
     assert_eq!(http_status(addr, "/readyz").await, 200);
-    let replies = collector.stop().await;
-    println!("faults injected: PostgreSQL closed for {outage:?}");
-    assert_exactly_once(&app, &l, &replies).await;
+    assert_exactly_once(
+        &app,
+        &l,
+        collector,
+        &format!("PostgreSQL closed for {outage:?}"),
+    )
+    .await;
     app.finish().await;
 }
 
@@ -341,11 +313,7 @@ async fn a_broker_outage_under_load_loses_nothing_and_replies_arrive_after_it() 
         on_mock_cluster(&cluster, c);
     })
     .await;
-    let l = load(
-        &mut rng,
-        env_or("FAULT_COMMANDS", 3000) / 2,
-        env_or("FAULT_EVENTS", 200),
-    );
+    let l = fault_load(&mut rng, 2);
     let collector = app.collect_replies();
     let fault = async {
         collector
@@ -366,9 +334,7 @@ async fn a_broker_outage_under_load_loses_nothing_and_replies_arrive_after_it() 
         .wait_for_all(&l.ids, Duration::from_secs(180))
         .await
         .expect("replies");
-    let replies = collector.stop().await;
-    println!("faults injected: broker down for {outage:?}");
-    assert_exactly_once(&app, &l, &replies).await;
+    assert_exactly_once(&app, &l, collector, &format!("broker down for {outage:?}")).await;
     app.finish().await;
     drop(cluster);
 }
@@ -393,11 +359,7 @@ async fn a_frozen_processor_thawed_after_its_partitions_moved_doubles_nothing() 
         on_mock_cluster(&cluster, c);
     })
     .await;
-    let l = load(
-        &mut rng,
-        env_or("FAULT_COMMANDS", 3000) / 2,
-        env_or("FAULT_EVENTS", 200),
-    );
+    let l = fault_load(&mut rng, 2);
     let n = l.records.len();
     let (first, second, third) = (
         &l.records[..n / 3],
@@ -454,7 +416,6 @@ async fn a_frozen_processor_thawed_after_its_partitions_moved_doubles_nothing() 
     b.stop(Duration::from_secs(35))
         .await
         .expect("the processor stops cleanly");
-    let replies = collector.stop().await;
     // The premise: A really wrote a batch decided on stale rows, and the fence refused it.
     let refused = log_a.matches("a write fence tripped").count();
     println!("A's late writes refused by the fence: {refused}");
@@ -462,8 +423,13 @@ async fn a_frozen_processor_thawed_after_its_partitions_moved_doubles_nothing() 
         refused > 0,
         "A never wrote its stale batch; the test did not make a zombie"
     );
-    println!("faults injected: SIGSTOP mid-batch, partitions moved, SIGCONT");
-    assert_exactly_once(&app, &l, &replies).await;
+    assert_exactly_once(
+        &app,
+        &l,
+        collector,
+        "SIGSTOP mid-batch, partitions moved, SIGCONT",
+    )
+    .await;
     app.finish().await;
     drop(cluster);
 }

@@ -23,9 +23,16 @@ pub enum Log {
 }
 
 impl Log {
+    /// Where the log is, and for a file its last lines: what a failure report needs.
     fn describe(&self) -> String {
+        const TAIL: usize = 20;
         match self {
-            Log::File(p) => p.display().to_string(),
+            Log::File(p) => {
+                let text = std::fs::read_to_string(p).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(TAIL)..].join("\n");
+                format!("{}, ending:\n{tail}", p.display())
+            }
             Log::Inherit => "on stderr".to_string(),
         }
     }

@@ -13,7 +13,7 @@ use rdkafka::TopicPartitionList;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{Replies, TestApp};
+use super::{Collector, TestApp};
 
 pub fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -57,6 +57,16 @@ pub struct Load {
     pub order: HashMap<String, Vec<String>>,
 }
 
+/// The fault tests' load: `FAULT_COMMANDS` (3,000) commands divided by `divisor`, over
+/// `FAULT_EVENTS` (200) events.
+pub fn fault_load(rng: &mut Rng, divisor: u64) -> Load {
+    load(
+        rng,
+        env_or("FAULT_COMMANDS", 3000) / divisor,
+        env_or("FAULT_EVENTS", 200),
+    )
+}
+
 pub fn load(rng: &mut Rng, n: u64, events: u64) -> Load {
     let uuids: Vec<String> = (0..events).map(|_| Uuid::new_v4().to_string()).collect();
     let mut l = Load {
@@ -91,9 +101,32 @@ pub async fn send_paced(app: &TestApp, l: &Load, pause: Duration) {
     }
 }
 
-/// The promise: nothing lost, nothing doubled, every command answered (identically if twice),
-/// versions 1..n per event in production order, the view a fold of the log.
-pub async fn assert_exactly_once(app: &TestApp, l: &Load, replies: &Replies) {
+/// Waits until every command of `l` has a reply; after `bound`, panics with where each missing
+/// one stands (see [`explain_missing`]).
+pub async fn wait_for_all_or_explain(
+    app: &TestApp,
+    collector: &Collector,
+    l: &Load,
+    bound: Duration,
+) {
+    let missing = collector.wait_for_all_or_missing(&l.ids, bound).await;
+    if !missing.is_empty() {
+        let why = explain_missing(app, &missing).await;
+        panic!(
+            "{} of {} commands have no reply after {bound:?}:\n{why}",
+            missing.len(),
+            l.ids.len()
+        );
+    }
+}
+
+/// The promise, checked on what `collector` read (it is stopped first) once `faults` (said
+/// in the output) were injected: nothing lost, nothing doubled, every command answered
+/// (identically if twice), versions 1..n per event in production order, the view a fold of the
+/// log.
+pub async fn assert_exactly_once(app: &TestApp, l: &Load, collector: Collector, faults: &str) {
+    let replies = collector.stop().await;
+    println!("faults injected: {faults}");
     let mut redelivered = 0;
     let mut version_of: HashMap<&str, u64> = HashMap::new();
     for id in &l.ids {
