@@ -247,7 +247,7 @@ impl Stack {
     }
 
     /// Starts `image` as the container `<test>-<name>` on the stack's network.
-    async fn start_processor(&self, image: EventUpdater, name: &str) -> Processor {
+    async fn start_processor(&self, image: EventUpdater, name: &str) -> ProcessorContainer {
         let container_name = format!("eu-{}-{name}-{}", self.test, &self.network.name[8..16]);
         let container = image
             .with_tag(LOCAL_TAG)
@@ -263,7 +263,7 @@ impl Stack {
             .get_host_port_ipv4(METRICS_PORT)
             .await
             .expect("the HTTP port is mapped");
-        Processor {
+        ProcessorContainer {
             logs: SaveLogs(container_name.clone()),
             container,
             name: container_name,
@@ -308,7 +308,7 @@ impl Stack {
 }
 
 /// A processor in its container.
-struct Processor {
+struct ProcessorContainer {
     /// First, so that the log is saved before the container goes.
     logs: SaveLogs,
     container: ContainerAsync<EventUpdater>,
@@ -317,7 +317,7 @@ struct Processor {
     http: std::net::SocketAddr,
 }
 
-impl Processor {
+impl ProcessorContainer {
     /// `docker stop` with a grace period: the image's STOPSIGNAL (SIGTERM), SIGKILL after it.
     /// Returns the exit code and how long the stop took.
     async fn docker_stop(&self, grace_secs: u32) -> (i64, Duration) {
