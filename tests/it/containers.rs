@@ -28,7 +28,9 @@ use std::io::Write;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::exactly_once::{assert_exactly_once, env_or, fault_load, send_paced, Rng};
+use crate::support::exactly_once::{
+    assert_exactly_once, env_or, fault_load, send_paced, wait_for_all_or_explain, Rng,
+};
 use crate::support::{docker, http_get, http_status, Services, TestApp};
 use serde_json::{json, Value};
 use testcontainers_event_updater::testcontainers::core::WaitFor;
@@ -481,10 +483,7 @@ async fn postgres_cut_off_by_the_network_for_30_s_under_load_loses_and_doubles_n
         );
     };
     tokio::join!(send_paced(app, &l, Duration::from_millis(pace)), fault);
-    collector
-        .wait_for_all(&l.ids, Duration::from_secs(240))
-        .await
-        .expect("replies");
+    wait_for_all_or_explain(app, &collector, &l, Duration::from_secs(240)).await;
     let readyz = wait_for_status(p.http, "/readyz", 200, Duration::from_secs(30)).await;
     assert_eq!(readyz, 200);
     assert_exactly_once(
@@ -551,10 +550,7 @@ async fn the_broker_cut_off_by_the_network_for_30_s_under_load_loses_and_doubles
         );
     };
     tokio::join!(send_paced(app, &l, Duration::from_millis(pace)), fault);
-    collector
-        .wait_for_all(&l.ids, Duration::from_secs(300))
-        .await
-        .expect("replies");
+    wait_for_all_or_explain(app, &collector, &l, Duration::from_secs(300)).await;
     assert_exactly_once(
         app,
         &l,
@@ -611,10 +607,7 @@ async fn docker_stop_in_the_middle_of_a_batch_then_a_new_container_loses_and_dou
     tokio::join!(send_paced(app, &l, Duration::from_millis(300)), stopper);
     first.remove().await;
     let second = stack.start_processor(stack.processor(), "b").await;
-    collector
-        .wait_for_all(&l.ids, Duration::from_secs(180))
-        .await
-        .expect("replies");
+    wait_for_all_or_explain(app, &collector, &l, Duration::from_secs(180)).await;
     assert_exactly_once(
         app,
         &l,

@@ -47,10 +47,7 @@ async fn kill_9_at_random_moments_then_restart_loses_and_doubles_nothing() {
         child
     };
     let ((), child) = tokio::join!(send_paced(&app, &l, Duration::from_millis(700)), killer);
-    collector
-        .wait_for_all(&l.ids, Duration::from_secs(240))
-        .await
-        .expect("replies");
+    wait_for_all_or_explain(&app, &collector, &l, Duration::from_secs(240)).await;
     child
         .stop(Duration::from_secs(30))
         .await
@@ -206,10 +203,7 @@ async fn processors_joining_and_dying_in_one_group_lose_and_double_nothing() {
         (b, c)
     };
     let ((), (b, c)) = tokio::join!(send_paced(&app, &l, Duration::from_millis(300)), churn);
-    collector
-        .wait_for_all(&l.ids, Duration::from_secs(180))
-        .await
-        .expect("replies");
+    wait_for_all_or_explain(&app, &collector, &l, Duration::from_secs(180)).await;
     b.stop(Duration::from_secs(30))
         .await
         .expect("the processor stops cleanly");
@@ -288,10 +282,7 @@ async fn postgres_closed_to_connections_under_load_loses_nothing() {
         );
     };
     tokio::join!(send_paced(&app, &l, Duration::from_millis(pace)), fault);
-    collector
-        .wait_for_all(&l.ids, Duration::from_secs(120))
-        .await
-        .expect("replies");
+    wait_for_all_or_explain(&app, &collector, &l, Duration::from_secs(120)).await;
     assert_eq!(http_status(addr, "/readyz").await, 200);
     assert_exactly_once(
         &app,
@@ -330,10 +321,7 @@ async fn a_broker_outage_under_load_loses_nothing_and_replies_arrive_after_it() 
         );
     };
     tokio::join!(send_paced(&app, &l, Duration::from_millis(100)), fault);
-    collector
-        .wait_for_all(&l.ids, Duration::from_secs(180))
-        .await
-        .expect("replies");
+    wait_for_all_or_explain(&app, &collector, &l, Duration::from_secs(180)).await;
     assert_exactly_once(&app, &l, collector, &format!("broker down for {outage:?}")).await;
     app.finish().await;
     drop(cluster);
@@ -405,10 +393,7 @@ async fn a_frozen_processor_thawed_after_its_partitions_moved_doubles_nothing() 
     a.signal("CONT").expect("kill");
     // The rest flows on (to B, and to A once it has rejoined the group).
     app.send_many(third).await;
-    collector
-        .wait_for_all(&l.ids, Duration::from_secs(120))
-        .await
-        .expect("replies");
+    wait_for_all_or_explain(&app, &collector, &l, Duration::from_secs(120)).await;
     let log_a = a.log();
     a.stop(Duration::from_secs(35))
         .await
