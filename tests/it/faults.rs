@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::support::exactly_once::{
     assert_exactly_once, env_or, fault_load, load, send_paced, wait_for_all_or_explain, Rng,
 };
-use crate::support::{http_status, on_mock_cluster, TestApp};
+use crate::support::{http_status, on_mock_cluster, wait_for_status, TestApp};
 use rdkafka::mocking::MockCluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -250,18 +250,8 @@ async fn postgres_closed_to_connections_under_load_loses_nothing() {
             .await
             .expect("terminate sessions");
         println!("database closed; {} answered so far", collector.answered());
-        let mut saw_not_ready = false;
-        for _ in 0..20 {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            if http_status(addr, "/readyz").await == 503 {
-                saw_not_ready = true;
-                break;
-            }
-        }
-        assert!(
-            saw_not_ready,
-            "/readyz should say 503 while the database is away"
-        );
+        // /readyz says 503 while the database is away.
+        wait_for_status(addr, "/readyz", 503, Duration::from_secs(10)).await;
         let during = collector.answered();
         tokio::time::sleep(outage.saturating_sub(Duration::from_secs(10))).await;
         assert_eq!(

@@ -1,7 +1,7 @@
 //! End to end against a real broker and PostgreSQL: a command in, the REST endpoint's answer out,
 //! and the change in the log and the view.
 
-use crate::support::{http_status, TestApp};
+use crate::support::{http_status, wait_for_status, TestApp};
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -354,8 +354,7 @@ async fn replies_echo_correlation_id_and_traceparent_and_health_is_served() {
 
 #[tokio::test]
 async fn offsets_are_committed_once_commands_are_answered() {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::{Offset, TopicPartitionList};
+    use rdkafka::Offset;
     let app = TestApp::spawn().await;
     let event = Uuid::new_v4().to_string();
     for i in 0..5 {
@@ -363,20 +362,9 @@ async fn offsets_are_committed_once_commands_are_answered() {
             .await;
     }
     let replies = app.replies(5).await;
-    let partition = crate::support::PARTITIONS;
     // The auto-commit interval is half a second.
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
-    let probe: BaseConsumer = crate::support::client(&app.cfg)
-        .set("group.id", &app.cfg.kafka_group_id)
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partition {
-        tpl.add_partition(&app.cfg.command_topic, p);
-    }
-    let committed = probe
-        .committed_offsets(tpl, std::time::Duration::from_secs(10))
-        .unwrap();
+    let committed = app.committed_offsets().expect("committed offsets");
     let total: i64 = committed
         .elements()
         .iter()
@@ -387,7 +375,6 @@ async fn offsets_are_committed_once_commands_are_answered() {
         .sum();
     assert_eq!(total, 5, "{committed:?}");
     assert_eq!(replies.len(), 5);
-    drop(probe);
     app.finish().await;
 }
 
@@ -515,27 +502,6 @@ async fn racing_writers_on_the_same_events_are_fenced_and_apply_each_command_onc
     app.assert_view_is_fold_of_log().await;
     pool.close().await;
     app.finish().await;
-}
-
-/// Polls `path` until it answers `status` (panics after `timeout`).
-async fn wait_for_status(
-    addr: std::net::SocketAddr,
-    path: &str,
-    status: u16,
-    timeout: std::time::Duration,
-) {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        let now = http_status(addr, path).await;
-        if now == status {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{path} still answers {now}, not {status}, after {timeout:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,14 +6,12 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::TopicPartitionList;
 
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{Collector, TestApp};
+use super::{replies, Collector, TestApp};
 
 pub fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -198,10 +196,8 @@ pub async fn explain_missing(app: &TestApp, missing: &[String]) -> String {
             else {
                 continue;
             };
-            let id = serde_json::from_slice::<Value>(m.payload().unwrap_or_default())
-                .ok()
-                .and_then(|v| v["request_id"].as_str().map(str::to_string));
-            if let Some(id) = id.filter(|id| wanted.contains(id.as_str())) {
+            let id = replies::request_id(&m);
+            if wanted.contains(id.as_str()) {
                 found.insert(id, (m.partition(), m.offset()));
             }
         }
@@ -209,16 +205,8 @@ pub async fn explain_missing(app: &TestApp, missing: &[String]) -> String {
     };
     let position = find(app.cfg.command_topic.clone()).await;
     let published = find(app.cfg.reply_topic.clone()).await;
-    let group: StreamConsumer = super::client(&app.cfg)
-        .set("group.id", &app.cfg.kafka_group_id)
-        .create()
-        .expect("group client");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..app.cfg.topic_partitions {
-        tpl.add_partition(&app.cfg.command_topic, p);
-    }
-    let committed: HashMap<i32, String> = group
-        .committed_offsets(tpl, Duration::from_secs(10))
+    let committed: HashMap<i32, String> = app
+        .committed_offsets()
         .map(|c| {
             c.elements()
                 .iter()

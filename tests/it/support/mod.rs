@@ -18,12 +18,12 @@ use event_updater_harness::process::{Log, Processor};
 use event_updater_harness::replies::{self, Collector};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::StreamConsumer;
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
-use rdkafka::ClientConfig;
+use rdkafka::{ClientConfig, TopicPartitionList};
 use serde_json::Value;
 use sqlx::{Connection, PgConnection, PgPool};
 use testcontainers_modules::testcontainers::GenericImage;
@@ -652,6 +652,19 @@ impl TestApp {
         Collector::start(self.new_reader(&self.cfg.reply_topic))
     }
 
+    /// The offsets this test's group has committed on the command topic, per partition.
+    pub fn committed_offsets(&self) -> rdkafka::error::KafkaResult<TopicPartitionList> {
+        let group: StreamConsumer = client(&self.cfg)
+            .set("group.id", &self.cfg.kafka_group_id)
+            .create()
+            .expect("group client");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..self.cfg.topic_partitions {
+            tpl.add_partition(&self.cfg.command_topic, p);
+        }
+        group.committed_offsets(tpl, Duration::from_secs(10))
+    }
+
     /// Publishes every `(key, value)` as fast as the producer takes them, awaiting delivery.
     pub async fn send_many(&self, records: &[(String, Vec<u8>)]) {
         for chunk in records.chunks(500) {
@@ -677,6 +690,22 @@ impl TestApp {
 /// The status code of a GET of `path`.
 pub async fn http_status(addr: std::net::SocketAddr, path: &str) -> u16 {
     http::get(addr, path).await.expect("GET").0
+}
+
+/// Polls `path` until it answers `want`; panics with what it still answers after `bound`.
+pub async fn wait_for_status(addr: std::net::SocketAddr, path: &str, want: u16, bound: Duration) {
+    let deadline = std::time::Instant::now() + bound;
+    loop {
+        let now = http_status(addr, path).await;
+        if now == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{path} still answers {now}, not {want}, after {bound:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The body of a GET of `path`.
