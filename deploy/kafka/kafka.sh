@@ -16,6 +16,7 @@
 #   KAFKA_CONTROLLER  host:port of the controller listener (default 127.0.0.1:9093)
 #   KAFKA_EXTERNAL    optional second client listener, host:port (e.g. one published to a host)
 #   KAFKA_EXTERNAL_ADVERTISED  what KAFKA_EXTERNAL's clients are told (default: KAFKA_EXTERNAL)
+#   KAFKA_OVERRIDES   broker properties on top of server.properties, `key=value;key=value`
 #   KAFKA_HEAP        the JVM's heap, minimum and maximum (default 512m)
 #   KAFKA_CLUSTER_ID  the cluster id given to the storage tool (default a fixed one)
 #   JAVA              the java binary (default: $JAVA_HOME/bin/java, else java)
@@ -54,6 +55,7 @@ fi
   echo "advertised.listeners=$advertised"
   echo "controller.quorum.voters=1@$CONTROLLER"
   echo "log.dirs=$KAFKA_DATA/logs"
+  if [ -n "${KAFKA_OVERRIDES:-}" ]; then tr ';' '\n' <<< "$KAFKA_OVERRIDES"; fi
 } > "$conf"
 
 jvm=(-Xms"$HEAP" -Xmx"$HEAP" -XX:+UseG1GC -XX:MaxGCPauseMillis=20
@@ -62,6 +64,6 @@ jvm=(-Xms"$HEAP" -Xmx"$HEAP" -XX:+UseG1GC -XX:MaxGCPauseMillis=20
   -cp "$KAFKA_CLASSPATH")
 if [ ! -f "$KAFKA_DATA/logs/meta.properties" ]; then
   "$JAVA" "${jvm[@]}" kafka.tools.StorageTool format --config "$conf" \
-    --cluster-id "$CLUSTER_ID" --ignore-formatted
+    --cluster-id "$CLUSTER_ID" --ignore-formatted >&2
 fi
 exec "$JAVA" "${jvm[@]}" kafka.Kafka "$conf"

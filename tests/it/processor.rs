@@ -2,6 +2,7 @@
 //! and the change in the log and the view.
 
 use crate::support::{http_status, wait_for_status, TestApp};
+use event_updater_harness::kafka::Broker;
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -506,16 +507,18 @@ async fn racing_writers_on_the_same_events_are_fenced_and_apply_each_command_onc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_whether_the_reply_producer_reaches_a_broker() {
-    // librdkafka's mock cluster, whose broker the test can take down and bring back.
-    let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
-    let app = TestApp::spawn_with(|c| crate::support::on_mock_cluster(&cluster, c)).await;
+    // A broker of the test's own, which it kills (-9) and starts again on the same data.
+    let mut broker = Broker::start("readiness", &[])
+        .await
+        .expect("a broker of the test's own");
+    let app = TestApp::spawn_with(|c| c.kafka_bootstrap_servers = broker.bootstrap_servers()).await;
     let addr = app.app.as_ref().unwrap().http_addr();
     wait_for_status(addr, "/readyz", 200, std::time::Duration::from_secs(60)).await;
-    cluster.broker_down(1).expect("broker down");
+    broker.kill9().await.expect("kill -9 of Kafka");
     // Nothing could be answered: not ready (but live: nothing is broken for good).
     wait_for_status(addr, "/readyz", 503, std::time::Duration::from_secs(60)).await;
     assert_eq!(http_status(addr, "/healthz").await, 200);
-    cluster.broker_up(1).expect("broker up");
+    broker.restart().await.expect("Kafka restarts on its data");
     wait_for_status(addr, "/readyz", 200, std::time::Duration::from_secs(60)).await;
     // (A fresh reader: the test's own reader saw the outage as an error.)
     let collector = app.collect_replies();
@@ -534,4 +537,5 @@ async fn readiness_follows_whether_the_reply_producer_reaches_a_broker() {
     let r: Value = serde_json::from_slice(&replies[&id][0].value).unwrap();
     assert_eq!(r["status"], 201);
     app.finish().await;
+    drop(broker);
 }

@@ -5,13 +5,15 @@
 //!   signalled, stopped, and its peak resident set size read;
 //! - [`replies`]: a reader of every partition of a topic, and a collector that keeps each
 //!   reply under its request id with the moment it was read;
-//! - [`http`]: a plain HTTP/1.1 GET of the processor's probes and `/metrics`.
+//! - [`http`]: a plain HTTP/1.1 GET of the processor's probes and `/metrics`;
+//! - [`kafka`]: a private Apache Kafka broker for a test that kills or restarts its broker.
 //!
 //! It may not import the `event_updater` library: the benchmark binary lives in that package
 //! and depends on this crate, which would make a cycle. Callers pass what it needs as plain
 //! values (a `tokio::process::Command`, an `rdkafka::ClientConfig`).
 
 pub mod http;
+pub mod kafka;
 pub mod process;
 pub mod replies;
 
