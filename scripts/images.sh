@@ -8,14 +8,17 @@
 #                                 binary of `cargo build --release --locked` on this host
 #                                 (also bookworm), because no Rust image can be pulled here
 #   event-updater-postgres:local  Debian's postgresql on that base (deploy/local/postgres)
-#   event-updater-tansu:local     the tansu broker binary of this host (built from crates.io as
-#                                 scripts/services.sh does, when missing)
-#                                 (deploy/local/tansu)
+#   event-updater-kafka:local     deploy/kafka/Dockerfile, target `prebuilt`, on that base:
+#                                 Apache Kafka (Debian's Java 17 runtime, kafka.sh and the
+#                                 committed server.properties) with the jars of
+#                                 deploy/kafka/pom.xml, which Maven copies on this host
+#                                 (scripts/kafka-jars.sh) because no Maven image can be pulled
 #   event-updater-prometheus:local  Debian's prometheus on that base (deploy/local/prometheus)
 #
-# Each image is also tagged with a hash of what it is built from (its Dockerfile, the binary it
-# copies, the base image's id); an image whose hash tag exists is not built again, so a second
-# run takes seconds, and the images of older inputs are removed. Needs a running Docker daemon.
+# Each image is also tagged with a hash of what it is built from (its Dockerfile, the files it
+# copies: the binary; Kafka's jars, pom, launcher and configuration; the base image's id); an
+# image whose hash tag exists is not built again, so a second run takes seconds, and the images
+# of older inputs are removed. Needs a running Docker daemon.
 # `scripts/images.sh --check` exits 0 when Docker answers, 1 otherwise (building nothing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -106,17 +109,24 @@ cargo build --release --locked --bin event-updater
 image event-updater deploy/Dockerfile . target/release/event-updater -- \
   --target prebuilt --build-arg "RUNTIME_IMAGE=$BASE"
 
-# --- the broker ---------------------------------------------------------------------------------
-TANSU_VERSION=0.6.0
-if ! command -v tansu >/dev/null || ! tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
-  # As scripts/services.sh does when no broker answers (so also where another broker does).
-  echo "images: building the tansu broker $TANSU_VERSION (about 17 minutes on 2 cores, once)"
-  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore
+# --- Kafka --------------------------------------------------------------------------------------
+# The jars of deploy/kafka/pom.xml in target/kafka/jars (the one part of the build context
+# outside the sources that the `prebuilt` target copies; .dockerignore lets it through), copied
+# from Maven's cache (~/.m2, fetched the first time) again only when the pom has changed.
+command -v mvn >/dev/null || {
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq maven
+}
+jars=target/kafka/jars
+pom_hash=$(hash_of deploy/kafka/pom.xml)
+if [ "$(cat "$jars.pom" 2>/dev/null)" != "$pom_hash" ] || ! compgen -G "$jars/*.jar" >/dev/null; then
+  rm -rf "$jars" "$jars.pom"
+  scripts/kafka-jars.sh copy "$jars"
+  echo "$pom_hash" > "$jars.pom"
 fi
-tansu_bin="$(command -v tansu)"
-mkdir -p "$WORK/tansu"
-cp -p "$tansu_bin" "$WORK/tansu/tansu"
-image event-updater-tansu deploy/local/tansu/Dockerfile "$WORK/tansu" "$WORK/tansu/tansu" -- \
-  --build-arg "BASE_IMAGE=$BASE"
+# What the image holds of them: every jar's name and content.
+(cd "$jars" && sha256sum -- *.jar) > "$WORK/kafka-jars.sha256"
+image event-updater-kafka deploy/kafka/Dockerfile . "$WORK/kafka-jars.sha256" deploy/kafka/pom.xml \
+  deploy/kafka/kafka.sh deploy/kafka/server.properties deploy/kafka/log4j2.properties -- \
+  --target prebuilt --build-arg "RUNTIME_IMAGE=$BASE"
 
-echo "images: ready: $BASE, event-updater:local, event-updater-postgres:local, event-updater-tansu:local, event-updater-prometheus:local"
+echo "images: ready: $BASE, event-updater:local, event-updater-postgres:local, event-updater-kafka:local, event-updater-prometheus:local"
