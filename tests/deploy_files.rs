@@ -2,8 +2,10 @@
 //! set is one `event-updater --help` lists (and its value one the binary accepts), the HTTP
 //! port and the probe paths are the binary's, the Dockerfile exposes that port and runs that
 //! binary, Prometheus scrapes it there, and the Grafana dashboard only queries metrics the
-//! README documents and the binary exports; and the source tree keeps its layout (README's
-//! Layout names every file; the domain does no I/O). No broker or database is needed.
+//! README documents and the binary exports; Kafka (deploy/kafka) has one committed
+//! configuration, which its image and compose run through its one launcher; and the source
+//! tree keeps its layout (README's Layout names every file; the domain does no I/O). No broker
+//! or database is needed.
 //!
 //! These are the checks only this repository can make. Syntax is left to the real tools, run by
 //! `tests/it/containers.rs` where Docker is: docker-compose reads the compose files and starts
@@ -340,6 +342,64 @@ fn dockerfile_env() -> BTreeMap<String, String> {
         .collect()
 }
 
+/// A Java properties file's `key=value` lines (comments and blank lines skipped).
+fn properties(rel: &str) -> BTreeMap<String, String> {
+    read(rel)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with('!'))
+        .map(|l| {
+            let (k, v) = l
+                .split_once('=')
+                .unwrap_or_else(|| panic!("{rel}: not key=value: {l}"));
+            (k.trim().to_string(), v.trim().to_string())
+        })
+        .collect()
+}
+
+/// deploy/kafka/kafka.sh, the launcher of every Kafka the project runs.
+const KAFKA_SH: &str = "deploy/kafka/kafka.sh";
+
+/// The variables kafka.sh reads (`${KAFKA_...}` outside its comments).
+fn kafka_sh_variables() -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for line in read(KAFKA_SH).lines() {
+        if line.trim_start().starts_with('#') {
+            continue;
+        }
+        for part in line.split("${").skip(1) {
+            let name: String = part
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            if name.starts_with("KAFKA_") {
+                out.insert(name);
+            }
+        }
+    }
+    out
+}
+
+/// The default kafka.sh gives `${NAME:-default}`.
+fn kafka_sh_default(name: &str) -> String {
+    let text = read(KAFKA_SH);
+    let marker = format!("${{{name}:-");
+    let start = text
+        .find(&marker)
+        .unwrap_or_else(|| panic!("{KAFKA_SH} gives {name} no default"))
+        + marker.len();
+    let end = start + text[start..].find('}').expect("a closed ${...}");
+    text[start..end].to_string()
+}
+
+/// The port of `host:port`.
+fn port_of(addr: &str) -> u16 {
+    addr.rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{addr}: no port"))
+}
+
 fn parse_duration(s: &str) -> Duration {
     let mut total = Duration::ZERO;
     let mut number = String::new();
@@ -419,7 +479,19 @@ fn every_deploy_file_parses() {
                 );
             }
             Some("json") => assert!(json_file(&rel).is_object(), "{rel}"),
-            Some("md") => assert!(!read(&rel).trim().is_empty(), "{rel}"),
+            Some("md" | "xml") => assert!(!read(&rel).trim().is_empty(), "{rel}"),
+            Some("properties") => assert!(!properties(&rel).is_empty(), "{rel}"),
+            Some("sh") => {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = f.metadata().expect("metadata").permissions().mode();
+                assert!(mode & 0o111 != 0, "{rel} is executable");
+                let out = Command::new("bash")
+                    .arg("-n")
+                    .arg(f)
+                    .output()
+                    .expect("bash runs");
+                assert!(out.status.success(), "bash -n {rel}: {out:?}");
+            }
             None if f.file_name().is_some_and(|n| n == "Dockerfile") => {
                 let instructions = dockerfile_at(&rel);
                 assert!(
@@ -434,6 +506,12 @@ fn every_deploy_file_parses() {
     for expected in [
         "deploy/Dockerfile",
         "deploy/compose.yaml",
+        "deploy/local/compose.override.yaml",
+        "deploy/kafka/Dockerfile",
+        KAFKA_SH,
+        "deploy/kafka/server.properties",
+        "deploy/kafka/log4j2.properties",
+        "deploy/kafka/pom.xml",
         "deploy/prometheus/prometheus.yml",
         "deploy/grafana/dashboards/event-updater.json",
         "deploy/k8s/deployment.yaml",
@@ -454,6 +532,17 @@ fn every_deploy_file_parses() {
         ignored.contains("target") && ignored.contains(".git"),
         "{ignored:?}"
     );
+    // Every Dockerfile is one that scripts/images.sh builds (no image is left unbuilt, none
+    // is left behind unused).
+    let script = read("scripts/images.sh");
+    for dockerfile in seen.iter().filter(|f| f.ends_with("/Dockerfile")) {
+        assert!(
+            script
+                .lines()
+                .any(|l| l.starts_with("image ") && l.contains(&format!(" {dockerfile} "))),
+            "scripts/images.sh builds {dockerfile}"
+        );
+    }
 }
 
 #[test]
@@ -817,13 +906,38 @@ fn the_local_override_swaps_in_only_the_images_scripts_images_sh_builds() {
         );
         assert_ne!(base_svc["image"], svc["image"], "{name} is swapped");
     }
-    // event-updater runs the image compose.yaml names, which scripts/images.sh tags.
-    let app = compose_service(&base, "event-updater");
-    assert_eq!(str_at(app, "/image"), "event-updater:local");
-    assert!(script.contains("image event-updater deploy/Dockerfile"));
-    // Every service but Grafana (no Debian package) has a local image.
+    // event-updater and Kafka run the images compose.yaml names and builds from this
+    // repository's Dockerfiles, which scripts/images.sh tags (from their `prebuilt` targets).
     let mut covered: BTreeSet<&str> = services.keys().map(String::as_str).collect();
-    covered.insert("event-updater");
+    for (name, image, dockerfile) in [
+        ("event-updater", "event-updater", "deploy/Dockerfile"),
+        ("kafka", "event-updater-kafka", "deploy/kafka/Dockerfile"),
+    ] {
+        let svc = compose_service(&base, name);
+        assert_eq!(str_at(svc, "/image"), format!("{image}:local"));
+        assert_eq!(str_at(svc, "/build/dockerfile"), dockerfile);
+        assert!(
+            !services.contains_key(name),
+            "{name}: the override leaves it"
+        );
+        let line = script
+            .lines()
+            .find(|l| l.starts_with(&format!("image {image} {dockerfile} ")))
+            .unwrap_or_else(|| panic!("scripts/images.sh builds {image} from {dockerfile}"));
+        // The build's arguments may continue on the next lines.
+        let rest = &script[script.find(line).unwrap()..];
+        let call: String = rest
+            .lines()
+            .scan(true, |more, l| {
+                let take = *more;
+                *more = l.ends_with('\\');
+                take.then_some(l)
+            })
+            .collect();
+        assert!(call.contains("--target prebuilt"), "{call}");
+        covered.insert(name);
+    }
+    // Every service but Grafana (no Debian package) has a local image.
     let all: BTreeSet<&str> = base["services"]
         .as_object()
         .expect("services")
@@ -832,11 +946,6 @@ fn the_local_override_swaps_in_only_the_images_scripts_images_sh_builds() {
         .collect();
     let missing: Vec<&&str> = all.difference(&covered).collect();
     assert_eq!(missing, [&"grafana"]);
-    // tansu in Kafka's place advertises the name the processor uses.
-    let kafka = &services["kafka"];
-    let advertised = str_at(kafka, "/environment/ADVERTISED_LISTENER");
-    let processor_env = compose_env(app);
-    assert_eq!(processor_env["KAFKA_BOOTSTRAP_SERVERS"], advertised);
 }
 
 #[test]
@@ -845,62 +954,70 @@ fn compose_wires_kafka_postgres_and_the_processor() {
     let kafka = compose_service(&c, "kafka");
     let postgres = compose_service(&c, "postgres");
     let app = compose_service(&c, "event-updater");
-    assert!(str_at(kafka, "/image").starts_with("apache/kafka:"));
 
-    // KRaft, one node that is broker and controller.
+    // Kafka: the project's image, configured only through its launcher's environment (the
+    // broker's configuration is the committed file: see the test below).
     let k = compose_env(kafka);
-    let roles: BTreeSet<&str> = k["KAFKA_PROCESS_ROLES"].split(',').map(str::trim).collect();
-    assert_eq!(roles, BTreeSet::from(["broker", "controller"]));
-    assert_eq!(
-        k["KAFKA_CONTROLLER_QUORUM_VOTERS"]
-            .split('@')
-            .next()
-            .expect("id@host:port"),
-        k["KAFKA_NODE_ID"]
-    );
-    let listeners = |var: &str| -> BTreeMap<String, String> {
-        k[var]
-            .split(',')
-            .map(|l| {
-                let (name, addr) = l.trim().split_once("://").expect("NAME://host:port");
-                (name.to_string(), addr.to_string())
-            })
-            .collect()
-    };
-    let bound = listeners("KAFKA_LISTENERS");
-    let advertised = listeners("KAFKA_ADVERTISED_LISTENERS");
-    let protocols: BTreeSet<String> = k["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]
-        .split(',')
-        .map(|m| m.split(':').next().unwrap().to_string())
-        .collect();
-    let controller = &k["KAFKA_CONTROLLER_LISTENER_NAMES"];
-    assert!(bound.contains_key(controller) && protocols.contains(controller));
-    for (name, addr) in &advertised {
-        assert!(protocols.contains(name), "{name} has a security protocol");
-        let port = addr.rsplit(':').next().unwrap();
+    let launcher = kafka_sh_variables();
+    for name in k.keys() {
         assert!(
-            bound
-                .get(name)
-                .is_some_and(|b| b.rsplit(':').next() == Some(port)),
-            "{name} advertises the port it listens on"
+            launcher.contains(name),
+            "{name} is one of {KAFKA_SH}'s: {launcher:?}"
         );
     }
-    // The processor reaches the broker at an address the broker advertises, by service name.
+    // The processor reaches the broker at the address it advertises to the network, by
+    // service name, on the port the image listens on.
     let cfg = config_from_env(&compose_env(app), "compose.yaml");
-    assert!(
-        advertised
-            .values()
-            .any(|a| a == &cfg.kafka_bootstrap_servers),
-        "{} is advertised: {advertised:?}",
-        cfg.kafka_bootstrap_servers
-    );
+    assert_eq!(k["KAFKA_ADVERTISED"], cfg.kafka_bootstrap_servers);
     let broker_host = cfg.kafka_bootstrap_servers.split(':').next().unwrap();
     assert!(
         broker_host == "kafka" || str_at(kafka, "/hostname") == broker_host,
         "{broker_host}"
     );
+    let listen = k
+        .get("KAFKA_LISTEN")
+        .cloned()
+        .unwrap_or_else(|| kafka_sh_default("KAFKA_LISTEN"));
+    assert_eq!(port_of(&cfg.kafka_bootstrap_servers), port_of(&listen));
+    // The host's listener: its container port is the one published, on a host port that
+    // KAFKA_HOST_PORT picks, and it advertises localhost at that same host port.
+    let published: Vec<String> = kafka["ports"]
+        .as_array()
+        .expect("kafka publishes a port")
+        .iter()
+        .map(scalar)
+        .collect();
+    assert_eq!(published.len(), 1, "{published:?}");
+    let (host_side, container_side) = published[0].rsplit_once(':').expect("HOST:CONTAINER");
+    assert_eq!(
+        container_side.parse::<u16>().ok(),
+        Some(port_of(&k["KAFKA_EXTERNAL"]))
+    );
+    assert!(
+        host_side.starts_with("${KAFKA_HOST_PORT:-") && host_side.ends_with('}'),
+        "the host port is configurable: {host_side}"
+    );
+    assert_eq!(
+        k["KAFKA_EXTERNAL_ADVERTISED"],
+        format!("localhost:{host_side}")
+    );
+    // Every listener kafka.sh names has a security protocol in server.properties.
+    let server = properties("deploy/kafka/server.properties");
+    let protocols: BTreeSet<&str> = server["listener.security.protocol.map"]
+        .split(',')
+        .map(|m| m.split(':').next().unwrap().trim())
+        .collect();
+    for name in ["PLAINTEXT", "CONTROLLER", "EXTERNAL"] {
+        assert!(read(KAFKA_SH).contains(&format!("{name}://")), "{name}");
+        assert!(protocols.contains(name), "{name} has a security protocol");
+    }
+    // KRaft, one node that is broker and controller.
+    let roles: BTreeSet<&str> = server["process.roles"].split(',').map(str::trim).collect();
+    assert_eq!(roles, BTreeSet::from(["broker", "controller"]));
+    assert!(read(KAFKA_SH).contains(&format!("controller.quorum.voters={}@", server["node.id"])));
     // A single broker: internal topics and the processor's topics with one replica.
-    assert_eq!(k["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"], "1");
+    assert_eq!(server["offsets.topic.replication.factor"], "1");
+    assert_eq!(server["transaction.state.log.replication.factor"], "1");
     assert_eq!(cfg.topic_replication_factor, 1);
 
     // PostgreSQL: the URL names the service, its database, user and password.
@@ -919,12 +1036,14 @@ fn compose_wires_kafka_postgres_and_the_processor() {
             Some(&Value::from("service_healthy")),
             "event-updater waits for {dep}"
         );
-        assert!(
-            compose_service(&c, dep)
-                .pointer("/healthcheck/test")
-                .is_some(),
-            "{dep} has a healthcheck"
-        );
+        // Its own, or its image's (Kafka's is deploy/kafka/Dockerfile's HEALTHCHECK).
+        let svc = compose_service(&c, dep);
+        let own = svc.pointer("/healthcheck/test").is_some();
+        let image = svc
+            .pointer("/build/dockerfile")
+            .and_then(Value::as_str)
+            .is_some_and(|d| dockerfile_at(d).iter().any(|(i, _)| i == "HEALTHCHECK"));
+        assert!(own || image, "{dep} has a healthcheck");
     }
 
     // Built from this repository's Dockerfile, running `serve`.
@@ -982,6 +1101,157 @@ fn compose_wires_kafka_postgres_and_the_processor() {
     let url = str_at(&datasources, "/datasources/0/url");
     let host = url.trim_start_matches("http://").split(':').next().unwrap();
     compose_service(&c, host);
+}
+
+#[test]
+fn kafka_has_one_committed_configuration_that_its_image_and_compose_run() {
+    // kafka.sh reads the configuration beside it, and only adds this instance's addresses.
+    let launcher = read(KAFKA_SH);
+    for file in ["server.properties", "log4j2.properties"] {
+        assert!(
+            launcher.contains(&format!("\"$HERE/{file}\"")),
+            "{KAFKA_SH} reads its own {file}"
+        );
+    }
+    // The one broker configuration in the repository.
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).expect("read_dir") {
+            let p = e.expect("entry").path();
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if p.is_dir() && !matches!(name, "target" | ".git") {
+                walk(&p, out);
+            } else if name == "server.properties" {
+                out.push(p);
+            }
+        }
+    }
+    let mut configs = Vec::new();
+    walk(&root(), &mut configs);
+    assert_eq!(configs, [root().join("deploy/kafka/server.properties")]);
+
+    // The image: that launcher with that configuration beside it, as its entrypoint.
+    let image = dockerfile_at("deploy/kafka/Dockerfile");
+    let args = |instr: &str| -> Vec<&String> {
+        image
+            .iter()
+            .filter(|(i, _)| i == instr)
+            .map(|(_, a)| a)
+            .collect()
+    };
+    let entrypoint: Vec<String> =
+        serde_json::from_str(args("ENTRYPOINT").pop().expect("ENTRYPOINT")).expect("exec form");
+    assert_eq!(entrypoint.len(), 1, "{entrypoint:?}");
+    let dir = entrypoint[0]
+        .strip_suffix("/kafka.sh")
+        .expect("the entrypoint is kafka.sh");
+    let copied = args("COPY")
+        .into_iter()
+        .find(|a| a.contains(KAFKA_SH))
+        .expect("kafka.sh is copied in");
+    let parts: Vec<&str> = copied.split_whitespace().collect();
+    assert_eq!(parts.last(), Some(&format!("{dir}/").as_str()));
+    let sources: BTreeSet<&str> = parts[..parts.len() - 1].iter().copied().collect();
+    assert_eq!(
+        sources,
+        BTreeSet::from([
+            KAFKA_SH,
+            "deploy/kafka/server.properties",
+            "deploy/kafka/log4j2.properties"
+        ])
+    );
+    // Its environment is kafka.sh's; the heap is bounded; the client port is exposed.
+    let env: BTreeMap<String, String> = args("ENV")
+        .iter()
+        .flat_map(|a| {
+            a.split_whitespace()
+                .map(|kv| {
+                    let (k, v) = kv.split_once('=').expect("ENV KEY=VALUE");
+                    (k.to_string(), v.to_string())
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let launcher_vars = kafka_sh_variables();
+    for name in env.keys() {
+        assert!(launcher_vars.contains(name), "ENV {name} is kafka.sh's");
+    }
+    assert_eq!(env["KAFKA_HEAP"], "512m");
+    assert_eq!(env["KAFKA_CLASSPATH"], format!("{dir}/libs/*"));
+    let exposed: Vec<u16> = args("EXPOSE")
+        .iter()
+        .map(|p| p.parse().expect("a port"))
+        .collect();
+    assert_eq!(exposed, [port_of(&kafka_sh_default("KAFKA_LISTEN"))]);
+    // Not root: a fixed uid that useradd creates, owning the data directory.
+    let user = args("USER").pop().expect("USER").clone();
+    let uid = user.split(':').next().unwrap();
+    assert!(uid.parse::<u32>().is_ok_and(|u| u != 0), "USER {user}");
+    let runs = args("RUN")
+        .into_iter()
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        runs.contains(&format!("--uid {uid}")),
+        "useradd --uid {uid}"
+    );
+    assert!(runs.contains("openjdk-17-jre-headless"));
+    assert!(runs.contains(&format!("-o {uid} ")) && runs.contains(&env["KAFKA_DATA"]));
+    // The jars: from the Maven stage (the default, last target) or from target/kafka/jars
+    // (`prebuilt`, which .dockerignore lets through), into the classpath's directory.
+    let froms: Vec<&String> = args("FROM");
+    assert_eq!(
+        froms,
+        [
+            "${MAVEN_IMAGE} AS jars",
+            "${RUNTIME_IMAGE} AS runtime-base",
+            "runtime-base AS prebuilt",
+            "runtime-base AS runtime"
+        ]
+    );
+    assert!(runs.contains("scripts/kafka-jars.sh copy"));
+    let jars: Vec<&String> = args("COPY")
+        .into_iter()
+        .filter(|a| a.ends_with(&format!(" {dir}/libs/")))
+        .collect();
+    assert_eq!(jars.len(), 2, "{jars:?}");
+    assert!(jars[0].starts_with("target/kafka/jars/ "), "{jars:?}");
+    assert!(jars[1].starts_with("--from=jars "), "{jars:?}");
+    assert!(read(".dockerignore")
+        .lines()
+        .any(|l| l.trim() == "!target/kafka/jars"));
+    // The health check asks Kafka: an ApiVersions request (api key 18) on the client port.
+    let health = args("HEALTHCHECK").pop().expect("HEALTHCHECK");
+    let exec = &health[health.find("CMD").expect("HEALTHCHECK ... CMD") + 3..];
+    let argv: Vec<String> = serde_json::from_str(exec.trim()).expect("exec-form CMD");
+    assert!(
+        argv.iter()
+            .any(|a| a.contains("/dev/tcp/127.0.0.1/") && a.contains("\\x00\\x12\\x00\\x00")),
+        "{argv:?}"
+    );
+
+    // compose runs that image with no configuration of its own: no entrypoint or command of
+    // its own, no file mounted over the committed ones, no broker properties in KAFKA_OVERRIDES.
+    let c = compose();
+    let kafka = compose_service(&c, "kafka");
+    assert_eq!(
+        str_at(kafka, "/build/dockerfile"),
+        "deploy/kafka/Dockerfile"
+    );
+    assert_eq!(
+        root()
+            .join("deploy")
+            .join(str_at(kafka, "/build/context"))
+            .canonicalize()
+            .unwrap(),
+        root().canonicalize().unwrap()
+    );
+    for key in ["entrypoint", "command", "volumes"] {
+        assert!(kafka.get(key).is_none(), "compose's kafka sets {key}");
+    }
+    assert!(!compose_env(kafka).contains_key("KAFKA_OVERRIDES"));
+    // And scripts/services.sh runs the same launcher on this machine.
+    assert!(read("scripts/services.sh").contains(KAFKA_SH));
 }
 
 /// Metric names, with their label names, in PromQL expressions.
