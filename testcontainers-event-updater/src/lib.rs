@@ -1,7 +1,8 @@
 //! A [testcontainers] module for event-updater, in the style of `testcontainers-modules`: start
 //! event-updater's image (`docker build -f deploy/Dockerfile -t event-updater .`) in your own
 //! integration tests, pointed at your broker and PostgreSQL, and get back a started container
-//! with its HTTP port (`/healthz`, `/readyz`, `/metrics`) mapped.
+//! with its HTTP port (`/healthz`, `/readyz`, `/metrics`) mapped; and, if you want the broker
+//! event-updater is tested with, the project's Kafka image ([`Kafka`]).
 //!
 //! ```no_run
 //! use testcontainers_event_updater::{EventUpdater, METRICS_PORT};
@@ -28,6 +29,34 @@
 //! them (as above), or, on Linux, `.with_network("host")` and the host's addresses. The broker
 //! must advertise an address the processor can reach too.
 //!
+//! [`Kafka`] is the project's Apache Kafka image (`docker build -f deploy/kafka/Dockerfile -t
+//! event-updater-kafka .`): one KRaft node on the committed `deploy/kafka/server.properties`,
+//! the broker of the local stack and of event-updater's own container tests. Start it on the
+//! same network and give the processor its container name; it advertises its own address on
+//! that network, which [`kafka_bootstrap_servers`] gives the test:
+//!
+//! ```no_run
+//! use testcontainers_event_updater::{kafka_bootstrap_servers, EventUpdater, Kafka};
+//! use testcontainers_event_updater::testcontainers::runners::AsyncRunner;
+//! use testcontainers_event_updater::testcontainers::ImageExt;
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let kafka = Kafka::default()
+//!     .with_network("my-test-network")
+//!     .with_container_name("kafka")
+//!     .start()
+//!     .await?;
+//! let processor = EventUpdater::default()
+//!     .with_broker("kafka:9092")
+//!     .with_database_url("postgres://postgres:secret@postgres:5432/events")
+//!     .with_network("my-test-network")
+//!     .start()
+//!     .await?;
+//! // The test's own producer and reply reader (on Linux, the host reaches the network).
+//! let bootstrap_servers = kafka_bootstrap_servers(&kafka).await?;
+//! # Ok(()) }
+//! ```
+//!
 //! It is a crate of its own, not a feature of the `event-updater` library, so that a
 //! downstream test depends on testcontainers only, not on the service's Kafka and PostgreSQL
 //! client stack, and the service binary carries none of it.
@@ -37,7 +66,7 @@ use std::collections::BTreeMap;
 
 pub use testcontainers;
 use testcontainers::core::{ContainerPort, WaitFor};
-use testcontainers::Image;
+use testcontainers::{ContainerAsync, Image, TestcontainersError};
 
 /// The image's HTTP port: `/healthz`, `/readyz` and `/metrics` (its `HTTP_ADDR` is
 /// `0.0.0.0:9464`).
@@ -160,6 +189,134 @@ impl Image for EventUpdater {
     }
 }
 
+/// Kafka's client port in [`Kafka`]'s image (`KAFKA_LISTEN`, `0.0.0.0:9092`).
+pub const KAFKA_PORT: ContainerPort = ContainerPort::Tcp(9092);
+
+/// What Kafka logs once it processes requests: it has caught up with its metadata and the
+/// controller has unfenced it.
+pub const KAFKA_STARTED_MESSAGE: &str = "Kafka Server started";
+
+/// The image name and tag [`Kafka::default`] runs: `docker build -f deploy/kafka/Dockerfile -t
+/// event-updater-kafka .` makes it. [`testcontainers::ImageExt::with_tag`] picks another.
+pub const DEFAULT_KAFKA_IMAGE: (&str, &str) = ("event-updater-kafka", "latest");
+
+/// The project's Apache Kafka image: one KRaft node (broker and controller) on the committed
+/// `deploy/kafka/server.properties` (one replica of everything, topics created by their users,
+/// not by fetches), configured through the environment of its launcher, `deploy/kafka/kafka.sh`.
+///
+/// By default it listens on [`KAFKA_PORT`] and advertises its own address on its network at
+/// that port: the other containers of the network reach it by its container name (or alias) or
+/// address, and, on Linux, so does the host (Docker's bridge networks are routed there), at
+/// [`kafka_bootstrap_servers`]. Ready once it logs [`KAFKA_STARTED_MESSAGE`].
+#[derive(Debug, Clone)]
+pub struct Kafka {
+    name: String,
+    tag: String,
+    env: BTreeMap<String, String>,
+    overrides: Vec<(String, String)>,
+}
+
+impl Default for Kafka {
+    /// The image's own defaults: a 512 MiB heap, the listener on `0.0.0.0:9092` advertised at
+    /// the container's address.
+    fn default() -> Self {
+        Kafka {
+            name: DEFAULT_KAFKA_IMAGE.0.to_string(),
+            tag: DEFAULT_KAFKA_IMAGE.1.to_string(),
+            env: BTreeMap::new(),
+            overrides: Vec::new(),
+        }
+    }
+}
+
+impl Kafka {
+    /// Another image repository; the tag is set with [`testcontainers::ImageExt::with_tag`] or
+    /// here.
+    pub fn with_image(mut self, name: impl Into<String>, tag: impl Into<String>) -> Self {
+        self.name = name.into();
+        self.tag = tag.into();
+        self
+    }
+
+    /// `KAFKA_ADVERTISED`: the `host:port` clients are told to use after bootstrapping (the
+    /// default, the container's own address, suits clients on its network and a Linux host).
+    pub fn with_advertised(self, host_port: impl Into<String>) -> Self {
+        self.with_env("KAFKA_ADVERTISED", host_port)
+    }
+
+    /// A broker property on top of `server.properties` (`KAFKA_OVERRIDES`), e.g.
+    /// `num.partitions` or `group.consumer.session.timeout.ms`; later ones win.
+    pub fn with_broker_property(
+        mut self,
+        key: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Self {
+        self.overrides.push((key.into(), value.into()));
+        let joined = self
+            .overrides
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(";");
+        self.with_env("KAFKA_OVERRIDES", joined)
+    }
+
+    /// `KAFKA_HEAP`: the JVM's heap, minimum and maximum (`512m` by default).
+    pub fn with_heap(self, heap: impl Into<String>) -> Self {
+        self.with_env("KAFKA_HEAP", heap)
+    }
+
+    /// Any other variable of `deploy/kafka/kafka.sh` (`KAFKA_EXTERNAL`,
+    /// `KAFKA_EXTERNAL_ADVERTISED`, `KAFKA_CLUSTER_ID`, ...).
+    pub fn with_env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.insert(name.into(), value.into());
+        self
+    }
+
+    /// The environment the container gets (on top of the image's `KAFKA_CLASSPATH`,
+    /// `KAFKA_DATA` and `KAFKA_HEAP`).
+    pub fn env(&self) -> &BTreeMap<String, String> {
+        &self.env
+    }
+}
+
+impl Image for Kafka {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    fn ready_conditions(&self) -> Vec<WaitFor> {
+        // The broker logs on stderr; on either stream, so that a log configuration that writes
+        // to stdout does not hang the start.
+        vec![WaitFor::message_on_either_std(KAFKA_STARTED_MESSAGE)]
+    }
+
+    fn env_vars(
+        &self,
+    ) -> impl IntoIterator<Item = (impl Into<Cow<'_, str>>, impl Into<Cow<'_, str>>)> {
+        self.env.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    fn expose_ports(&self) -> &[ContainerPort] {
+        std::slice::from_ref(&KAFKA_PORT)
+    }
+}
+
+/// The bootstrap servers of a started [`Kafka`] with the default advertised address: its
+/// address on the network it was started on ([`testcontainers::ImageExt::with_network`], or
+/// Docker's `bridge`) and [`KAFKA_PORT`], which is what the broker advertises. Reachable from the
+/// network's containers and from a Linux host.
+pub async fn kafka_bootstrap_servers(
+    kafka: &ContainerAsync<Kafka>,
+) -> Result<String, TestcontainersError> {
+    let ip = kafka.get_bridge_ip_address().await?;
+    Ok(format!("{ip}:{}", KAFKA_PORT.as_u16()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,5 +362,46 @@ mod tests {
             (other.name(), other.tag()),
             ("registry.example/event-updater", "1.2")
         );
+    }
+
+    #[test]
+    fn the_kafka_settings_become_the_launchers_environment() {
+        let image = Kafka::default()
+            .with_advertised("kafka:9092")
+            .with_broker_property("num.partitions", "3")
+            .with_heap("256m")
+            .with_broker_property("group.consumer.session.timeout.ms", "45000")
+            .with_env("KAFKA_EXTERNAL", "0.0.0.0:29092");
+        let env: Vec<(String, String)> = image
+            .env_vars()
+            .into_iter()
+            .map(|(k, v)| (k.into().into_owned(), v.into().into_owned()))
+            .collect();
+        let expected: Vec<(String, String)> = [
+            ("KAFKA_ADVERTISED", "kafka:9092"),
+            ("KAFKA_EXTERNAL", "0.0.0.0:29092"),
+            ("KAFKA_HEAP", "256m"),
+            (
+                "KAFKA_OVERRIDES",
+                "num.partitions=3;group.consumer.session.timeout.ms=45000",
+            ),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(env, expected);
+        assert_eq!(image.env().len(), 4);
+        // No command of its own: the image's entrypoint (kafka.sh) runs as it is.
+        assert_eq!(image.cmd().into_iter().count(), 0);
+        assert_eq!((image.name(), image.tag()), DEFAULT_KAFKA_IMAGE);
+        assert_eq!(image.expose_ports(), [ContainerPort::Tcp(9092)]);
+        let ready = format!("{:?}", image.ready_conditions());
+        assert!(ready.contains(KAFKA_STARTED_MESSAGE), "{ready}");
+        let other = image.with_image("registry.example/kafka", "4.4.0");
+        assert_eq!(
+            (other.name(), other.tag()),
+            ("registry.example/kafka", "4.4.0")
+        );
+        assert!(Kafka::default().env().is_empty(), "the image's defaults");
     }
 }
