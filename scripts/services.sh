@@ -104,8 +104,9 @@ command -v java >/dev/null || apt_install openjdk-17-jre-headless
 command -v mvn >/dev/null || apt_install maven
 classpath=$(scripts/kafka-jars.sh classpath)
 mkdir -p "$KAFKA_DIR"
-# The controller listens on a port of its own, free now.
-controller_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# The controller listens on a port of its own: the first one free above the broker's.
+controller_port=$((PORT + 1))
+while listening 127.0.0.1 "$controller_port"; do controller_port=$((controller_port + 1)); done
 say "starting Apache Kafka $(scripts/kafka-jars.sh version) at $BROKER (log: $KAFKA_DIR/kafka.log)"
 KAFKA_CLASSPATH="$classpath" KAFKA_DATA="$PWD/$KAFKA_DIR/data" KAFKA_LISTEN="$HOST:$PORT" \
   KAFKA_CONTROLLER="127.0.0.1:$controller_port" KAFKA_HEAP="${KAFKA_HEAP:-512m}" \
