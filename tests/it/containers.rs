@@ -1,20 +1,22 @@
 //! Integration tests through containers: the image `scripts/images.sh` builds from
 //! deploy/Dockerfile, started with the testcontainers module (testcontainers-event-updater)
-//! beside a PostgreSQL container and a broker container (tansu) on one Docker network of the
-//! test's own; the test publishes commands and reads replies from the host, at the containers'
-//! addresses on that network.
+//! beside a PostgreSQL container and a Kafka container (the module's `Kafka`: the image of
+//! deploy/kafka/Dockerfile) on one Docker network of the test's own; the test publishes
+//! commands and reads replies from the host, at the containers' addresses on that network.
 //!
 //! - The image's own parts, run: the health check (starting, healthy, unhealthy when the
 //!   database is gone, healthy again), the non-root user, and the stop signal (`docker stop`
 //!   ends it with exit code 0).
 //! - Faults only containers can make, under load: PostgreSQL cut off from the processor with
-//!   `docker network disconnect` for 30 s, then reconnected; the broker cut off the same way;
+//!   `docker network disconnect` for 30 s, then reconnected; the Kafka container cut off the
+//!   same way;
 //!   `docker stop` in the middle of a batch and a new container started on the same database.
 //!   After each: nothing lost, nothing applied twice, every command answered, versions 1..n,
 //!   the view a fold of the log (tests/it/support/exactly_once.rs, shared with tests/it/faults.rs).
 //! - The local stack: `docker-compose` brings up deploy/compose.yaml with
-//!   deploy/local/compose.override.yaml (the local images, nothing pulled); commands go through
-//!   it and its replies and `/metrics` are read, and Prometheus scrapes the processor.
+//!   deploy/local/compose.override.yaml (the local images, nothing pulled) on free host ports;
+//!   commands go through it and its replies and `/metrics` are read, Kafka's host listener
+//!   answers at its published port, and Prometheus scrapes the processor.
 //!
 //! Without Docker these tests say so on stderr (`SKIPPED <test>: <why>`) and pass without
 //! running; with `CI=true` a missing Docker fails them instead. With Docker, the images must
@@ -36,13 +38,15 @@ use serde_json::{json, Value};
 use testcontainers_event_updater::testcontainers::core::WaitFor;
 use testcontainers_event_updater::testcontainers::runners::AsyncRunner;
 use testcontainers_event_updater::testcontainers::{ContainerAsync, GenericImage, ImageExt};
-use testcontainers_event_updater::{EventUpdater, METRICS_PORT};
+use testcontainers_event_updater::{
+    kafka_bootstrap_servers, EventUpdater, Kafka, KAFKA_PORT, METRICS_PORT,
+};
 use uuid::Uuid;
 
 /// The tag scripts/images.sh gives its images.
 const LOCAL_TAG: &str = "local";
 const POSTGRES_IMAGE: &str = "event-updater-postgres";
-const BROKER_IMAGE: &str = "event-updater-tansu";
+const BROKER_IMAGE: &str = testcontainers_event_updater::DEFAULT_KAFKA_IMAGE.0;
 const PROCESSOR_IMAGE: &str = "event-updater";
 /// The image's user (deploy/Dockerfile's USER).
 const IMAGE_UID: &str = "10001";
@@ -159,14 +163,14 @@ impl Drop for Network {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The stack: PostgreSQL and the broker in containers, the test's resources on them.
+// The stack: PostgreSQL and Kafka in containers, the test's resources on them.
 
 struct Stack {
     /// First, so that the logs are saved before the containers go.
     logs: Vec<SaveLogs>,
     app: TestApp,
     postgres: ContainerAsync<GenericImage>,
-    broker: ContainerAsync<GenericImage>,
+    broker: ContainerAsync<Kafka>,
     /// Container names, as the processor's container reaches them.
     postgres_name: String,
     broker_name: String,
@@ -192,22 +196,28 @@ impl Stack {
             .start()
             .await
             .expect("the PostgreSQL container starts");
-        let broker = GenericImage::new(BROKER_IMAGE, LOCAL_TAG)
-            .with_wait_for(WaitFor::healthcheck())
+        // Ready once it serves requests; it advertises its address on the network, where
+        // the processor's container and the host (Linux) both reach it.
+        let broker = Kafka::default()
+            .with_tag(LOCAL_TAG)
             .with_network(&network.name)
             .with_container_name(&broker_name)
             .start()
             .await
-            .expect("the broker container starts");
+            .unwrap_or_else(|e| {
+                save_logs(&broker_name, &broker_name);
+                panic!("the Kafka container {broker_name} starts: {e}")
+            });
         let postgres_ip = ip_on(&postgres_name, &network.name);
         let broker_ip = ip_on(&broker_name, &network.name);
-        let services = Services::at(
-            format!("postgres://postgres@{postgres_ip}:5432"),
-            format!("{broker_ip}:9092"),
-        );
+        let bootstrap = kafka_bootstrap_servers(&broker)
+            .await
+            .expect("Kafka's address on the network");
+        assert_eq!(bootstrap, format!("{broker_ip}:{}", KAFKA_PORT.as_u16()));
+        let services = Services::at(format!("postgres://postgres@{postgres_ip}:5432"), bootstrap);
         let app = TestApp::resources_on(services, tweak).await;
         println!(
-            "{test}: PostgreSQL at {postgres_ip}, broker at {broker_ip}, network {}",
+            "{test}: PostgreSQL at {postgres_ip}, Kafka at {broker_ip}, network {}",
             network.name
         );
         Stack {
@@ -233,7 +243,7 @@ impl Stack {
         let c = &self.app.cfg;
         let db = c.database_url.rsplit('/').next().expect("database name");
         EventUpdater::default()
-            .with_broker(format!("{}:9092", self.broker_name))
+            .with_broker(format!("{}:{}", self.broker_name, KAFKA_PORT.as_u16()))
             .with_database_url(format!(
                 "postgres://postgres@{}:5432/{db}",
                 self.postgres_name
@@ -502,14 +512,15 @@ async fn the_broker_cut_off_by_the_network_for_30_s_under_load_loses_and_doubles
     let app = &stack.app;
     let l = fault_load(&mut rng, 2);
     let collector = app.collect_replies();
-    // A session timeout (60 s) longer than the cut and connection attempts that give up after
-    // 5 s (librdkafka's default, 30 s, can leave an attempt started during the cut hanging
-    // well after it): the processor keeps its partitions through the cut, as with Kafka. (If
-    // its session expired, it would rejoin as a new member, and tansu 0.6, which never expires
-    // the old member, would hold the rebalance until its timeout, max.poll.interval.ms: 5 min.)
+    // The stack's session timeout (6 s), so the cut outlasts it: Kafka's group coordinator
+    // expires the processor's membership during the cut, and after it the processor's next
+    // heartbeat is refused (unknown member): it loses its partitions, rejoins, and resumes from
+    // the committed offsets, redelivering what it had applied but not committed. Connection
+    // attempts give up after 5 s (librdkafka's default, 30 s, can leave an attempt started
+    // during the cut hanging well after it).
     let image = stack.processor().with_env(
         "KAFKA_PROPERTIES",
-        "session.timeout.ms=60000;heartbeat.interval.ms=3000;socket.connection.setup.timeout.ms=5000",
+        "session.timeout.ms=6000;heartbeat.interval.ms=500;socket.connection.setup.timeout.ms=5000",
     );
     let p = stack.start_processor(image, "p").await;
     let pace = outage.as_millis() as u64 / (l.records.len() as u64 / 100).max(1);
@@ -520,7 +531,7 @@ async fn the_broker_cut_off_by_the_network_for_30_s_under_load_loses_and_doubles
             .expect("replies");
         stack.disconnect(&stack.broker_name);
         println!(
-            "broker disconnected; {} answered so far",
+            "Kafka disconnected; {} answered so far",
             collector.answered()
         );
         // Replies in flight at the cut may still arrive for a moment; after that, none can.
@@ -530,11 +541,11 @@ async fn the_broker_cut_off_by_the_network_for_30_s_under_load_loses_and_doubles
         assert_eq!(
             collector.answered(),
             during,
-            "nothing arrives while the broker is cut off"
+            "nothing arrives while Kafka is cut off"
         );
         stack.reconnect(&stack.broker_name, &stack.broker_ip);
         println!(
-            "broker reconnected after {outage:?}; {} answered so far",
+            "Kafka reconnected after {outage:?}; {} answered so far",
             collector.answered()
         );
     };
@@ -544,7 +555,7 @@ async fn the_broker_cut_off_by_the_network_for_30_s_under_load_loses_and_doubles
         app,
         &l,
         collector,
-        &format!("broker cut off (docker network disconnect) for {outage:?}"),
+        &format!("Kafka cut off (docker network disconnect) for {outage:?}"),
     )
     .await;
     let (code, _) = p.docker_stop(45).await;
@@ -669,12 +680,12 @@ impl Drop for Compose {
     }
 }
 
-/// A free port on the host's loopback.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+/// `N` distinct ports free on the host now (all held at once while they are picked).
+fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("0.0.0.0:0").expect("a free port"))
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().expect("its address").port())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -693,12 +704,14 @@ async fn the_local_compose_stack_answers_commands_and_serves_metrics() {
         );
         return;
     }
-    let (http_port, prometheus_port) = (free_port(), free_port());
+    // Every port the stack publishes (Grafana is not started) is one free here now.
+    let [http_port, prometheus_port, kafka_port] = free_ports();
     let compose = Compose {
         project: format!("eu-smoke-{}", &Uuid::new_v4().simple().to_string()[..8]),
         env: vec![
             ("EVENT_UPDATER_HTTP_PORT".into(), http_port.to_string()),
             ("PROMETHEUS_PORT".into(), prometheus_port.to_string()),
+            ("KAFKA_HOST_PORT".into(), kafka_port.to_string()),
         ],
     };
     compose
@@ -716,6 +729,43 @@ async fn the_local_compose_stack_answers_commands_and_serves_metrics() {
         .unwrap_or_else(|e| panic!("{e}"));
     let took = wait_for_health(&processor, "healthy", Duration::from_secs(120)).await;
     println!("compose: event-updater healthy after {took:?}");
+    let kafka = compose
+        .run(&["ps", "-q", "kafka"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(health_of(&kafka), "healthy", "Kafka's health check");
+
+    // Kafka's host listener: published on KAFKA_HOST_PORT and advertised there, so a client on
+    // the host is sent back to the port it bootstrapped from; the processor's command topic
+    // (created by it through kafka:9092) is there, with the processor's partition count.
+    let setting = |name: &str| {
+        compose
+            .run(&["exec", "-T", "event-updater", "printenv", name])
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let (command_topic, topic_partitions) = (setting("COMMAND_TOPIC"), setting("TOPIC_PARTITIONS"));
+    let host_listener = format!("localhost:{kafka_port}");
+    let (brokers, partitions) = tokio::task::spawn_blocking(move || {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let client: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &host_listener)
+            .create()
+            .expect("a client");
+        let metadata = client
+            .fetch_metadata(Some(&command_topic), Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("metadata from {host_listener}: {e}"));
+        let brokers: Vec<(String, i32)> = metadata
+            .brokers()
+            .iter()
+            .map(|b| (b.host().to_string(), b.port()))
+            .collect();
+        let topic = &metadata.topics()[0];
+        assert!(topic.error().is_none(), "{:?}", topic.error());
+        (brokers, topic.partitions().len())
+    })
+    .await
+    .expect("the metadata request");
+    assert_eq!(brokers, [("localhost".to_string(), i32::from(kafka_port))]);
+    assert_eq!(partitions.to_string(), topic_partitions);
 
     // A token, then commands through the stack's broker with the binary's own `send`.
     let token = compose

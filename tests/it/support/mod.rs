@@ -34,37 +34,28 @@ pub const PARTITIONS: i32 = 3;
 /// Where the tests find PostgreSQL and a broker.
 ///
 /// `TEST_DATABASE_URL` (a server URL without database) and `KAFKA_BOOTSTRAP_SERVERS` when given
-/// (the Test command gives both); otherwise, where Docker is available, a PostgreSQL and a
-/// broker container started with testcontainers for this test alone (removed when the test
-/// ends): the local images of scripts/images.sh when they exist (reached at their addresses on
-/// Docker's bridge network, Linux), else the public `postgres` and `apache/kafka` images;
-/// otherwise `postgres://postgres@127.0.0.1:5432` and `127.0.0.1:9092`.
+/// (the Test command gives both); otherwise, where Docker is available and scripts/images.sh's
+/// images exist, a PostgreSQL and a Kafka container started with testcontainers for this test
+/// alone (removed when the test ends), reached at their addresses on Docker's bridge network
+/// (Linux); otherwise `postgres://postgres@127.0.0.1:5432` and `127.0.0.1:9092`
+/// (scripts/services.sh's).
 pub struct Services {
     pub database_base: String,
     pub broker: String,
     containers: Option<Containers>,
 }
 
-enum Containers {
-    Public {
-        postgres: Box<
-            testcontainers_modules::testcontainers::ContainerAsync<
-                testcontainers_modules::postgres::Postgres,
-            >,
-        >,
-        kafka: Box<
-            testcontainers_modules::testcontainers::ContainerAsync<
-                testcontainers_modules::kafka::apache::Kafka,
-            >,
-        >,
-    },
-    /// scripts/images.sh's PostgreSQL and tansu.
-    Local(Vec<testcontainers_modules::testcontainers::ContainerAsync<GenericImage>>),
+/// scripts/images.sh's PostgreSQL and Kafka, started for one test.
+struct Containers {
+    postgres: testcontainers_modules::testcontainers::ContainerAsync<GenericImage>,
+    kafka:
+        testcontainers_modules::testcontainers::ContainerAsync<testcontainers_event_updater::Kafka>,
 }
 
-/// The local images scripts/images.sh builds for PostgreSQL and the broker.
+/// The local images scripts/images.sh builds for PostgreSQL and the broker (Apache Kafka, from
+/// deploy/kafka/Dockerfile).
 pub const LOCAL_POSTGRES_IMAGE: (&str, &str) = ("event-updater-postgres", "local");
-pub const LOCAL_BROKER_IMAGE: (&str, &str) = ("event-updater-tansu", "local");
+pub const LOCAL_BROKER_IMAGE: (&str, &str) = ("event-updater-kafka", "local");
 
 /// Runs `docker args...`: its trimmed stdout, or an error with its stderr.
 pub fn docker(args: &[&str]) -> Result<String, String> {
@@ -101,64 +92,49 @@ impl Services {
                 containers: None,
             };
         }
-        use testcontainers_modules::kafka::apache;
-        use testcontainers_modules::postgres::Postgres;
+        if !(image_exists(LOCAL_POSTGRES_IMAGE) && image_exists(LOCAL_BROKER_IMAGE)) {
+            // No images to start (scripts/images.sh builds them; none is pulled): the
+            // services of this machine (scripts/services.sh).
+            eprintln!(
+                "services: Docker answers but {}:{} or {}:{} is missing (scripts/images.sh); \
+                 using PostgreSQL at 127.0.0.1:5432 and Kafka at 127.0.0.1:9092",
+                LOCAL_POSTGRES_IMAGE.0,
+                LOCAL_POSTGRES_IMAGE.1,
+                LOCAL_BROKER_IMAGE.0,
+                LOCAL_BROKER_IMAGE.1
+            );
+            return Services::at("postgres://postgres@127.0.0.1:5432", "127.0.0.1:9092");
+        }
         use testcontainers_modules::testcontainers::core::WaitFor;
         use testcontainers_modules::testcontainers::runners::AsyncRunner;
         use testcontainers_modules::testcontainers::ImageExt;
-        if image_exists(LOCAL_POSTGRES_IMAGE) && image_exists(LOCAL_BROKER_IMAGE) {
-            let postgres = GenericImage::new(LOCAL_POSTGRES_IMAGE.0, LOCAL_POSTGRES_IMAGE.1)
-                .with_wait_for(WaitFor::message_on_stderr(
-                    "database system is ready to accept connections",
-                ))
-                .start()
-                .await
-                .expect("PostgreSQL container");
-            // tansu advertises its own address on the network, where the host reaches it.
-            let broker = GenericImage::new(LOCAL_BROKER_IMAGE.0, LOCAL_BROKER_IMAGE.1)
-                .with_wait_for(WaitFor::healthcheck())
-                .start()
-                .await
-                .expect("broker container");
-            let ip = |id: &str| {
-                docker(&[
-                    "inspect",
-                    "--format",
-                    "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-                    id,
-                ])
-                .expect("the container's address")
-            };
-            let (pg_ip, broker_ip) = (ip(postgres.id()), ip(broker.id()));
-            return Services {
-                database_base: format!("postgres://postgres@{pg_ip}:5432"),
-                broker: format!("{broker_ip}:9092"),
-                containers: Some(Containers::Local(vec![postgres, broker])),
-            };
-        }
-        let postgres = Postgres::default()
-            .with_host_auth()
-            .with_tag("17")
+        // On Docker's `bridge` network by name, where each is reached at its own address.
+        let postgres = GenericImage::new(LOCAL_POSTGRES_IMAGE.0, LOCAL_POSTGRES_IMAGE.1)
+            .with_wait_for(WaitFor::message_on_stderr(
+                "database system is ready to accept connections",
+            ))
+            .with_network("bridge")
             .start()
             .await
-            .expect("postgres container");
-        let kafka = apache::Kafka::default()
-            .with_jvm_image()
+            .expect("PostgreSQL container");
+        // Kafka advertises its own address on the network, where the host reaches it.
+        let kafka = testcontainers_event_updater::Kafka::default()
+            .with_image(LOCAL_BROKER_IMAGE.0, LOCAL_BROKER_IMAGE.1)
+            .with_network("bridge")
             .start()
             .await
-            .expect("apache/kafka container");
-        let pg_port = postgres.get_host_port_ipv4(5432).await.expect("port");
-        let kafka_port = kafka
-            .get_host_port_ipv4(apache::KAFKA_PORT)
+            .expect("Kafka container");
+        let pg_ip = postgres
+            .get_bridge_ip_address()
             .await
-            .expect("port");
+            .expect("PostgreSQL's address");
+        let broker = testcontainers_event_updater::kafka_bootstrap_servers(&kafka)
+            .await
+            .expect("Kafka's address");
         Services {
-            database_base: format!("postgres://postgres@127.0.0.1:{pg_port}"),
-            broker: format!("127.0.0.1:{kafka_port}"),
-            containers: Some(Containers::Public {
-                postgres: Box::new(postgres),
-                kafka: Box::new(kafka),
-            }),
+            database_base: format!("postgres://postgres@{pg_ip}:5432"),
+            broker,
+            containers: Some(Containers { postgres, kafka }),
         }
     }
 
@@ -174,17 +150,9 @@ impl Services {
 
     /// Removes the containers, if this test started any.
     async fn stop(self) {
-        match self.containers {
-            Some(Containers::Public { postgres, kafka }) => {
-                let _ = kafka.rm().await;
-                let _ = postgres.rm().await;
-            }
-            Some(Containers::Local(containers)) => {
-                for c in containers.into_iter().rev() {
-                    let _ = c.rm().await;
-                }
-            }
-            None => {}
+        if let Some(Containers { postgres, kafka }) = self.containers {
+            let _ = kafka.rm().await;
+            let _ = postgres.rm().await;
         }
     }
 }
