@@ -2,7 +2,9 @@
 //!
 //! Every option has a flag and an environment variable (`--database-url` / `DATABASE_URL`), and
 //! `--help` lists them with their defaults. librdkafka properties not covered here (TLS, SASL,
-//! timeouts, ...) pass through unchanged with `--kafka-property key=value` or `KAFKA_PROPERTIES`.
+//! timeouts, ...) pass through unchanged with `--kafka-property key=value` or `KAFKA_PROPERTIES`,
+//! except where they would contradict a typed option: the consumer group protocol is chosen by
+//! `KAFKA_GROUP_PROTOCOL` alone ([`Config::group_settings`]).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -55,6 +57,17 @@ pub struct Config {
     /// Kafka consumer group id.
     #[arg(long, env = "KAFKA_GROUP_ID", default_value = "event-updater")]
     pub kafka_group_id: String,
+
+    /// The consumer group protocol: `classic` (JoinGroup/SyncGroup, with the cooperative-sticky
+    /// assignor) or `consumer` (KIP-848, Kafka 4.0 and later: the broker assigns, and the
+    /// session timeout and heartbeat interval are the broker's settings).
+    #[arg(
+        long,
+        env = "KAFKA_GROUP_PROTOCOL",
+        value_enum,
+        default_value = "classic"
+    )]
+    pub kafka_group_protocol: GroupProtocol,
 
     /// Partitions of each topic the processor creates when it is missing.
     #[arg(long, env = "TOPIC_PARTITIONS", default_value_t = 6)]
@@ -139,7 +152,127 @@ pub struct Config {
     pub idempotency_prune_interval: Duration,
 }
 
+/// The group protocol the command consumer speaks to Kafka's group coordinator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GroupProtocol {
+    /// The classic protocol, with the cooperative-sticky assignor: a rebalance moves only the
+    /// partitions that change owner (two rounds of JoinGroup/SyncGroup), and the members keep
+    /// the rest meanwhile. The client sets `session.timeout.ms` and `heartbeat.interval.ms`.
+    Classic,
+    /// KIP-848's consumer protocol: the broker computes the assignment and hands it out with
+    /// the heartbeats, one member at a time, incrementally. The session timeout and heartbeat
+    /// interval are the broker's (`group.consumer.session.timeout.ms`,
+    /// `group.consumer.heartbeat.interval.ms`).
+    Consumer,
+}
+
+impl GroupProtocol {
+    /// The value of librdkafka's `group.protocol`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupProtocol::Classic => "classic",
+            GroupProtocol::Consumer => "consumer",
+        }
+    }
+}
+
+impl std::fmt::Display for GroupProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The librdkafka properties of the classic protocol that the consumer protocol does not take,
+/// with where that setting lives under it. librdkafka 2.12 refuses to create a consumer with
+/// `group.protocol=consumer` and any of them set (even to its default): "`session.timeout.ms`
+/// is not supported for `group.protocol=consumer`. It is defined broker side".
+pub const CLASSIC_ONLY_PROPERTIES: [(&str, &str); 4] = [
+    (
+        "session.timeout.ms",
+        "the broker's group.consumer.session.timeout.ms",
+    ),
+    (
+        "heartbeat.interval.ms",
+        "the broker's group.consumer.heartbeat.interval.ms",
+    ),
+    (
+        "partition.assignment.strategy",
+        "the broker's assignor (group.remote.assignor names one)",
+    ),
+    (
+        "group.protocol.type",
+        "nothing: the consumer protocol has no protocol type",
+    ),
+];
+
+/// What the group protocol makes of the consumer's librdkafka configuration
+/// ([`Config::group_settings`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSettings {
+    /// Set before `KAFKA_PROPERTIES` (which may override all but `group.protocol`).
+    pub set: Vec<(&'static str, &'static str)>,
+    /// Properties of `KAFKA_PROPERTIES` left out of the consumer, each with where its setting
+    /// lives instead (to be logged as a warning).
+    pub left_out: Vec<(String, &'static str)>,
+}
+
+/// A configuration that cannot be run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// `KAFKA_PROPERTIES` names a group protocol other than `KAFKA_GROUP_PROTOCOL`.
+    #[error("KAFKA_PROPERTIES sets group.protocol={asked}, but KAFKA_GROUP_PROTOCOL is {chosen}: choose the group protocol with KAFKA_GROUP_PROTOCOL (--kafka-group-protocol) alone")]
+    GroupProtocolConflict {
+        /// What `KAFKA_PROPERTIES` asks for.
+        asked: String,
+        /// What `KAFKA_GROUP_PROTOCOL` says.
+        chosen: GroupProtocol,
+    },
+}
+
 impl Config {
+    /// The consumer's group protocol settings: `classic` sets `group.protocol=classic` and the
+    /// cooperative-sticky assignor (`KAFKA_PROPERTIES` may name another assignor, and set the
+    /// session timeout and heartbeat interval); `consumer` sets `group.protocol=consumer`, and
+    /// the [`CLASSIC_ONLY_PROPERTIES`] in `KAFKA_PROPERTIES` are left out of the consumer (they
+    /// still reach the producer and admin clients, which ignore them), so that one set of
+    /// properties serves either protocol. A `group.protocol` in `KAFKA_PROPERTIES` other than
+    /// `KAFKA_GROUP_PROTOCOL` is an error.
+    pub fn group_settings(&self) -> Result<GroupSettings, ConfigError> {
+        let chosen = self.kafka_group_protocol;
+        if let Some((_, asked)) = self
+            .kafka_properties
+            .iter()
+            .find(|(k, v)| k == "group.protocol" && !v.trim().eq_ignore_ascii_case(chosen.as_str()))
+        {
+            return Err(ConfigError::GroupProtocolConflict {
+                asked: asked.clone(),
+                chosen,
+            });
+        }
+        Ok(match chosen {
+            GroupProtocol::Classic => GroupSettings {
+                set: vec![
+                    ("group.protocol", "classic"),
+                    ("partition.assignment.strategy", "cooperative-sticky"),
+                ],
+                left_out: Vec::new(),
+            },
+            GroupProtocol::Consumer => GroupSettings {
+                set: vec![("group.protocol", "consumer")],
+                left_out: self
+                    .kafka_properties
+                    .iter()
+                    .filter_map(|(k, _)| {
+                        CLASSIC_ONLY_PROPERTIES
+                            .iter()
+                            .find(|(name, _)| name == k)
+                            .map(|(_, instead)| (k.clone(), *instead))
+                    })
+                    .collect(),
+            },
+        })
+    }
+
     /// The settings a batch is decided under.
     pub fn rules(&self) -> crate::domain::decide::Rules {
         crate::domain::decide::Rules {
@@ -416,6 +549,104 @@ mod tests {
         assert_eq!(c.idempotency_retention, Duration::from_secs(12 * 3_600));
         assert_eq!(c.idempotency_prune_interval, Duration::from_millis(500));
         assert!(Config::try_parse_from(["event-updater", "--idempotency-retention", "0"]).is_err());
+    }
+
+    #[test]
+    fn the_group_protocol_is_an_option_with_two_values() {
+        assert_eq!(
+            Config::defaults().kafka_group_protocol,
+            GroupProtocol::Classic
+        );
+        for (value, want) in [
+            ("classic", GroupProtocol::Classic),
+            ("consumer", GroupProtocol::Consumer),
+        ] {
+            let c =
+                Config::try_parse_from(["event-updater", "--kafka-group-protocol", value]).unwrap();
+            assert_eq!(c.kafka_group_protocol, want);
+            assert_eq!(want.as_str(), value);
+        }
+        assert!(
+            Config::try_parse_from(["event-updater", "--kafka-group-protocol", "eager"]).is_err()
+        );
+    }
+
+    fn with_properties(protocol: GroupProtocol, properties: &[(&str, &str)]) -> Config {
+        let mut c = Config::defaults();
+        c.kafka_group_protocol = protocol;
+        c.kafka_properties = properties
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        c
+    }
+
+    #[test]
+    fn classic_sets_the_cooperative_assignor_and_keeps_the_session_properties() {
+        let c = with_properties(
+            GroupProtocol::Classic,
+            &[
+                ("session.timeout.ms", "6000"),
+                ("heartbeat.interval.ms", "500"),
+            ],
+        );
+        let s = c.group_settings().unwrap();
+        assert_eq!(
+            s.set,
+            [
+                ("group.protocol", "classic"),
+                ("partition.assignment.strategy", "cooperative-sticky")
+            ]
+        );
+        assert!(s.left_out.is_empty());
+    }
+
+    #[test]
+    fn consumer_leaves_the_classic_only_properties_out_and_says_where_they_live() {
+        let c = with_properties(
+            GroupProtocol::Consumer,
+            &[
+                ("session.timeout.ms", "6000"),
+                ("security.protocol", "SSL"),
+                ("heartbeat.interval.ms", "500"),
+                ("partition.assignment.strategy", "range"),
+                ("group.protocol.type", "consumer"),
+                ("group.protocol", "consumer"),
+            ],
+        );
+        let s = c.group_settings().unwrap();
+        assert_eq!(s.set, [("group.protocol", "consumer")]);
+        let left_out: Vec<&str> = s.left_out.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            left_out,
+            [
+                "session.timeout.ms",
+                "heartbeat.interval.ms",
+                "partition.assignment.strategy",
+                "group.protocol.type"
+            ]
+        );
+        assert!(s.left_out[0]
+            .1
+            .contains("group.consumer.session.timeout.ms"));
+    }
+
+    #[test]
+    fn a_group_protocol_property_other_than_the_option_is_refused() {
+        let c = with_properties(GroupProtocol::Classic, &[("group.protocol", "consumer")]);
+        let e = c.group_settings().unwrap_err();
+        assert_eq!(
+            e,
+            ConfigError::GroupProtocolConflict {
+                asked: "consumer".into(),
+                chosen: GroupProtocol::Classic
+            }
+        );
+        assert!(e.to_string().contains("KAFKA_GROUP_PROTOCOL"), "{e}");
+        let c = with_properties(GroupProtocol::Consumer, &[("group.protocol", "classic")]);
+        assert!(c.group_settings().is_err());
+        let c = with_properties(GroupProtocol::Classic, &[("group.protocol", "Classic")]);
+        assert!(c.group_settings().is_ok());
     }
 
     #[test]

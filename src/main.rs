@@ -121,6 +121,7 @@ pub(crate) fn log_config(cfg: &Config) {
         reply_topic = %cfg.reply_topic,
         dlq_topic = %cfg.dlq_topic,
         kafka_group_id = %cfg.kafka_group_id,
+        kafka_group_protocol = %cfg.kafka_group_protocol,
         topic_partitions = cfg.topic_partitions,
         http_addr = %cfg.http_addr,
         max_batch = cfg.max_batch,

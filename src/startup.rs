@@ -33,6 +33,8 @@ pub enum StartupError {
     Store(#[from] StoreError),
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    #[error("consumer: {0}")]
+    Consumer(#[from] consumer::ConsumerError),
     #[error("http server: {0}")]
     Http(#[from] std::io::Error),
     #[error("a task panicked: {0}")]
@@ -65,6 +67,9 @@ impl Application {
         if cfg.auth_mode == crate::domain::auth::AuthMode::Disabled {
             tracing::warn!("AUTH_MODE=disabled: commands are NOT authenticated; any producer may change events. For local development only.");
         }
+        // A configuration that contradicts itself is refused before anything connects.
+        cfg.group_settings()
+            .map_err(consumer::ConsumerError::from)?;
         let health = Arc::new(Health::default());
         let pool = store::connect_for_processing(
             &cfg.database_url,

@@ -26,6 +26,16 @@
 //!   until every fetched record is finished and commits, so their next owner starts after the
 //!   last answered command. Anything still in flight past the bound is fenced by the database
 //!   (see [`store::apply_batch`]).
+//! - Assignment is incremental under both group protocols (`KAFKA_GROUP_PROTOCOL`: classic with
+//!   the cooperative-sticky assignor, or consumer): librdkafka reports the rebalance protocol
+//!   as cooperative, so rdkafka's `ConsumerContext::rebalance` hands a revocation to
+//!   `incremental_unassign` and an assignment to `incremental_assign`. A revocation names only
+//!   the partitions that leave; the others stay assigned, keep their fetch positions and
+//!   their records in the lanes, and are never re-read. The drain waits for every record in
+//!   flight, a superset of the leaving partitions' records, so the rule above holds for a
+//!   partial revocation too. A lost assignment (the member's session expired, or the broker
+//!   fenced it) is drained but not committed; its records are answered and fenced like a
+//!   zombie's.
 //! - A database that is down is retried with back-off; data the database refuses is isolated to
 //!   its command, which gets a 400, so a partition never stalls.
 //! - Conflicts with concurrent writers (a zombie: a previous owner of a partition still applying
@@ -54,7 +64,7 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::domain::command::{self, Action, Command, Incoming};
 use crate::domain::decide::{unstored, Outcome, OutcomeKind, Source};
 use crate::domain::reply::{detail, Destination, Outgoing, MAX_ECHOED_BYTES};
@@ -226,9 +236,28 @@ impl ConsumerContext for ProcessorContext {
     /// Before partitions go, waits until every fetched record is finished (runs on the fetch
     /// thread, so nothing new is fetched meanwhile), then commits what is stored, so that the
     /// next owners start after the last answered command.
+    ///
+    /// Under incremental assignment (the cooperative-sticky assignor, and the consumer
+    /// protocol) `tpl` holds only the partitions that leave; the others stay, with their fetch
+    /// positions. Waiting for every record in flight covers the leaving partitions' records
+    /// (and, needlessly but briefly, the staying ones'), and the commit covers every stored
+    /// offset. A lost assignment (this member was fenced, say after a freeze) is not committed:
+    /// the group no longer takes this member's commits, and the partitions' new owners answer
+    /// what was redelivered from the stored replies.
     fn pre_rebalance(&self, consumer: &BaseConsumer<ProcessorContext>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
+            if tpl.count() == 0 {
+                return;
+            }
             let drained = self.budget.wait_idle(self.drain_bound);
+            if consumer.assignment_lost() {
+                tracing::warn!(
+                    partitions = tpl.count(),
+                    drained,
+                    "partitions lost (this member's session expired or it was fenced); not committing"
+                );
+                return;
+            }
             tracing::info!(partitions = tpl.count(), drained, "partitions revoked");
             match consumer.commit_consumer_state(CommitMode::Sync) {
                 Ok(()) => {}
@@ -259,16 +288,33 @@ impl ConsumerContext for ProcessorContext {
 /// The command consumer with its context.
 pub type CommandConsumer = BaseConsumer<ProcessorContext>;
 
-/// Creates the consumer: offsets are stored by hand after each batch and auto-committed.
+/// Why the command consumer could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    /// The configuration contradicts itself ([`Config::group_settings`]).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// librdkafka refused the configuration or could not start the client.
+    #[error(transparent)]
+    Kafka(#[from] rdkafka::error::KafkaError),
+}
+
+/// Creates the consumer: offsets are stored by hand after each batch and auto-committed. The
+/// group protocol is `KAFKA_GROUP_PROTOCOL`'s ([`Config::group_settings`]); under `consumer`,
+/// the classic-only properties of `KAFKA_PROPERTIES` are left out, each with a warning.
 pub fn create_consumer(
     cfg: &Config,
     health: Arc<Health>,
     budget: Arc<Budget>,
-) -> KafkaResult<CommandConsumer> {
+) -> Result<CommandConsumer, ConsumerError> {
     /// One fetch response at most (librdkafka still takes a single larger record whole).
     const FETCH_MAX_BYTES: usize = 4 * 1024 * 1024;
+    let group = cfg.group_settings()?;
     let prefetch_kib = (cfg.max_in_flight_bytes / 1024).min(8192);
     let mut c = kafka::client_config(cfg);
+    for (k, v) in &group.set {
+        c.set(*k, *v);
+    }
     c.set("group.id", &cfg.kafka_group_id)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "500")
@@ -288,6 +334,14 @@ pub fn create_consumer(
         .set("fetch.wait.max.ms", "10");
     for (k, v) in &cfg.kafka_properties {
         c.set(k, v);
+    }
+    for (property, instead) in &group.left_out {
+        c.remove(property);
+        tracing::warn!(
+            property = %property,
+            instead = %instead,
+            "KAFKA_PROPERTIES sets a property of the classic group protocol, which the consumer protocol (KAFKA_GROUP_PROTOCOL=consumer) does not take; left out of the consumer"
+        );
     }
     // What librdkafka buffers ahead is part of the processor's memory too: the operator's
     // properties may lower these bounds but not raise them past the in-flight budget.
@@ -311,11 +365,11 @@ pub fn create_consumer(
             c.set(key, most.to_string());
         }
     }
-    c.create_with_context(ProcessorContext {
+    Ok(c.create_with_context(ProcessorContext {
         health,
         budget,
         drain_bound: cfg.shutdown_timeout().min(Duration::from_secs(10)),
-    })
+    })?)
 }
 
 /// The processor: owns the consumer, the publisher and the pool.
@@ -956,6 +1010,102 @@ fn to_incoming(m: &BorrowedMessage<'_>) -> Incoming {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{GroupProtocol, CLASSIC_ONLY_PROPERTIES};
+
+    /// A configuration whose bootstrap address has no broker (a port just freed): creating a
+    /// consumer needs none.
+    fn offline(protocol: GroupProtocol, properties: &[(&str, &str)]) -> Config {
+        let free = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let mut c = Config::defaults();
+        c.kafka_bootstrap_servers = free.to_string();
+        c.kafka_group_protocol = protocol;
+        c.kafka_properties = properties
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        c
+    }
+
+    fn create(c: &Config) -> Result<CommandConsumer, ConsumerError> {
+        create_consumer(
+            c,
+            Arc::new(Health::default()),
+            Arc::new(Budget::new(c.max_in_flight_bytes)),
+        )
+    }
+
+    /// What the consumer protocol's handling rests on: librdkafka 2.12 refuses to create a
+    /// consumer with `group.protocol=consumer` and any classic-only property set, even to its
+    /// default value.
+    #[test]
+    fn librdkafka_refuses_classic_only_properties_under_the_consumer_protocol() {
+        let c = offline(GroupProtocol::Consumer, &[]);
+        for (property, value) in [
+            ("session.timeout.ms", "45000"),
+            ("heartbeat.interval.ms", "3000"),
+            ("partition.assignment.strategy", "cooperative-sticky"),
+            ("group.protocol.type", "consumer"),
+        ] {
+            assert!(CLASSIC_ONLY_PROPERTIES.iter().any(|(p, _)| *p == property));
+            let refused = kafka::client_config(&c)
+                .set("group.id", "g")
+                .set("group.protocol", "consumer")
+                .set(property, value)
+                .create::<BaseConsumer>()
+                .err()
+                .unwrap_or_else(|| {
+                    panic!("librdkafka took {property} under the consumer protocol")
+                });
+            assert!(
+                refused
+                    .to_string()
+                    .contains("not supported for `group.protocol=consumer`"),
+                "{property}: {refused}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_consumer_protocol_starts_with_classic_properties_in_kafka_properties() {
+        let c = offline(
+            GroupProtocol::Consumer,
+            &[
+                ("session.timeout.ms", "6000"),
+                ("heartbeat.interval.ms", "500"),
+                ("partition.assignment.strategy", "range"),
+                ("group.protocol.type", "consumer"),
+            ],
+        );
+        create(&c).expect("the classic-only properties are left out");
+        create(&offline(GroupProtocol::Consumer, &[])).expect("consumer protocol");
+    }
+
+    #[test]
+    fn the_classic_protocol_takes_its_session_properties_and_an_operators_assignor() {
+        let c = offline(
+            GroupProtocol::Classic,
+            &[
+                ("session.timeout.ms", "6000"),
+                ("heartbeat.interval.ms", "500"),
+            ],
+        );
+        create(&c).expect("classic protocol");
+        // librdkafka refuses a mix of eager and cooperative assignors: the operator's choice
+        // replaces the default rather than joining it.
+        let c = offline(
+            GroupProtocol::Classic,
+            &[("partition.assignment.strategy", "range")],
+        );
+        create(&c).expect("the operator's assignor");
+    }
+
+    #[test]
+    fn a_conflicting_group_protocol_property_is_a_configuration_error() {
+        let c = offline(GroupProtocol::Classic, &[("group.protocol", "consumer")]);
+        assert!(matches!(create(&c), Err(ConsumerError::Config(_))));
+    }
 
     #[test]
     fn conflict_backoff_doubles_from_10_ms_is_capped_and_jittered_within_its_half() {

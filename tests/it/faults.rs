@@ -14,9 +14,8 @@ use std::time::Duration;
 use crate::support::exactly_once::{
     assert_exactly_once, env_or, fault_load, load, send_paced, wait_for_all_or_explain, Rng,
 };
-use crate::support::{http_status, on_mock_cluster, wait_for_status, TestApp};
+use crate::support::{http_status, wait_for_status, TestApp};
 use event_updater_harness::kafka::Broker;
-use rdkafka::mocking::MockCluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_moments_then_restart_loses_and_doubles_nothing() {

@@ -10,6 +10,7 @@ mod containers;
 mod contract_schema;
 mod differential;
 mod faults;
+mod groups;
 mod hostile;
 mod processor;
 mod retention;

@@ -64,6 +64,8 @@ pub struct Reply {
     pub read_at: Instant,
     /// Its timestamp (the producer's CreateTime), in ms since the epoch.
     pub timestamp_ms: Option<i64>,
+    /// The partition it was read from.
+    pub partition: i32,
 }
 
 /// Everything read, by request id, in the order read.
@@ -98,6 +100,7 @@ impl Collector {
                             value: m.payload().unwrap_or_default().to_vec(),
                             read_at,
                             timestamp_ms: m.timestamp().to_millis(),
+                            partition: m.partition(),
                         };
                         let mut st = lock(&s);
                         st.records += 1;
@@ -215,6 +218,23 @@ impl Collector {
             }
             tokio::time::sleep(idle - quiet_for).await;
         }
+    }
+
+    /// When each request id read so far was first answered: the (partition, CreateTime in ms)
+    /// of its earliest reply. A redelivered command's later replies are left out; so are
+    /// replies without a timestamp.
+    pub fn answered_at(&self) -> HashMap<String, (i32, i64)> {
+        lock(&self.state)
+            .by_id
+            .iter()
+            .filter_map(|(id, copies)| {
+                copies
+                    .iter()
+                    .filter_map(|r| r.timestamp_ms.map(|t| (r.partition, t)))
+                    .min_by_key(|(_, t)| *t)
+                    .map(|first| (id.clone(), first))
+            })
+            .collect()
     }
 
     /// Takes what was read so far, leaving the collector empty (it reads on).

@@ -6,6 +6,7 @@
 //! (its database, its topics) is removed when its [`TestApp`] is dropped, pass or fail.
 
 pub mod exactly_once;
+pub mod gaps;
 pub mod yaml;
 
 use std::time::Duration;
@@ -20,7 +21,6 @@ use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, TopicPartitionList};
@@ -567,23 +567,40 @@ impl TestApp {
     /// Starts `event-updater serve` as a child process with this test's configuration
     /// (`extra` environment variables on top); its log goes to `target/test-logs/`.
     ///
+    /// The group protocol is `KAFKA_GROUP_PROTOCOL` from `extra`, else the test's
+    /// configuration's. Under the classic protocol the child's session is 6 s with a heartbeat
+    /// every 500 ms (`KAFKA_PROPERTIES`); under the consumer protocol those are the broker's
+    /// (deploy/kafka/server.properties sets the same), and the child gets none.
+    ///
     /// Returns once the child has subscribed (its log says so), so that a signal sent to it
     /// afterwards finds its handlers installed; panics if it exits first or takes over 60 s.
     pub async fn start_child(&self, name: &str, extra: &[(&str, &str)]) -> Processor {
+        use clap::ValueEnum;
+        use event_updater::config::GroupProtocol;
         let c = &self.cfg;
         let log = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("target/test-logs")
             .join(format!("{}-{name}.log", c.kafka_group_id));
+        let protocol = extra
+            .iter()
+            .find(|(k, _)| *k == "KAFKA_GROUP_PROTOCOL")
+            .map_or(c.kafka_group_protocol, |(_, v)| {
+                GroupProtocol::from_str(v, true).expect("a group protocol")
+            });
         let mut cmd = self.binary();
         cmd.arg("serve")
             .env("TOPIC_PARTITIONS", c.topic_partitions.to_string())
             .env("HTTP_ADDR", "127.0.0.1:0")
             .env("MAX_BATCH", c.max_batch.to_string())
-            .env(
+            .env("KAFKA_GROUP_PROTOCOL", protocol.as_str())
+            .env("RUST_LOG", "info");
+        match protocol {
+            GroupProtocol::Classic => cmd.env(
                 "KAFKA_PROPERTIES",
                 "session.timeout.ms=6000;heartbeat.interval.ms=500",
-            )
-            .env("RUST_LOG", "info");
+            ),
+            GroupProtocol::Consumer => cmd.env_remove("KAFKA_PROPERTIES"),
+        };
         for (k, v) in extra {
             cmd.env(k, v);
         }
@@ -679,18 +696,4 @@ pub async fn wait_for_status(addr: std::net::SocketAddr, path: &str, want: u16, 
 /// The body of a GET of `path`.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     http::get(addr, path).await.expect("GET").1
-}
-
-/// Points `c` at librdkafka's mock `cluster` (reachable by child processes over its local port)
-/// and creates the test's topics there.
-pub fn on_mock_cluster(
-    cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
-    c: &mut event_updater::Config,
-) {
-    c.kafka_bootstrap_servers = cluster.bootstrap_servers();
-    for t in [&c.command_topic, &c.reply_topic, &c.dlq_topic] {
-        cluster
-            .create_topic(t, c.topic_partitions, 1)
-            .expect("topic");
-    }
 }
