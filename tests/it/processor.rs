@@ -2,8 +2,8 @@
 //! and the change in the log and the view.
 
 use crate::support::{http_status, wait_for_status, TestApp};
-use event_updater_harness::kafka::Broker;
 use chrono::{DateTime, Duration, Utc};
+use event_updater_harness::kafka::Broker;
 use serde_json::{json, Value};
 use uuid::Uuid;
 

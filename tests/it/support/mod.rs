@@ -267,17 +267,14 @@ impl TestApp {
             .await
             .expect("token");
         let authorization = format!("Bearer {token}");
-        // One record per batch: tansu 0.6 (memory storage) answers a fetch at an offset inside a
-        // stored batch with the batches after it, so a consumer resuming from a committed offset
-        // in the middle of a batch never gets that batch's remaining records. A processor that
-        // stops after part of a batch (SIGTERM, a rebalance, kill -9) commits exactly such an
-        // offset, and its successor would silently skip commands: the broker's loss, not the
-        // processor's. With single-record batches every offset starts a batch. (Kafka returns the
-        // containing batch and the client skips the records before the offset.)
+        // A producer like an upstream service's: it lingers, puts many records in one batch,
+        // and compresses them, so a processor that stops after part of a batch commits an
+        // offset inside a stored batch, and its successor must resume there.
         let producer = client(&cfg)
             .set("enable.idempotence", "true")
-            .set("linger.ms", "0")
-            .set("batch.num.messages", "1")
+            .set("linger.ms", "5")
+            .set("batch.num.messages", "10000")
+            .set("compression.type", "lz4")
             .create()
             .expect("producer");
         let replies = reader(&cfg, &cfg.reply_topic);
@@ -494,7 +491,8 @@ async fn drop_database(base: &str, db_name: &str) {
 
 impl Drop for TestApp {
     /// A test that failed before [`TestApp::finish`]: its database is still removed (on a thread
-    /// of its own, as Drop cannot await); its topics are left to the broker's memory storage.
+    /// of its own, as Drop cannot await); its topics stay on the broker, where they help explain
+    /// the failure (their names carry the test's group id, as its logs in target/test-logs do).
     fn drop(&mut self) {
         if self.finished {
             return;
