@@ -319,17 +319,27 @@ fn dockerfile_at(rel: &str) -> Vec<(String, String)> {
     out
 }
 
-fn dockerfile_args(instr: &str) -> Vec<String> {
-    dockerfile()
-        .into_iter()
+/// The arguments of every `instr` instruction of a parsed Dockerfile ([`dockerfile_at`]).
+fn args_of<'a>(instructions: &'a [(String, String)], instr: &str) -> Vec<&'a String> {
+    instructions
+        .iter()
         .filter(|(i, _)| i == instr)
         .map(|(_, a)| a)
         .collect()
 }
 
-/// `ENV` variables of the Dockerfile (the `KEY=VALUE ...` form).
+fn dockerfile_args(instr: &str) -> Vec<String> {
+    args_of(&dockerfile(), instr).into_iter().cloned().collect()
+}
+
+/// `ENV` variables of deploy/Dockerfile.
 fn dockerfile_env() -> BTreeMap<String, String> {
-    dockerfile_args("ENV")
+    env_of(&dockerfile())
+}
+
+/// `ENV` variables of a parsed Dockerfile (the `KEY=VALUE ...` form).
+fn env_of(instructions: &[(String, String)]) -> BTreeMap<String, String> {
+    args_of(instructions, "ENV")
         .iter()
         .flat_map(|a| {
             a.split_whitespace()
@@ -1131,13 +1141,7 @@ fn kafka_has_one_committed_configuration_that_its_image_and_compose_run() {
 
     // The image: that launcher with that configuration beside it, as its entrypoint.
     let image = dockerfile_at("deploy/kafka/Dockerfile");
-    let args = |instr: &str| -> Vec<&String> {
-        image
-            .iter()
-            .filter(|(i, _)| i == instr)
-            .map(|(_, a)| a)
-            .collect()
-    };
+    let args = |instr: &str| args_of(&image, instr);
     let entrypoint: Vec<String> =
         serde_json::from_str(args("ENTRYPOINT").pop().expect("ENTRYPOINT")).expect("exec form");
     assert_eq!(entrypoint.len(), 1, "{entrypoint:?}");
@@ -1160,17 +1164,7 @@ fn kafka_has_one_committed_configuration_that_its_image_and_compose_run() {
         ])
     );
     // Its environment is kafka.sh's; the heap is bounded; the client port is exposed.
-    let env: BTreeMap<String, String> = args("ENV")
-        .iter()
-        .flat_map(|a| {
-            a.split_whitespace()
-                .map(|kv| {
-                    let (k, v) = kv.split_once('=').expect("ENV KEY=VALUE");
-                    (k.to_string(), v.to_string())
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let env = env_of(&image);
     let launcher_vars = kafka_sh_variables();
     for name in env.keys() {
         assert!(launcher_vars.contains(name), "ENV {name} is kafka.sh's");
