@@ -393,11 +393,16 @@ async fn the_image_runs_unprivileged_reports_its_health_and_stops_on_its_stop_si
         .await;
     let reply = stack.app.reply().await;
     assert_eq!(reply.status(), 201, "{:?}", reply.value);
-    let metrics = http_get(p.http, "/metrics").await;
-    assert!(
-        metrics.contains("event_updater_commands_total{status=\"201\",outcome=\"new\"} 1"),
-        "{metrics}"
-    );
+    // The processor counts a command once its batch is settled, which may be just after its
+    // reply reached Kafka (and the test): read /metrics until the count shows, for 10 s at most.
+    let counted = "event_updater_commands_total{status=\"201\",outcome=\"new\"} 1";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut metrics = http_get(p.http, "/metrics").await;
+    while !metrics.contains(counted) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        metrics = http_get(p.http, "/metrics").await;
+    }
+    assert!(metrics.contains(counted), "{metrics}");
 
     // The database gone: /readyz says so, and the health check turns unhealthy.
     stack.postgres.stop().await.expect("stop PostgreSQL");
