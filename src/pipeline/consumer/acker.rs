@@ -1,0 +1,114 @@
+//! An acker: finishes its lane's batches in order once their records are acknowledged, and
+//! only then stores their offsets.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use rdkafka::consumer::Consumer;
+
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::{mpsc, watch};
+
+use crate::domain::decide::{Outcome, OutcomeKind};
+use crate::metrics;
+use crate::pipeline::trace;
+
+use super::lane::release;
+use super::processor::{Dispatched, Fetched, Shared};
+use super::CommandConsumer;
+
+/// An acker: finishes its lane's batches in order once their records are acknowledged.
+pub(super) async fn run_acker(
+    shared: Arc<Shared>,
+    mut rx: mpsc::UnboundedReceiver<Dispatched>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut stored = true;
+    while let Some(d) = rx.recv().await {
+        if !stored {
+            // An earlier batch of this lane was not acknowledged before shutdown: later ones
+            // must not store offsets past it.
+            release(&shared, &d.batch);
+            continue;
+        }
+        let Dispatched {
+            batch,
+            outcomes,
+            traces,
+            enqueued,
+            published_at,
+        } = d;
+        let published = shared.publisher.settle(enqueued, &mut shutdown).await;
+        metrics::record_stage("publish", published_at.elapsed());
+        stored = finish(&shared, &batch, &outcomes, &traces, published);
+        release(&shared, &batch);
+    }
+}
+
+/// Records a published batch's metrics and logs and stores its offsets; a batch whose records
+/// were not all acknowledged (shutdown) stores nothing.
+pub(super) fn finish(
+    shared: &Shared,
+    batch: &[Fetched],
+    outcomes: &[Outcome],
+    traces: &[Option<trace::Continued>],
+    published: bool,
+) -> bool {
+    if !published {
+        tracing::warn!("shutdown before every reply was acknowledged; offsets not stored");
+        return false;
+    }
+    let now = Utc::now();
+    for ((f, o), t) in batch.iter().zip(outcomes).zip(traces) {
+        let (m, c) = (&f.incoming, &f.command);
+        let latency = m.timestamp_ms.and_then(|t| {
+            (now.timestamp_millis() - t)
+                .try_into()
+                .ok()
+                .map(Duration::from_millis)
+        });
+        metrics::record_command(o.status, o.kind, latency);
+        if let (Some(reason), OutcomeKind::New) = (o.refused, o.kind) {
+            metrics::record_refused(reason);
+        }
+        let span = tracing::info_span!(
+            "command",
+            request_id = %c.request_id,
+            event_uuid = c.action.event_uuid().map(tracing::field::display),
+            partition = m.partition,
+            offset = m.offset,
+            trace_id = t.as_ref().map(|t| tracing::field::display(&t.trace_id)),
+            span_id = t.as_ref().map(|t| tracing::field::display(&t.span_id)),
+        );
+        span.in_scope(|| {
+            tracing::debug!(status = o.status, outcome = ?o.kind, "answered");
+        });
+    }
+    store_offsets(&shared.consumer, batch);
+    true
+}
+
+pub(super) fn store_offsets(consumer: &CommandConsumer, batch: &[Fetched]) {
+    let mut next: HashMap<(&str, i32), i64> = HashMap::new();
+    for f in batch {
+        let m = &f.incoming;
+        let e = next.entry((&m.topic, m.partition)).or_insert(0);
+        *e = (*e).max(m.offset + 1);
+    }
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), offset) in next {
+        if let Err(e) = tpl.add_partition_offset(topic, partition, Offset::Offset(offset)) {
+            tracing::warn!(error = %e, "bad offset");
+        }
+    }
+    // Fails for partitions revoked meanwhile; their new owner re-reads them and is answered
+    // from the stored replies.
+    if let Err(e) = consumer.store_offsets(&tpl) {
+        tracing::info!(error = %e, "could not store offsets (partition revoked?)");
+    }
+    // Committed by the auto-commit (every `auto.commit.interval.ms`), on revocation and on
+    // shutdown: one commit request per interval rather than one per batch, which a broker feels
+    // at small batches. A crash redelivers what was answered since, from the stored replies.
+}

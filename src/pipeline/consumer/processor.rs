@@ -1,0 +1,149 @@
+//! The [`Processor`] and what its stages share: it starts the fetch thread, the lanes and
+//! the ackers, and on shutdown waits for them and commits the stored offsets.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::error::KafkaResult;
+use sqlx::PgPool;
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::domain::command::{Command, Incoming};
+use crate::domain::decide::Outcome;
+use crate::pipeline::kafka::{Enqueued, Publisher};
+use crate::pipeline::trace;
+
+use super::acker::run_acker;
+use super::fetch::fetch;
+use super::lane::run_lane;
+use super::{Budget, CommandConsumer, Health};
+
+/// The processor: owns the consumer, the publisher and the pool.
+pub struct Processor {
+    pub consumer: CommandConsumer,
+    pub budget: Arc<Budget>,
+    pub publisher: Publisher,
+    pub pool: PgPool,
+    pub cfg: Config,
+    pub health: Arc<Health>,
+}
+
+impl std::fmt::Debug for Processor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Processor").finish_non_exhaustive()
+    }
+}
+
+/// A record, decoded, on its way through a lane.
+pub(super) struct Fetched {
+    pub(super) incoming: Incoming,
+    pub(super) command: Command,
+    pub(super) cost: usize,
+    pub(super) fetched_at: Instant,
+}
+
+/// A batch applied in PostgreSQL whose records were handed to the producer.
+pub(super) struct Dispatched {
+    pub(super) batch: Vec<Fetched>,
+    pub(super) outcomes: Vec<Outcome>,
+    pub(super) traces: Vec<Option<trace::Continued>>,
+    pub(super) enqueued: Enqueued,
+    pub(super) published_at: Instant,
+}
+
+/// What the lanes and ackers share.
+pub(super) struct Shared {
+    pub(super) consumer: Arc<CommandConsumer>,
+    pub(super) budget: Arc<Budget>,
+    pub(super) publisher: Publisher,
+    pub(super) pool: PgPool,
+    pub(super) cfg: Config,
+    pub(super) health: Arc<Health>,
+}
+
+impl Processor {
+    /// Subscribes and runs until `shutdown` turns true; then finishes the batches in hand,
+    /// commits the stored offsets and returns.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) -> KafkaResult<()> {
+        self.consumer.subscribe(&[&self.cfg.command_topic])?;
+        self.health.subscribed.store(true, Ordering::Relaxed);
+        tracing::info!(topic = %self.cfg.command_topic, group = %self.cfg.kafka_group_id, "subscribed");
+        let shared = Arc::new(Shared {
+            consumer: Arc::new(self.consumer),
+            budget: self.budget,
+            publisher: self.publisher,
+            pool: self.pool,
+            cfg: self.cfg,
+            health: self.health,
+        });
+        let lanes = shared.cfg.apply_concurrency as usize;
+        let mut senders = Vec::with_capacity(lanes);
+        let mut tasks = Vec::with_capacity(2 * lanes);
+        for lane in 0..lanes {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+            senders.push(tx);
+            tasks.push(tokio::spawn(
+                run_lane(shared.clone(), rx, ack_tx, shutdown.clone())
+                    .instrument(tracing::info_span!("lane", lane)),
+            ));
+            tasks.push(tokio::spawn(run_acker(
+                shared.clone(),
+                ack_rx,
+                shutdown.clone(),
+            )));
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let fetcher = {
+            let (shared, stop) = (shared.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("fetch".into())
+                // Decoding recurses into nested values as deep as the parser accepts.
+                .stack_size(crate::drf::pyjson::STACK_BYTES)
+                .spawn(move || fetch(&shared, senders, &stop))
+                .map_err(|e| {
+                    tracing::error!(error = %e, "could not start the fetch thread");
+                    rdkafka::error::KafkaError::Canceled
+                })?
+        };
+        // The fetch thread ends only when asked to, or when a lane is gone (a task panicked):
+        // then the lanes and ackers drain what they hold and the processor stops with an error
+        // rather than stall.
+        let mut fetched = tokio::task::spawn_blocking(move || fetcher.join());
+        let mut wait = shutdown.clone();
+        let mut failed = tokio::select! {
+            _ = wait.wait_for(|s| *s) => false,
+            _ = &mut fetched => true,
+        };
+        stop.store(true, Ordering::Relaxed);
+        if !failed {
+            let _ = fetched.await;
+        }
+        for t in tasks {
+            if let Err(e) = t.await {
+                tracing::error!(error = %e, "a pipeline task failed");
+                failed = true;
+            }
+        }
+        tracing::info!("shutting down: committing stored offsets");
+        shared.publisher.flush(Duration::from_secs(5));
+        match shared.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => {}
+            // Nothing stored since the last auto-commit.
+            Err(e)
+                if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::NoOffset) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "final commit failed; the last batch will be redelivered and answered from the stored replies")
+            }
+        }
+        if failed {
+            tracing::error!("a pipeline stage stopped without being asked to; the processor stops");
+            return Err(rdkafka::error::KafkaError::Canceled);
+        }
+        Ok(())
+    }
+}
