@@ -75,8 +75,11 @@ pub struct Config {
     #[arg(long, env = "TOPIC_PARTITIONS", default_value_t = 6)]
     pub topic_partitions: i32,
 
-    /// Replication factor of the topics the processor creates.
-    #[arg(long, env = "TOPIC_REPLICATION_FACTOR", default_value_t = 1)]
+    /// Replication factor of the topics the processor creates: `auto` (the default) is three,
+    /// or the cluster's broker count where it has fewer brokers; a number is used as given, and
+    /// logged as an error at start when it is below what the cluster allows (losing a broker
+    /// then loses commands and replies). `auto` is held as [`AUTO_REPLICATION_FACTOR`].
+    #[arg(long, env = "TOPIC_REPLICATION_FACTOR", default_value = "auto", value_parser = parse_replication_factor, allow_hyphen_values = true)]
     pub topic_replication_factor: i32,
 
     /// Extra librdkafka properties, `key=value`, for every client (TLS, SASL, ...). Repeatable;
@@ -229,9 +232,113 @@ pub enum ConfigError {
         /// What `KAFKA_GROUP_PROTOCOL` says.
         chosen: GroupProtocol,
     },
+    /// `KAFKA_PROPERTIES` turns the reply producer's idempotence off.
+    #[error("KAFKA_PROPERTIES sets enable.idempotence={0}: the reply producer must be idempotent (a retried reply is never written twice, and the replies of one event stay in order); remove the property")]
+    IdempotenceOff(String),
+    /// `KAFKA_PROPERTIES` asks for fewer acknowledgements than every in-sync replica's.
+    #[error("KAFKA_PROPERTIES sets {key}={value}: a reply counts as delivered (and its command's offset moves on) only once every in-sync replica has it; remove the property or set it to all")]
+    AcksNotAll {
+        /// `acks` or its alias `request.required.acks`.
+        key: String,
+        /// What it asks for.
+        value: String,
+    },
+    /// `KAFKA_PROPERTIES` allows more requests in flight than the idempotent producer keeps in
+    /// order.
+    #[error("KAFKA_PROPERTIES sets {key}={value}: the idempotent producer keeps records in order with at most {max} requests in flight per connection; remove the property or set 1 to {max}", max = MAX_IN_FLIGHT_IDEMPOTENT)]
+    TooManyInFlight {
+        /// `max.in.flight.requests.per.connection` or its alias `max.in.flight`.
+        key: String,
+        /// What it asks for.
+        value: String,
+    },
+}
+
+/// The value of `TOPIC_REPLICATION_FACTOR=auto`: [`TARGET_REPLICATION_FACTOR`] replicas, or as
+/// many as the cluster has brokers where it has fewer.
+pub const AUTO_REPLICATION_FACTOR: i32 = -1;
+
+/// The replicas `auto` aims for: one broker may be down for maintenance while another fails.
+pub const TARGET_REPLICATION_FACTOR: i32 = 3;
+
+/// The most requests in flight per connection with which librdkafka's idempotent producer
+/// keeps a partition's records in order.
+pub const MAX_IN_FLIGHT_IDEMPOTENT: i64 = 5;
+
+/// The replication factor of the topics the processor creates, for a cluster of `brokers`
+/// brokers: `configured` as given, or for [`AUTO_REPLICATION_FACTOR`] the smaller of
+/// [`TARGET_REPLICATION_FACTOR`] and `brokers` (at least 1). The second value says whether it
+/// is below what the cluster allows (fewer replicas than `auto` would choose), which is worth a
+/// loud warning.
+pub fn replication_factor_for(configured: i32, brokers: usize) -> (i32, bool) {
+    let allowed = i32::try_from(brokers)
+        .unwrap_or(i32::MAX)
+        .clamp(1, TARGET_REPLICATION_FACTOR);
+    if configured == AUTO_REPLICATION_FACTOR {
+        (allowed, false)
+    } else {
+        (configured, configured < allowed)
+    }
+}
+
+/// `auto` (or `-1`, the same) or a replication factor of at least 1.
+fn parse_replication_factor(s: &str) -> Result<i32, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("auto") {
+        return Ok(AUTO_REPLICATION_FACTOR);
+    }
+    match s.parse::<i32>() {
+        Ok(AUTO_REPLICATION_FACTOR) => Ok(AUTO_REPLICATION_FACTOR),
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "`{s}`: a replication factor is `auto` or a number of at least 1"
+        )),
+    }
+}
+
+/// librdkafka's reading of a boolean property as true (`true`, `t` or `1`).
+fn librdkafka_true(value: &str) -> bool {
+    let v = value.trim();
+    v.eq_ignore_ascii_case("true") || v.eq_ignore_ascii_case("t") || v == "1"
 }
 
 impl Config {
+    /// Refuses pass-through properties that would make the reply producer unsafe: idempotence
+    /// off (`enable.idempotence`), fewer acknowledgements than all in-sync replicas (`acks`,
+    /// alias `request.required.acks`, other than `all` or `-1`), or more than
+    /// [`MAX_IN_FLIGHT_IDEMPOTENT`] requests in flight (`max.in.flight.requests.per.connection`,
+    /// alias `max.in.flight`). Checked at start, before anything connects.
+    pub fn check_producer_properties(&self) -> Result<(), ConfigError> {
+        for (k, v) in &self.kafka_properties {
+            match k.as_str() {
+                "enable.idempotence" if !librdkafka_true(v) => {
+                    return Err(ConfigError::IdempotenceOff(v.clone()))
+                }
+                "acks" | "request.required.acks"
+                    if !(v.trim().eq_ignore_ascii_case("all") || v.trim() == "-1") =>
+                {
+                    return Err(ConfigError::AcksNotAll {
+                        key: k.clone(),
+                        value: v.clone(),
+                    })
+                }
+                "max.in.flight.requests.per.connection" | "max.in.flight"
+                    if !v
+                        .trim()
+                        .parse::<i64>()
+                        .is_ok_and(|n| (1..=MAX_IN_FLIGHT_IDEMPOTENT).contains(&n)) =>
+                {
+                    return Err(ConfigError::TooManyInFlight {
+                        key: k.clone(),
+                        value: v.clone(),
+                    })
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// The consumer's group protocol settings: `classic` sets `group.protocol=classic` and the
     /// cooperative-sticky assignor (`KAFKA_PROPERTIES` may name another assignor, and set the
     /// session timeout and heartbeat interval); `consumer` sets `group.protocol=consumer`, and
@@ -417,29 +524,73 @@ fn glob_match(pattern: &str, text: &str) -> bool {
     rest.len() >= last.len() && rest.ends_with(last)
 }
 
-/// `postgres://user:secret@host/db` -> `postgres://user:***@host/db`.
+/// A database URL (or libpq's `key=value` connection string) with every password replaced by
+/// `***`, for logs: the user information's (`postgres://user:secret@host/db`), and any query or
+/// keyword parameter whose name contains `password` (`?password=`, `&sslpassword=`,
+/// `password=` in a keyword string), whatever its case. A URL that is not quite one (an
+/// unencoded `/` or `@` in the password) is masked up to its last `@` before the query, so it
+/// may hide more than the password, never less.
 pub fn mask_url_password(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return mask_password_parameters(url, ' ');
     };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
+    let (before_query, query) = match url[scheme_end..].find(['?', '#']) {
+        Some(i) => url.split_at(scheme_end + i),
+        None => (url, ""),
+    };
+    let authority = &before_query[scheme_end..];
+    let mut out = String::with_capacity(url.len());
     match (authority.rfind('@'), authority.find(':')) {
-        (Some(at), Some(colon)) if colon < at => format!(
-            "{}{}:***{}",
-            &url[..scheme_end + 3],
-            &authority[..colon],
-            &rest[at..]
-        ),
-        _ => url.to_string(),
+        (Some(at), Some(colon)) if colon < at => {
+            out.push_str(&before_query[..scheme_end + colon + 1]);
+            out.push_str(MASK);
+            out.push_str(&authority[at..]);
+        }
+        _ => out.push_str(before_query),
     }
+    match query.strip_prefix('?') {
+        Some(q) => {
+            out.push('?');
+            out.push_str(&mask_password_parameters(q, '&'));
+        }
+        None => out.push_str(query),
+    }
+    out
 }
 
-/// Names of librdkafka properties whose values are secrets and never logged.
+/// What stands in for a secret in logs.
+const MASK: &str = "***";
+
+/// `k=v` pairs separated by `sep`, with the value of each whose name contains `password` masked.
+fn mask_password_parameters(params: &str, sep: char) -> String {
+    params
+        .split(sep)
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if k.to_ascii_lowercase().contains("password") => format!("{k}={MASK}"),
+            _ => pair.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(&sep.to_string())
+}
+
+/// librdkafka properties whose values are secrets though their names do not say `password`,
+/// `secret`, `passphrase` or `key`: a SASL/OAUTHBEARER configuration (it may hold a client
+/// secret or a token) and Java's JAAS configuration, which some property files carry over.
+pub const SECRET_PROPERTIES: &[&str] = &["sasl.oauthbearer.config", "sasl.jaas.config"];
+
+/// Names of librdkafka properties whose values are secrets and never logged: those of
+/// [`SECRET_PROPERTIES`], and any name containing `password` (`sasl.password`,
+/// `ssl.key.password`, `ssl.keystore.password`), `secret`
+/// (`sasl.oauthbearer.client.secret`), `passphrase`, `credential` or `key`
+/// (`ssl.key.pem`, `sasl.oauthbearer.assertion.private.key.pem`, `sasl.kerberos.keytab`), or
+/// ending in `.pem`.
 pub fn is_secret_property(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
-    k.contains("password") || k.contains("secret") || k.ends_with(".pem") || k.contains("key")
+    let k = key.trim().to_ascii_lowercase();
+    SECRET_PROPERTIES.contains(&k.as_str())
+        || ["password", "secret", "passphrase", "credential", "key"]
+            .iter()
+            .any(|word| k.contains(word))
+        || k.ends_with(".pem")
 }
 
 #[cfg(test)]
@@ -654,6 +805,143 @@ mod tests {
     #[test]
     fn auth_is_required_by_default() {
         assert_eq!(Config::defaults().auth_mode, AuthMode::Required);
+    }
+
+    #[test]
+    fn passwords_in_query_and_keyword_parameters_are_masked() {
+        for (url, want) in [
+            (
+                "postgres://u@db:5432/x?password=hunter2",
+                "postgres://u@db:5432/x?password=***",
+            ),
+            (
+                "postgres://db/x?sslmode=require&PassWord=hunter2&application_name=a",
+                "postgres://db/x?sslmode=require&PassWord=***&application_name=a",
+            ),
+            (
+                "postgres://u:p1@db/x?sslpassword=hunter2",
+                "postgres://u:***@db/x?sslpassword=***",
+            ),
+            (
+                "host=db user=u password=hunter2 dbname=x",
+                "host=db user=u password=*** dbname=x",
+            ),
+            ("postgres://u:a/b@c@db/x", "postgres://u:***@db/x"),
+        ] {
+            let masked = mask_url_password(url);
+            assert_eq!(masked, want, "{url}");
+            assert!(
+                !masked.contains("hunter2") && !masked.contains("a/b"),
+                "{masked}"
+            );
+        }
+        let mut c = Config::defaults();
+        c.database_url = "postgres://u@db/x?password=hunter2".into();
+        assert!(!c.database_url_masked().contains("hunter2"));
+    }
+
+    #[test]
+    fn oauthbearer_and_other_secret_properties_are_masked() {
+        for k in [
+            "sasl.oauthbearer.config",
+            "sasl.oauthbearer.client.secret",
+            "sasl.oauthbearer.assertion.private.key.passphrase",
+            "sasl.oauthbearer.assertion.private.key.pem",
+            "ssl.keystore.password",
+            "ssl.key.password",
+            "ssl.key.pem",
+            "sasl.kerberos.keytab",
+            "sasl.jaas.config",
+            "SASL.PASSWORD",
+        ] {
+            assert!(is_secret_property(k), "{k}");
+        }
+        for k in [
+            "security.protocol",
+            "sasl.mechanisms",
+            "sasl.username",
+            "acks",
+        ] {
+            assert!(!is_secret_property(k), "{k}");
+        }
+    }
+
+    #[test]
+    fn properties_that_make_the_reply_producer_unsafe_are_refused() {
+        let props = |p: &[(&str, &str)]| with_properties(GroupProtocol::Consumer, p);
+        for ok in [
+            vec![],
+            vec![("enable.idempotence", "true"), ("acks", "all")],
+            vec![("acks", "-1"), ("request.required.acks", "all")],
+            vec![("max.in.flight.requests.per.connection", "5")],
+            vec![("max.in.flight", "1"), ("enable.idempotence", "1")],
+        ] {
+            assert_eq!(props(&ok).check_producer_properties(), Ok(()), "{ok:?}");
+        }
+        assert_eq!(
+            props(&[("enable.idempotence", "false")]).check_producer_properties(),
+            Err(ConfigError::IdempotenceOff("false".into()))
+        );
+        for (k, v) in [("acks", "1"), ("acks", "0"), ("request.required.acks", "1")] {
+            let e = props(&[(k, v)]).check_producer_properties().unwrap_err();
+            assert_eq!(
+                e,
+                ConfigError::AcksNotAll {
+                    key: k.into(),
+                    value: v.into()
+                }
+            );
+            assert!(e.to_string().contains(&format!("{k}={v}")), "{e}");
+        }
+        for (k, v) in [
+            ("max.in.flight.requests.per.connection", "6"),
+            ("max.in.flight", "1000000"),
+            ("max.in.flight", "many"),
+        ] {
+            assert!(matches!(
+                props(&[(k, v)]).check_producer_properties(),
+                Err(ConfigError::TooManyInFlight { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn replication_factor_is_auto_by_default_and_warned_below_the_clusters() {
+        assert_eq!(
+            Config::defaults().topic_replication_factor,
+            AUTO_REPLICATION_FACTOR
+        );
+        let rf = |v: &str| {
+            Config::try_parse_from(["event-updater", "--topic-replication-factor", v])
+                .map(|c| c.topic_replication_factor)
+        };
+        assert_eq!(rf("auto").unwrap(), AUTO_REPLICATION_FACTOR);
+        assert_eq!(rf("-1").unwrap(), AUTO_REPLICATION_FACTOR);
+        assert_eq!(rf("2").unwrap(), 2);
+        assert!(rf("0").is_err() && rf("-2").is_err() && rf("three").is_err());
+        // auto: three, or as many as the brokers; never a warning.
+        assert_eq!(
+            replication_factor_for(AUTO_REPLICATION_FACTOR, 1),
+            (1, false)
+        );
+        assert_eq!(
+            replication_factor_for(AUTO_REPLICATION_FACTOR, 2),
+            (2, false)
+        );
+        assert_eq!(
+            replication_factor_for(AUTO_REPLICATION_FACTOR, 5),
+            (3, false)
+        );
+        assert_eq!(
+            replication_factor_for(AUTO_REPLICATION_FACTOR, 0),
+            (1, false)
+        );
+        // Explicit: as given; below what the cluster allows is worth a warning.
+        assert_eq!(replication_factor_for(1, 1), (1, false));
+        assert_eq!(replication_factor_for(1, 3), (1, true));
+        assert_eq!(replication_factor_for(2, 5), (2, true));
+        assert_eq!(replication_factor_for(3, 5), (3, false));
+        assert_eq!(replication_factor_for(4, 5), (4, false));
     }
 
     #[test]

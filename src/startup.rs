@@ -37,6 +37,8 @@ pub enum StartupError {
     Consumer(#[from] consumer::ConsumerError),
     #[error("http server: {0}")]
     Http(#[from] std::io::Error),
+    #[error("configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
     #[error("a task panicked: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -70,6 +72,7 @@ impl Application {
         // A configuration that contradicts itself is refused before anything connects.
         cfg.group_settings()
             .map_err(consumer::ConsumerError::from)?;
+        cfg.check_producer_properties()?;
         let health = Arc::new(Health::default());
         let pool = store::connect_for_processing(
             &cfg.database_url,

@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::config::{is_secret_property, Config};
+use crate::config::{is_secret_property, replication_factor_for, Config, AUTO_REPLICATION_FACTOR};
 use crate::domain::reply::{Destination, Outgoing, Reply};
 use crate::metrics;
 use crate::pipeline::consumer::Health;
@@ -51,13 +51,31 @@ pub fn masked_properties(cfg: &Config) -> Vec<String> {
         .collect()
 }
 
-/// Creates the command, reply and dead-letter topics where they do not exist yet.
+/// Creates the command, reply and dead-letter topics where they do not exist yet, with
+/// `TOPIC_REPLICATION_FACTOR` replicas ([`replication_factor_for`]: `auto` is three, or the
+/// broker count where the cluster has fewer). A replication factor below what the cluster
+/// allows, for a topic created or found, is logged as an error: losing one broker then loses
+/// commands or replies. (The start goes on: an operator may mean it, and a single-broker
+/// cluster has no better.)
 pub async fn ensure_topics(cfg: &Config) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> = client_config(cfg).create()?;
     let names = [&cfg.command_topic, &cfg.reply_topic, &cfg.dlq_topic];
     let metadata = admin
         .inner()
         .fetch_metadata(None, Timeout::After(Duration::from_secs(10)))?;
+    let brokers = metadata.brokers().len();
+    let (replication, low) = replication_factor_for(cfg.topic_replication_factor, brokers);
+    let allowed = replication_factor_for(AUTO_REPLICATION_FACTOR, brokers).0 as usize;
+    for t in metadata
+        .topics()
+        .iter()
+        .filter(|t| names.iter().any(|n| n.as_str() == t.name()))
+    {
+        let replicas = t.partitions().iter().map(|p| p.replicas().len()).min();
+        if let Some(replicas) = replicas.filter(|r| *r < allowed) {
+            tracing::error!(topic = t.name(), replicas, brokers, "this topic has fewer replicas than the cluster allows (up to 3): losing one broker can lose its records");
+        }
+    }
     let missing: Vec<&String> = names
         .into_iter()
         .filter(|n| {
@@ -69,13 +87,21 @@ pub async fn ensure_topics(cfg: &Config) -> Result<(), KafkaError> {
     if missing.is_empty() {
         return Ok(());
     }
+    if low {
+        tracing::error!(
+            replication,
+            brokers,
+            topics = ?missing,
+            "TOPIC_REPLICATION_FACTOR is below what the cluster allows (up to 3): the topics created now can lose records when one broker is lost; leave it at auto"
+        );
+    }
     let topics: Vec<NewTopic> = missing
         .iter()
         .map(|n| {
             NewTopic::new(
                 n,
                 cfg.topic_partitions,
-                TopicReplication::Fixed(cfg.topic_replication_factor),
+                TopicReplication::Fixed(replication),
             )
         })
         .collect();
@@ -83,7 +109,7 @@ pub async fn ensure_topics(cfg: &Config) -> Result<(), KafkaError> {
     for result in admin.create_topics(&topics, &opts).await? {
         match result {
             Ok(name) => {
-                tracing::info!(topic = %name, partitions = cfg.topic_partitions, "created topic")
+                tracing::info!(topic = %name, partitions = cfg.topic_partitions, replication, "created topic")
             }
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((name, code)) => {
