@@ -33,6 +33,8 @@ pub const KEPT_CONFLICTING: &str = "event_updater_kept_conflicting_total";
 pub const TABLE_BYTES: &str = "event_updater_table_bytes";
 pub const TABLE_ROWS: &str = "event_updater_table_rows";
 pub const REPLIES_PRUNED: &str = "event_updater_replies_pruned_total";
+pub const TOPIC_UNUSABLE: &str = "event_updater_topic_unusable";
+pub const DEAD_LETTERS_DROPPED: &str = "event_updater_dead_letters_dropped_total";
 
 static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
 
@@ -166,4 +168,17 @@ pub fn record_table_size(table: &str, bytes: i64, rows: Option<f64>) {
 /// `n` stored replies older than the retention window were deleted (0 registers the counter).
 pub fn record_replies_pruned(n: u64) {
     counter!(REPLIES_PRUNED).increment(n);
+}
+
+/// The topic `topic` of `d` (`reply` or `dlq`) became unusable (1: the broker does not know it
+/// or refuses it, so records to it keep failing) or usable again (0).
+pub fn record_topic_unusable(d: Destination, topic: &str, unusable: bool) {
+    gauge!(TOPIC_UNUSABLE, "destination" => topic_label(d), "topic" => topic.to_string())
+        .set(if unusable { 1.0 } else { 0.0 });
+}
+
+/// A dead letter was dropped because the dead-letter topic `topic` is unusable (its command was
+/// answered all the same).
+pub fn record_dead_letter_dropped(topic: &str) {
+    counter!(DEAD_LETTERS_DROPPED, "topic" => topic.to_string()).increment(1);
 }

@@ -98,7 +98,11 @@ impl Application {
         let processor = Processor {
             consumer: consumer::create_consumer(&cfg, health.clone(), budget.clone())?,
             budget,
-            publisher: Publisher::new(kafka::reply_producer(&cfg, health.clone())?, &cfg),
+            publisher: Publisher::new(
+                kafka::reply_producer(&cfg, health.clone())?,
+                &cfg,
+                health.clone(),
+            ),
             pool: pool.clone(),
             cfg,
             health: health.clone(),

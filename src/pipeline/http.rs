@@ -3,7 +3,9 @@
 //! `/healthz` answers 200 once the migrations ran and the consumer is subscribed; `/readyz`
 //! also needs the database to answer (the last batch's transaction did not fail, and a
 //! `SELECT 1` answers within [`DATABASE_CHECK_TIMEOUT`], so an idle processor notices a database
-//! that is gone) and partitions to be assigned. Both answer 503 otherwise.
+//! that is gone), partitions to be assigned, the reply producer to reach a broker, and neither
+//! the reply topic nor the dead-letter topic to be unusable (deleted, or denied by an ACL). Both
+//! answer 503 otherwise; `/readyz` says why.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,10 +66,14 @@ async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
-    if s.health.is_ready() && database_answers(s.database.as_ref()).await {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    let reason = match s.health.unready_reason() {
+        None if database_answers(s.database.as_ref()).await => None,
+        None => Some("the database does not answer"),
+        Some(r) => Some(r),
+    };
+    match reason {
+        None => (StatusCode::OK, "ready\n".to_string()),
+        Some(r) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {r}\n")),
     }
 }
 

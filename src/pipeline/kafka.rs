@@ -4,6 +4,21 @@
 //! SASL, ...) apply to the consumer, the producer and the admin client alike. The
 //! [`Publisher`] delivers a batch's replies and dead letters and retries until the broker has
 //! acknowledged every one: the consumer stores no offset before that.
+//!
+//! A topic the broker does not know (deleted) or refuses (an ACL) is retried a bounded number
+//! of times ([`UNUSABLE_TOPIC_ATTEMPTS`]); then it is reported unusable: an error log and the
+//! `event_updater_topic_unusable{destination,topic}` gauge name it, and `/readyz` fails.
+//! Invariants in that state:
+//! - A reply is never dropped: it is retried (back-off up to 5 s) until the reply topic takes
+//!   it, so its command's offset is not stored meanwhile and the lane's later batches wait
+//!   behind it; commands are held, never lost. The first reply delivered clears the state.
+//! - A dead letter never holds a command up: once the dead-letter topic is unusable, a dead
+//!   letter it refuses is dropped (logged with its request id and counted in
+//!   `event_updater_dead_letters_dropped_total{topic}`), its command's reply still goes out and
+//!   the offset moves on. The state clears once the topic is seen again.
+//! - While a topic is unusable, its metadata is asked for every [`UNUSABLE_TOPIC_PROBE`], so
+//!   that the producer learns of the topic's return at once rather than at its next periodic
+//!   metadata refresh (`topic.metadata.refresh.interval.ms`, 5 minutes).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -228,6 +243,8 @@ pub struct Publisher {
     producer: FutureProducer<PublisherContext>,
     reply_topic: String,
     dlq_topic: String,
+    /// Where the unusable topics are reported (the producer's context reports there too).
+    health: Arc<Health>,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -240,11 +257,18 @@ impl std::fmt::Debug for Publisher {
 }
 
 impl Publisher {
-    pub fn new(producer: FutureProducer<PublisherContext>, cfg: &Config) -> Publisher {
+    /// A publisher on `producer` (from [`reply_producer`]), reporting unusable topics to
+    /// `health`.
+    pub fn new(
+        producer: FutureProducer<PublisherContext>,
+        cfg: &Config,
+        health: Arc<Health>,
+    ) -> Publisher {
         Publisher {
             producer,
             reply_topic: cfg.reply_topic.clone(),
             dlq_topic: cfg.dlq_topic.clone(),
+            health,
         }
     }
 
@@ -288,7 +312,7 @@ impl Publisher {
                 },
                 Err(e) => Err(e),
             };
-            self.sort(record, result, &mut retry);
+            self.sort(record, result, &mut retry, 1);
         }
         if retry.is_empty() {
             return true;
@@ -297,27 +321,39 @@ impl Publisher {
             _ = tokio::time::sleep(Duration::from_millis(100)) => true,
             _ = shutdown.wait_for(|s| *s) => false,
         };
-        wait && self.publish_all(&retry, shutdown).await
+        wait && self.publish_from(retry, shutdown, 2).await
     }
 
     /// Sends all `records` and returns once each is acknowledged, or refused for good (a
     /// record the broker will never take, such as one over its size limit, is logged and
-    /// counted, so that it cannot stall the partition). Transient failures are retried with
-    /// back-off; when `shutdown` fires while records are still unacknowledged, it returns
-    /// `false` and the caller must not store the batch's offsets.
+    /// counted, so that it cannot stall the partition; so is a dead letter while the
+    /// dead-letter topic is unusable). Transient failures are retried with back-off, as are
+    /// replies while the reply topic is unusable; when `shutdown` fires while records are still
+    /// unacknowledged, it returns `false` and the caller must not store the batch's offsets.
     pub async fn publish_all(
         &self,
         records: &[Outgoing],
         shutdown: &mut watch::Receiver<bool>,
     ) -> bool {
-        let mut pending: Vec<Outgoing> = records.to_vec();
+        self.publish_from(records.to_vec(), shutdown, 1).await
+    }
+
+    /// [`publish_all`](Publisher::publish_all), where `attempt` is the number of this first
+    /// attempt (the records may have failed before).
+    async fn publish_from(
+        &self,
+        mut pending: Vec<Outgoing>,
+        shutdown: &mut watch::Receiver<bool>,
+        mut attempt: u32,
+    ) -> bool {
         let mut backoff = Duration::from_millis(100);
         loop {
             let results = join_all(pending.iter().map(|r| self.send(r))).await;
             let mut retry = Vec::new();
             for (record, result) in pending.into_iter().zip(results) {
-                self.sort(record, result, &mut retry);
+                self.sort(record, result, &mut retry, attempt);
             }
+            attempt = attempt.saturating_add(1);
             if retry.is_empty() {
                 return true;
             }
@@ -330,19 +366,49 @@ impl Publisher {
         }
     }
 
-    /// Counts and logs one record's delivery result; what should be sent again goes to `retry`.
+    /// Counts and logs one record's delivery result, its `attempt`th; what should be sent again
+    /// goes to `retry`.
     fn sort(
         &self,
         mut record: Outgoing,
         result: Result<(), KafkaError>,
         retry: &mut Vec<Outgoing>,
+        attempt: u32,
     ) {
         match result {
-            Ok(()) => metrics::record_published(record.destination),
+            Ok(()) => {
+                metrics::record_published(record.destination);
+                if record.topic.is_none() {
+                    self.topic_usable(record.destination);
+                }
+            }
             Err(e) if record.topic.is_some() && is_unusable_topic(&e) => {
                 tracing::warn!(error = %e, topic = ?record.topic, "reply-to topic unusable; replying on the default topic");
                 record.topic = None;
                 retry.push(record);
+            }
+            Err(e) if is_unusable_topic(&e) => {
+                let d = record.destination;
+                metrics::record_publish_failed(d, false);
+                let topic = self.topic(d);
+                let unusable = self.health().topic_unusable(d).load(Ordering::Relaxed)
+                    || attempt >= UNUSABLE_TOPIC_ATTEMPTS;
+                if unusable {
+                    self.topic_unusable(d, &e);
+                }
+                let request_id = record
+                    .header(REQUEST_ID_HEADER)
+                    .map(String::from_utf8_lossy);
+                match d {
+                    Destination::DeadLetter if unusable => {
+                        metrics::record_dead_letter_dropped(topic);
+                        tracing::error!(topic, error = %e, request_id = ?request_id, "dead letter dropped: the dead-letter topic is unusable (its command is answered all the same)");
+                    }
+                    _ => {
+                        tracing::warn!(topic, error = %e, attempt, request_id = ?request_id, destination = ?d, "the topic is unknown to the broker or refused; will retry");
+                        retry.push(record);
+                    }
+                }
             }
             Err(e) if is_permanent(&e) => {
                 metrics::record_publish_failed(record.destination, true);
@@ -375,11 +441,49 @@ impl Publisher {
         }
     }
 
+    /// The default topic of `d`: the reply topic or the dead-letter topic.
+    fn topic(&self, d: Destination) -> &str {
+        match d {
+            Destination::Reply => &self.reply_topic,
+            Destination::DeadLetter => &self.dlq_topic,
+        }
+    }
+
+    fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// Enters the unusable state for `d`'s topic (once: the log, the gauge, the probe).
+    fn topic_unusable(&self, d: Destination, e: &KafkaError) {
+        if self
+            .health()
+            .topic_unusable(d)
+            .swap(true, Ordering::Relaxed)
+        {
+            return;
+        }
+        let topic = self.topic(d).to_string();
+        metrics::record_topic_unusable(d, &topic, true);
+        match d {
+            Destination::Reply => {
+                tracing::error!(topic, error = %e, "the reply topic is unusable (deleted, or denied by an ACL): replies are retried until it is back, commands wait (none is lost), and the service reports itself not ready")
+            }
+            Destination::DeadLetter => {
+                tracing::error!(topic, error = %e, "the dead-letter topic is unusable (deleted, or denied by an ACL): dead letters are dropped until it is back (commands go on being answered), and the service reports itself not ready")
+            }
+        }
+        tokio::spawn(probe(self.producer.clone(), self.health.clone(), d, topic));
+    }
+
+    /// Leaves the unusable state for `d`'s topic, if it was in it.
+    fn topic_usable(&self, d: Destination) {
+        leave_unusable(self.health(), d, self.topic(d));
+    }
+
     fn record<'a>(&'a self, r: &'a Outgoing) -> FutureRecord<'a, [u8], [u8]> {
-        let topic = match (&r.topic, r.destination) {
-            (Some(t), _) => t,
-            (None, Destination::Reply) => &self.reply_topic,
-            (None, Destination::DeadLetter) => &self.dlq_topic,
+        let topic = match &r.topic {
+            Some(t) => t,
+            None => self.topic(r.destination),
         };
         let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
         for (k, v) in &r.headers {
@@ -415,6 +519,59 @@ impl Publisher {
 
 /// The header of the error reply that stands in for a reply the broker refused.
 const REPLY_REFUSED: &str = "reply-refused";
+
+/// The header naming the request id a record answers or carries (for the logs).
+const REQUEST_ID_HEADER: &str = "request-id";
+
+/// How many attempts in a row a record may fail because its topic is unknown or refused before
+/// that topic is reported unusable (the first attempts ride out a topic that is still being
+/// created, whose metadata has not reached every broker yet).
+pub const UNUSABLE_TOPIC_ATTEMPTS: u32 = 5;
+
+/// While a topic is unusable, how often its metadata is asked for.
+pub const UNUSABLE_TOPIC_PROBE: Duration = Duration::from_secs(2);
+
+/// Leaves the unusable state for `d`'s `topic`, if it was in it: the gauge, a log line.
+fn leave_unusable(health: &Health, d: Destination, topic: &str) {
+    if health.topic_unusable(d).swap(false, Ordering::Relaxed) {
+        metrics::record_topic_unusable(d, topic, false);
+        tracing::info!(topic, destination = ?d, "the topic is usable again");
+    }
+}
+
+/// While `d`'s `topic` is unusable: asks for its metadata every [`UNUSABLE_TOPIC_PROBE`], so
+/// that the producer sees it again as soon as it is back (its own refresh is every 5 minutes).
+/// A dead-letter topic found again leaves the unusable state (nothing is retried on it that
+/// would); the reply topic leaves it with the first reply delivered.
+async fn probe(
+    producer: FutureProducer<PublisherContext>,
+    health: Arc<Health>,
+    d: Destination,
+    topic: String,
+) {
+    loop {
+        tokio::time::sleep(UNUSABLE_TOPIC_PROBE).await;
+        if !health.topic_unusable(d).load(Ordering::Relaxed) {
+            return;
+        }
+        let (p, t) = (producer.clone(), topic.clone());
+        let found = tokio::task::spawn_blocking(move || {
+            p.client()
+                .fetch_metadata(Some(&t), Timeout::After(Duration::from_secs(5)))
+                .is_ok_and(|m| {
+                    m.topics()
+                        .iter()
+                        .any(|m| m.name() == t && m.error().is_none() && !m.partitions().is_empty())
+                })
+        })
+        .await
+        .unwrap_or(false);
+        if found && d == Destination::DeadLetter {
+            leave_unusable(&health, d, &topic);
+            return;
+        }
+    }
+}
 
 /// For a reply the broker refuses for good (too large for the topic): the reply itself as a dead
 /// letter, and a short reply with status 500 that says what happened and what the command's
@@ -472,6 +629,7 @@ fn is_unusable_topic(e: &KafkaError) -> bool {
         Some(
             RDKafkaErrorCode::UnknownTopicOrPartition
                 | RDKafkaErrorCode::UnknownTopic
+                | RDKafkaErrorCode::UnknownPartition
                 | RDKafkaErrorCode::TopicAuthorizationFailed
                 | RDKafkaErrorCode::InvalidTopic
         )

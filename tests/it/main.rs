@@ -13,6 +13,7 @@ mod faults;
 mod groups;
 mod hostile;
 mod processor;
+mod publishing;
 mod retention;
 mod security;
 mod support;

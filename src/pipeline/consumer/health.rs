@@ -3,6 +3,8 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use crate::domain::reply::Destination;
+
 /// What `/healthz` and `/readyz` report; written by the processor and the reply producer.
 #[derive(Debug)]
 pub struct Health {
@@ -16,6 +18,13 @@ pub struct Health {
     /// The reply producer hit a fatal error (the idempotent producer cannot go on): nothing
     /// more can be answered until the process restarts.
     pub producer_fatal: AtomicBool,
+    /// The reply topic is unusable: records to it kept failing because the broker does not
+    /// know it (deleted) or refuses it (an ACL). Its replies are retried until it is usable
+    /// again, and that clears this (see `kafka::Publisher`).
+    pub reply_topic_unusable: AtomicBool,
+    /// The dead-letter topic is unusable (as above): dead letters are dropped (logged and
+    /// counted) while commands go on being answered; cleared once the topic is seen again.
+    pub dlq_unusable: AtomicBool,
 }
 
 impl Default for Health {
@@ -27,6 +36,8 @@ impl Default for Health {
             assigned_partitions: AtomicUsize::new(0),
             producer_connected: AtomicBool::new(true),
             producer_fatal: AtomicBool::new(false),
+            reply_topic_unusable: AtomicBool::new(false),
+            dlq_unusable: AtomicBool::new(false),
         }
     }
 }
@@ -39,12 +50,36 @@ impl Health {
             && self.subscribed.load(Ordering::Relaxed)
             && !self.producer_fatal.load(Ordering::Relaxed)
     }
-    /// Live, the database answers, partitions are assigned, and the reply producer reaches a
-    /// broker.
+    /// Live, the database answers, partitions are assigned, the reply producer reaches a
+    /// broker, and neither the reply topic nor the dead-letter topic is unusable.
     pub fn is_ready(&self) -> bool {
-        self.is_live()
-            && self.database_ok.load(Ordering::Relaxed)
-            && self.assigned_partitions.load(Ordering::Relaxed) > 0
-            && self.producer_connected.load(Ordering::Relaxed)
+        self.unready_reason().is_none()
+    }
+
+    /// Why the service is not ready, the first reason found (`None`: ready); `/readyz` says it.
+    pub fn unready_reason(&self) -> Option<&'static str> {
+        if !self.is_live() {
+            Some("not live")
+        } else if !self.database_ok.load(Ordering::Relaxed) {
+            Some("the database does not answer")
+        } else if self.assigned_partitions.load(Ordering::Relaxed) == 0 {
+            Some("no partition is assigned")
+        } else if !self.producer_connected.load(Ordering::Relaxed) {
+            Some("the reply producer reaches no broker")
+        } else if self.reply_topic_unusable.load(Ordering::Relaxed) {
+            Some("the reply topic is unusable (deleted or denied); replies wait for it")
+        } else if self.dlq_unusable.load(Ordering::Relaxed) {
+            Some("the dead-letter topic is unusable (deleted or denied); dead letters are dropped")
+        } else {
+            None
+        }
+    }
+
+    /// The flag saying whether `destination`'s topic is unusable.
+    pub fn topic_unusable(&self, destination: Destination) -> &AtomicBool {
+        match destination {
+            Destination::Reply => &self.reply_topic_unusable,
+            Destination::DeadLetter => &self.dlq_unusable,
+        }
     }
 }
