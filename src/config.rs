@@ -131,6 +131,25 @@ pub struct Config {
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 4)]
     pub database_max_connections: u32,
 
+    /// PostgreSQL's `statement_timeout` on every session of the processor: a statement running
+    /// longer is cancelled (a batch that keeps timing out is split; a command that still times
+    /// out alone is answered 500). `30s`, `500ms`, ... (same forms as IDEMPOTENCY_RETENTION),
+    /// at most 24 days.
+    #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT", default_value = "30s", value_parser = parse_session_timeout)]
+    pub database_statement_timeout: Duration,
+
+    /// PostgreSQL's `lock_timeout` on every session of the processor: how long a statement
+    /// waits for a row lock another session holds before it fails (and is retried, then
+    /// isolated like any failing statement).
+    #[arg(long, env = "DATABASE_LOCK_TIMEOUT", default_value = "5s", value_parser = parse_session_timeout)]
+    pub database_lock_timeout: Duration,
+
+    /// PostgreSQL's `idle_in_transaction_session_timeout` on every session of the processor: a
+    /// session of a frozen processor that stopped inside a transaction is ended by the server
+    /// after this, releasing its row locks.
+    #[arg(long, env = "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", default_value = "10s", value_parser = parse_session_timeout)]
+    pub database_idle_in_transaction_timeout: Duration,
+
     /// `required`: every command needs `authorization: Bearer <token>` (see `event-updater
     /// token`); `disabled`: no checks, for local development only.
     #[arg(long, env = "AUTH_MODE", value_enum, default_value = "required")]
@@ -395,6 +414,15 @@ impl Config {
         Duration::from_millis(self.batch_linger_ms)
     }
 
+    /// The timeouts every session of the processor sets.
+    pub fn database_timeouts(&self) -> crate::store::SessionTimeouts {
+        crate::store::SessionTimeouts {
+            statement: self.database_statement_timeout,
+            lock: self.database_lock_timeout,
+            idle_in_transaction: self.database_idle_in_transaction_timeout,
+        }
+    }
+
     /// The shutdown bound as a [`Duration`].
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_secs)
@@ -491,6 +519,25 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("`{s}` is longer than 100 years"));
     }
     Ok(total)
+}
+
+/// The longest PostgreSQL session timeout: its parameters are milliseconds in a 32-bit integer.
+pub const MAX_SESSION_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
+
+/// A PostgreSQL session timeout: a [`parse_duration`] of at least 1 ms and at most
+/// [`MAX_SESSION_TIMEOUT`] (about 24.8 days). Zero, which would turn the bound off, is refused.
+pub fn parse_session_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(1) {
+        return Err(format!("`{s}`: a database timeout must be at least 1ms"));
+    }
+    if d > MAX_SESSION_TIMEOUT {
+        return Err(format!(
+            "`{s}`: a database timeout can be at most {} ms (about 24 days)",
+            MAX_SESSION_TIMEOUT.as_millis()
+        ));
+    }
+    Ok(d)
 }
 
 fn parse_property(s: &str) -> Result<(String, String), String> {
@@ -957,5 +1004,38 @@ mod tests {
         assert!(is_secret_property("sasl.password"));
         assert!(is_secret_property("ssl.key.pem"));
         assert!(!is_secret_property("bootstrap.servers"));
+    }
+
+    #[test]
+    fn database_timeouts_are_bounded_and_default_to_30s_5s_10s() {
+        let c = Config::defaults();
+        let t = c.database_timeouts();
+        assert_eq!(t.statement, Duration::from_secs(30));
+        assert_eq!(t.lock, Duration::from_secs(5));
+        assert_eq!(t.idle_in_transaction, Duration::from_secs(10));
+        let c = Config::try_parse_from([
+            "event-updater",
+            "--database-statement-timeout",
+            "2m",
+            "--database-lock-timeout",
+            "250ms",
+            "--database-idle-in-transaction-timeout",
+            "1h",
+        ])
+        .expect("parses");
+        assert_eq!(c.database_statement_timeout, Duration::from_secs(120));
+        assert_eq!(c.database_lock_timeout, Duration::from_millis(250));
+        assert_eq!(
+            c.database_idle_in_transaction_timeout,
+            Duration::from_secs(3600)
+        );
+        // Off (zero) and beyond PostgreSQL's 32-bit milliseconds are refused.
+        for bad in ["0", "0s", "25d", "100d", "x"] {
+            assert!(parse_session_timeout(bad).is_err(), "`{bad}` is refused");
+        }
+        assert_eq!(
+            parse_session_timeout("24d"),
+            Ok(Duration::from_secs(24 * 86_400))
+        );
     }
 }

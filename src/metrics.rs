@@ -33,6 +33,7 @@ pub const KEPT_CONFLICTING: &str = "event_updater_kept_conflicting_total";
 pub const TABLE_BYTES: &str = "event_updater_table_bytes";
 pub const TABLE_ROWS: &str = "event_updater_table_rows";
 pub const REPLIES_PRUNED: &str = "event_updater_replies_pruned_total";
+pub const DB_FAILED_COMMANDS: &str = "event_updater_db_failed_commands_total";
 pub const TOPIC_UNUSABLE: &str = "event_updater_topic_unusable";
 pub const DEAD_LETTERS_DROPPED: &str = "event_updater_dead_letters_dropped_total";
 
@@ -119,6 +120,12 @@ pub fn record_db_error(kind: &'static str) {
 /// 409).
 pub fn record_kept_conflicting(scope: &'static str) {
     counter!(KEPT_CONFLICTING, "scope" => scope).increment(1);
+}
+
+/// The database kept failing a command alone: it was not applied, answered 500 and
+/// dead-lettered. `sqlstate` is PostgreSQL's error code (`none` where there was none).
+pub fn record_db_failed_command(sqlstate: Option<&str>) {
+    counter!(DB_FAILED_COMMANDS, "sqlstate" => sqlstate.unwrap_or("none").to_string()).increment(1);
 }
 
 pub fn record_published(d: Destination) {

@@ -77,6 +77,7 @@ impl Application {
         let pool = store::connect_for_processing(
             &cfg.database_url,
             cfg.database_max_connections.max(cfg.apply_concurrency),
+            cfg.database_timeouts(),
         )
         .await?;
         health.migrated.store(true, Ordering::Relaxed);

@@ -40,6 +40,10 @@ pub struct Outcome {
     pub kind: OutcomeKind,
     /// The envelope rule a new 400 enforced (`key_mismatch`, `too_large`, `reply_too_large`).
     pub refused: Option<&'static str>,
+    /// Why the command is copied to the dead-letter topic although it was decoded (its
+    /// `dlq-reason`): the database kept failing it and it was answered 500. Set by the consumer
+    /// on a new outcome only; a decision never sets it.
+    pub dead_letter: Option<String>,
 }
 
 /// The settings a batch is decided under.
@@ -182,6 +186,7 @@ pub fn decide_batch(
                 reply: h.reply.clone(),
                 kind: OutcomeKind::Duplicate,
                 refused: None,
+                dead_letter: None,
             });
             continue;
         }
@@ -277,6 +282,7 @@ pub fn decide_batch(
             reply: bytes,
             kind: OutcomeKind::New,
             refused: refused.filter(|_| reply.status == 400),
+            dead_letter: None,
         });
     }
     for u in &touched {
@@ -372,6 +378,7 @@ pub fn unstored(cmd: &Command, status: u16, body: Value, kind: OutcomeKind) -> O
         reply: Arc::new(reply.to_bytes()),
         kind,
         refused: None,
+        dead_letter: None,
     }
 }
 

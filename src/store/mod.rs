@@ -56,6 +56,12 @@ pub enum StoreError {
     /// The database refused the data itself: isolate the command that carries it.
     #[error("the database refused the data: {0}")]
     Refused(#[source] sqlx::Error),
+    /// The statement failed for a reason that may well repeat with the same commands (a
+    /// statement or lock timeout, out of memory, a missing function, any SQLSTATE not sorted
+    /// elsewhere): retry a bounded number of times, then split the batch; a command that still
+    /// fails alone is not applied (the consumer answers it 500 and dead-letters it).
+    #[error("the database failed the statement: {0}")]
+    Failed(#[source] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("invalid database URL: {0}")]
@@ -70,10 +76,44 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
-/// Sorts an error by what to do about it. Only errors about the data itself (SQLSTATE classes
-/// 22 data exception, 23 integrity, 54 program limit; a row we cannot decode) are `Refused`:
-/// anything else, from a refused connection to an unknown state, is retried as `Unavailable`,
-/// so that no infrastructure trouble is ever answered as a 400.
+impl StoreError {
+    /// PostgreSQL's SQLSTATE of the error, where the database sent one.
+    pub fn sqlstate(&self) -> Option<String> {
+        match self {
+            StoreError::Unavailable(sqlx::Error::Database(db))
+            | StoreError::Conflict(sqlx::Error::Database(db))
+            | StoreError::Refused(sqlx::Error::Database(db))
+            | StoreError::Failed(sqlx::Error::Database(db))
+            | StoreError::Url(sqlx::Error::Database(db)) => db.code().map(|c| c.into_owned()),
+            _ => None,
+        }
+    }
+}
+
+/// SQLSTATEs (and classes, as two-character prefixes) of a database that is unreachable,
+/// shutting down, full or read-only for now: the same batch may pass once it is back, so it is
+/// retried for as long as it takes. Class 08: connection exception; 57P01..57P03: admin
+/// shutdown, crash shutdown, cannot connect now; 57P04/57P05: database dropped, idle session
+/// timeout; 25P03: idle-in-transaction timeout (our own session was cut while frozen); 25006:
+/// read-only transaction (a primary that became a standby during a failover); 53000, 53100,
+/// 53300: insufficient resources, disk full, too many connections; class 58: system (I/O) error.
+const TRANSIENT_SQLSTATES: [&str; 12] = [
+    "08", "57P01", "57P02", "57P03", "57P04", "57P05", "25P03", "25006", "53000", "53100", "53300",
+    "58",
+];
+
+/// Sorts an error by what to do about it:
+/// - 23505 (a key another writer inserted), 40001 and 40P01 (serialization failure,
+///   deadlock): [`StoreError::Conflict`];
+/// - classes 22 (data exception), 23 (integrity) and 54 (program limit), and a value that cannot
+///   be encoded or decoded: [`StoreError::Refused`], the data itself;
+/// - [`TRANSIENT_SQLSTATES`] and errors without a SQLSTATE that concern the connection (I/O,
+///   TLS, protocol, a pool that timed out or closed): [`StoreError::Unavailable`], retried
+///   without bound;
+/// - anything else, notably 57014 (statement timeout or cancel), 55P03 (lock timeout), 53200
+///   (out of memory), 42883 (undefined function) and any SQLSTATE not named here:
+///   [`StoreError::Failed`], retried a bounded number of times, so that a failure that repeats
+///   with the same commands cannot stall a partition for good.
 fn classify(e: sqlx::Error) -> StoreError {
     match &e {
         sqlx::Error::Database(db) => {
@@ -83,12 +123,19 @@ fn classify(e: sqlx::Error) -> StoreError {
                 c if c.starts_with("22") || c.starts_with("23") || c.starts_with("54") => {
                     StoreError::Refused(e)
                 }
-                _ => StoreError::Unavailable(e),
+                c if TRANSIENT_SQLSTATES.iter().any(|t| c.starts_with(t)) => {
+                    StoreError::Unavailable(e)
+                }
+                _ => StoreError::Failed(e),
             }
         }
         sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) | sqlx::Error::Encode(_) => {
             StoreError::Refused(e)
         }
+        sqlx::Error::RowNotFound
+        | sqlx::Error::TypeNotFound { .. }
+        | sqlx::Error::ColumnIndexOutOfBounds { .. }
+        | sqlx::Error::ColumnNotFound(_) => StoreError::Failed(e),
         _ => StoreError::Unavailable(e),
     }
 }
@@ -96,7 +143,39 @@ fn classify(e: sqlx::Error) -> StoreError {
 /// Creates the database named in `url` when it does not exist, connects a pool, and runs the
 /// migrations. For tools; the processor's pool is [`connect_for_processing`].
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
-    connect_with(url, max_connections, false).await
+    connect_with(url, max_connections, None).await
+}
+
+/// Bounds on what one of the processor's sessions may wait for or hold, set on every connection
+/// of its pool (and of the pools made beside it from the same options), so that no frozen or
+/// runaway session can hold a partition up for good:
+/// - `statement`: PostgreSQL's `statement_timeout`; a statement running longer is cancelled
+///   (57014);
+/// - `lock`: `lock_timeout`; a statement waiting longer for a row lock (a frozen session that
+///   holds `FOR UPDATE` on an event's row) fails (55P03);
+/// - `idle_in_transaction`: `idle_in_transaction_session_timeout`; a session of ours that stops
+///   inside a transaction (a frozen or partitioned processor) is ended by the server, which
+///   releases its locks for the partition's new owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionTimeouts {
+    pub statement: std::time::Duration,
+    pub lock: std::time::Duration,
+    pub idle_in_transaction: std::time::Duration,
+}
+
+impl SessionTimeouts {
+    /// The session parameters, in milliseconds (PostgreSQL's unit for these).
+    fn parameters(&self) -> [(&'static str, String); 3] {
+        let ms = |d: std::time::Duration| d.as_millis().max(1).to_string();
+        [
+            ("statement_timeout", ms(self.statement)),
+            ("lock_timeout", ms(self.lock)),
+            (
+                "idle_in_transaction_session_timeout",
+                ms(self.idle_in_transaction),
+            ),
+        ]
+    }
 }
 
 /// As [`connect`], for the processor's hot path:
@@ -104,31 +183,54 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreErr
 ///   `enable_seqscan = off`: a cached generic plan, made while a table was tiny, can then never
 ///   be a sequential scan that keeps being used once the table is large. Prepared statements
 ///   (and the write function's plans) are cached per connection and not re-planned per batch.
+/// - Every session has the [`SessionTimeouts`]. The migrations run before, on a connection
+///   without them (a migration may rightly take longer than a batch).
 /// - No ping before each use of a pooled connection: a broken connection fails the statement,
 ///   and the batch is retried like any unavailable database.
-pub async fn connect_for_processing(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
-    connect_with(url, max_connections, true).await
+pub async fn connect_for_processing(
+    url: &str,
+    max_connections: u32,
+    timeouts: SessionTimeouts,
+) -> Result<PgPool, StoreError> {
+    connect_with(url, max_connections, Some(timeouts)).await
 }
 
 async fn connect_with(
     url: &str,
     max_connections: u32,
-    processing: bool,
+    processing: Option<SessionTimeouts>,
 ) -> Result<PgPool, StoreError> {
     let options: PgConnectOptions = url.parse().map_err(StoreError::Url)?;
     create_database_if_missing(&options).await?;
-    let options = if processing {
-        options.options([("enable_seqscan", "off")])
-    } else {
-        options
+    let Some(timeouts) = processing else {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
+        migrate(&pool).await?;
+        return Ok(pool);
     };
+    let migrator = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .connect_with(options.clone())
+        .await?;
+    let migrated = migrate(&migrator).await;
+    migrator.close().await;
+    migrated?;
+    let parameters = timeouts.parameters();
+    let options = options.options(
+        [("enable_seqscan", "off")]
+            .into_iter()
+            .chain(parameters.iter().map(|(k, v)| (*k, v.as_str()))),
+    );
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(std::time::Duration::from_secs(5))
-        .test_before_acquire(!processing)
+        .test_before_acquire(false)
         .connect_with(options)
         .await?;
-    migrate(&pool).await?;
     Ok(pool)
 }
 

@@ -8,6 +8,7 @@
 
 mod containers;
 mod contract_schema;
+mod database_failures;
 mod differential;
 mod faults;
 mod groups;

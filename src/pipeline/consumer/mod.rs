@@ -37,7 +37,12 @@
 //!   fenced it) is drained but not committed; its records are answered and fenced like a
 //!   zombie's.
 //! - A database that is down is retried with back-off; data the database refuses is isolated to
-//!   its command, which gets a 400, so a partition never stalls.
+//!   its command, which gets a 400, so a partition never stalls. A statement the database keeps
+//!   failing (a statement or lock timeout, out of memory, a missing function: anything but an
+//!   unreachable database) is retried [`FAILURE_ATTEMPTS`] times, then its batch is split in
+//!   halves down to single commands, and a command that still fails alone is not applied and
+//!   gets a stored 500 ([`DATABASE_FAILED`]) and a dead letter; the commands after it are
+//!   applied.
 //! - Conflicts with concurrent writers (a zombie: a previous owner of a partition still applying
 //!   the batch it held when the group moved the partition) are retried at most
 //!   [`CONFLICT_ATTEMPTS`] times per batch, with jittered exponential back-off; then the batch's
@@ -62,6 +67,9 @@ mod rebalance;
 
 pub use budget::Budget;
 pub use health::Health;
-pub use persist::{CONFLICT_ATTEMPTS, KEPT_CONFLICTING};
+pub use persist::{
+    CONFLICT_ATTEMPTS, DATABASE_FAILED, DATABASE_FAILED_REASON, DATABASE_REFUSED, FAILURE_ATTEMPTS,
+    KEPT_CONFLICTING,
+};
 pub use processor::Processor;
 pub use rebalance::{create_consumer, CommandConsumer, ConsumerError, ProcessorContext};

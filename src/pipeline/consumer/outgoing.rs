@@ -54,7 +54,9 @@ pub(super) fn outgoing(
             value: o.reply.clone(),
             headers,
         });
-        if let (Some(reason), OutcomeKind::New) = (&c.dead_letter, o.kind) {
+        if let (Some(reason), OutcomeKind::New) =
+            (c.dead_letter.as_ref().or(o.dead_letter.as_ref()), o.kind)
+        {
             // The command's own headers travel along, except its credentials.
             let mut headers: Vec<(String, Vec<u8>)> = m
                 .headers

@@ -1,6 +1,19 @@
-//! Applying a batch in PostgreSQL, with retries for an unavailable database and concurrent
-//! writers, and the isolation of a command the database refuses or that keeps conflicting.
+//! Applying a batch in PostgreSQL, with retries for an unavailable database, concurrent writers
+//! and failing statements, and the isolation of a command the database refuses, keeps failing or
+//! that keeps conflicting.
+//!
+//! Invariants kept here:
+//! - Every command of a batch gets exactly one outcome, in the batch's order, and the pieces a
+//!   batch is split into are applied one after the other in that order, so a partition's order
+//!   holds (a later command is decided on the effects of the earlier ones that were applied).
+//! - Only an unavailable database is retried without bound (until shutdown); a concurrent
+//!   writer ([`CONFLICT_ATTEMPTS`]) and a failing statement ([`FAILURE_ATTEMPTS`]) are retried a
+//!   bounded number of times, so no command can stall its partition for good.
+//! - A command that is not applied gets an answer stored under its request id (so a redelivery
+//!   gets the same bytes, never a late apply), and the reply texts never carry PostgreSQL's own
+//!   error messages (those go to the log): a fixed text and the SQLSTATE.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -24,21 +37,51 @@ pub const CONFLICT_ATTEMPTS: u32 = 8;
 pub(super) const CONFLICT_BACKOFF: Duration = Duration::from_millis(10);
 pub(super) const CONFLICT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
+/// Most attempts at a whole batch, and at a single command, while the database fails the
+/// statement ([`StoreError::Failed`]: a statement or lock timeout, out of memory, a missing
+/// function, an unknown SQLSTATE); the halves a failing batch is split into get one attempt
+/// each. With the default timeouts, three lock timeouts (5 s each) outlast the
+/// idle-in-transaction timeout (10 s) that frees the locks of a frozen processor's session.
+pub const FAILURE_ATTEMPTS: u32 = 3;
+
+/// The first wait after an unavailable database or a failed statement; it doubles up to
+/// [`RETRY_BACKOFF_MAX`].
+pub(super) const RETRY_BACKOFF: Duration = Duration::from_millis(50);
+pub(super) const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
 /// The `detail` of the 409 a command gets when concurrent writers kept changing its event for
 /// [`CONFLICT_ATTEMPTS`] attempts: it was not applied, and its request id keeps this answer.
 pub const KEPT_CONFLICTING: &str = "Concurrent writers kept changing this event while the command was being applied; it was not applied. Send it again with a new request_id.";
 
-/// Applies the batch, retrying while the database is unavailable or a concurrent writer
-/// conflicts; if the database refuses the data, or the batch still conflicts after
-/// [`CONFLICT_ATTEMPTS`], applies the commands one by one so that only the offending command is
-/// answered with an error (400 for refused data, 409 [`KEPT_CONFLICTING`] for a command that
-/// keeps conflicting), and the others are applied. `None`: shutdown came first.
+/// How the `detail` of the 500 a command gets begins when the database kept failing it alone
+/// ([`FAILURE_ATTEMPTS`]); [`failure_text`] adds the SQLSTATE. It was not applied, its request
+/// id keeps this answer, and a copy of the command goes to the DLQ.
+pub const DATABASE_FAILED: &str = "The database kept failing this command; it was not applied.";
+
+/// How the `dlq-reason` of a command the database kept failing begins ([`failure_reason`]).
+pub const DATABASE_FAILED_REASON: &str = "the database kept failing this command";
+
+/// How the `detail` of the 400 a command gets when the database refused its data begins
+/// ([`refusal_text`]).
+pub const DATABASE_REFUSED: &str = "The database cannot store this command:";
+
+/// Applies the batch, retrying while the database is unavailable, a concurrent writer conflicts
+/// or a statement fails; then isolates what cannot pass, so that only the offending command is
+/// answered with an error and the others are applied:
+/// - a batch whose statement keeps failing ([`StoreError::Failed`]) is split in halves, each
+///   applied in turn (and split again while it fails), down to single commands;
+/// - a batch the database refuses the data of, or that still conflicts after
+///   [`CONFLICT_ATTEMPTS`], is applied one command at a time;
+/// - a single command that still cannot pass is answered by [`answer_unapplied`]: 400 for
+///   refused data, 409 [`KEPT_CONFLICTING`], 500 [`DATABASE_FAILED`] (dead-lettered).
+///
+/// `None`: shutdown came first.
 pub(super) async fn persist_batch(
     shared: &Shared,
     batch: &[Fetched],
     shutdown: &mut watch::Receiver<bool>,
 ) -> Option<Vec<Outcome>> {
-    let mut commands: Vec<(Command, Source)> = batch
+    let commands: Vec<(Command, Source)> = batch
         .iter()
         .map(|f| {
             let s = Source {
@@ -49,65 +92,80 @@ pub(super) async fn persist_batch(
             (f.command.clone(), s)
         })
         .collect();
-    match persist_retrying(shared, &commands, shutdown).await? {
-        Ok(o) => Some(o),
-        Err(e) if commands.len() == 1 => {
-            let c = commands.pop()?;
-            answer_unapplied(shared, c, &e, shutdown)
-                .await
-                .map(|o| vec![o])
+    let mut out = Vec::with_capacity(commands.len());
+    // Pieces still to apply, in the batch's order, each with the attempts a failing statement
+    // gets: the whole batch and single commands FAILURE_ATTEMPTS, the halves of a split one.
+    let mut pending: VecDeque<(Vec<(Command, Source)>, u32)> = VecDeque::new();
+    pending.push_back((commands, FAILURE_ATTEMPTS));
+    while let Some((mut piece, attempts)) = pending.pop_front() {
+        let attempts = if piece.len() == 1 {
+            FAILURE_ATTEMPTS
+        } else {
+            attempts
+        };
+        let e = match persist_retrying(shared, &piece, attempts, shutdown).await? {
+            Ok(o) => {
+                out.extend(o);
+                continue;
+            }
+            Err(e) => e,
+        };
+        if piece.len() == 1 {
+            let c = piece.pop()?;
+            out.push(answer_unapplied(shared, c, &e, shutdown).await?);
+            continue;
         }
-        Err(e) => {
-            if matches!(e, StoreError::Conflict(_)) {
-                metrics::record_kept_conflicting("batch");
-            }
-            tracing::warn!(error = %e, size = commands.len(), "batch not applied; applying its commands one by one");
-            let mut out = Vec::with_capacity(commands.len());
-            for c in commands {
-                out.push(persist_alone(shared, c, shutdown).await?);
-            }
-            Some(out)
+        if matches!(e, StoreError::Failed(_) | StoreError::Corrupt(_)) {
+            let second = piece.split_off(piece.len() / 2);
+            tracing::warn!(error = %e, size = piece.len() + second.len(), "the database kept failing a batch; applying its halves in turn");
+            pending.push_front((second, 1));
+            pending.push_front((piece, 1));
+            continue;
+        }
+        if matches!(e, StoreError::Conflict(_)) {
+            metrics::record_kept_conflicting("batch");
+        }
+        tracing::warn!(error = %e, size = piece.len(), "batch not applied; applying its commands one by one");
+        for c in piece.into_iter().rev() {
+            pending.push_front((vec![c], FAILURE_ATTEMPTS));
         }
     }
-}
-
-/// Applies one command; if it is refused or keeps conflicting, answers it with an error
-/// ([`answer_unapplied`]).
-pub(super) async fn persist_alone(
-    shared: &Shared,
-    (cmd, source): (Command, Source),
-    shutdown: &mut watch::Receiver<bool>,
-) -> Option<Outcome> {
-    let single = [(cmd, source)];
-    let e = match persist_retrying(shared, &single, shutdown).await? {
-        Ok(mut o) => return o.pop(),
-        Err(e) => e,
-    };
-    let [c] = single;
-    answer_unapplied(shared, c, &e, shutdown).await
+    Some(out)
 }
 
 /// Answers a command that could not be applied, without applying it: a 400 when the database
-/// refused its data, a 409 ([`KEPT_CONFLICTING`]) when it still conflicted after
-/// [`CONFLICT_ATTEMPTS`]. The answer is stored with its request id like any other (it writes no
-/// event row, so no concurrent writer of the event can conflict with it), so a redelivery gets
-/// the same bytes and never a late apply; only if even that cannot be stored is it answered
-/// unstored.
+/// refused its data ([`refusal_text`]), a 409 ([`KEPT_CONFLICTING`]) when it still conflicted
+/// after [`CONFLICT_ATTEMPTS`], a 500 ([`failure_text`]) when the database kept failing its
+/// statement; the 500's command is also copied to the DLQ ([`failure_reason`]). PostgreSQL's
+/// own message goes to the log only. The answer is stored with its request id like any other
+/// (it writes no event row, so no concurrent writer of the event, nor a lock on its row, can
+/// hold it up), so a redelivery gets the same bytes and never a late apply; only if even that
+/// cannot be stored is it answered unstored.
 pub(super) async fn answer_unapplied(
     shared: &Shared,
     (cmd, source): (Command, Source),
     e: &StoreError,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Option<Outcome> {
-    let (status, text) = match e {
+    let (status, text, dead_letter) = match e {
         StoreError::Conflict(_) => {
             metrics::record_kept_conflicting("command");
             tracing::warn!(request_id = %cmd.request_id, error = %e, attempts = CONFLICT_ATTEMPTS, "the event kept changing under concurrent writers; the command is not applied and answered 409");
-            (409, KEPT_CONFLICTING.to_string())
+            (409, KEPT_CONFLICTING.to_string(), None)
+        }
+        StoreError::Refused(_) => {
+            tracing::warn!(request_id = %cmd.request_id, error = %e, "the database refused a command; answering 400");
+            (400, refusal_text(e), None)
         }
         _ => {
-            tracing::warn!(request_id = %cmd.request_id, error = %e, "the database refused a command; answering 400");
-            (400, refusal_text(e))
+            let sqlstate = e.sqlstate();
+            metrics::record_db_failed_command(sqlstate.as_deref());
+            tracing::error!(request_id = %cmd.request_id, error = %e, sqlstate = sqlstate.as_deref().unwrap_or("none"), attempts = FAILURE_ATTEMPTS, "the database kept failing a command; it is not applied, answered 500 and dead-lettered");
+            (
+                500,
+                failure_text(sqlstate.as_deref()),
+                Some(failure_reason(sqlstate.as_deref())),
+            )
         }
     };
     let event_uuid = cmd.action.event_uuid();
@@ -120,33 +178,40 @@ pub(super) async fn answer_unapplied(
         ..cmd
     };
     let single = [(rejected, source)];
-    match persist_retrying(shared, &single, shutdown).await? {
-        Ok(mut o) => o.pop(),
+    let mut outcome = match persist_retrying(shared, &single, FAILURE_ATTEMPTS, shutdown).await? {
+        Ok(mut o) => o.pop()?,
         Err(e) => {
             // Even the answer cannot be stored: answer without storing it.
             tracing::error!(error = %e, status, "could not store an error reply");
             let [(cmd, _)] = single;
-            Some(unstored(&cmd, status, detail(text), OutcomeKind::New))
+            unstored(&cmd, status, detail(text), OutcomeKind::New)
         }
-    }
+    };
+    outcome.dead_letter = dead_letter.filter(|_| outcome.kind == OutcomeKind::New);
+    Some(outcome)
 }
 
 /// Applies `commands` as one batch, retrying what can pass:
-/// - a database that is unavailable: for as long as it takes, with back-off (50 ms doubling to
-///   5 s), until shutdown;
+/// - a database that is unavailable: for as long as it takes, with back-off ([`RETRY_BACKOFF`]
+///   doubling to [`RETRY_BACKOFF_MAX`]), until shutdown;
 /// - a concurrent writer (a tripped fence that also conflicted on the locking path): at most
 ///   [`CONFLICT_ATTEMPTS`] attempts in all, waiting [`conflict_backoff`] between them; then the
-///   conflict is returned, so that a command that keeps conflicting cannot stall its partition.
+///   conflict is returned, so that a command that keeps conflicting cannot stall its partition;
+/// - a failed statement ([`StoreError::Failed`], or stored data that cannot be read): at most
+///   `failures` attempts in all, with the same back-off as an unavailable database; then the
+///   error is returned, so that a failure that repeats cannot stall the partition.
 ///
-/// `None`: shutdown while waiting; `Some(Err)`: refused data, or a conflict after the bound
-/// (never an unavailable database).
+/// `None`: shutdown while waiting; `Some(Err)`: refused data, or a conflict or a failure after
+/// its bound (never an unavailable database).
 pub(super) async fn persist_retrying(
     shared: &Shared,
     commands: &[(Command, Source)],
+    failures: u32,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Option<Result<Vec<Outcome>, StoreError>> {
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = RETRY_BACKOFF;
     let mut conflicts = 0;
+    let mut failed = 0;
     loop {
         let started = Instant::now();
         let wait = match store::apply_batch(&shared.pool, commands, shared.cfg.rules(), Utc::now())
@@ -173,7 +238,20 @@ pub(super) async fn persist_retrying(
                 shared.health.database_ok.store(false, Ordering::Relaxed);
                 tracing::warn!(error = %e, retry_in = ?backoff, "database unavailable; retrying the batch");
                 let b = backoff;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+                b
+            }
+            Err(e @ (StoreError::Failed(_) | StoreError::Corrupt(_))) => {
+                metrics::record_db_error("failed");
+                // The database answered: it is there, the statement is what fails.
+                shared.health.database_ok.store(true, Ordering::Relaxed);
+                failed += 1;
+                if failed >= failures {
+                    return Some(Err(e));
+                }
+                tracing::warn!(error = %e, sqlstate = e.sqlstate().as_deref().unwrap_or("none"), attempt = failed, retry_in = ?backoff, "the database failed the batch's statement; retrying it");
+                let b = backoff;
+                backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
                 b
             }
             Err(e) => {
@@ -204,12 +282,41 @@ pub(super) fn conflict_backoff(n: u32) -> Duration {
     let nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
     half + Duration::from_nanos(r % nanos.max(1))
 }
+/// The `detail` of the 400 for data the database refused: [`DATABASE_REFUSED`], what kind of
+/// refusal it was (by SQLSTATE class) and the SQLSTATE; never PostgreSQL's message, which may
+/// quote stored data or name the schema (it goes to the log).
 pub(super) fn refusal_text(e: &StoreError) -> String {
-    let inner = match e {
-        StoreError::Refused(sqlx::Error::Database(db)) => db.message().to_string(),
-        other => other.to_string(),
+    let sqlstate = e.sqlstate();
+    let what = match sqlstate.as_deref().map(|c| c.get(..2).unwrap_or(c)) {
+        Some("22") => "a value is not valid for the database",
+        Some("23") => "it breaks an integrity constraint",
+        Some("54") => "it exceeds a limit of the database",
+        Some(_) => "the database refused its data",
+        None => "a value could not be encoded or decoded",
     };
-    format!("The database cannot store this command: {inner}")
+    match sqlstate {
+        Some(code) => format!("{DATABASE_REFUSED} {what} (SQLSTATE {code})."),
+        None => format!("{DATABASE_REFUSED} {what}."),
+    }
+}
+
+/// The `detail` of the 500 for a command the database kept failing: [`DATABASE_FAILED`], the
+/// SQLSTATE where there is one, and what to do.
+pub(super) fn failure_text(sqlstate: Option<&str>) -> String {
+    match sqlstate {
+        Some(code) => {
+            format!("{DATABASE_FAILED} SQLSTATE {code}. Send it again with a new request_id.")
+        }
+        None => format!("{DATABASE_FAILED} Send it again with a new request_id."),
+    }
+}
+
+/// The `dlq-reason` of a command the database kept failing.
+pub(super) fn failure_reason(sqlstate: Option<&str>) -> String {
+    format!(
+        "{DATABASE_FAILED_REASON} (SQLSTATE {}); it was not applied and was answered 500",
+        sqlstate.unwrap_or("none")
+    )
 }
 
 #[cfg(test)]
