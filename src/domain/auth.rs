@@ -59,6 +59,27 @@ pub fn credentials(header: Option<&[u8]>) -> Credentials {
     Credentials::Bearer(hash(token))
 }
 
+/// The prefix of every token `event-updater token create` issues; [`TOKEN_HEX_DIGITS`]
+/// lower-case hex digits follow it.
+pub const TOKEN_PREFIX: &str = "eut_";
+/// The hex digits after [`TOKEN_PREFIX`] in an issued token.
+pub const TOKEN_HEX_DIGITS: usize = 64;
+
+/// Whether the bearer token of `header` (read as [`credentials`] reads it) has the shape of an
+/// issued token. One that has not cannot be known to the store, so its command is refused
+/// (`Token invalid/expired`) before its value is parsed: a made-up token buys no parsing.
+pub fn bearer_has_issued_shape(header: &[u8]) -> bool {
+    let token = match header.iter().position(|b| *b == b' ') {
+        Some(i) => &header[i + 1..],
+        None => return false,
+    };
+    token.len() == TOKEN_PREFIX.len() + TOKEN_HEX_DIGITS
+        && token.starts_with(TOKEN_PREFIX.as_bytes())
+        && token[TOKEN_PREFIX.len()..]
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+}
+
 /// SHA-256 of a token.
 pub fn hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
@@ -108,6 +129,29 @@ mod tests {
             format!("{:?}", credentials(Some(b"Bearer abc"))),
             "Bearer(***)"
         );
+    }
+
+    #[test]
+    fn only_the_shape_of_an_issued_token_passes_the_shape_check() {
+        let issued = format!("{TOKEN_PREFIX}{}", "0123456789abcdef".repeat(4));
+        assert!(bearer_has_issued_shape(
+            format!("Bearer {issued}").as_bytes()
+        ));
+        assert!(bearer_has_issued_shape(
+            format!("bearer {issued}").as_bytes()
+        ));
+        for bad in [
+            "Bearer x".to_string(),
+            "Bearer not-a-token".to_string(),
+            format!("Bearer {}", issued.to_uppercase()),
+            format!("Bearer {issued}0"),
+            format!("Bearer {}", &issued[..issued.len() - 1]),
+            format!("Bearer {}", issued.replace('a', "g")),
+            format!("Bearer  {issued}"),
+            issued.clone(),
+        ] {
+            assert!(!bearer_has_issued_shape(bad.as_bytes()), "{bad}");
+        }
     }
 
     #[test]

@@ -1,8 +1,14 @@
 //! Decoding one Kafka record into a command: the pure checks that need no database.
 //!
-//! The checks run in the REST endpoint's order: credentials first (where authentication is
-//! required, a record without a bearer token is never parsed: its 403 needs no database, and an
-//! unauthenticated sender cannot make the processor parse anything), then the value must be JSON
+//! First the record's headers must be within their caps ([`MAX_HEADERS`], [`MAX_HEADER_BYTES`]):
+//! they are counted and measured where the client library holds them, before anything is copied
+//! ([`HeaderOverflow`]), and a record over them is answered 400 and dead-lettered unread (its
+//! credentials are among the headers not read). Then the checks run in the REST endpoint's
+//! order: credentials first (where authentication is required, a record without a bearer token,
+//! or with one that has not the shape of an issued token, is never parsed: its 403 needs no
+//! database, and a sender without a real token cannot make the processor parse anything; a
+//! well-shaped token is checked by the store, and its command's decoded size is charged to the
+//! in-flight budget at its real size, [`Command::retained_bytes`]), then the value must be JSON
 //! (DRF's parse error), then the event UUID (404), then the record key (it must be the event's
 //! UUID, or per-event order would depend on how a producer spells it: 400), then the envelope
 //! fields and the body (400). What is left for the database (403 for a token it does not know,
@@ -18,6 +24,50 @@ use crate::domain::reply::detail;
 use crate::drf::pyjson;
 use crate::drf::validate::{self, ValidBody};
 
+/// Most headers a record may carry. A record with more is refused unread (400, dead-lettered):
+/// each header is a heap allocation or two however small it is, so a record of many empty
+/// headers would cost far more memory than its bytes.
+pub const MAX_HEADERS: usize = 64;
+/// Most bytes a record's headers may hold in all (keys and values).
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// The `reason` of `event_updater_commands_refused_total` for a record over [`MAX_HEADERS`] or
+/// [`MAX_HEADER_BYTES`].
+pub const HEADERS_TOO_LARGE: &str = "headers_too_large";
+
+/// How a record's headers exceed their caps; the record's headers are then not copied at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderOverflow {
+    /// More than [`MAX_HEADERS`] headers (how many).
+    Count(usize),
+    /// More than [`MAX_HEADER_BYTES`] bytes of keys and values (how many).
+    Bytes(usize),
+}
+
+impl HeaderOverflow {
+    /// The overflow of headers numbering `count`, with `bytes` of keys and values; `None`:
+    /// within the caps. Check the count first, before measuring: measuring walks every header.
+    pub fn of_count(count: usize) -> Option<HeaderOverflow> {
+        (count > MAX_HEADERS).then_some(HeaderOverflow::Count(count))
+    }
+
+    /// See [`HeaderOverflow::of_count`].
+    pub fn of_bytes(bytes: usize) -> Option<HeaderOverflow> {
+        (bytes > MAX_HEADER_BYTES).then_some(HeaderOverflow::Bytes(bytes))
+    }
+
+    /// The refusal's `detail` (and `dlq-reason`).
+    pub fn text(self) -> String {
+        match self {
+            HeaderOverflow::Count(n) => format!(
+                "The record has {n} headers, over the limit of {MAX_HEADERS}; it was not read."
+            ),
+            HeaderOverflow::Bytes(n) => format!(
+                "The record's headers are {n} bytes, over the limit of {MAX_HEADER_BYTES} bytes; it was not read."
+            ),
+        }
+    }
+}
+
 /// A record as it came off the command topic.
 #[derive(Debug, Clone, Default)]
 pub struct Incoming {
@@ -29,6 +79,9 @@ pub struct Incoming {
     pub headers: Vec<(String, Option<Vec<u8>>)>,
     /// The record's timestamp (producer's create time, or the broker's log-append time).
     pub timestamp_ms: Option<i64>,
+    /// Set when the record's headers were over their caps: then `headers` is empty (none was
+    /// copied) and the record is refused.
+    pub headers_refused: Option<HeaderOverflow>,
 }
 
 impl Incoming {
@@ -60,6 +113,66 @@ pub struct Command {
     /// The envelope rule the command broke, as the `reason` of
     /// `event_updater_commands_refused_total` (`key_mismatch`, `too_large`).
     pub refused: Option<&'static str>,
+}
+
+impl Command {
+    /// Whether the record was refused for its headers, before they (and its credentials) were
+    /// read: it has nothing to authenticate, and is answered 400 and dead-lettered.
+    pub fn headers_refused(&self) -> bool {
+        self.refused == Some(HEADERS_TOO_LARGE)
+    }
+
+    /// About how many heap bytes the decoded command holds beyond its record (the parsed
+    /// body's values, the error body, the ids): what the in-flight budget charges for it on
+    /// top of the record's bytes. A JSON value of small items is many times its text once
+    /// parsed (each number or string a node of its own), so this is measured, not assumed.
+    pub fn retained_bytes(&self) -> usize {
+        let body = match &self.action {
+            Action::Apply { body, .. } => {
+                std::mem::size_of::<ValidBody>()
+                    + body.action.len()
+                    + body.app.len()
+                    + [&body.user, &body.context, &body.brand]
+                        .into_iter()
+                        .flatten()
+                        .map(heap_bytes)
+                        .sum::<usize>()
+            }
+            Action::Reject { body, .. } => heap_bytes(body),
+        };
+        std::mem::size_of::<Command>()
+            + self.request_id.len()
+            + self.reply_key.as_ref().map_or(0, Vec::len)
+            + self.dead_letter.as_ref().map_or(0, String::len)
+            + body
+    }
+}
+
+/// About how many heap bytes `v` holds: a node per value, its text, and per object entry its
+/// key and the map's index. Walks iteratively (values nest up to the parser's limit).
+pub fn heap_bytes(v: &Value) -> usize {
+    const NODE: usize = std::mem::size_of::<Value>();
+    // An object entry: its key (a String), its value, and the map's index slot and hash.
+    const ENTRY: usize = std::mem::size_of::<String>() + NODE + 2 * std::mem::size_of::<usize>();
+    let mut total = NODE;
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Null | Value::Bool(_) => {}
+            // Numbers keep their text (arbitrary precision).
+            Value::Number(n) => total += n.as_str().len(),
+            Value::String(s) => total += s.len(),
+            Value::Array(a) => {
+                total += a.len() * NODE;
+                stack.extend(a.iter());
+            }
+            Value::Object(m) => {
+                total += m.len() * ENTRY + m.keys().map(String::len).sum::<usize>();
+                stack.extend(m.values());
+            }
+        }
+    }
+    total
 }
 
 impl Command {
@@ -133,10 +246,31 @@ impl Action {
 pub fn decode(msg: &Incoming, max_bytes: usize, auth_mode: AuthMode) -> Command {
     let payload = msg.payload.as_deref().unwrap_or_default();
     let fallback_id = header_request_id(msg).unwrap_or_else(|| fallback_request_id(msg));
-    let credentials = auth::credentials(msg.header("authorization"));
+    if let Some(overflow) = msg.headers_refused {
+        // Nothing of the headers was read: no credentials, no request id, no reply-to.
+        let text = overflow.text();
+        return Command {
+            request_id: fallback_request_id(msg),
+            fingerprint: Sha256::digest(payload).into(),
+            reply_key: echoed_key(msg),
+            action: Action::Reject {
+                event_uuid: None,
+                status: 400,
+                body: detail(text.clone()),
+            },
+            credentials: Credentials::Missing,
+            dead_letter: Some(text),
+            refused: Some(HEADERS_TOO_LARGE),
+        };
+    }
+    let authorization = msg.header("authorization");
+    let credentials = auth::credentials(authorization);
     if auth_mode == AuthMode::Required {
+        // A bearer token that has not an issued token's shape is refused here as the store
+        // would refuse it (`Token invalid/expired`), unparsed.
+        let shaped = authorization.is_some_and(auth::bearer_has_issued_shape);
         if let Some(text) = auth::denial(&credentials, None)
-            .filter(|_| !matches!(credentials, Credentials::Bearer(_)))
+            .filter(|_| !matches!(credentials, Credentials::Bearer(_)) || !shaped)
         {
             // The store answers it with this same 403 before looking at anything else; the
             // value is neither parsed nor hashed.
@@ -422,6 +556,7 @@ mod tests {
             payload: Some(payload.as_bytes().to_vec()),
             headers: vec![],
             timestamp_ms: None,
+            headers_refused: None,
         }
     }
 
@@ -670,14 +805,90 @@ mod tests {
             assert_eq!(c.request_id, "cmds/2/7@-1");
             assert_eq!(c.scope(AuthMode::Required), None);
         }
-        // A bearer token is checked by the store; the value is decoded as usual.
+        // A bearer token without the shape of an issued one: the store's 403, unparsed.
         let mut m = msg("{not json at all");
         m.headers
             .push(("authorization".into(), Some(b"Bearer t".to_vec())));
         let c = decode(&m, 1 << 20, AuthMode::Required);
+        assert_eq!(
+            rejected(&c),
+            (403, json!({"detail": "Token invalid/expired"}))
+        );
+        assert_eq!(c.fingerprint, [0; 32], "not even hashed");
+        // Where authentication is off, the header means nothing: decoded as usual.
+        assert_eq!(rejected(&decode(&m, 1 << 20, AuthMode::Disabled)).0, 400);
+        // A well-shaped token is checked by the store; the value is decoded as usual.
+        let token = format!("{}{}", auth::TOKEN_PREFIX, "ab".repeat(32));
+        let mut m = msg("{not json at all");
+        m.headers.push((
+            "authorization".into(),
+            Some(format!("Bearer {token}").into_bytes()),
+        ));
+        let c = decode(&m, 1 << 20, AuthMode::Required);
         assert_eq!(rejected(&c).0, 400);
-        assert_eq!(c.scope(AuthMode::Required), Some(&auth::hash("t")[..]));
+        assert_eq!(c.scope(AuthMode::Required), Some(&auth::hash(&token)[..]));
         assert_eq!(c.scope(AuthMode::Disabled), Some(&[][..]));
+    }
+
+    #[test]
+    fn a_record_over_the_header_caps_is_refused_unread_and_dead_lettered() {
+        for (overflow, text) in [
+            (
+                HeaderOverflow::Count(100_000),
+                "The record has 100000 headers, over the limit of 64; it was not read.",
+            ),
+            (
+                HeaderOverflow::Bytes(70_000),
+                "The record's headers are 70000 bytes, over the limit of 65536 bytes; it was not read.",
+            ),
+        ] {
+            let m = Incoming {
+                headers_refused: Some(overflow),
+                ..msg(&format!(r#"{{"event_uuid":"{U}","body":{{"action":"login","app":"a"}}}}"#))
+            };
+            for mode in [AuthMode::Required, AuthMode::Disabled] {
+                let c = decode(&m, 1 << 20, mode);
+                assert_eq!(rejected(&c), (400, json!({"detail": text})));
+                assert_eq!(c.dead_letter.as_deref(), Some(text));
+                assert_eq!(c.refused, Some(HEADERS_TOO_LARGE));
+                assert!(c.headers_refused());
+                assert_eq!(c.request_id, "cmds/2/7@-1");
+            }
+        }
+        assert_eq!(HeaderOverflow::of_count(MAX_HEADERS), None);
+        assert_eq!(
+            HeaderOverflow::of_count(MAX_HEADERS + 1),
+            Some(HeaderOverflow::Count(MAX_HEADERS + 1))
+        );
+        assert_eq!(HeaderOverflow::of_bytes(MAX_HEADER_BYTES), None);
+        assert!(HeaderOverflow::of_bytes(MAX_HEADER_BYTES + 1).is_some());
+    }
+
+    #[test]
+    fn a_parsed_body_is_charged_at_its_parsed_size_not_its_text() {
+        // 200,000 small numbers: 400 KB of text, many MB once parsed.
+        let items = vec!["1"; 200_000].join(",");
+        let c = dec(
+            &msg(&format!(
+                r#"{{"event_uuid":"{U}","body":{{"action":"login","app":"a","context":{{"k":[{items}]}}}}}}"#
+            )),
+            1 << 20,
+        );
+        assert!(matches!(c.action, Action::Apply { .. }));
+        let text = items.len();
+        assert!(
+            c.retained_bytes() > 200_000 * std::mem::size_of::<Value>(),
+            "{} for {text} bytes of text",
+            c.retained_bytes()
+        );
+        // A small command is charged little.
+        let small = dec(
+            &msg(&format!(
+                r#"{{"event_uuid":"{U}","body":{{"action":"login","app":"a"}}}}"#
+            )),
+            1 << 20,
+        );
+        assert!(small.retained_bytes() < 2048, "{}", small.retained_bytes());
     }
 
     #[test]

@@ -190,6 +190,18 @@ pub fn decide_batch(
             });
             continue;
         }
+        // A record refused for its headers was not read, so it has no credentials to check:
+        // where it has no scope its 400 is answered unstored (and dead-lettered) rather than
+        // turned into a 403 that would hide why.
+        if let (true, None, Action::Reject { status, body, .. }) =
+            (cmd.headers_refused(), scope, &cmd.action)
+        {
+            outcomes.push(Outcome {
+                refused: cmd.refused,
+                ..unstored(cmd, *status, body.clone(), OutcomeKind::New)
+            });
+            continue;
+        }
         if auth_mode == AuthMode::Required {
             let grant = match &cmd.credentials {
                 Credentials::Bearer(h) => grants.get(h).copied(),

@@ -23,6 +23,7 @@
 
 pub mod rebuild;
 pub mod retention;
+pub mod sizes;
 pub mod tokens;
 
 use std::collections::HashMap;

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use crate::domain::auth::hash;
+use crate::domain::auth::{hash, TOKEN_PREFIX};
 
 /// Errors of the token tools.
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +28,12 @@ pub async fn create_token(
     expires_at: Option<DateTime<Utc>>,
     can_change_event: bool,
 ) -> Result<String, TokenError> {
-    let secret = format!("eut_{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
+    // TOKEN_PREFIX and 64 lower-case hex digits: the shape `auth::bearer_has_issued_shape` checks.
+    let secret = format!(
+        "{TOKEN_PREFIX}{}{}",
+        Uuid::new_v4().simple(),
+        Uuid::new_v4().simple()
+    );
     let inserted = sqlx::query(
         "INSERT INTO api_tokens (name, token_hash, can_change_event, created_at, expires_at)
          VALUES ($1, $2, $3, now(), $4) ON CONFLICT (name) DO NOTHING",

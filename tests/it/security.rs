@@ -162,13 +162,15 @@ async fn reply_to_is_honoured_only_for_allowed_topics() {
     );
 
     // A 403 never goes to a reply-to topic, allowed or not: an unauthenticated sender cannot
-    // place a reply carrying someone's request id on a topic that others read.
+    // place a reply carrying someone's request id on a topic that others read. (A made-up
+    // token's command is not parsed: its 403 is filed under the `request-id` header's id.)
     app.send_raw(
         Some(&event),
         Some(&cmd("r3", &event)),
         &[
             ("reply-to", team_topic.as_bytes()),
             ("authorization", b"Bearer not-a-token"),
+            ("request-id", b"r3"),
         ],
     )
     .await;

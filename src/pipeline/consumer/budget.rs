@@ -80,14 +80,16 @@ impl Budget {
     }
 }
 
-/// What a record costs against the [`Budget`]: its bytes, plus a fixed share for what its
-/// decoded command holds besides them.
+/// What a record costs against the [`Budget`]: its bytes, a share per header for its copy's
+/// allocations, plus a fixed share for what its decoded command holds besides them.
 pub(super) fn cost(m: &Incoming) -> usize {
     const OVERHEAD: usize = 1024;
+    // A copied header: its (key, value) slot and the two allocations' bookkeeping.
+    const PER_HEADER: usize = std::mem::size_of::<(String, Option<Vec<u8>>)>() + 32;
     let headers: usize = m
         .headers
         .iter()
-        .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+        .map(|(k, v)| PER_HEADER + k.len() + v.as_ref().map_or(0, Vec::len))
         .sum();
     // The value is held as bytes and, decoded, about as much again.
     2 * m.payload.as_ref().map_or(0, Vec::len)

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use tokio::sync::mpsc;
 
-use crate::domain::command::{self, Incoming};
+use crate::domain::command::{self, HeaderOverflow, Incoming};
 
 use super::budget::cost;
 use super::processor::{Fetched, Shared};
@@ -54,16 +54,36 @@ pub(super) fn fetch(
     }
 }
 
+/// The record, copied out of librdkafka. Its headers are counted and measured in librdkafka's
+/// own list first (no copy, no allocation per header), and copied only when within
+/// [`MAX_HEADERS`](command::MAX_HEADERS) and [`MAX_HEADER_BYTES`](command::MAX_HEADER_BYTES);
+/// otherwise none is copied and the record carries its [`HeaderOverflow`] (it is refused).
+/// (librdkafka itself refuses to read a record's headers beyond 100,000: such a record reads as
+/// one without headers.)
 pub(super) fn to_incoming(m: &BorrowedMessage<'_>) -> Incoming {
-    let headers = m
-        .headers()
-        .map(|h| {
-            h.iter()
-                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut headers_refused = None;
+    let headers = match m.headers() {
+        None => Vec::new(),
+        Some(h) => {
+            let count = h.count();
+            headers_refused = HeaderOverflow::of_count(count).or_else(|| {
+                let bytes = (0..count)
+                    .filter_map(|i| h.try_get(i))
+                    .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
+                    .sum();
+                HeaderOverflow::of_bytes(bytes)
+            });
+            match headers_refused {
+                Some(_) => Vec::new(),
+                None => h
+                    .iter()
+                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                    .collect(),
+            }
+        }
+    };
     Incoming {
+        headers_refused,
         topic: m.topic().to_string(),
         partition: m.partition(),
         offset: m.offset(),
