@@ -118,16 +118,11 @@ const TRANSIENT_SQLSTATES: [&str; 12] = [
 fn classify(e: sqlx::Error) -> StoreError {
     match &e {
         sqlx::Error::Database(db) => {
-            let code = db.code().map(|c| c.to_string()).unwrap_or_default();
-            match code.as_str() {
-                "23505" | "40001" | "40P01" => StoreError::Conflict(e),
-                c if c.starts_with("22") || c.starts_with("23") || c.starts_with("54") => {
-                    StoreError::Refused(e)
-                }
-                c if TRANSIENT_SQLSTATES.iter().any(|t| c.starts_with(t)) => {
-                    StoreError::Unavailable(e)
-                }
-                _ => StoreError::Failed(e),
+            match sort_sqlstate(db.code().as_deref().unwrap_or_default()) {
+                Sorted::Conflict => StoreError::Conflict(e),
+                Sorted::Refused => StoreError::Refused(e),
+                Sorted::Unavailable => StoreError::Unavailable(e),
+                Sorted::Failed => StoreError::Failed(e),
             }
         }
         sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) | sqlx::Error::Encode(_) => {
@@ -138,6 +133,58 @@ fn classify(e: sqlx::Error) -> StoreError {
         | sqlx::Error::ColumnIndexOutOfBounds { .. }
         | sqlx::Error::ColumnNotFound(_) => StoreError::Failed(e),
         _ => StoreError::Unavailable(e),
+    }
+}
+
+/// What [`classify`] makes of a SQLSTATE: the [`StoreError`] variant it becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sorted {
+    Conflict,
+    Refused,
+    Unavailable,
+    Failed,
+}
+
+/// Sorts a SQLSTATE as [`classify`] says (pure).
+fn sort_sqlstate(code: &str) -> Sorted {
+    match code {
+        "23505" | "40001" | "40P01" => Sorted::Conflict,
+        c if c.starts_with("22") || c.starts_with("23") || c.starts_with("54") => Sorted::Refused,
+        c if !c.is_empty() && TRANSIENT_SQLSTATES.iter().any(|t| c.starts_with(t)) => {
+            Sorted::Unavailable
+        }
+        _ => Sorted::Failed,
+    }
+}
+
+#[cfg(test)]
+mod sqlstate_tests {
+    use super::*;
+
+    #[test]
+    fn only_an_unreachable_database_is_unavailable_and_repeating_failures_are_failed() {
+        for code in ["23505", "40001", "40P01"] {
+            assert_eq!(sort_sqlstate(code), Sorted::Conflict, "{code}");
+        }
+        for code in [
+            "22P05", "22021", "22003", "23502", "23514", "54000", "54001",
+        ] {
+            assert_eq!(sort_sqlstate(code), Sorted::Refused, "{code}");
+        }
+        for code in [
+            "08000", "08006", "08P01", "57P01", "57P02", "57P03", "57P04", "57P05", "25P03",
+            "25006", "53000", "53100", "53300", "58000", "58030",
+        ] {
+            assert_eq!(sort_sqlstate(code), Sorted::Unavailable, "{code}");
+        }
+        // Statement timeout, lock timeout, out of memory, undefined function, too complex, an
+        // internal error, a SQLSTATE no one knows, none at all: bounded, never forever.
+        for code in [
+            "57014", "55P03", "53200", "42883", "42P01", "53400", "XX000", "XX001", "P0001",
+            "ZZ999", "",
+        ] {
+            assert_eq!(sort_sqlstate(code), Sorted::Failed, "{code:?}");
+        }
     }
 }
 

@@ -324,6 +324,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn error_replies_are_fixed_texts_with_the_sqlstate() {
+        assert_eq!(
+            failure_text(Some("57014")),
+            "The database kept failing this command; it was not applied. SQLSTATE 57014. Send it again with a new request_id."
+        );
+        assert_eq!(
+            failure_text(None),
+            "The database kept failing this command; it was not applied. Send it again with a new request_id."
+        );
+        assert_eq!(
+            failure_reason(Some("55P03")),
+            "the database kept failing this command (SQLSTATE 55P03); it was not applied and was answered 500"
+        );
+        let decode = StoreError::Refused(sqlx::Error::Decode("secret value 0x00".into()));
+        let text = refusal_text(&decode);
+        assert_eq!(
+            text,
+            "The database cannot store this command: a value could not be encoded or decoded."
+        );
+        assert!(!text.contains("secret"));
+    }
+
+    #[test]
     fn conflict_backoff_doubles_from_10_ms_is_capped_and_jittered_within_its_half() {
         for n in 1..=CONFLICT_ATTEMPTS + 20 {
             let full = (CONFLICT_BACKOFF * 2u32.pow(n.min(20) - 1)).min(CONFLICT_BACKOFF_MAX);
