@@ -98,9 +98,12 @@ impl StoreError {
 /// timeout; 25P03: idle-in-transaction timeout (our own session was cut while frozen); 25006:
 /// read-only transaction (a primary that became a standby during a failover); 53000, 53100,
 /// 53300: insufficient resources, disk full, too many connections; class 58: system (I/O) error.
-const TRANSIENT_SQLSTATES: [&str; 12] = [
+/// And what refuses a new connection: class 28, invalid authorization (a rotated password);
+/// 3D000, the database does not exist; 55000, the database does not allow connections
+/// (`ALLOW_CONNECTIONS false`).
+const TRANSIENT_SQLSTATES: [&str; 15] = [
     "08", "57P01", "57P02", "57P03", "57P04", "57P05", "25P03", "25006", "53000", "53100", "53300",
-    "58",
+    "58", "28", "3D000", "55000",
 ];
 
 /// Sorts an error by what to do about it:
@@ -173,7 +176,8 @@ mod sqlstate_tests {
         }
         for code in [
             "08000", "08006", "08P01", "57P01", "57P02", "57P03", "57P04", "57P05", "25P03",
-            "25006", "53000", "53100", "53300", "58000", "58030",
+            "25006", "53000", "53100", "53300", "58000", "58030", "28000", "28P01", "3D000",
+            "55000",
         ] {
             assert_eq!(sort_sqlstate(code), Sorted::Unavailable, "{code}");
         }
