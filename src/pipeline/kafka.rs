@@ -16,6 +16,8 @@
 //!   letter it refuses is dropped (logged with its request id and counted in
 //!   `event_updater_dead_letters_dropped_total{topic}`), its command's reply still goes out and
 //!   the offset moves on. The state clears once the topic is seen again.
+//! - A deleted topic is seen as such by the producer within [`TOPIC_PROPAGATION_MAX`] (librdkafka
+//!   otherwise waits up to 30 s, and its records wait with it).
 //! - While a topic is unusable, its metadata is asked for every [`UNUSABLE_TOPIC_PROBE`], so
 //!   that the producer learns of the topic's return at once rather than at its next periodic
 //!   metadata refresh (`topic.metadata.refresh.interval.ms`, 5 minutes).
@@ -202,6 +204,10 @@ fn producer_config(cfg: &Config) -> ClientConfig {
     let max_bytes = producer_max_bytes(cfg);
     c.set("enable.idempotence", "true")
         .set("acks", "all")
+        .set(
+            "topic.metadata.propagation.max.ms",
+            TOPIC_PROPAGATION_MAX.as_millis().to_string(),
+        )
         .set("linger.ms", "2")
         .set("compression.type", "lz4")
         .set("message.max.bytes", max_bytes.to_string());
@@ -391,8 +397,8 @@ impl Publisher {
                 let d = record.destination;
                 metrics::record_publish_failed(d, false);
                 let topic = self.topic(d);
-                let unusable = self.health().topic_unusable(d).load(Ordering::Relaxed)
-                    || attempt >= UNUSABLE_TOPIC_ATTEMPTS;
+                let known = self.health().topic_unusable(d).load(Ordering::Relaxed);
+                let unusable = known || attempt >= UNUSABLE_TOPIC_ATTEMPTS;
                 if unusable {
                     self.topic_unusable(d, &e);
                 }
@@ -403,6 +409,12 @@ impl Publisher {
                     Destination::DeadLetter if unusable => {
                         metrics::record_dead_letter_dropped(topic);
                         tracing::error!(topic, error = %e, request_id = ?request_id, "dead letter dropped: the dead-letter topic is unusable (its command is answered all the same)");
+                    }
+                    // Once the topic is known to be unusable (logged as an error), a record per
+                    // retry would flood the log.
+                    _ if known => {
+                        tracing::debug!(topic, error = %e, attempt, request_id = ?request_id, destination = ?d, "the topic is still unusable; will retry");
+                        retry.push(record);
                     }
                     _ => {
                         tracing::warn!(topic, error = %e, attempt, request_id = ?request_id, destination = ?d, "the topic is unknown to the broker or refused; will retry");
@@ -527,6 +539,13 @@ const REQUEST_ID_HEADER: &str = "request-id";
 /// that topic is reported unusable (the first attempts ride out a topic that is still being
 /// created, whose metadata has not reached every broker yet).
 pub const UNUSABLE_TOPIC_ATTEMPTS: u32 = 5;
+
+/// How long the producer lets a topic the cluster says does not exist be (librdkafka's
+/// `topic.metadata.propagation.max.ms`, 30 s by default) before it fails its records with
+/// "unknown topic", counted from the producer's first use of the topic. The topics are created
+/// at start, before the producer uses them, so their metadata has long propagated by then; a
+/// topic deleted later is reported within this (and [`UNUSABLE_TOPIC_ATTEMPTS`]).
+pub const TOPIC_PROPAGATION_MAX: Duration = Duration::from_secs(5);
 
 /// While a topic is unusable, how often its metadata is asked for.
 pub const UNUSABLE_TOPIC_PROBE: Duration = Duration::from_secs(2);

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::Offset;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -75,6 +76,32 @@ async fn dropped_dead_letters(app: &TestApp, topic: &str) -> f64 {
         .map_or(0.0, |v| v.trim().parse().expect("a counter value"))
 }
 
+/// Waits until the group's committed offsets on the command topic add up to `n` (the topic's
+/// partitions all began at 0): every one of the first `n` records is answered and stored past.
+async fn wait_for_committed(app: &TestApp, n: i64) {
+    let deadline = std::time::Instant::now() + NOTICE;
+    loop {
+        let committed: i64 = app
+            .committed_offsets()
+            .expect("committed offsets")
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            })
+            .sum();
+        if committed == n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the group has committed {committed} of {n} records after {NOTICE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn command(request_id: &str, event: &str) -> Value {
     json!({"request_id": request_id, "event_uuid": event, "body": {"action": "login", "app": "a"}})
 }
@@ -112,6 +139,7 @@ async fn a_deleted_reply_topic_makes_the_service_unready_and_no_command_is_lost(
         .expect("every command sent while the reply topic was gone is answered");
     wait_for_status(addr, "/readyz", 200, NOTICE).await;
     assert_eq!(unusable_gauge(&app, "reply", &reply_topic).await, Some(0.0));
+    wait_for_committed(&app, 1 + ids.len() as i64).await;
     let replies = collector.stop().await;
     for (id, event) in ids.iter().zip(&events) {
         let r: Value = serde_json::from_slice(&replies[id][0].value).unwrap();
@@ -150,6 +178,8 @@ async fn a_missing_dead_letter_topic_never_holds_a_command_up() {
         .wait_for_all(&ids, NOTICE)
         .await
         .expect("both commands are answered although their dead letter cannot be delivered");
+    // And the offsets move on past them: the dead letter holds nothing up.
+    wait_for_committed(&app, 2).await;
     // Defined state: the dead letter is dropped, counted and logged, the service not ready.
     wait_for_status(addr, "/readyz", 503, NOTICE).await;
     let why = http_get(addr, "/readyz").await;
