@@ -13,6 +13,7 @@ mod differential;
 mod faults;
 mod groups;
 mod hostile;
+mod memory;
 mod processor;
 mod publishing;
 mod retention;

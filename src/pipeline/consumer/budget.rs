@@ -1,5 +1,19 @@
 //! The in-flight byte budget: what the fetch thread may admit before earlier records are
 //! finished, and what a rebalance waits for.
+//!
+//! What it counts, so that the bound holds for memory and not only for record bytes:
+//! - a record when it is admitted ([`cost`]): its bytes, a share per header for the copy's
+//!   allocations (headers beyond their caps are not copied at all), and its value once more
+//!   for the decoded command;
+//! - the decoded command's real size, when its lane takes it
+//!   ([`Command::retained_bytes`](crate::domain::command::Command::retained_bytes), beyond
+//!   the value counted at admission; [`Budget::charge`]);
+//! - its reply, once decided ([`Budget::charge_replies`], [`REPLY_COPIES`] times: the
+//!   outcome and the producer's copy until acknowledged). A lane starts a batch only while the
+//!   replies in flight leave room for the batch's estimated replies ([`Budget::reply_room`]),
+//!   so replies in flight stay within about the limit plus one batch per lane.
+//!
+//! Everything is released together when the record is finished.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
@@ -21,7 +35,13 @@ pub struct Budget {
 pub(super) struct InFlight {
     pub(super) bytes: usize,
     pub(super) records: usize,
+    /// The part of `bytes` charged for replies.
+    pub(super) replies: usize,
 }
+
+/// How many times a reply's bytes are held while it is in flight: the outcome (shared with the
+/// stored reply while the batch is written) and the producer's copy until it is acknowledged.
+pub(super) const REPLY_COPIES: usize = 2;
 
 impl Budget {
     pub fn new(limit: usize) -> Budget {
@@ -52,6 +72,41 @@ impl Budget {
         true
     }
 
+    /// Adds `bytes` to what is in flight for records already admitted (their decoded size);
+    /// never blocks. Released with the records' [`Budget::release`].
+    pub(super) fn charge(&self, bytes: usize) {
+        if let Ok(mut s) = self.state.lock() {
+            s.bytes += bytes;
+        }
+    }
+
+    /// Adds `bytes` of decided replies to what is in flight (the fetch thread then admits less);
+    /// never blocks. Released with [`Budget::release_replies`].
+    pub(super) fn charge_replies(&self, bytes: usize) {
+        if let Ok(mut s) = self.state.lock() {
+            s.bytes += bytes;
+            s.replies += bytes;
+        }
+    }
+
+    pub(super) fn release_replies(&self, bytes: usize) {
+        if let Ok(mut s) = self.state.lock() {
+            s.bytes = s.bytes.saturating_sub(bytes);
+            s.replies = s.replies.saturating_sub(bytes);
+        }
+        self.changed.notify_all();
+    }
+
+    /// Whether a batch whose replies are estimated at `bytes` may start: the replies in flight
+    /// leave room for them, or none is in flight (a batch larger than the limit starts alone).
+    /// Replies in flight belong to batches already applied, which their ackers finish, so a
+    /// lane waiting for room never waits on itself.
+    pub(super) fn reply_room(&self, bytes: usize) -> bool {
+        self.state
+            .lock()
+            .map_or(true, |s| s.replies == 0 || s.replies + bytes <= self.limit)
+    }
+
     pub(super) fn release(&self, bytes: usize, records: usize) {
         if let Ok(mut s) = self.state.lock() {
             s.bytes = s.bytes.saturating_sub(bytes);
@@ -80,8 +135,9 @@ impl Budget {
     }
 }
 
-/// What a record costs against the [`Budget`]: its bytes, a share per header for its copy's
-/// allocations, plus a fixed share for what its decoded command holds besides them.
+/// What a record costs against the [`Budget`] when it is admitted: its bytes, a share per
+/// header for its copy's allocations, plus a fixed share for what its decoded command holds
+/// besides them (its real decoded size is charged when its lane takes it).
 pub(super) fn cost(m: &Incoming) -> usize {
     const OVERHEAD: usize = 1024;
     // A copied header: its (key, value) slot and the two allocations' bookkeeping.
@@ -91,7 +147,8 @@ pub(super) fn cost(m: &Incoming) -> usize {
         .iter()
         .map(|(k, v)| PER_HEADER + k.len() + v.as_ref().map_or(0, Vec::len))
         .sum();
-    // The value is held as bytes and, decoded, about as much again.
+    // The value is held as bytes and, decoded, about as much again (more is charged when the
+    // decoded command turns out larger).
     2 * m.payload.as_ref().map_or(0, Vec::len)
         + m.key.as_ref().map_or(0, Vec::len)
         + headers

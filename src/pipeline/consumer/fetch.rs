@@ -46,6 +46,7 @@ pub(super) fn fetch(
             command,
             cost,
             fetched_at,
+            replies: 0,
         };
         if let Err(e) = lanes[lane].send(f) {
             shared.budget.release(e.0.cost, 1);

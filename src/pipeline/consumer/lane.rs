@@ -1,15 +1,27 @@
 //! A lane: batches what its queue holds, applies the batch, hands its replies to the
 //! producer and the batch to its acker.
+//!
+//! A batch is bounded by commands (`MAX_BATCH`) and by bytes (`MAX_BATCH_BYTES`): the
+//! commands' own, and what the batch would load and answer, estimated before it is loaded
+//! ([`store::sizes`]: stored replies of a redelivery, the views of its events, the replies
+//! carrying them). Where the estimate passes the bound the batch is cut, and the rest is kept,
+//! in order, at the head of the lane's queue for the next batch: the partition's order and its
+//! one writer are kept. A batch starts only while the replies in flight leave room for its own
+//! ([`Budget::reply_room`](super::budget::Budget::reply_room)); its decided replies are then
+//! charged to the budget until its acker finishes it.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use crate::metrics;
 use crate::pipeline::trace;
+use crate::store::sizes::{self, Probe};
 
+use super::budget::REPLY_COPIES;
 use super::outgoing::outgoing;
 use super::persist::persist_batch;
 use super::processor::{Dispatched, Fetched, Shared};
@@ -25,24 +37,40 @@ pub(super) async fn run_lane(
     let max_batch = shared.cfg.max_batch as usize;
     let max_bytes = shared.cfg.max_batch_bytes;
     let mut behind = false;
+    // Records taken from the queue but cut from a batch: the head of the queue.
+    let mut carry: VecDeque<Fetched> = VecDeque::new();
     loop {
-        let first = tokio::select! {
-            biased;
-            _ = shutdown.wait_for(|s| *s) => break,
-            f = rx.recv() => match f { Some(f) => f, None => break },
+        let first = match carry.pop_front() {
+            Some(f) if !*shutdown.borrow() => f,
+            Some(f) => {
+                carry.push_front(f);
+                break;
+            }
+            None => tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|s| *s) => break,
+                f = rx.recv() => match f { Some(f) => taken(&shared, f), None => break },
+            },
         };
         let mut bytes = first.cost;
         let mut batch = vec![first];
         // Natural batching: what is already here, and a linger only when the lane is behind.
         let linger_until = tokio::time::Instant::now() + shared.cfg.batch_linger();
         while batch.len() < max_batch && bytes < max_bytes {
+            if let Some(f) = carry.pop_front() {
+                bytes += f.cost;
+                batch.push(f);
+                continue;
+            }
             match rx.try_recv() {
                 Ok(f) => {
+                    let f = taken(&shared, f);
                     bytes += f.cost;
                     batch.push(f);
                 }
                 Err(_) if behind => match tokio::time::timeout_at(linger_until, rx.recv()).await {
                     Ok(Some(f)) => {
+                        let f = taken(&shared, f);
                         bytes += f.cost;
                         batch.push(f);
                     }
@@ -51,7 +79,12 @@ pub(super) async fn run_lane(
                 Err(_) => break,
             }
         }
-        behind = !rx.is_empty();
+        let (mut batch, estimate) = fit(&shared, batch, &mut carry).await;
+        behind = !rx.is_empty() || !carry.is_empty();
+        if !reply_room(&shared, estimate, &mut shutdown).await {
+            release(&shared, &batch);
+            break;
+        }
         let started = Instant::now();
         metrics::record_stage("queue", started - batch[0].fetched_at);
         let span = tracing::debug_span!("batch", size = batch.len());
@@ -64,6 +97,13 @@ pub(super) async fn run_lane(
             break;
         };
         metrics::record_stage("apply", started.elapsed());
+        // The decided replies are held until the batch is finished: charged until then.
+        let mut replies = 0;
+        for (f, o) in batch.iter_mut().zip(&outcomes) {
+            f.replies = REPLY_COPIES * o.reply.len();
+            replies += f.replies;
+        }
+        shared.budget.charge_replies(replies);
         let traces: Vec<Option<trace::Continued>> = batch
             .iter()
             .map(|f| {
@@ -88,12 +128,101 @@ pub(super) async fn run_lane(
     }
     // Records fetched but not started: left uncommitted, redelivered after the restart.
     rx.close();
+    for f in carry.drain(..) {
+        shared.budget.release(f.cost, 1);
+    }
     while let Ok(f) = rx.try_recv() {
         shared.budget.release(f.cost, 1);
     }
 }
 
+/// Releases a batch's records and the replies charged for them.
 pub(super) fn release(shared: &Shared, batch: &[Fetched]) {
     let bytes = batch.iter().map(|f| f.cost).sum();
     shared.budget.release(bytes, batch.len());
+    let replies = batch.iter().map(|f| f.replies).sum();
+    if replies > 0 {
+        shared.budget.release_replies(replies);
+    }
+}
+
+/// A record the lane takes from its queue: its decoded command is charged at its real size,
+/// beyond the value's bytes its admission counted for it.
+fn taken(shared: &Shared, mut f: Fetched) -> Fetched {
+    let counted = f.incoming.payload.as_ref().map_or(0, Vec::len);
+    let extra = f.command.retained_bytes().saturating_sub(counted);
+    shared.budget.charge(extra);
+    f.cost += extra;
+    f
+}
+
+/// The part of `batch` that fits `MAX_BATCH_BYTES` with what it would load and answer (at least
+/// its first command), and that estimate; the rest goes back to the head of `carry`, in order.
+/// A batch of one, or one whose sizes cannot be read (the database is away: applying it waits
+/// for the database anyway), is cut to its first command without asking.
+async fn fit(
+    shared: &Shared,
+    mut batch: Vec<Fetched>,
+    carry: &mut VecDeque<Fetched>,
+) -> (Vec<Fetched>, usize) {
+    let auth_mode = shared.cfg.auth_mode;
+    let probes: Vec<Probe<'_>> = batch
+        .iter()
+        .map(|f| Probe {
+            scope: f.command.scope(auth_mode),
+            request_id: &f.command.request_id,
+            event_uuid: f.command.action.event_uuid_to_apply(),
+            own_bytes: f.incoming.payload.as_ref().map_or(0, Vec::len),
+        })
+        .collect();
+    let (keep, estimate) = if batch.len() == 1 {
+        (1, 0)
+    } else {
+        match sizes::sizes(&shared.pool, &probes).await {
+            Ok(s) => {
+                let extra: Vec<usize> = batch.iter().map(|f| f.cost).collect();
+                let keep = sizes::fitting_prefix(&probes, &s, &extra, shared.cfg.max_batch_bytes);
+                let estimate = s[..keep]
+                    .iter()
+                    .zip(&probes)
+                    .map(|(s, p)| s.stored_reply.unwrap_or(s.view.unwrap_or(0) + p.own_bytes))
+                    .sum::<usize>();
+                (keep, REPLY_COPIES * estimate)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "batch sizes unknown; applying one command");
+                (1, 0)
+            }
+        }
+    };
+    drop(probes);
+    if keep < batch.len() {
+        tracing::debug!(
+            kept = keep,
+            cut = batch.len() - keep,
+            "batch cut by the bytes it would load and answer"
+        );
+        for f in batch.drain(keep..).rev() {
+            carry.push_front(f);
+        }
+    }
+    (batch, estimate)
+}
+
+/// How often a lane looks again for room for its batch's replies.
+const REPLY_ROOM_POLL: Duration = Duration::from_millis(5);
+
+/// Waits until the replies in flight leave room for `estimate` more; false on shutdown.
+async fn reply_room(
+    shared: &Shared,
+    estimate: usize,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    while !shared.budget.reply_room(estimate) {
+        tokio::select! {
+            _ = tokio::time::sleep(REPLY_ROOM_POLL) => {}
+            _ = shutdown.wait_for(|s| *s) => return false,
+        }
+    }
+    true
 }

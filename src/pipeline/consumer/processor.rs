@@ -44,6 +44,9 @@ pub(super) struct Fetched {
     pub(super) command: Command,
     pub(super) cost: usize,
     pub(super) fetched_at: Instant,
+    /// What its reply is charged against the budget once decided (see
+    /// [`Budget::charge_replies`](super::budget::Budget::charge_replies)); 0 before.
+    pub(super) replies: usize,
 }
 
 /// A batch applied in PostgreSQL whose records were handed to the producer.

@@ -611,10 +611,13 @@ impl TestApp {
     }
 
     /// The `event-updater` binary, with this test's database, broker, topics and group in its
-    /// environment.
+    /// environment. `EVENT_UPDATER_BIN` names another build to run instead (an earlier
+    /// release's, say, to see a test fail on it).
     pub fn binary(&self) -> tokio::process::Command {
         let c = &self.cfg;
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_event-updater"));
+        let bin = std::env::var_os("EVENT_UPDATER_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_event-updater").into());
+        let mut cmd = tokio::process::Command::new(bin);
         cmd.env("DATABASE_URL", &c.database_url)
             .env("KAFKA_BOOTSTRAP_SERVERS", &c.kafka_bootstrap_servers)
             .env("COMMAND_TOPIC", &c.command_topic)
