@@ -154,3 +154,38 @@ pub(super) fn cost(m: &Incoming) -> usize {
         + headers
         + OVERHEAD
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_in_flight_leave_room_or_wait_for_their_release() {
+        let b = Budget::new(1000);
+        // Nothing in flight: any batch may start, however large its replies.
+        assert!(b.reply_room(5000));
+        b.charge_replies(600);
+        assert!(b.reply_room(400));
+        assert!(!b.reply_room(401));
+        // Record bytes (queued commands) do not hold a batch back: only replies do.
+        b.charge(10_000);
+        assert!(b.reply_room(400));
+        b.release_replies(600);
+        assert!(b.reply_room(5000));
+        let s = b.state.lock().unwrap();
+        assert_eq!((s.bytes, s.replies), (10_000, 0));
+    }
+
+    #[test]
+    fn each_header_is_charged_besides_its_bytes() {
+        let bare = Incoming::default();
+        let with = |n: usize| Incoming {
+            headers: vec![(String::new(), None); n],
+            ..Incoming::default()
+        };
+        assert_eq!(cost(&with(0)), cost(&bare));
+        assert!(
+            cost(&with(64)) - cost(&bare) >= 64 * std::mem::size_of::<(String, Option<Vec<u8>>)>()
+        );
+    }
+}
