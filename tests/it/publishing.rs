@@ -2,7 +2,8 @@
 //! deleted under the running processor (the broker does not create topics by itself). The
 //! processor reports the topic unusable (`/readyz` 503 saying which, a gauge naming it), loses
 //! no command while the reply topic is away, and never lets a missing dead-letter topic hold a
-//! command up; once the topic is back, it is ready again.
+//! command up; once the topic is back, it is ready again. And the producer's settings: one that
+//! would make it unsafe stops the start, and no secret of the configuration reaches the log.
 
 use std::time::Duration;
 
@@ -208,5 +209,53 @@ async fn a_missing_dead_letter_topic_never_holds_a_command_up() {
         r["status"].as_u64().unwrap()
     };
     assert_eq!((status("undecodable"), status("valid")), (400, 201));
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn unsafe_producer_settings_stop_the_start_and_secrets_stay_out_of_the_log() {
+    let app = TestApp::resources_with(|_| {}).await;
+    // The local PostgreSQL trusts loopback connections: the password is accepted and ignored.
+    let database_url = format!("{}?password=hunter2", app.cfg.database_url);
+
+    let migrated = app
+        .binary()
+        .arg("migrate")
+        .env("DATABASE_URL", &database_url)
+        .output()
+        .await
+        .expect("event-updater migrate runs");
+    let said = String::from_utf8_lossy(&migrated.stdout).into_owned();
+    assert!(migrated.status.success(), "{said}");
+    assert!(said.contains("password=***"), "{said}");
+
+    let mut serve = app.binary();
+    serve
+        .arg("serve")
+        .env("DATABASE_URL", &database_url)
+        .env("HTTP_ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "info")
+        .env(
+            "KAFKA_PROPERTIES",
+            "sasl.oauthbearer.config=principal=svc secret=hunter3;enable.idempotence=false",
+        )
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(NOTICE, serve.output())
+        .await
+        .expect("the start is refused, not run")
+        .expect("event-updater serve runs");
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{log}");
+    assert!(log.contains("enable.idempotence=false"), "{log}");
+    for secret in ["hunter2", "hunter3"] {
+        assert!(
+            !log.contains(secret) && !said.contains(secret),
+            "{secret}: {log}"
+        );
+    }
     app.finish().await;
 }
