@@ -83,3 +83,36 @@ impl Health {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ready() -> Health {
+        let h = Health::default();
+        h.migrated.store(true, Ordering::Relaxed);
+        h.subscribed.store(true, Ordering::Relaxed);
+        h.database_ok.store(true, Ordering::Relaxed);
+        h.assigned_partitions.store(3, Ordering::Relaxed);
+        h
+    }
+
+    #[test]
+    fn an_unusable_reply_or_dead_letter_topic_makes_it_unready_but_live() {
+        let h = ready();
+        assert!(h.is_ready() && h.unready_reason().is_none());
+        for (d, says) in [
+            (Destination::Reply, "reply topic"),
+            (Destination::DeadLetter, "dead-letter topic"),
+        ] {
+            h.topic_unusable(d).store(true, Ordering::Relaxed);
+            assert!(!h.is_ready() && h.is_live());
+            assert!(
+                h.unready_reason().is_some_and(|r| r.contains(says)),
+                "{d:?}"
+            );
+            h.topic_unusable(d).store(false, Ordering::Relaxed);
+            assert!(h.is_ready());
+        }
+    }
+}
