@@ -39,7 +39,9 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::config::{is_secret_property, replication_factor_for, Config, AUTO_REPLICATION_FACTOR};
+use crate::config::{
+    is_secret_property, mask_url_password, replication_factor_for, Config, AUTO_REPLICATION_FACTOR,
+};
 use crate::domain::reply::{Destination, Outgoing, Reply};
 use crate::metrics;
 use crate::pipeline::consumer::Health;
@@ -54,13 +56,17 @@ pub fn client_config(cfg: &Config) -> ClientConfig {
     c
 }
 
-/// The pass-through properties with secret values masked, for the start-up log.
+/// The pass-through properties with secret values masked, for the start-up log: the whole
+/// value of a secret property ([`is_secret_property`]), and the password of any other value
+/// that is a URL with one (`sasl.oauthbearer.token.endpoint.url=https://id:secret@…`).
 pub fn masked_properties(cfg: &Config) -> Vec<String> {
     cfg.kafka_properties
         .iter()
         .map(|(k, v)| {
             if is_secret_property(k) {
                 format!("{k}=***")
+            } else if v.contains("://") {
+                format!("{k}={}", mask_url_password(v))
             } else {
                 format!("{k}={v}")
             }
@@ -660,4 +666,35 @@ fn is_permanent(e: &KafkaError) -> bool {
         e.rdkafka_error_code(),
         Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_logged_properties_hide_secrets_and_passwords_in_urls() {
+        let mut cfg = Config::defaults();
+        cfg.kafka_properties = [
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.oauthbearer.config", "principal=svc secret=hunter2"),
+            ("sasl.password", "hunter3"),
+            (
+                "sasl.oauthbearer.token.endpoint.url",
+                "https://svc:hunter4@idp.example/token",
+            ),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(
+            masked_properties(&cfg),
+            [
+                "security.protocol=SASL_SSL",
+                "sasl.oauthbearer.config=***",
+                "sasl.password=***",
+                "sasl.oauthbearer.token.endpoint.url=https://svc:***@idp.example/token",
+            ]
+        );
+    }
 }
