@@ -108,10 +108,10 @@ pub struct Config {
     #[arg(long, env = "MAX_BATCH_BYTES", default_value_t = 8 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..).map(|v| v as usize))]
     pub max_batch_bytes: usize,
 
-    /// Most bytes of commands fetched and not yet answered, over all partitions; fetching waits
-    /// while they are spent. A record is charged twice its value (it is held decoded too) plus
-    /// its key and headers (and 80 bytes a header) and 1 KiB; then its decoded command at its
-    /// real size, and its reply twice until acknowledged.
+    /// Most bytes of commands fetched and not yet answered, over all partitions; while they are
+    /// spent the partitions are paused and polling goes on. A record is charged twice its value
+    /// (it is held decoded too) plus its key and headers (and 80 bytes a header) and 1 KiB;
+    /// then its decoded command at its real size, and its reply twice until acknowledged.
     #[arg(long, env = "MAX_IN_FLIGHT_BYTES", default_value_t = 8 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(65_536..).map(|v| v as usize))]
     pub max_in_flight_bytes: usize,
 

@@ -90,22 +90,35 @@ pub(super) fn finish(
     true
 }
 
+/// Stores the offsets after `batch`'s records, per partition, through the consumer's
+/// [`Assignment`](super::assignment::Assignment): only for records fetched in their partition's
+/// current generation, and only beyond the offset stored already, so a stored offset never
+/// moves backwards, not even when a revoked partition came back while records of its earlier
+/// generation were still queued.
 pub(super) fn store_offsets(consumer: &CommandConsumer, batch: &[Fetched]) {
-    let mut next: HashMap<(&str, i32), i64> = HashMap::new();
+    let mut next: HashMap<((&str, i32), u64), i64> = HashMap::new();
     for f in batch {
         let m = &f.incoming;
-        let e = next.entry((&m.topic, m.partition)).or_insert(0);
+        let e = next
+            .entry(((&m.topic, m.partition), f.generation))
+            .or_insert(0);
         *e = (*e).max(m.offset + 1);
     }
-    let mut tpl = TopicPartitionList::new();
-    for ((topic, partition), offset) in next {
-        if let Err(e) = tpl.add_partition_offset(topic, partition, Offset::Offset(offset)) {
-            tracing::warn!(error = %e, "bad offset");
+    let next = next
+        .into_iter()
+        .map(|(((topic, partition), generation), offset)| {
+            ((topic.to_string(), partition), generation, offset)
+        });
+    let stored = consumer.context().assignment.store(next, |offsets| {
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in offsets {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
         }
-    }
-    // Fails for partitions revoked meanwhile; their new owner re-reads them and is answered
-    // from the stored replies.
-    if let Err(e) = consumer.store_offsets(&tpl) {
+        consumer.store_offsets(&tpl)
+    });
+    // Fails for partitions revoked meanwhile (librdkafka's view); their new owner re-reads
+    // them and is answered from the stored replies.
+    if let Err(e) = stored {
         tracing::info!(error = %e, "could not store offsets (partition revoked?)");
     }
     // Committed by the auto-commit (every `auto.commit.interval.ms`), on revocation and on

@@ -15,15 +15,14 @@
 //!
 //! Everything is released together when the record is finished.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::domain::command::Incoming;
 
 /// The bytes and records fetched but not finished yet (answered and offsets stored, or
-/// dropped at shutdown). The fetch thread waits while the budget is spent; the rebalance
-/// callback waits until nothing is in flight.
+/// dropped at shutdown). While the budget is spent the fetch thread pauses its partitions and
+/// polls on; the rebalance callback waits until nothing is in flight.
 #[derive(Debug)]
 pub struct Budget {
     pub(super) limit: usize,
@@ -52,24 +51,42 @@ impl Budget {
         }
     }
 
-    /// Blocks until `bytes` fit (a record larger than the whole budget fits when nothing else
-    /// is in flight); false when `stop` turned true first.
-    pub(super) fn acquire(&self, bytes: usize, stop: &AtomicBool) -> bool {
+    /// Takes `bytes` if they fit now (a record larger than the whole budget fits when nothing
+    /// else is in flight); never blocks, so the fetch thread keeps polling while the budget is
+    /// spent.
+    pub(super) fn try_acquire(&self, bytes: usize) -> bool {
         let Ok(mut s) = self.state.lock() else {
             return false;
         };
-        while s.records > 0 && s.bytes + bytes > self.limit {
-            if stop.load(Ordering::Relaxed) {
-                return false;
-            }
-            s = match self.changed.wait_timeout(s, Duration::from_millis(100)) {
-                Ok((s, _)) => s,
-                Err(_) => return false,
-            };
+        if !Self::fits(&s, self.limit, bytes) {
+            return false;
         }
         s.bytes += bytes;
         s.records += 1;
         true
+    }
+
+    /// Waits until `bytes` would fit, or `bound` passed; true when they fit (nothing is taken).
+    pub(super) fn wait_for_room(&self, bytes: usize, bound: Duration) -> bool {
+        let deadline = Instant::now() + bound;
+        let Ok(mut s) = self.state.lock() else {
+            return false;
+        };
+        while !Self::fits(&s, self.limit, bytes) {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            s = match self.changed.wait_timeout(s, deadline - now) {
+                Ok((s, _)) => s,
+                Err(_) => return false,
+            };
+        }
+        true
+    }
+
+    fn fits(s: &InFlight, limit: usize, bytes: usize) -> bool {
+        s.records == 0 || s.bytes + bytes <= limit
     }
 
     /// Adds `bytes` to what is in flight for records already admitted (their decoded size);

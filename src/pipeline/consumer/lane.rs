@@ -22,6 +22,7 @@ use crate::pipeline::trace;
 use crate::store::sizes::{self, Probe};
 
 use super::budget::REPLY_COPIES;
+use super::fetch::current_only;
 use super::outgoing::outgoing;
 use super::persist::persist_batch;
 use super::processor::{Dispatched, Fetched, Shared};
@@ -78,6 +79,11 @@ pub(super) async fn run_lane(
                 },
                 Err(_) => break,
             }
+        }
+        let batch = current_only(&shared, batch);
+        if batch.is_empty() {
+            behind = !rx.is_empty() || !carry.is_empty();
+            continue;
         }
         let (mut batch, estimate) = fit(&shared, batch, &mut carry).await;
         behind = !rx.is_empty() || !carry.is_empty();

@@ -4,7 +4,8 @@
 //! - **Fetch** (one thread of its own): polls the consumer, decodes each record into a command
 //!   and hands it to the lane of its partition. Records are admitted against a byte budget
 //!   ([`Budget`]), released when their batch is finished, so memory in flight is bounded by the
-//!   processor and not by the consumer's prefetch.
+//!   processor and not by the consumer's prefetch; while it is spent, the partitions are paused
+//!   and polling goes on.
 //! - **Lanes** (`APPLY_CONCURRENCY` tasks, partition `p` in lane `p mod n`): each takes what
 //!   its queue holds (natural batching, up to `MAX_BATCH` commands and `MAX_BATCH_BYTES`),
 //!   applies it on its own connection ([`store::apply_batch`]), and hands the replies to the
@@ -24,8 +25,8 @@
 //!   crash anywhere before that redelivers the command, and its stored reply answers it again.
 //! - Partitions being revoked are drained first: the rebalance callback waits (up to a bound)
 //!   until every fetched record is finished and commits, so their next owner starts after the
-//!   last answered command. Anything still in flight past the bound is fenced by the database
-//!   (see [`store::apply_batch`]).
+//!   last answered command. A batch still being applied past the bound is fenced by the
+//!   database (see [`store::apply_batch`]); records not started are dropped (below).
 //! - Assignment is incremental under both group protocols (`KAFKA_GROUP_PROTOCOL`: classic with
 //!   the cooperative-sticky assignor, or consumer): librdkafka reports the rebalance protocol
 //!   as cooperative, so rdkafka's `ConsumerContext::rebalance` hands a revocation to
@@ -34,8 +35,25 @@
 //!   their records in the lanes, and are never re-read. The drain waits for every record in
 //!   flight, a superset of the leaving partitions' records, so the rule above holds for a
 //!   partial revocation too. A lost assignment (the member's session expired, or the broker
-//!   fenced it) is drained but not committed; its records are answered and fenced like a
-//!   zombie's.
+//!   fenced it) is drained but not committed.
+//! - The drain is bounded well inside `max.poll.interval.ms` and the session (a third of each,
+//!   at most 10 s), so a member whose database is down does not hold a rebalance up. Each
+//!   assignment of a partition is a generation of its own ([`assignment`]); a revocation ends
+//!   it, after the drain. A record carries the generation it was fetched in: once that has
+//!   ended, a lane drops the record (neither applied nor answered here; the partition's next
+//!   owner, perhaps this member again, reads it from the committed offset) and an acker does
+//!   not store its offset. Offsets are stored only in the current generation and only forward,
+//!   under the lock that ends generations: a stored offset never moves backwards, even when a
+//!   revoked partition comes back while records of its earlier generation are still queued.
+//! - Backpressure never stops polling for long: a record that does not fit in the [`Budget`] is
+//!   kept by the fetch thread; if the budget stays spent for 200 ms (a stall, not a busy lane),
+//!   every assigned partition is paused (and a partition assigned meanwhile too), and `poll`
+//!   goes on at least every 100 ms, serving rebalance callbacks and `max.poll.interval.ms`.
+//!   Pausing drops what librdkafka had fetched ahead, and a resumed partition starts after the
+//!   last record polled, so the kept records are admitted first, in the order polled, before
+//!   the partitions are resumed: nothing skipped, nothing reordered. A partition is resumed
+//!   only if it was paused (a resume restarts its fetch), and a revoked one on its way out
+//!   (librdkafka keeps a pause across assignments).
 //! - A database that is down is retried with back-off; data the database refuses is isolated to
 //!   its command, which gets a 400, so a partition never stalls. A statement the database keeps
 //!   failing (a statement or lock timeout, out of memory, a missing function: anything but an
@@ -56,6 +74,7 @@
 //!   offsets are committed.
 
 mod acker;
+mod assignment;
 mod budget;
 mod fetch;
 mod health;

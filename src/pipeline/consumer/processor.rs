@@ -44,6 +44,9 @@ pub(super) struct Fetched {
     pub(super) command: Command,
     pub(super) cost: usize,
     pub(super) fetched_at: Instant,
+    /// The generation of its partition's assignment it was fetched in (see
+    /// [`Assignment`](super::assignment::Assignment)): once that ends, the record is stale.
+    pub(super) generation: u64,
     /// What its reply is charged against the budget once decided (see
     /// [`Budget::charge_replies`](super::budget::Budget::charge_replies)); 0 before.
     pub(super) replies: usize,

@@ -1,5 +1,6 @@
 //! The command consumer: its configuration, and the callbacks that drain what is in flight
-//! before partitions leave.
+//! before partitions leave, start and end assignment generations, and keep paused what the
+//! fetch thread has paused.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -9,11 +10,20 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 
 use rdkafka::ClientContext;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, GroupProtocol};
 use crate::metrics;
 use crate::pipeline::kafka::{self};
 
+use super::assignment::Assignment;
+use super::fetch::set_paused;
 use super::{Budget, Health};
+
+/// The longest a revocation waits for what is in flight, whatever the consumer's settings.
+const DRAIN_BOUND_MAX: Duration = Duration::from_secs(10);
+/// The revocation's wait is at most this share of `max.poll.interval.ms` (the group's
+/// rebalance timeout under both protocols) and of the classic protocol's session timeout, so
+/// that a member whose database is down still finishes its part of a rebalance well in time.
+const DRAIN_SHARE_OF_TIMEOUTS: u32 = 3;
 
 /// Consumer callbacks: rebalances drain what is in flight, and are logged, counted and
 /// reflected in [`Health`].
@@ -22,6 +32,7 @@ pub struct ProcessorContext {
     pub(super) health: Arc<Health>,
     pub(super) budget: Arc<Budget>,
     pub(super) drain_bound: Duration,
+    pub(super) assignment: Assignment,
 }
 
 impl ClientContext for ProcessorContext {
@@ -51,12 +62,29 @@ impl ConsumerContext for ProcessorContext {
     /// offset. A lost assignment (this member was fenced, say after a freeze) is not committed:
     /// the group no longer takes this member's commits, and the partitions' new owners answer
     /// what was redelivered from the stored replies.
+    ///
+    /// The wait is bounded ([`drain_bound`]) well inside `max.poll.interval.ms` and the session,
+    /// so that a member whose database is down does not hold the group's rebalance up. Past the
+    /// bound, the leaving partitions' generations end anyway ([`Assignment`]): their records
+    /// still queued are then neither applied nor stored here, and their stored offsets never
+    /// move backwards, even when the partitions come back to this member.
+    ///
+    /// An assignment starts a new generation for each partition, before anything is fetched.
     fn pre_rebalance(&self, consumer: &BaseConsumer<ProcessorContext>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            self.assignment.assign(
+                tpl.elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition())),
+            );
+        }
         if let Rebalance::Revoke(tpl) = rebalance {
             if tpl.count() == 0 {
                 return;
             }
             let drained = self.budget.wait_idle(self.drain_bound);
+            self.assignment
+                .revoke(tpl.elements().iter().map(|e| (e.topic(), e.partition())));
             if consumer.assignment_lost() {
                 tracing::warn!(
                     partitions = tpl.count(),
@@ -76,7 +104,20 @@ impl ConsumerContext for ProcessorContext {
         }
     }
 
+    /// Partitions assigned while the fetch thread is paused (its budget spent) are paused too;
+    /// revoked partitions that were paused are resumed on their way out (librdkafka would keep
+    /// them paused into a later assignment).
     fn post_rebalance(&self, consumer: &BaseConsumer<ProcessorContext>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(_) => set_paused(consumer, self.assignment.pause_if_pausing(), true),
+            Rebalance::Revoke(tpl) => set_paused(
+                consumer,
+                self.assignment
+                    .unpause_revoked(tpl.elements().iter().map(|e| (e.topic(), e.partition()))),
+                false,
+            ),
+            Rebalance::Error(_) => {}
+        }
         let assigned = consumer.assignment().map(|a| a.count()).unwrap_or(0);
         self.health
             .assigned_partitions
@@ -172,17 +213,59 @@ pub fn create_consumer(
             c.set(key, most.to_string());
         }
     }
+    let millis = |key: &str| c.get(key).and_then(|v| v.parse::<u64>().ok());
+    let drain_bound = drain_bound(
+        cfg.shutdown_timeout(),
+        millis("max.poll.interval.ms").unwrap_or(DEFAULT_MAX_POLL_INTERVAL_MS),
+        // Under the consumer protocol the session is the broker's setting, not known here;
+        // `max.poll.interval.ms` (the rebalance timeout) still bounds the wait.
+        (cfg.kafka_group_protocol == GroupProtocol::Classic)
+            .then(|| millis("session.timeout.ms").unwrap_or(DEFAULT_SESSION_TIMEOUT_MS)),
+    );
     Ok(c.create_with_context(ProcessorContext {
         health,
         budget,
-        drain_bound: cfg.shutdown_timeout().min(Duration::from_secs(10)),
+        drain_bound,
+        assignment: Assignment::default(),
     })?)
+}
+
+/// librdkafka's defaults of `max.poll.interval.ms` and `session.timeout.ms`.
+const DEFAULT_MAX_POLL_INTERVAL_MS: u64 = 300_000;
+const DEFAULT_SESSION_TIMEOUT_MS: u64 = 45_000;
+
+/// How long a revocation waits for what is in flight: at most the shutdown timeout,
+/// [`DRAIN_BOUND_MAX`], and a [`DRAIN_SHARE_OF_TIMEOUTS`]th of `max.poll.interval.ms` and of the
+/// session timeout (when it is the client's).
+pub(super) fn drain_bound(
+    shutdown: Duration,
+    max_poll_interval_ms: u64,
+    session_timeout_ms: Option<u64>,
+) -> Duration {
+    let share = |ms: u64| Duration::from_millis(ms) / DRAIN_SHARE_OF_TIMEOUTS;
+    let mut bound = shutdown
+        .min(DRAIN_BOUND_MAX)
+        .min(share(max_poll_interval_ms));
+    if let Some(session) = session_timeout_ms {
+        bound = bound.min(share(session));
+    }
+    bound
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{GroupProtocol, CLASSIC_ONLY_PROPERTIES};
+    use crate::config::CLASSIC_ONLY_PROPERTIES;
+
+    #[test]
+    fn the_drain_stays_well_inside_the_poll_interval_and_the_session() {
+        let s = Duration::from_secs;
+        assert_eq!(drain_bound(s(30), 300_000, Some(45_000)), s(10));
+        assert_eq!(drain_bound(s(30), 300_000, None), s(10));
+        assert_eq!(drain_bound(s(5), 300_000, None), s(5));
+        assert_eq!(drain_bound(s(30), 7_000, Some(6_000)), s(2));
+        assert_eq!(drain_bound(s(30), 9_000, None), s(3));
+    }
 
     /// A configuration whose bootstrap address has no broker (a port just freed): creating a
     /// consumer needs none.
