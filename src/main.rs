@@ -64,6 +64,12 @@ pub enum CliCommand {
     },
     /// Publish one command, wait for its reply and print it (exit code 0 for 2xx, 1 otherwise).
     Send(ops::tools::SendArgs),
+    /// The highest offset applied per command partition: `offsets list`, and `offsets reset
+    /// --topic T` after the command topic was deleted and created again.
+    Offsets {
+        #[command(subcommand)]
+        action: ops::offsets::OffsetsCommand,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -93,6 +99,7 @@ async fn run() -> anyhow::Result<()> {
         CliCommand::RebuildProjection(args) => ops::tools::rebuild_projection(&cfg, args).await,
         CliCommand::Dlq { action } => ops::tools::dlq(&cfg, action).await,
         CliCommand::Send(args) => ops::tools::send(&cfg, args).await,
+        CliCommand::Offsets { action } => ops::offsets::run(&cfg, action).await,
     }
 }
 

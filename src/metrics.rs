@@ -73,6 +73,7 @@ pub fn record_command(status: u16, kind: OutcomeKind, latency: Option<Duration>)
         OutcomeKind::Duplicate => "duplicate",
         OutcomeKind::ReusedRequestId => "reused_request_id",
         OutcomeKind::Forbidden => "forbidden",
+        OutcomeKind::AlreadyApplied => "already_applied",
     };
     counter!(COMMANDS, "status" => status.to_string(), "outcome" => outcome).increment(1);
     match (status, kind) {

@@ -7,6 +7,10 @@
 //! Invariants the store relies on:
 //! - Commands are decided in the order given, each seeing the effects of earlier ones, so
 //!   per-partition order holds.
+//! - A record at or below its partition's applied offset ([`Known::applied`]) is never applied
+//!   again: it gets its stored reply when one is kept, else the 409 [`ALREADY_APPLIED`] (not
+//!   stored). [`Effects::offsets`] carries, per partition, the batch's highest offset where it is
+//!   above the stored one, so the store raises it in the same write as the batch's rows.
 //! - Every new outcome except 403 and 422 has exactly one stored reply; a redelivery is answered
 //!   with those bytes.
 //! - An event touched by the batch has one view row, with the version it was read at (0: absent).
@@ -66,7 +70,14 @@ pub enum OutcomeKind {
     /// Authentication or permission failed: a 403, not stored (an unauthenticated producer
     /// must not be able to claim a request id).
     Forbidden,
+    /// The record is at or below its partition's applied offset and no stored reply is kept
+    /// for it (the retention pruned it): the 409 [`ALREADY_APPLIED`], not applied, not stored.
+    AlreadyApplied,
 }
+
+/// The start of the `detail` of the 409 a record gets when it is at or below its partition's
+/// applied offset and its stored reply is no longer kept (see [`already_applied`]).
+pub const ALREADY_APPLIED: &str = "This record was handled before and its stored reply is no longer kept; it was not applied again.";
 
 /// A request id's stored answer.
 #[derive(Debug)]
@@ -89,6 +100,8 @@ pub struct Known {
     pub handled: HashMap<Vec<u8>, HashMap<String, Handled>>,
     /// By event.
     pub states: HashMap<Uuid, EventState>,
+    /// The highest offset applied, by command topic and partition (absent: none yet).
+    pub applied: HashMap<(String, i32), i64>,
 }
 
 impl Known {
@@ -96,6 +109,11 @@ impl Known {
     pub fn handled(&self, cmd: &Command, auth_mode: AuthMode) -> Option<&Handled> {
         let scope = cmd.scope(auth_mode)?;
         self.handled.get(scope)?.get(&cmd.request_id)
+    }
+
+    /// Whether the record at `source` is at or below its partition's applied offset.
+    pub fn already_applied(&self, source: &Source) -> bool {
+        covering(&self.applied, source).is_some()
     }
 }
 
@@ -107,6 +125,9 @@ pub struct Effects {
     pub log: Vec<LogRow>,
     pub views: Vec<ViewRow>,
     pub replies: Vec<StoredReply>,
+    /// Per (topic, partition), the batch's highest offset, where it is above the stored one;
+    /// sorted by topic and partition.
+    pub offsets: Vec<Source>,
 }
 
 impl Effects {
@@ -156,9 +177,12 @@ pub struct StoredReply {
 ///    the reply was already given to that credential;
 /// 2. authentication and permission (403, not stored), as the REST endpoint checks them first;
 /// 3. a request id handled before in the same scope with other content: a 422;
-/// 4. the command itself ([`decide`]): 409 against the version the batch has reached, else
+/// 4. a record at or below its partition's applied offset whose reply is no longer stored
+///    (read again after the retention pruned it): never applied again, the 409
+///    [`ALREADY_APPLIED`] (or its first 400/404 again), not stored ([`already_applied`]);
+/// 5. the command itself ([`decide`]): 409 against the version the batch has reached, else
 ///    201/200, or its 400/404;
-/// 5. a reply longer than `rules.max_reply_bytes` could not be published: the command is not
+/// 6. a reply longer than `rules.max_reply_bytes` could not be published: the command is not
 ///    applied and gets a 400 saying so instead (stored like any other answer).
 pub fn decide_batch(
     commands: &[(Command, Source)],
@@ -171,13 +195,20 @@ pub fn decide_batch(
         grants,
         mut handled,
         mut states,
+        applied,
     } = known;
+
     // The version each event was read at (0: absent): the view's write guard.
     let read_versions: HashMap<Uuid, i64> = states.iter().map(|(u, s)| (*u, s.version)).collect();
     let mut outcomes = Vec::with_capacity(commands.len());
     let mut effects = Effects::default();
     let mut touched: Vec<Uuid> = Vec::new();
+    let mut highest: std::collections::BTreeMap<(String, i32), i64> = Default::default();
     for (cmd, source) in commands {
+        let top = highest
+            .entry((source.topic.clone(), source.partition))
+            .or_insert(source.offset);
+        *top = (*top).max(source.offset);
         let scope = cmd.scope(auth_mode);
         let stored = scope.and_then(|s| handled.get(s)?.get(&cmd.request_id));
         if let Some(h) = stored.filter(|h| h.fingerprint.as_slice() == cmd.fingerprint) {
@@ -230,6 +261,14 @@ pub fn decide_batch(
                 detail(text),
                 OutcomeKind::ReusedRequestId,
             ));
+            continue;
+        }
+        if let Some(at) = covering(&applied, source) {
+            let current = cmd
+                .action
+                .event_uuid_to_apply()
+                .and_then(|u| states.get(&u));
+            outcomes.push(already_applied(cmd, source, at, current));
             continue;
         }
         let current = cmd
@@ -297,6 +336,15 @@ pub fn decide_batch(
             dead_letter: None,
         });
     }
+    effects.offsets = highest
+        .into_iter()
+        .filter(|((t, p), o)| applied.get(&(t.clone(), *p)).is_none_or(|a| o > a))
+        .map(|((topic, partition), offset)| Source {
+            topic,
+            partition,
+            offset,
+        })
+        .collect();
     for u in &touched {
         if let Some(state) = states.remove(u) {
             effects.views.push(ViewRow {
@@ -356,6 +404,39 @@ pub fn decide(
             }
         }
     }
+}
+
+/// The applied offset of `source`'s partition, where it covers `source` (is at or above it).
+fn covering(applied: &HashMap<(String, i32), i64>, source: &Source) -> Option<i64> {
+    applied
+        .get(&(source.topic.clone(), source.partition))
+        .copied()
+        .filter(|&a| source.offset <= a)
+}
+
+/// The answer to a record at or below its partition's applied offset `applied` whose stored
+/// reply is gone, kind [`OutcomeKind::AlreadyApplied`], not stored (it writes nothing, and a
+/// later redelivery gets the same answer):
+/// - a command to apply: a 409, as for the other commands that are not applied,
+///   `{"detail": ALREADY_APPLIED + " Record t/p/o; the partition is applied up to offset N.",
+///   "current_version": C}`, `C` the event's version now (0: it does not exist);
+/// - a record refused before it reached the log (400, 404): the same answer as the first time
+///   (decoding is deterministic), which never changed anything.
+pub fn already_applied(
+    cmd: &Command,
+    source: &Source,
+    applied: i64,
+    current: Option<&EventState>,
+) -> Outcome {
+    if let Action::Reject { status, body, .. } = &cmd.action {
+        return unstored(cmd, *status, body.clone(), OutcomeKind::AlreadyApplied);
+    }
+    let text = format!(
+        "{ALREADY_APPLIED} Record {}/{}/{}; the partition is applied up to offset {applied}.",
+        source.topic, source.partition, source.offset
+    );
+    let body = json!({"detail": text, "current_version": current.map_or(0, |s| s.version)});
+    unstored(cmd, 409, body, OutcomeKind::AlreadyApplied)
 }
 
 /// The 409 body: DRF's `detail` plus the version the event is at.
@@ -682,6 +763,100 @@ mod tests {
         );
         // Both answers are stored, so a redelivery gets the same 400.
         assert_eq!(effects.counts(), (0, 0, 2));
+    }
+
+    fn at(cmd: (Command, Source), partition: i32, offset: i64) -> (Command, Source) {
+        let source = Source {
+            topic: "cmds".into(),
+            partition,
+            offset,
+        };
+        (cmd.0, source)
+    }
+
+    #[test]
+    fn a_record_at_or_below_its_partitions_applied_offset_is_not_applied_again() {
+        let mut known = Known::default();
+        known.applied.insert(("cmds".into(), 0), 10);
+        known.applied.insert(("cmds".into(), 1), 3);
+        // r1's reply is still stored; r2's and r3's were pruned.
+        let r1 = at(update("r1", None, None), 0, 9);
+        known.handled.entry(vec![]).or_default().insert(
+            "r1".into(),
+            Handled {
+                fingerprint: r1.0.fingerprint.to_vec(),
+                status: 201,
+                reply: Arc::new(b"stored".to_vec()),
+            },
+        );
+        let commands = [
+            r1,
+            at(update("r2", None, None), 0, 10),
+            // Below the applied offset, with other content under a stored id: its 422 again.
+            at(update("r1", Some(4), None), 1, 2),
+            // Above: applied (a create, the event being absent).
+            at(update("r3", None, None), 0, 11),
+            at(update("r4", None, None), 1, 4),
+            // A partition with no applied offset stored yet.
+            at(update("r5", None, None), 2, 0),
+            // A record refused when first read (its body invalid): the same 400 again.
+            at(
+                command(
+                    json!({"request_id": "r6", "event_uuid": U, "body": {"app": "a"}}),
+                    None,
+                ),
+                0,
+                8,
+            ),
+        ];
+        let (outcomes, effects) = decide_batch(&commands, known, rules(AuthMode::Disabled), now());
+        assert_eq!(
+            statuses(&outcomes),
+            [
+                (201, OutcomeKind::Duplicate),
+                (409, OutcomeKind::AlreadyApplied),
+                (422, OutcomeKind::ReusedRequestId),
+                (201, OutcomeKind::New),
+                (200, OutcomeKind::New),
+                (200, OutcomeKind::New),
+                (400, OutcomeKind::AlreadyApplied),
+            ]
+        );
+        assert_eq!(outcomes[0].reply.as_slice(), b"stored");
+        assert_eq!(
+            body(&outcomes[6]),
+            json!({"action": ["This field is required."]})
+        );
+        assert_eq!(
+            body(&outcomes[1]),
+            json!({"detail": format!("{ALREADY_APPLIED} Record cmds/0/10; the partition is applied up to offset 10."),
+                   "current_version": 0})
+        );
+        // Only the three new commands are written; the offsets rise to the batch's highest in
+        // each partition (partition 2 had none stored).
+        assert_eq!(effects.counts(), (3, 1, 3));
+        let offsets: Vec<(i32, i64)> = effects
+            .offsets
+            .iter()
+            .map(|s| (s.partition, s.offset))
+            .collect();
+        assert_eq!(offsets, [(0, 11), (1, 4), (2, 0)]);
+    }
+
+    #[test]
+    fn a_batch_wholly_below_the_applied_offsets_raises_none() {
+        let mut known = Known::default();
+        known.applied.insert(("cmds".into(), 0), 10);
+        let commands = [
+            at(update("r1", None, None), 0, 4),
+            at(update("r2", None, None), 0, 5),
+        ];
+        let (outcomes, effects) = decide_batch(&commands, known, rules(AuthMode::Disabled), now());
+        assert!(outcomes
+            .iter()
+            .all(|o| o.kind == OutcomeKind::AlreadyApplied));
+        assert_eq!(effects.counts(), (0, 0, 0));
+        assert!(effects.offsets.is_empty());
     }
 
     #[test]

@@ -20,7 +20,19 @@
 //!   again its request ids are found handled and get the replies the new owner stored.
 //! - Commands are decided in the order given ([`decide_batch`], pure), so per-partition order is
 //!   kept.
+//! - Per command (topic, partition), `applied_offsets` holds the highest offset of any command a
+//!   committed batch handled, raised in the same statement as the batch's rows (never lowered:
+//!   `GREATEST`), so every applied command's offset is at or below it. A record at or below it is
+//!   never applied again, whatever the retention of stored replies: it gets its stored reply
+//!   while one is kept, else a 409 ([`offsets`]). A command topic deleted and created again
+//!   restarts at offset 0: its stored offsets must be reset ([`offsets::reset`]).
+//! - Schema changes are expand/contract (`migrations/README.md`): the write function the
+//!   previous release calls keeps its signature and keeps working; a new signature is a new
+//!   name. The migrator tolerates migrations newer than the binary ([`migrate_with`]), so the
+//!   previous release starts against a schema this one migrated (a rollback), and refuses a
+//!   known migration whose text changed.
 
+pub mod offsets;
 pub mod rebuild;
 pub mod retention;
 pub mod sizes;
@@ -286,9 +298,22 @@ async fn connect_with(
     Ok(pool)
 }
 
-/// Runs the migrations under `migrations/` (embedded in the binary).
+/// Runs the migrations under `migrations/` (embedded in the binary), see [`migrate_with`].
 pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
-    sqlx::migrate!("./migrations").run(pool).await?;
+    migrate_with(pool, sqlx::migrate!("./migrations")).await
+}
+
+/// Runs `migrator`'s migrations that the database has not applied, tolerating migrations the
+/// database has that `migrator` does not know: those of a newer release, which keep this
+/// release's write path working (expand/contract, `migrations/README.md`), so a rolling deploy
+/// runs both releases side by side and a rollback starts. A known migration whose text changed
+/// since it was applied is still refused ([`sqlx::migrate::MigrateError::VersionMismatch`]).
+pub async fn migrate_with(
+    pool: &PgPool,
+    mut migrator: sqlx::migrate::Migrator,
+) -> Result<(), StoreError> {
+    migrator.set_ignore_missing(true);
+    migrator.run(pool).await?;
     Ok(())
 }
 
@@ -337,7 +362,8 @@ pub async fn apply_batch(
     now: DateTime<Utc>,
 ) -> Result<Vec<Outcome>, StoreError> {
     let mut conn = pool.acquire().await?;
-    let known = read_known(&mut conn, commands, rules.auth_mode).await?;
+    let mut known = read_known(&mut conn, commands, rules.auth_mode).await?;
+    known.applied = offsets::read_applied(&mut conn, commands.iter().map(|(_, s)| s)).await?;
     let (outcomes, effects) = decide_batch(commands, known, rules, now);
     match Writes::of(&effects).write(&mut conn, now).await {
         Ok(()) => Ok(outcomes),
@@ -362,9 +388,10 @@ pub async fn apply_batch_locked(
     let mut tx = pool.begin().await?;
     // The grants and stored answers as on the common path; the views again, under row locks.
     let mut known = read_known(&mut tx, commands, auth_mode).await?;
+    known.applied = offsets::read_applied(&mut tx, commands.iter().map(|(_, s)| s)).await?;
     let mut uuids: Vec<Uuid> = commands
         .iter()
-        .filter(|(c, _)| known.handled(c, auth_mode).is_none())
+        .filter(|(c, s)| known.handled(c, auth_mode).is_none() && !known.already_applied(s))
         .filter_map(|(c, _)| c.action.event_uuid_to_apply())
         .collect();
     uuids.sort_unstable();
@@ -596,14 +623,20 @@ impl ViewColumns {
 }
 
 /// What one batch writes: log rows, the final view row of each event it touched (with the
-/// version it was read at), and the stored replies; written by one call of the
-/// `event_updater_write_batch` function (see `migrations/`), which fences the write.
+/// version it was read at), the stored replies and the partitions' raised applied offsets;
+/// written by one call of the `event_updater_write_batch_v2` function (see `migrations/`),
+/// which fences the write. (`event_updater_write_batch`, without the offsets, is the previous
+/// release's: kept for it, not called here.)
 #[derive(Debug, Default)]
 pub struct Writes {
     log: LogRows,
     views: ViewRows,
     replies: ReplyRows,
+    offsets: OffsetRows,
 }
+
+/// The SQL of [`Writes::write`]: one call with 32 parameters.
+const WRITE_BATCH: &str = "SELECT event_updater_write_batch_v2($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32)";
 
 impl Writes {
     /// The rows of a batch's decided effects, as the columns of the write.
@@ -618,6 +651,9 @@ impl Writes {
         for r in &effects.replies {
             w.replies.push(r);
         }
+        for o in &effects.offsets {
+            w.offsets.push(o);
+        }
         w
     }
 
@@ -631,20 +667,27 @@ impl Writes {
     }
 
     /// Writes everything in one statement: atomically on its own, or as part of the caller's
-    /// transaction. A tripped fence is [`StoreError::Conflict`].
+    /// transaction (the applied offsets with the rows they cover). A tripped fence is
+    /// [`StoreError::Conflict`]. Nothing to write (every command answered from what is stored,
+    /// at or below the applied offsets): no statement.
     pub async fn write(
         &self,
         conn: &mut PgConnection,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let (l, v, r) = (&self.log, &self.views, &self.replies);
-        if l.uuid.is_empty() && v.columns.uuid.is_empty() && r.request_id.is_empty() {
+        let (l, v, r, o) = (&self.log, &self.views, &self.replies, &self.offsets);
+        if l.uuid.is_empty()
+            && v.columns.uuid.is_empty()
+            && r.request_id.is_empty()
+            && o.topic.is_empty()
+        {
             return Ok(());
         }
-        let q = sqlx::query(
-            "SELECT event_updater_write_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)",
-        );
-        r.bind(v.bind(l.bind(q))).bind(now).execute(conn).await?;
+        let q = sqlx::query(WRITE_BATCH);
+        o.bind(r.bind(v.bind(l.bind(q))))
+            .bind(now)
+            .execute(conn)
+            .await?;
         Ok(())
     }
 }
@@ -671,7 +714,30 @@ impl Writes {
              FROM UNNEST($1::bytea[], $2::text[], $3::bytea[], $4::uuid[], $5::int2[], $6::int8[], $7::bytea[], $8::text[], $9::int4[], $10::int8[]) AS x(sc, r, f, u, s, v, b, t, p, o)",
         );
         self.replies.bind(q).bind(now).execute(&mut **tx).await?;
+        let q = sqlx::query("SELECT event_updater_record_offsets($1, $2, $3, $4)");
+        self.offsets.bind(q).bind(now).execute(&mut **tx).await?;
         Ok(())
+    }
+}
+
+/// Per (topic, partition), the offset to raise the stored applied offset to.
+#[derive(Debug, Default)]
+struct OffsetRows {
+    topic: Vec<String>,
+    partition: Vec<i32>,
+    offset: Vec<i64>,
+}
+
+impl OffsetRows {
+    /// Binds the columns, in the function's order, as the next three parameters.
+    fn bind<'q>(&'q self, q: PgQuery<'q>) -> PgQuery<'q> {
+        q.bind(&self.topic).bind(&self.partition).bind(&self.offset)
+    }
+
+    fn push(&mut self, s: &Source) {
+        self.topic.push(s.topic.clone());
+        self.partition.push(s.partition);
+        self.offset.push(s.offset);
     }
 }
 

@@ -18,6 +18,7 @@ mod memory;
 mod processor;
 mod publishing;
 mod retention;
+mod schema;
 mod security;
 mod support;
 mod tools;
