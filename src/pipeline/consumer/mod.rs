@@ -38,7 +38,7 @@
 //!   fenced it) is drained but not committed.
 //! - The drain is bounded well inside `max.poll.interval.ms` and the session (a third of each,
 //!   at most 10 s), so a member whose database is down does not hold a rebalance up. Each
-//!   assignment of a partition is a generation of its own ([`assignment`]); a revocation ends
+//!   assignment of a partition is a generation of its own (`assignment.rs`); a revocation ends
 //!   it, after the drain. A record carries the generation it was fetched in: once that has
 //!   ended, a lane drops the record (neither applied nor answered here; the partition's next
 //!   owner, perhaps this member again, reads it from the committed offset) and an acker does
@@ -72,6 +72,8 @@
 //! - On shutdown, fetching stops, each lane finishes the batch in hand (records it had not
 //!   started are left for redelivery), the ackers finish what was published, and the stored
 //!   offsets are committed.
+//!
+//! [`store::apply_batch`]: crate::store::apply_batch
 
 mod acker;
 mod assignment;

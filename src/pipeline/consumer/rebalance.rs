@@ -63,9 +63,9 @@ impl ConsumerContext for ProcessorContext {
     /// the group no longer takes this member's commits, and the partitions' new owners answer
     /// what was redelivered from the stored replies.
     ///
-    /// The wait is bounded ([`drain_bound`]) well inside `max.poll.interval.ms` and the session,
+    /// The wait is bounded (`drain_bound`) well inside `max.poll.interval.ms` and the session,
     /// so that a member whose database is down does not hold the group's rebalance up. Past the
-    /// bound, the leaving partitions' generations end anyway ([`Assignment`]): their records
+    /// bound, the leaving partitions' generations end anyway (`Assignment`): their records
     /// still queued are then neither applied nor stored here, and their stored offsets never
     /// move backwards, even when the partitions come back to this member.
     ///
