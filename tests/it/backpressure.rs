@@ -140,9 +140,11 @@ async fn database_down_past_the_poll_interval(protocol: GroupProtocol, joiner: J
     let mut m2 = app
         .start_child("m2", &borrowed(&env(&app.cfg.database_url)))
         .await;
+    let subscribed = Instant::now();
     wait_for_partitions(&mut m2, SESSION_TIMEOUT).await;
     println!(
-        "m2 was given partitions {:?} after m1's database went down",
+        "m2 was given partitions {:?} after it subscribed, {:?} after m1's database went down",
+        subscribed.elapsed(),
         cut.elapsed()
     );
     let all = usize::try_from(app.cfg.topic_partitions).unwrap_or(0);
