@@ -2,11 +2,120 @@
 //!
 //! A reply's value is serialised once, when the command is first handled, and stored with it;
 //! a redelivered command is answered with those stored bytes, so both replies are identical.
-//! Headers (`request-id`, and `correlation-id`/`traceparent` echoed) are set per delivery.
+//! Headers (`request-id`, the answered record's coordinates, the credential's scope tag, and
+//! `correlation-id`/`traceparent` echoed) are set per delivery, so that a redelivered command's
+//! reply names the record it answers. Every header name the processor writes is a constant of
+//! [`header`], said once.
 
 use serde::Serialize;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
+
+/// Names of the record headers the processor reads and writes.
+pub mod header {
+    /// The request id a reply is filed under (and a command's fallback idempotency key).
+    pub const REQUEST_ID: &str = "request-id";
+    /// Echoed from a command onto its reply.
+    pub const CORRELATION_ID: &str = "correlation-id";
+    /// W3C trace context; continued on the reply.
+    pub const TRACEPARENT: &str = "traceparent";
+    /// W3C trace context's vendor part.
+    pub const TRACESTATE: &str = "tracestate";
+    /// Another reply topic, where the configuration allows it.
+    pub const REPLY_TO: &str = "reply-to";
+    /// A command's credentials (never copied anywhere).
+    pub const AUTHORIZATION: &str = "authorization";
+    /// The media type of a command's value.
+    pub const CONTENT_TYPE: &str = "content-type";
+    /// The encoding of a command's value.
+    pub const CONTENT_ENCODING: &str = "content-encoding";
+    /// On a reply: the topic of the command record it answers.
+    pub const COMMAND_TOPIC: &str = "command-topic";
+    /// On a reply: the partition of the command record it answers, in decimal.
+    pub const COMMAND_PARTITION: &str = "command-partition";
+    /// On a reply: the offset of the command record it answers, in decimal.
+    pub const COMMAND_OFFSET: &str = "command-offset";
+    /// On a reply to an authenticated command: [`scope_tag`](super::scope_tag) of its token.
+    pub const COMMAND_SCOPE: &str = "command-scope";
+    /// On a dead letter: what it is, a [`DeadLetterKind`](super::DeadLetterKind).
+    pub const DLQ_KIND: &str = "dlq-kind";
+    /// On a dead letter: why it is there.
+    pub const DLQ_REASON: &str = "dlq-reason";
+    /// On a dead letter: the status of the reply the command got (or, for a refused reply, the
+    /// status that reply carried).
+    pub const DLQ_STATUS: &str = "dlq-status";
+    /// On a command's dead letter: the topic the command was read from.
+    pub const DLQ_SOURCE_TOPIC: &str = "dlq-source-topic";
+    /// On a command's dead letter: its partition, in decimal.
+    pub const DLQ_SOURCE_PARTITION: &str = "dlq-source-partition";
+    /// On a command's dead letter: its offset, in decimal.
+    pub const DLQ_SOURCE_OFFSET: &str = "dlq-source-offset";
+    /// The prefix shared by the `dlq-*` headers (a replayed command carries none of them).
+    pub const DLQ_PREFIX: &str = "dlq-";
+}
+
+/// The command headers a dead letter carries over, compared case-insensitively: nothing else of
+/// the command's headers (credentials such as `authorization`, `cookie`, `proxy-authorization`,
+/// `x-api-key`, or anything unknown) reaches the dead-letter topic, nor a `dlq-*` header a
+/// producer made up.
+pub const DEAD_LETTER_COPIED_HEADERS: &[&str] = &[
+    header::REQUEST_ID,
+    header::CORRELATION_ID,
+    header::TRACEPARENT,
+    header::TRACESTATE,
+    header::REPLY_TO,
+    header::CONTENT_TYPE,
+    header::CONTENT_ENCODING,
+];
+
+/// Whether a command header named `name` is copied onto its dead letter.
+pub fn copied_to_dead_letter(name: &str) -> bool {
+    DEAD_LETTER_COPIED_HEADERS
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// What a dead letter is, in its `dlq-kind` header: only a [`DeadLetterKind::Command`] may be
+/// replayed onto the command topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterKind {
+    /// A command record the processor could not use, as received.
+    Command,
+    /// A reply the broker refused (its value is a reply, not a command).
+    Reply,
+}
+
+impl DeadLetterKind {
+    /// The header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterKind::Command => "command",
+            DeadLetterKind::Reply => "reply",
+        }
+    }
+
+    /// The kind a `dlq-kind` header value names, if any.
+    pub fn parse(value: &[u8]) -> Option<DeadLetterKind> {
+        [DeadLetterKind::Command, DeadLetterKind::Reply]
+            .into_iter()
+            .find(|k| k.as_str().as_bytes() == value)
+    }
+}
+
+/// How the `dlq-reason` of a refused reply begins.
+pub const REPLY_REFUSED_REASON: &str = "reply refused by the broker";
+
+/// The `command-scope` of a reply: 16 hex digits of SHA-256 over a fixed label and the command's
+/// scope (the SHA-256 of its token). A reader holding the token computes the same tag; the tag
+/// is neither the token nor the hash `api_tokens` stores, so it reveals neither.
+pub fn scope_tag(scope: &[u8]) -> String {
+    let digest = Sha256::new()
+        .chain_update(b"event-updater command-scope\0")
+        .chain_update(scope)
+        .finalize();
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// The reply envelope of the contract: `{request_id, event_uuid, status, version?, body}`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -71,6 +180,51 @@ pub fn detail(text: impl Into<String>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dead_letters_copy_only_the_allowed_headers_whatever_their_case() {
+        for name in [
+            "request-id",
+            "Correlation-ID",
+            "traceparent",
+            "tracestate",
+            "reply-to",
+        ] {
+            assert!(copied_to_dead_letter(name), "{name}");
+        }
+        for name in [
+            "authorization",
+            "Cookie",
+            "proxy-authorization",
+            "x-api-key",
+            "dlq-kind",
+            "dlq-source-topic",
+            "x-anything",
+        ] {
+            assert!(!copied_to_dead_letter(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn dead_letter_kinds_read_back_and_nothing_else_parses() {
+        for k in [DeadLetterKind::Command, DeadLetterKind::Reply] {
+            assert_eq!(DeadLetterKind::parse(k.as_str().as_bytes()), Some(k));
+        }
+        assert_eq!(DeadLetterKind::parse(b"Command"), None);
+        assert_eq!(DeadLetterKind::parse(b""), None);
+    }
+
+    #[test]
+    fn a_scope_tag_is_short_stable_and_not_the_stored_hash() {
+        let scope = crate::domain::auth::hash("eut_secret");
+        let tag = scope_tag(&scope);
+        assert_eq!(tag.len(), 16);
+        assert!(tag.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(tag, scope_tag(&scope));
+        assert_ne!(tag, scope_tag(&crate::domain::auth::hash("eut_other")));
+        let stored: String = scope.iter().map(|b| format!("{b:02x}")).collect();
+        assert!(!stored.starts_with(&tag));
+    }
 
     #[test]
     fn envelope_fields_in_contract_order_and_version_only_when_set() {

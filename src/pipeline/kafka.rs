@@ -601,9 +601,15 @@ async fn probe(
 /// For a reply the broker refuses for good (too large for the topic): the reply itself as a dead
 /// letter, and a short reply with status 500 that says what happened and what the command's
 /// outcome was (`reply_status`, `reply_version`), so that the command is still answered.
+///
+/// The dead letter is marked `dlq-kind: reply`: its value is a reply (the whole event, keyed by
+/// its UUID), which `dlq replay` must never publish as a command. It keeps the reply's headers
+/// (the request id and the command's coordinates), never a `dlq-source-*` header, which marks
+/// a command's dead letter.
 fn refused_reply(record: Outgoing, e: &KafkaError) -> (Outgoing, Outgoing) {
+    use crate::domain::reply::{header, DeadLetterKind, REPLY_REFUSED_REASON};
     let original: Value = serde_json::from_slice(&record.value).unwrap_or(Value::Null);
-    let reason = format!("reply refused by the broker: {e}");
+    let reason = format!("{REPLY_REFUSED_REASON}: {e}");
     let answer = Reply {
         request_id: original["request_id"]
             .as_str()
@@ -633,9 +639,13 @@ fn refused_reply(record: Outgoing, e: &KafkaError) -> (Outgoing, Outgoing) {
         headers: answer_headers,
     };
     let mut headers = record.headers;
-    headers.push(("dlq-reason".into(), reason.into_bytes()));
     headers.push((
-        "dlq-status".into(),
+        header::DLQ_KIND.into(),
+        DeadLetterKind::Reply.as_str().as_bytes().to_vec(),
+    ));
+    headers.push((header::DLQ_REASON.into(), reason.into_bytes()));
+    headers.push((
+        header::DLQ_STATUS.into(),
         original["status"].to_string().into_bytes(),
     ));
     let dead = Outgoing {

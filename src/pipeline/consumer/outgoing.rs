@@ -4,7 +4,10 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::domain::decide::{Outcome, OutcomeKind};
-use crate::domain::reply::{Destination, Outgoing, MAX_ECHOED_BYTES};
+use crate::domain::reply::{
+    copied_to_dead_letter, header, scope_tag, DeadLetterKind, Destination, Outgoing,
+    MAX_ECHOED_BYTES,
+};
 use crate::metrics;
 use crate::pipeline::trace;
 
@@ -13,6 +16,16 @@ use super::processor::Fetched;
 /// The records a batch publishes: one reply per command, plus a dead letter for each record
 /// that could not be decoded, the first time it is handled. A `reply-to` header is honoured
 /// when the allow-list names its topic.
+///
+/// Every reply names the record it answers (`command-topic`, `command-partition`,
+/// `command-offset`) and, where the command was authenticated, its credential's scope tag
+/// (`command-scope`): a request id alone is anyone's to claim (a record without credentials
+/// gets its 403 under its `request-id` header), these are not. They are set per delivery, so a
+/// redelivered or replayed command's stored reply names the record it now answers.
+///
+/// A dead letter is marked `dlq-kind: command` (only such dead letters are ever replayed as
+/// commands) and carries only the command headers of [`DEAD_LETTER_COPIED_HEADERS`], never its
+/// credentials or a `dlq-*` header the producer wrote.
 pub(super) fn outgoing(
     cfg: &Config,
     batch: &[Fetched],
@@ -22,21 +35,51 @@ pub(super) fn outgoing(
     let mut out = Vec::with_capacity(batch.len());
     for ((f, o), t) in batch.iter().zip(outcomes).zip(traces) {
         let (m, c) = (&f.incoming, &f.command);
-        let mut headers = vec![("request-id".to_string(), c.request_id.clone().into_bytes())];
+        let mut headers = vec![
+            (
+                header::REQUEST_ID.to_string(),
+                c.request_id.clone().into_bytes(),
+            ),
+            (
+                header::COMMAND_TOPIC.to_string(),
+                m.topic.clone().into_bytes(),
+            ),
+            (
+                header::COMMAND_PARTITION.to_string(),
+                m.partition.to_string().into_bytes(),
+            ),
+            (
+                header::COMMAND_OFFSET.to_string(),
+                m.offset.to_string().into_bytes(),
+            ),
+        ];
+        // A 403's credential did not authenticate: it names no scope.
+        if let Some(scope) = c
+            .scope(cfg.auth_mode)
+            .filter(|s| !s.is_empty() && o.kind != OutcomeKind::Forbidden)
+        {
+            headers.push((
+                header::COMMAND_SCOPE.to_string(),
+                scope_tag(scope).into_bytes(),
+            ));
+        }
         if let Some(v) = m
-            .header("correlation-id")
+            .header(header::CORRELATION_ID)
             .filter(|v| v.len() <= MAX_ECHOED_BYTES)
         {
-            headers.push(("correlation-id".to_string(), v.to_vec()));
+            headers.push((header::CORRELATION_ID.to_string(), v.to_vec()));
         }
         if let Some(t) = t {
-            headers.push(("traceparent".to_string(), t.header.clone().into_bytes()));
+            headers.push((
+                header::TRACEPARENT.to_string(),
+                t.header.clone().into_bytes(),
+            ));
         }
         // A 403 goes to the default reply topic only: whoever may write commands must not be
         // able to place a reply (with any request id) on a topic that others read.
         let reply_to = match o.kind {
             OutcomeKind::Forbidden => None,
-            _ => m.header("reply-to"),
+            _ => m.header(header::REPLY_TO),
         };
         let topic = reply_to.and_then(|t| {
             let t = std::str::from_utf8(t).ok()?;
@@ -57,25 +100,39 @@ pub(super) fn outgoing(
         if let (Some(reason), OutcomeKind::New) =
             (c.dead_letter.as_ref().or(o.dead_letter.as_ref()), o.kind)
         {
-            // The command's own headers travel along, except its credentials.
             let mut headers: Vec<(String, Vec<u8>)> = m
                 .headers
                 .iter()
-                .filter(|(k, _)| !k.eq_ignore_ascii_case("authorization"))
+                .filter(|(k, _)| copied_to_dead_letter(k))
                 .filter_map(|(k, v)| v.as_ref().map(|v| (k.clone(), v.clone())))
                 .collect();
-            headers.push(("dlq-reason".into(), reason.clone().into_bytes()));
-            headers.push(("dlq-status".into(), o.status.to_string().into_bytes()));
-            headers.push(("dlq-source-topic".into(), m.topic.clone().into_bytes()));
-            headers.push((
-                "dlq-source-partition".into(),
-                m.partition.to_string().into_bytes(),
-            ));
-            headers.push((
-                "dlq-source-offset".into(),
-                m.offset.to_string().into_bytes(),
-            ));
-            headers.push(("request-id".into(), c.request_id.clone().into_bytes()));
+            headers.extend([
+                (
+                    header::DLQ_KIND.to_string(),
+                    DeadLetterKind::Command.as_str().as_bytes().to_vec(),
+                ),
+                (header::DLQ_REASON.to_string(), reason.clone().into_bytes()),
+                (
+                    header::DLQ_STATUS.to_string(),
+                    o.status.to_string().into_bytes(),
+                ),
+                (
+                    header::DLQ_SOURCE_TOPIC.to_string(),
+                    m.topic.clone().into_bytes(),
+                ),
+                (
+                    header::DLQ_SOURCE_PARTITION.to_string(),
+                    m.partition.to_string().into_bytes(),
+                ),
+                (
+                    header::DLQ_SOURCE_OFFSET.to_string(),
+                    m.offset.to_string().into_bytes(),
+                ),
+                (
+                    header::REQUEST_ID.to_string(),
+                    c.request_id.clone().into_bytes(),
+                ),
+            ]);
             out.push(Outgoing {
                 destination: Destination::DeadLetter,
                 topic: None,
