@@ -1,6 +1,12 @@
 //! The operator's tools around the processor: `rebuild-projection` (the `events` view rebuilt
-//! from the log, verified, repaired on request), `dlq replay` (dead letters back onto the
-//! command topic) and `send` (one command in, its reply out).
+//! from the log, verified, repaired on request), `dlq replay` (dead letters that were commands
+//! back onto the command topic) and `send` (one command in, its reply out).
+//!
+//! `dlq replay` publishes only dead letters that were commands ([`replayable`]): a reply the
+//! broker refused is a dead letter too, and replayed as a command it would apply an old snapshot
+//! of its event. `send` takes as its reply only a record that names the request id and the very
+//! command record it published ([`judge_reply`]), so a reply that merely claims its request id
+//! (anyone may send a record with that `request-id` header) is reported and ignored.
 //!
 //! This is the command-line half of them (arguments, printing, exit codes), so it lives in the
 //! binary; the rebuild's logic is the library's [`event_updater::store::rebuild`]. The Kafka clients
@@ -22,6 +28,8 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use event_updater::config::Config;
+use event_updater::domain::auth::{self, Credentials};
+use event_updater::domain::reply::{header, scope_tag, DeadLetterKind, REPLY_REFUSED_REASON};
 use event_updater::drf::{isodate, validate};
 use event_updater::pipeline::kafka;
 use event_updater::store;
@@ -125,8 +133,9 @@ fn print_report(r: &Report, write: bool) {
 /// `event-updater dlq …`
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
-    /// Re-publish dead letters to the command topic (key, value and the command's own headers,
-    /// without the dlq-* ones), up to the end of the topic as it was at start.
+    /// Re-publish the dead letters that were commands to the command topic (key, value and the
+    /// command's own headers, without the dlq-* ones), up to the end of the topic as it was at
+    /// start; dead letters that are not commands (refused replies) are listed and left alone.
     Replay(ReplayArgs),
 }
 
@@ -140,7 +149,7 @@ pub struct ReplayArgs {
     /// 2026-11-27T20:00:00Z).
     #[arg(long)]
     pub since: Option<String>,
-    /// Only list the dead letters that would be replayed.
+    /// Only list the dead letters, saying which would be replayed.
     #[arg(long)]
     pub dry_run: bool,
     /// The `authorization` header of the re-published commands, which the dead letters never
@@ -156,7 +165,8 @@ pub async fn dlq(cfg: &Config, action: DlqCommand) -> anyhow::Result<()> {
 }
 
 /// Reads the DLQ topic from the chosen start up to the high watermarks seen at start and
-/// re-publishes (or, with `--dry-run`, lists) every record.
+/// re-publishes (or, with `--dry-run`, lists) every record that was a command; the others are
+/// listed with why they are not replayed, and counted.
 async fn dlq_replay(cfg: &Config, args: ReplayArgs) -> anyhow::Result<()> {
     let since = args.since.as_deref().map(parse_since).transpose()?;
     let consumer = assign_only_consumer(cfg, "dlq-replay")?;
@@ -172,10 +182,20 @@ async fn dlq_replay(cfg: &Config, args: ReplayArgs) -> anyhow::Result<()> {
     let mut out = (!args.dry_run)
         .then(|| Replayer::new(cfg, authorization))
         .transpose()?;
-    let mut count = 0u64;
+    let (mut count, mut refused) = (0u64, 0u64);
     while let Some(m) = reader.next().await? {
         // Brokers that cannot look offsets up by time start earlier; the time decides.
         if since.is_some_and(|s| m.timestamp().to_millis().is_some_and(|t| t < s)) {
+            continue;
+        }
+        if let Err(why) = replayable(&headers_of(&m), m.payload()) {
+            let doing = if out.is_some() {
+                "not replaying"
+            } else {
+                "would not replay"
+            };
+            println!("{doing} {}: {why}", describe(&m));
+            refused += 1;
             continue;
         }
         let doing = if out.is_some() {
@@ -201,6 +221,9 @@ async fn dlq_replay(cfg: &Config, args: ReplayArgs) -> anyhow::Result<()> {
             "{count} dead letters in {topic} would be replayed to {} (dry run: nothing published).",
             cfg.command_topic
         ),
+    }
+    if refused > 0 {
+        println!("{refused} dead letters in {topic} are not commands and were not replayed.");
     }
     Ok(())
 }
@@ -367,30 +390,87 @@ fn position(consumer: &StreamConsumer, topic: &str, partition: i32) -> i64 {
         .unwrap_or(0)
 }
 
-/// One line about a dead letter: where it is, where it came from, why it is there.
+/// One line about a dead letter: where it is, what it is, where it came from, why it is there.
 fn describe(m: &BorrowedMessage<'_>) -> String {
     let headers = headers_of(m);
     let get = |name: &str| {
-        headers
-            .iter()
-            .rev()
-            .find(|(k, v)| k.eq_ignore_ascii_case(name) && v.is_some())
-            .map_or("-".into(), |(_, v)| {
-                String::from_utf8_lossy(v.as_deref().unwrap_or_default()).into_owned()
-            })
+        last_header(&headers, name).map_or("-".into(), |v| String::from_utf8_lossy(v).into_owned())
     };
     format!(
-        "{}/{}: from {}/{}/{}, request-id {}, status {}, reason {:?}, {} bytes",
+        "{}/{}: {} from {}/{}/{}, request-id {}, status {}, reason {:?}, {} bytes",
         m.partition(),
         m.offset(),
-        get("dlq-source-topic"),
-        get("dlq-source-partition"),
-        get("dlq-source-offset"),
-        get("request-id"),
-        get("dlq-status"),
-        get("dlq-reason"),
+        last_header(&headers, header::DLQ_KIND)
+            .map_or("unmarked".into(), |k| String::from_utf8_lossy(k)
+                .into_owned()),
+        get(header::DLQ_SOURCE_TOPIC),
+        get(header::DLQ_SOURCE_PARTITION),
+        get(header::DLQ_SOURCE_OFFSET),
+        get(header::REQUEST_ID),
+        get(header::DLQ_STATUS),
+        get(header::DLQ_REASON),
         m.payload().map_or(0, <[u8]>::len)
     )
+}
+
+/// The value of the last header named `name` (case-insensitively) that has one: the processor
+/// writes its own headers after those it copies.
+fn last_header<'h>(headers: &'h [(String, Option<Vec<u8>>)], name: &str) -> Option<&'h [u8]> {
+    headers
+        .iter()
+        .rev()
+        .find(|(k, v)| k.eq_ignore_ascii_case(name) && v.is_some())
+        .and_then(|(_, v)| v.as_deref())
+}
+
+/// Whether a dead letter was a command, and so may be replayed; if not, why not.
+///
+/// A dead letter marked `dlq-kind: command` was a command; one marked otherwise was not.
+/// Dead letters from before the mark existed are told apart by what the processor always wrote
+/// on them: a command's dead letter carries `dlq-source-topic`, `-partition` and `-offset`; a
+/// refused reply's carries none of them, a `dlq-reason` that begins `reply refused by the
+/// broker`, and a reply as its value. Where any sign points to a reply, or a sign of a command
+/// is missing, it is not replayed: replaying a reply would apply an old snapshot of its event.
+fn replayable(headers: &[(String, Option<Vec<u8>>)], value: Option<&[u8]>) -> Result<(), String> {
+    match last_header(headers, header::DLQ_KIND).map(|k| (k, DeadLetterKind::parse(k))) {
+        Some((_, Some(DeadLetterKind::Command))) => return Ok(()),
+        Some((_, Some(DeadLetterKind::Reply))) => {
+            return Err("a reply the broker refused (dlq-kind: reply), not a command; replayed, it would apply an old snapshot of its event".into())
+        }
+        Some((k, None)) => {
+            return Err(format!(
+                "dlq-kind {:?} is not a kind this version replays",
+                String::from_utf8_lossy(k)
+            ))
+        }
+        None => {}
+    }
+    let reason = last_header(headers, header::DLQ_REASON).unwrap_or_default();
+    if reason.starts_with(REPLY_REFUSED_REASON.as_bytes()) {
+        return Err(
+            "unmarked, and its dlq-reason says it is a reply the broker refused, not a command"
+                .into(),
+        );
+    }
+    if let Some(missing) = [
+        header::DLQ_SOURCE_TOPIC,
+        header::DLQ_SOURCE_PARTITION,
+        header::DLQ_SOURCE_OFFSET,
+    ]
+    .into_iter()
+    .find(|h| last_header(headers, h).is_none())
+    {
+        return Err(format!(
+            "unmarked, and without the {missing} header of a command's dead letter: not known to be a command"
+        ));
+    }
+    let looks_like_reply = value
+        .and_then(|v| serde_json::from_slice::<Value>(v).ok())
+        .is_some_and(|v| v["status"].is_u64() && v.get("body").is_some());
+    if looks_like_reply {
+        return Err("unmarked, and its value is a reply (status and body), not a command".into());
+    }
+    Ok(())
 }
 
 fn headers_of(m: &BorrowedMessage<'_>) -> Vec<(String, Option<Vec<u8>>)> {
@@ -412,19 +492,22 @@ fn replay_headers(
     authorization: Option<&str>,
 ) -> Vec<(String, Option<Vec<u8>>)> {
     let is = |k: &str, name: &str| k.eq_ignore_ascii_case(name);
-    let request_id = headers.iter().rev().find(|(k, _)| is(k, "request-id"));
+    let request_id = headers
+        .iter()
+        .rev()
+        .find(|(k, _)| is(k, header::REQUEST_ID));
     let mut out: Vec<(String, Option<Vec<u8>>)> = headers
         .iter()
         .filter(|(k, _)| {
-            !k.to_ascii_lowercase().starts_with("dlq-")
-                && !is(k, "authorization")
-                && !is(k, "request-id")
+            !k.to_ascii_lowercase().starts_with(header::DLQ_PREFIX)
+                && !is(k, header::AUTHORIZATION)
+                && !is(k, header::REQUEST_ID)
         })
         .cloned()
         .collect();
     out.extend(request_id.cloned());
     if let Some(a) = authorization {
-        out.push(("authorization".into(), Some(a.as_bytes().to_vec())));
+        out.push((header::AUTHORIZATION.into(), Some(a.as_bytes().to_vec())));
     }
     out
 }
@@ -557,9 +640,20 @@ pub async fn send(cfg: &Config, args: SendArgs) -> anyhow::Result<()> {
     // Positioned at the ends read now, before sending, so the reply cannot be missed.
     let replies = reply_reader(cfg)?;
     let authorization = args.authorization.as_deref().map(authorization_header);
-    publish_command(cfg, &command, &correlation_id, authorization.as_deref()).await?;
+    let placed = publish_command(cfg, &command, &correlation_id, authorization.as_deref()).await?;
+    let expected = Expected {
+        request_id: command.request_id.clone(),
+        correlation_id: (!command.request_id_usable).then(|| correlation_id.clone()),
+        topic: cfg.command_topic.clone(),
+        partition: placed.partition,
+        offset: placed.offset,
+        scope: match auth::credentials(authorization.as_deref().map(str::as_bytes)) {
+            Credentials::Bearer(hash) => Some(scope_tag(&hash)),
+            _ => None,
+        },
+    };
     let timeout = Duration::from_secs(args.timeout_secs);
-    let reply = tokio::time::timeout(timeout, wait_for_reply(&replies, &command, &correlation_id))
+    let reply = tokio::time::timeout(timeout, wait_for_reply(&replies, &expected))
         .await
         .with_context(|| {
             format!(
@@ -657,25 +751,26 @@ fn reply_reader(cfg: &Config) -> anyhow::Result<StreamConsumer> {
     Ok(consumer)
 }
 
+/// Publishes the command; its partition and offset as the broker acknowledged them.
 async fn publish_command(
     cfg: &Config,
     command: &Outbound,
     correlation_id: &str,
     authorization: Option<&str>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<rdkafka::producer::future_producer::Delivery> {
     let producer = kafka::producer(cfg)?;
     let mut headers = OwnedHeaders::new()
         .insert(Header {
-            key: "request-id",
+            key: header::REQUEST_ID,
             value: Some(command.request_id.as_bytes()),
         })
         .insert(Header {
-            key: "correlation-id",
+            key: header::CORRELATION_ID,
             value: Some(correlation_id.as_bytes()),
         });
     if let Some(a) = authorization {
         headers = headers.insert(Header {
-            key: "authorization",
+            key: header::AUTHORIZATION,
             value: Some(a.as_bytes()),
         });
     }
@@ -689,33 +784,85 @@ async fn publish_command(
         .send(record, Timeout::After(Duration::from_secs(30)))
         .await
         .map_err(|(e, _)| e)
-        .with_context(|| format!("publishing to {}", cfg.command_topic))?;
-    Ok(())
+        .with_context(|| format!("publishing to {}", cfg.command_topic))
 }
 
-/// The first reply to `command`: by request id, or by correlation id where the request id is
-/// not one the processor can file the reply under.
-async fn wait_for_reply(
-    replies: &StreamConsumer,
-    command: &Outbound,
-    correlation_id: &str,
-) -> anyhow::Result<Vec<u8>> {
+/// What the reply to the command `send` published must name.
+#[derive(Debug)]
+struct Expected {
+    request_id: String,
+    /// Where the request id is not one the processor can file the reply under: the
+    /// `correlation-id` that stands for it.
+    correlation_id: Option<String>,
+    /// The command record, as its delivery report placed it.
+    topic: String,
+    partition: i32,
+    offset: i64,
+    /// The scope tag of the token sent, if any.
+    scope: Option<String>,
+}
+
+/// What a record on the reply topic is to the command `send` published.
+#[derive(Debug, PartialEq, Eq)]
+enum Judged {
+    /// Its reply: the request id (or correlation id) and the command record match.
+    Ours,
+    /// It claims the request id but answers another record (or names none, or another
+    /// credential): a spoofed reply, or another sender's command under the same request id.
+    Spoofed(String),
+    /// Someone else's reply.
+    Other,
+}
+
+/// Judges a reply record by its headers (see [`Judged`]).
+fn judge_reply(headers: &[(String, Option<Vec<u8>>)], expected: &Expected) -> Judged {
+    let get = |name: &str| last_header(headers, name).map(String::from_utf8_lossy);
+    let claims = match &expected.correlation_id {
+        None => get(header::REQUEST_ID).as_deref() == Some(expected.request_id.as_str()),
+        Some(c) => get(header::CORRELATION_ID).as_deref() == Some(c.as_str()),
+    };
+    if !claims {
+        return Judged::Other;
+    }
+    let answers = (
+        get(header::COMMAND_TOPIC),
+        get(header::COMMAND_PARTITION),
+        get(header::COMMAND_OFFSET),
+    );
+    let (Some(topic), Some(partition), Some(offset)) = answers else {
+        return Judged::Spoofed("it names no command record".into());
+    };
+    if topic != expected.topic
+        || partition != expected.partition.to_string()
+        || offset != expected.offset.to_string()
+    {
+        return Judged::Spoofed(format!("it answers {topic}/{partition}/{offset}"));
+    }
+    match (get(header::COMMAND_SCOPE), &expected.scope) {
+        (Some(got), Some(want)) if got != want.as_str() => {
+            Judged::Spoofed(format!("it names another credential's scope ({got})"))
+        }
+        _ => Judged::Ours,
+    }
+}
+
+/// The first reply to the command `expected` describes; replies that only claim its request id
+/// are reported on stderr and ignored.
+async fn wait_for_reply(replies: &StreamConsumer, expected: &Expected) -> anyhow::Result<Vec<u8>> {
     loop {
         let m = replies.recv().await.context("reading the reply topic")?;
-        let header = |name: &str| {
-            m.headers().and_then(|h| {
-                h.iter()
-                    .find(|h| h.key.eq_ignore_ascii_case(name))
-                    .and_then(|h| h.value)
-            })
-        };
-        let matches = if command.request_id_usable {
-            header("request-id") == Some(command.request_id.as_bytes())
-        } else {
-            header("correlation-id") == Some(correlation_id.as_bytes())
-        };
-        if matches {
-            return Ok(m.payload().unwrap_or_default().to_vec());
+        match judge_reply(&headers_of(&m), expected) {
+            Judged::Ours => return Ok(m.payload().unwrap_or_default().to_vec()),
+            Judged::Spoofed(why) => eprintln!(
+                "Ignoring a spoofed reply (at {}/{}) under request id {:?}: {why}, not this command ({}/{}/{}).",
+                m.partition(),
+                m.offset(),
+                expected.request_id,
+                expected.topic,
+                expected.partition,
+                expected.offset
+            ),
+            Judged::Other => {}
         }
     }
 }
@@ -746,6 +893,122 @@ mod tests {
             ]
         );
         assert_eq!(replay_headers(&[h("authorization", "x")], None), Vec::new());
+    }
+
+    #[test]
+    fn only_dead_letters_that_were_commands_are_replayed() {
+        let command = vec![
+            h("correlation-id", "c1"),
+            h("dlq-reason", "JSON parse error"),
+            h("dlq-status", "400"),
+            h("dlq-source-topic", "cmds"),
+            h("dlq-source-partition", "1"),
+            h("dlq-source-offset", "7"),
+            h("request-id", "r1"),
+        ];
+        // Written before dead letters were marked: told apart by their dlq-source-* headers.
+        assert_eq!(replayable(&command, Some(b"{oops")), Ok(()));
+        let mut marked = command.clone();
+        marked.push(h("dlq-kind", "command"));
+        assert_eq!(replayable(&marked, Some(b"{oops")), Ok(()));
+
+        let reply_value =
+            br#"{"request_id":"r1","event_uuid":null,"status":201,"version":1,"body":{}}"#;
+        let refused = vec![
+            h("request-id", "r1"),
+            h("command-topic", "cmds"),
+            h("dlq-kind", "reply"),
+            h(
+                "dlq-reason",
+                "reply refused by the broker: Broker: Message size too large",
+            ),
+            h("dlq-status", "201"),
+        ];
+        let why = replayable(&refused, Some(reply_value)).unwrap_err();
+        assert!(why.contains("dlq-kind: reply"), "{why}");
+        // The same from before the mark: by its reason, by its missing source, by its value.
+        let unmarked: Vec<_> = refused[..2].iter().chain(&refused[3..]).cloned().collect();
+        assert!(replayable(&unmarked, Some(reply_value))
+            .unwrap_err()
+            .contains("reply the broker refused"));
+        let no_reason = vec![h("request-id", "r1"), h("dlq-status", "201")];
+        assert!(replayable(&no_reason, None)
+            .unwrap_err()
+            .contains("dlq-source-topic"));
+        let mut sourced_reply = command.clone();
+        sourced_reply.retain(|(k, _)| k != "dlq-reason");
+        assert!(replayable(&sourced_reply, Some(reply_value))
+            .unwrap_err()
+            .contains("its value is a reply"));
+        // A kind this version does not know is not replayed either.
+        let mut unknown = command.clone();
+        unknown.push(h("dlq-kind", "something"));
+        assert!(replayable(&unknown, None)
+            .unwrap_err()
+            .contains("something"));
+    }
+
+    fn expected() -> Expected {
+        Expected {
+            request_id: "r1".into(),
+            correlation_id: None,
+            topic: "cmds".into(),
+            partition: 2,
+            offset: 41,
+            scope: Some(scope_tag(&auth::hash("t"))),
+        }
+    }
+
+    fn reply_headers(
+        request_id: &str,
+        partition: &str,
+        offset: &str,
+    ) -> Vec<(String, Option<Vec<u8>>)> {
+        vec![
+            h("request-id", request_id),
+            h("command-topic", "cmds"),
+            h("command-partition", partition),
+            h("command-offset", offset),
+        ]
+    }
+
+    #[test]
+    fn send_takes_only_the_reply_to_its_own_record() {
+        let e = expected();
+        assert_eq!(
+            judge_reply(&reply_headers("r1", "2", "41"), &e),
+            Judged::Ours
+        );
+        let mut scoped = reply_headers("r1", "2", "41");
+        scoped.push(h("command-scope", &scope_tag(&auth::hash("t"))));
+        assert_eq!(judge_reply(&scoped, &e), Judged::Ours);
+        assert_eq!(
+            judge_reply(&reply_headers("r2", "2", "41"), &e),
+            Judged::Other
+        );
+        assert!(matches!(
+            judge_reply(&reply_headers("r1", "2", "42"), &e),
+            Judged::Spoofed(why) if why.contains("cmds/2/42")
+        ));
+        assert!(matches!(
+            judge_reply(&reply_headers("r1", "0", "41"), &e),
+            Judged::Spoofed(_)
+        ));
+        assert!(matches!(
+            judge_reply(&[h("request-id", "r1")], &e),
+            Judged::Spoofed(why) if why.contains("no command record")
+        ));
+        let mut other_scope = reply_headers("r1", "2", "41");
+        other_scope.push(h("command-scope", &scope_tag(&auth::hash("u"))));
+        assert!(matches!(judge_reply(&other_scope, &e), Judged::Spoofed(_)));
+        // Matched by correlation id where the request id is unusable.
+        let by_correlation = Expected {
+            correlation_id: Some("c1".into()),
+            ..expected()
+        };
+        let mut headers = reply_headers("fallback", "2", "41");
+        headers.push(h("correlation-id", "c1"));
+        assert_eq!(judge_reply(&headers, &by_correlation), Judged::Ours);
     }
 
     #[test]

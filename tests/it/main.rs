@@ -16,6 +16,7 @@ mod groups;
 mod hostile;
 mod memory;
 mod processor;
+mod provenance;
 mod publishing;
 mod retention;
 mod schema;
