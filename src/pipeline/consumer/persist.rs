@@ -54,15 +54,15 @@ pub(super) const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
 pub const KEPT_CONFLICTING: &str = "Concurrent writers kept changing this event while the command was being applied; it was not applied. Send it again with a new request_id.";
 
 /// How the `detail` of the 500 a command gets begins when the database kept failing it alone
-/// ([`FAILURE_ATTEMPTS`]); [`failure_text`] adds the SQLSTATE. It was not applied, its request
+/// ([`FAILURE_ATTEMPTS`]); `failure_text` adds the SQLSTATE. It was not applied, its request
 /// id keeps this answer, and a copy of the command goes to the DLQ.
 pub const DATABASE_FAILED: &str = "The database kept failing this command; it was not applied.";
 
-/// How the `dlq-reason` of a command the database kept failing begins ([`failure_reason`]).
+/// How the `dlq-reason` of a command the database kept failing begins (`failure_reason`).
 pub const DATABASE_FAILED_REASON: &str = "the database kept failing this command";
 
 /// How the `detail` of the 400 a command gets when the database refused its data begins
-/// ([`refusal_text`]).
+/// (`refusal_text`).
 pub const DATABASE_REFUSED: &str = "The database cannot store this command:";
 
 /// Applies the batch, retrying while the database is unavailable, a concurrent writer conflicts
