@@ -313,8 +313,19 @@ pub async fn migrate_with(
     mut migrator: sqlx::migrate::Migrator,
 ) -> Result<(), StoreError> {
     migrator.set_ignore_missing(true);
-    migrator.run(pool).await?;
-    Ok(())
+    let mut conn = pool.acquire().await?;
+    // `run_direct` is what `run` does on the connection it acquires; `run(&mut *conn)` would
+    // make this future fail a higher-ranked `Send` bound.
+    match migrator.run_direct(&mut *conn).await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            // sqlx leaves its advisory lock held by the session when a migration fails or is
+            // refused: close the session rather than return it, locked, to the pool (where it
+            // would hold every other replica's migrator back).
+            let _ = conn.detach().close().await;
+            Err(e.into())
+        }
+    }
 }
 
 async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), StoreError> {

@@ -278,6 +278,15 @@ async fn the_previous_release_keeps_writing_and_starting_against_this_releases_s
         "a changed migration was not refused: {refused:?}"
     );
     std::fs::remove_dir_all(&tampered).expect("remove the copy");
+    // The refused migrator left no lock behind to hold the next start back.
+    let locks: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("locks");
+    assert_eq!(locks, 0, "the refused migrator still holds its lock");
 
     // This release's processor reads what the previous one wrote: the two records redelivered
     // get their stored replies byte for byte, and a new update follows on at version 3.
@@ -441,4 +450,77 @@ async fn view_rows(pool: &PgPool) -> Vec<(Uuid, i64, String)> {
         .iter()
         .map(|r| (r.get("event_uuid"), r.get("version"), r.get("row")))
         .collect()
+}
+
+/// Runs `event-updater <args>` on `app`'s database; (exit success, stdout).
+async fn run_binary(app: &TestApp, args: &[&str]) -> (bool, String) {
+    let out = app
+        .binary()
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("the binary runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_recreated_command_topic_is_applied_again_once_its_offsets_are_reset() {
+    let mut app = TestApp::spawn().await;
+    // Test setup: the offsets stored for the topic's previous incarnation, far above where the
+    // topic (created again, restarting at 0) is now.
+    sqlx::query(
+        "INSERT INTO applied_offsets (topic, partition, applied_offset, updated_at)
+         SELECT $1, p, 1000000, now() FROM generate_series(0, $2 - 1) AS p",
+    )
+    .bind(&app.cfg.command_topic)
+    .bind(app.cfg.topic_partitions)
+    .execute(&app.pool)
+    .await
+    .expect("offsets of the previous incarnation");
+    let event = Uuid::new_v4();
+    let r = app.call(&command("first", event, 1, None)).await;
+    assert_eq!(r.status(), 409, "{:?}", r.value);
+    assert!(r.body()["detail"]
+        .as_str()
+        .unwrap()
+        .starts_with(ALREADY_APPLIED));
+    assert_eq!(app.log_len(event).await, 0, "applied below a stored offset");
+
+    // The operator's way out: stop, reset the topic's offsets, start again.
+    app.stop().await;
+    let (listed, text) = run_binary(&app, &["offsets", "list"]).await;
+    assert!(listed, "offsets list failed");
+    assert!(
+        text.contains(&app.cfg.command_topic) && text.contains("1000000"),
+        "{text}"
+    );
+    let topic = app.cfg.command_topic.clone();
+    let (reset, text) = run_binary(&app, &["offsets", "reset", "--topic", &topic]).await;
+    assert!(reset, "offsets reset failed: {text}");
+    assert!(
+        text.contains(&format!(
+            "{} partition(s) of {topic:?} reset",
+            app.cfg.topic_partitions
+        )),
+        "{text}"
+    );
+    let restarted = Application::build(app.cfg.clone())
+        .await
+        .expect("the processor starts again");
+    app.pool = restarted.pool().clone();
+    app.app = Some(restarted);
+
+    // Sent again (its 409 was not stored), the command is applied, and so is the next.
+    let r = app.call(&command("first", event, 1, None)).await;
+    assert_eq!(r.status(), 201, "{:?}", r.value);
+    let r = app.call(&command("second", event, 2, Some(1))).await;
+    assert_eq!(r.status(), 200, "{:?}", r.value);
+    assert_eq!(app.log_len(event).await, 2);
+    app.assert_view_is_fold_of_log().await;
+    app.finish().await;
 }
