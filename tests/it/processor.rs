@@ -445,7 +445,13 @@ async fn racing_writers_on_the_same_events_are_fenced_and_apply_each_command_onc
                             payload: Some(value.to_string().into_bytes()),
                             ..Incoming::default()
                         };
-                        (decode(&m, 1 << 20, AuthMode::Disabled), Source::default())
+                        // Each writer reads a partition of its own, in offset order.
+                        let source = Source {
+                            topic: "race".into(),
+                            partition: w as i32,
+                            offset: (b * events.len() + e) as i64,
+                        };
+                        (decode(&m, 1 << 20, AuthMode::Disabled), source)
                     })
                     .collect();
                 let outcomes = loop {
