@@ -24,8 +24,10 @@
 //!   committed batch handled, raised in the same statement as the batch's rows (never lowered:
 //!   `GREATEST`), so every applied command's offset is at or below it. A record at or below it is
 //!   never applied again, whatever the retention of stored replies: it gets its stored reply
-//!   while one is kept, else a 409 ([`offsets`]). A command topic deleted and created again
-//!   restarts at offset 0: its stored offsets must be reset ([`offsets::reset`]).
+//!   while one is kept, else a 409 ([`offsets`]). The offsets are read before the stored
+//!   replies (`read_applied_then_known`), so a record they cover has its reply visible to the
+//!   batch unless the retention pruned it. A command topic deleted and created again restarts
+//!   at offset 0: its stored offsets must be reset ([`offsets::reset`]).
 //! - Schema changes are expand/contract (`migrations/README.md`): the write function the
 //!   previous release calls keeps its signature and keeps working; a new signature is a new
 //!   name. The migrator tolerates migrations newer than the binary ([`migrate_with`]), so the
@@ -373,8 +375,8 @@ pub async fn apply_batch(
     now: DateTime<Utc>,
 ) -> Result<Vec<Outcome>, StoreError> {
     let mut conn = pool.acquire().await?;
-    let mut known = read_known(&mut conn, commands, rules.auth_mode).await?;
-    known.applied = offsets::read_applied(&mut conn, commands.iter().map(|(_, s)| s)).await?;
+    // The applied offsets first, then the stored replies: see `read_applied_then_known`.
+    let known = read_applied_then_known(&mut conn, commands, rules.auth_mode).await?;
     let (outcomes, effects) = decide_batch(commands, known, rules, now);
     match Writes::of(&effects).write(&mut conn, now).await {
         Ok(()) => Ok(outcomes),
@@ -398,8 +400,7 @@ pub async fn apply_batch_locked(
     let auth_mode = rules.auth_mode;
     let mut tx = pool.begin().await?;
     // The grants and stored answers as on the common path; the views again, under row locks.
-    let mut known = read_known(&mut tx, commands, auth_mode).await?;
-    known.applied = offsets::read_applied(&mut tx, commands.iter().map(|(_, s)| s)).await?;
+    let mut known = read_applied_then_known(&mut tx, commands, auth_mode).await?;
     let mut uuids: Vec<Uuid> = commands
         .iter()
         .filter(|(c, s)| known.handled(c, auth_mode).is_none() && !known.already_applied(s))
@@ -412,6 +413,22 @@ pub async fn apply_batch_locked(
     Writes::of(&effects).write(&mut tx, now).await?;
     tx.commit().await?;
     Ok(outcomes)
+}
+
+/// The partitions' applied offsets ([`offsets::read_applied`]), then [`read_known`], in that
+/// order: a record the offsets read covers was handled by a batch that committed before that
+/// read, so its stored reply (if the retention kept it) is visible to the later read of stored
+/// replies. Read the other way round, a writer holding stale stored replies (a zombie) could see
+/// newer offsets and answer "already applied" where another writer stored a reply meanwhile.
+async fn read_applied_then_known(
+    conn: &mut PgConnection,
+    commands: &[(Command, Source)],
+    auth_mode: AuthMode,
+) -> Result<Known, StoreError> {
+    let applied = offsets::read_applied(conn, commands.iter().map(|(_, s)| s)).await?;
+    let mut known = read_known(conn, commands, auth_mode).await?;
+    known.applied = applied;
+    Ok(known)
 }
 
 /// One statement, no locks: the grants of the batch's tokens, the stored answers of its request
