@@ -67,6 +67,21 @@ async fn release_after_hold(mut conn: PgConnection, child: &Processor) {
         .await
         .expect("release events");
 }
+/// Stops `child` and asserts that its peak RSS stayed under [`RSS_BOUND`], printing it with
+/// `what` it went through.
+async fn stopped_within_bound(child: Processor, stop_within: Duration, what: &str) {
+    let peak = child.peak_rss().expect("peak RSS");
+    child
+        .stop(stop_within)
+        .await
+        .expect("the processor stops cleanly");
+    println!(
+        "peak RSS of the processor {what}: {:.1} MiB (bound {:.0} MiB)",
+        mib(peak),
+        mib(RSS_BOUND)
+    );
+    assert!(peak < RSS_BOUND, "{what}: peak RSS {:.1} MiB", mib(peak));
+}
 
 /// The status and body of the first reply of each of `ids`.
 fn first_replies(collector: &Collector, ids: &[String]) -> Vec<(u64, Value)> {
@@ -142,17 +157,12 @@ async fn a_flood_of_records_with_100000_empty_headers_is_refused_in_bounded_memo
         .wait_for_all_or_missing(&ids, Duration::from_secs(300))
         .await;
     let after = a_valid_command_is_answered(&app, &collector, "after-headers").await;
-    let peak = child.peak_rss().expect("peak RSS");
-    child
-        .stop(Duration::from_secs(30))
-        .await
-        .expect("the processor stops cleanly");
-    println!(
-        "peak RSS of the processor through {RECORDS} records of {HEADERS} empty headers: {:.1} MiB (bound {:.0} MiB)",
-        mib(peak),
-        mib(RSS_BOUND)
-    );
-    assert!(peak < RSS_BOUND, "peak RSS {:.1} MiB", mib(peak));
+    stopped_within_bound(
+        child,
+        Duration::from_secs(30),
+        &format!("through {RECORDS} records of {HEADERS} empty headers"),
+    )
+    .await;
     assert!(missing.is_empty(), "{} records unanswered", missing.len());
     let text = format!(
         "The record has {HEADERS} headers, over the limit of {}; it was not read.",
@@ -213,23 +223,16 @@ async fn replies_near_1_mb_and_their_redelivery_stay_in_bounded_memory() {
     let missing = collector
         .wait_for_all_or_missing(&ids, Duration::from_secs(300))
         .await;
-    let first_peak = child.peak_rss().expect("peak RSS");
-    child
-        .stop(Duration::from_secs(60))
-        .await
-        .expect("the processor stops cleanly");
-    println!(
-        "peak RSS of the processor answering {} commands with replies of {} KB: {:.1} MiB (bound {:.0} MiB)",
-        ids.len(),
-        CONTEXT / 1000,
-        mib(first_peak),
-        mib(RSS_BOUND)
-    );
-    assert!(
-        first_peak < RSS_BOUND,
-        "peak RSS {:.1} MiB",
-        mib(first_peak)
-    );
+    stopped_within_bound(
+        child,
+        Duration::from_secs(60),
+        &format!(
+            "answering {} commands with replies of {} KB",
+            ids.len(),
+            CONTEXT / 1000
+        ),
+    )
+    .await;
     assert!(missing.is_empty(), "{} commands unanswered", missing.len());
 
     // Redelivery: a new group reads the command topic from its start, so every command is
@@ -248,21 +251,12 @@ async fn replies_near_1_mb_and_their_redelivery_stay_in_bounded_memory() {
     }
     let unanswered = ids.iter().filter(|id| !twice(id)).count();
     let after = a_valid_command_is_answered(&app, &collector, "after-replies").await;
-    let second_peak = child.peak_rss().expect("peak RSS");
-    child
-        .stop(Duration::from_secs(60))
-        .await
-        .expect("the processor stops cleanly");
-    println!(
-        "peak RSS of the processor answering them again from their stored replies: {:.1} MiB (bound {:.0} MiB)",
-        mib(second_peak),
-        mib(RSS_BOUND)
-    );
-    assert!(
-        second_peak < RSS_BOUND,
-        "peak RSS {:.1} MiB",
-        mib(second_peak)
-    );
+    stopped_within_bound(
+        child,
+        Duration::from_secs(60),
+        "answering them again from their stored replies",
+    )
+    .await;
     assert_eq!(unanswered, 0, "commands not answered again");
     for id in &ids {
         let r = collector.get(id).expect("replies");
@@ -377,17 +371,12 @@ async fn a_made_up_token_is_refused_before_its_value_is_parsed_in_bounded_memory
         .wait_for_all_or_missing(&ids, Duration::from_secs(300))
         .await;
     let after = a_valid_command_is_answered(&app, &collector, "after-tokens").await;
-    let peak = child.peak_rss().expect("peak RSS");
-    child
-        .stop(Duration::from_secs(30))
-        .await
-        .expect("the processor stops cleanly");
-    println!(
-        "peak RSS of the processor through {RECORDS} values of 900 KB under made-up tokens: {:.1} MiB (bound {:.0} MiB)",
-        mib(peak),
-        mib(RSS_BOUND)
-    );
-    assert!(peak < RSS_BOUND, "peak RSS {:.1} MiB", mib(peak));
+    stopped_within_bound(
+        child,
+        Duration::from_secs(30),
+        &format!("through {RECORDS} values of 900 KB under made-up tokens"),
+    )
+    .await;
     assert!(missing.is_empty(), "{} records unanswered", missing.len());
     for (status, body) in first_replies(&collector, &ids) {
         assert_eq!(

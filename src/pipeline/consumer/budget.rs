@@ -68,11 +68,16 @@ impl Budget {
 
     /// Waits until `bytes` would fit, or `bound` passed; true when they fit (nothing is taken).
     pub(super) fn wait_for_room(&self, bytes: usize, bound: Duration) -> bool {
+        self.wait_until(bound, |s| Self::fits(s, self.limit, bytes))
+    }
+
+    /// Blocks until `done` holds of what is in flight, or `bound` passed; true when it holds.
+    fn wait_until(&self, bound: Duration, done: impl Fn(&InFlight) -> bool) -> bool {
         let deadline = Instant::now() + bound;
         let Ok(mut s) = self.state.lock() else {
             return false;
         };
-        while !Self::fits(&s, self.limit, bytes) {
+        while !done(&s) {
             let now = Instant::now();
             if now >= deadline {
                 return false;
@@ -134,21 +139,7 @@ impl Budget {
 
     /// Blocks until nothing is in flight, or `bound` passed; true when idle.
     pub(super) fn wait_idle(&self, bound: Duration) -> bool {
-        let deadline = Instant::now() + bound;
-        let Ok(mut s) = self.state.lock() else {
-            return false;
-        };
-        while s.records > 0 {
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            s = match self.changed.wait_timeout(s, deadline - now) {
-                Ok((s, _)) => s,
-                Err(_) => return false,
-            };
-        }
-        true
+        self.wait_until(bound, |s| s.records == 0)
     }
 }
 
