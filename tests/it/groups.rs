@@ -180,9 +180,12 @@ async fn join_and_kill_under_load(protocol: GroupProtocol) {
 /// well: its assignment is lost, and it rejoins as a new member. Nothing doubled, versions
 /// 1..n, the view a fold of the log, and every command answered (identically where twice).
 ///
-/// How A is caught mid-batch: the test holds an exclusive lock on `events`, so A's read of its
-/// next batch waits in PostgreSQL; once `pg_stat_activity` shows it waiting, A is frozen and the
-/// lock released. A's read then completes in PostgreSQL and its answer waits in A's socket.
+/// How A is caught mid-batch: the test holds an exclusive lock on `api_tokens`, which only the
+/// batch's read of its grants, stored replies and views takes (the read the batch is decided
+/// on; not the lane's size lookup before it, nor the applied offsets), so that read waits in
+/// PostgreSQL; once `pg_stat_activity` shows it waiting, A is frozen and the lock released. A's
+/// read then completes in PostgreSQL and its answer waits in A's socket. A's lock timeout is
+/// raised, so that its read waits for the test rather than give up.
 async fn frozen_member_thawed(protocol: GroupProtocol) {
     let mut rng = Rng::new();
     let app = TestApp::resources_with(|c| {
@@ -199,7 +202,13 @@ async fn frozen_member_thawed(protocol: GroupProtocol) {
     );
     let collector = app.collect_replies();
     let a = app
-        .start_child("zombie", &[("RUST_LOG", "info,event_updater::store=debug")])
+        .start_child(
+            "zombie",
+            &[
+                ("RUST_LOG", "info,event_updater::store=debug"),
+                ("DATABASE_LOCK_TIMEOUT", "60s"),
+            ],
+        )
         .await;
     app.send_many(first).await;
     collector
@@ -207,9 +216,9 @@ async fn frozen_member_thawed(protocol: GroupProtocol) {
         .await
         .expect("replies");
 
-    // A's next batch waits for its read of `events`.
+    // A's next batch waits for its read of grants, stored replies and views.
     let mut lock = app.pool.begin().await.expect("begin");
-    sqlx::query("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+    sqlx::query("LOCK TABLE api_tokens IN ACCESS EXCLUSIVE MODE")
         .execute(&mut *lock)
         .await
         .expect("lock");
