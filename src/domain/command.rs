@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::domain::auth::{self, AuthMode, Credentials};
-use crate::domain::reply::detail;
+use crate::domain::reply::{detail, header};
 use crate::drf::pyjson;
 use crate::drf::validate::{self, ValidBody};
 
@@ -467,7 +467,7 @@ fn key_mismatch(key: Option<&[u8]>, sent: Option<&Value>, event_uuid: Uuid) -> O
 
 /// The `request-id` header, when it is a usable id (UTF-8, 1..=200 characters, no NUL).
 fn header_request_id(msg: &Incoming) -> Option<String> {
-    let raw = msg.header("request-id")?;
+    let raw = msg.header(header::REQUEST_ID)?;
     let s = std::str::from_utf8(raw).ok()?;
     let n = s.chars().count();
     ((1..=200).contains(&n) && !s.contains('\0')).then(|| s.to_string())

@@ -42,7 +42,7 @@ use uuid::Uuid;
 use crate::config::{
     is_secret_property, mask_url_password, replication_factor_for, Config, AUTO_REPLICATION_FACTOR,
 };
-use crate::domain::reply::{Destination, Outgoing, Reply};
+use crate::domain::reply::{header, Destination, Outgoing, Reply};
 use crate::metrics;
 use crate::pipeline::consumer::Health;
 
@@ -409,7 +409,7 @@ impl Publisher {
                     self.topic_unusable(d, &e);
                 }
                 let request_id = record
-                    .header(REQUEST_ID_HEADER)
+                    .header(header::REQUEST_ID)
                     .map(String::from_utf8_lossy);
                 match d {
                     Destination::DeadLetter if unusable => {
@@ -537,9 +537,6 @@ impl Publisher {
 
 /// The header of the error reply that stands in for a reply the broker refused.
 const REPLY_REFUSED: &str = "reply-refused";
-
-/// The header naming the request id a record answers or carries (for the logs).
-const REQUEST_ID_HEADER: &str = "request-id";
 
 /// How many attempts in a row a record may fail because its topic is unknown or refused before
 /// that topic is reported unusable (the first attempts ride out a topic that is still being

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
+use crate::domain::reply::header;
 use crate::metrics;
 use crate::pipeline::trace;
 use crate::store::sizes::{self, Probe};
@@ -114,7 +115,7 @@ pub(super) async fn run_lane(
             .iter()
             .map(|f| {
                 f.incoming
-                    .header("traceparent")
+                    .header(header::TRACEPARENT)
                     .and_then(trace::continue_from)
             })
             .collect();
