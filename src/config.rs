@@ -54,6 +54,15 @@ pub struct Config {
     #[arg(long, env = "DLQ_TOPIC", default_value = "event-update-dlq")]
     pub dlq_topic: String,
 
+    /// Topic every appended change is published to, in order per event (the change feed);
+    /// empty turns the feed off. Created with unlimited retention.
+    #[arg(long, env = "CHANGES_TOPIC", default_value = "event-changes")]
+    pub changes_topic: String,
+
+    /// Log-compacted topic holding the current Event view per event UUID; empty turns it off.
+    #[arg(long, env = "VIEW_TOPIC", default_value = "event-views")]
+    pub view_topic: String,
+
     /// Kafka consumer group id.
     #[arg(long, env = "KAFKA_GROUP_ID", default_value = "event-updater")]
     pub kafka_group_id: String,
@@ -658,6 +667,8 @@ mod tests {
         assert_eq!(c.command_topic, "event-update-commands");
         assert_eq!(c.reply_topic, "event-update-replies");
         assert_eq!(c.dlq_topic, "event-update-dlq");
+        assert_eq!(c.changes_topic, "event-changes");
+        assert_eq!(c.view_topic, "event-views");
         assert_eq!(c.kafka_group_id, "event-updater");
         assert_eq!(c.http_addr.to_string(), "0.0.0.0:9464");
         assert_eq!(c.max_message_bytes, 1_048_576);

@@ -1,6 +1,6 @@
 //! What the service decides, without I/O: a Kafka record decoded into a command
 //! ([`command`]), the event and the fold of its changes ([`projection`]), a token's standing
-//! ([`auth`]), the replies ([`reply`]), and the decision of a whole batch ([`decide`]).
+//! ([`auth`]), the replies ([`reply`]), the change feed's records ([`feed`]), and the decision of a whole batch ([`decide`]).
 //!
 //! It may use [`crate::drf`] for DRF's rules; it may not import sqlx or rdkafka (the test
 //! `the_domain_does_no_io` in `tests/deploy_files.rs` fails the build if it does): the store
@@ -9,5 +9,6 @@
 pub mod auth;
 pub mod command;
 pub mod decide;
+pub mod feed;
 pub mod projection;
 pub mod reply;
