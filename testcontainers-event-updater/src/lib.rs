@@ -57,6 +57,57 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Reading the change feed
+//!
+//! The processor publishes every change it appends to its changes topic
+//! ([`EventUpdater::changes_topic`], `event-changes` unless set with
+//! [`EventUpdater::with_feed_topics`]) and each event's current view to its compacted view topic
+//! ([`EventUpdater::view_topic`], `event-views`), creating both at start. A downstream test reads
+//! them from the broker like any topic: here, after a command for `event` was answered, the
+//! test waits for that event's first change record (the record's fields are in event-updater's
+//! `docs/contract.md`; readers drop a record whose `version` they have already seen for its
+//! event):
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! use rdkafka::consumer::{Consumer, StreamConsumer};
+//! use rdkafka::message::{Headers, Message};
+//! use rdkafka::ClientConfig;
+//! use testcontainers_event_updater::testcontainers::ContainerAsync;
+//! use testcontainers_event_updater::{
+//!     kafka_bootstrap_servers, EventUpdater, Kafka, SCHEMA_VERSION_HEADER,
+//! };
+//!
+//! # async fn example(
+//! #     kafka: ContainerAsync<Kafka>,
+//! #     processor: ContainerAsync<EventUpdater>,
+//! #     event: &str,
+//! # ) -> Result<(), Box<dyn std::error::Error>> {
+//! let reader: StreamConsumer = ClientConfig::new()
+//!     .set("bootstrap.servers", kafka_bootstrap_servers(&kafka).await?)
+//!     .set("group.id", "my-test-reader")
+//!     .set("auto.offset.reset", "earliest")
+//!     .create()?;
+//! reader.subscribe(&[processor.image().changes_topic()])?;
+//! let change = loop {
+//!     let record = tokio::time::timeout(Duration::from_secs(30), reader.recv()).await??;
+//!     if record.key() == Some(event.as_bytes()) {
+//!         break record.detach();
+//!     }
+//! };
+//! let schema = change
+//!     .headers()
+//!     .and_then(|h| h.iter().find(|h| h.key == SCHEMA_VERSION_HEADER))
+//!     .and_then(|h| h.value);
+//! assert_eq!(schema, Some(b"1".as_slice()));
+//! let value: serde_json::Value = serde_json::from_slice(change.payload().unwrap_or_default())?;
+//! assert_eq!(value["event_uuid"], event);
+//! assert_eq!(value["version"], 1);
+//! println!("created with {}", value["changes"]);
+//! # Ok(()) }
+//! ```
+//!
 //! It is a crate of its own, not a feature of the `event-updater` library, so that a
 //! downstream test depends on testcontainers only, not on the service's Kafka and PostgreSQL
 //! client stack, and the service binary carries none of it.
@@ -78,6 +129,18 @@ pub const STARTED_MESSAGE: &str = "event-updater started";
 /// The image name and tag [`EventUpdater::default`] runs: `docker build -f deploy/Dockerfile -t
 /// event-updater .` makes it. [`testcontainers::ImageExt::with_tag`] picks another.
 pub const DEFAULT_IMAGE: (&str, &str) = ("event-updater", "latest");
+
+/// The changes topic's name unless [`EventUpdater::with_feed_topics`] sets another (the image's
+/// `CHANGES_TOPIC` default).
+pub const DEFAULT_CHANGES_TOPIC: &str = "event-changes";
+
+/// The view topic's name unless [`EventUpdater::with_feed_topics`] sets another (the image's
+/// `VIEW_TOPIC` default).
+pub const DEFAULT_VIEW_TOPIC: &str = "event-views";
+
+/// The header of every change and view record naming its JSON Schema's version (`1`); a
+/// reader that does not know the version should stop rather than guess.
+pub const SCHEMA_VERSION_HEADER: &str = "schema-version";
 
 /// event-updater's image, configured through its environment (the variables of
 /// `event-updater --help`), running `event-updater serve`.
@@ -141,6 +204,32 @@ impl EventUpdater {
         self.with_env("COMMAND_TOPIC", commands)
             .with_env("REPLY_TOPIC", replies)
             .with_env("DLQ_TOPIC", dead_letters)
+    }
+
+    /// `CHANGES_TOPIC` and `VIEW_TOPIC`: where every appended change, and each event's current
+    /// view, are published (created at start when missing: the changes topic with unlimited
+    /// retention, the view topic compacted). An empty name turns that topic off.
+    pub fn with_feed_topics(self, changes: impl Into<String>, view: impl Into<String>) -> Self {
+        self.with_env("CHANGES_TOPIC", changes)
+            .with_env("VIEW_TOPIC", view)
+    }
+
+    /// The changes topic the processor publishes to: `CHANGES_TOPIC` as set, else
+    /// [`DEFAULT_CHANGES_TOPIC`]. Empty when the feed is turned off. On a started container:
+    /// `container.image().changes_topic()`.
+    pub fn changes_topic(&self) -> &str {
+        self.setting("CHANGES_TOPIC", DEFAULT_CHANGES_TOPIC)
+    }
+
+    /// The compacted view topic the processor publishes to: `VIEW_TOPIC` as set, else
+    /// [`DEFAULT_VIEW_TOPIC`]. Empty when it is turned off.
+    pub fn view_topic(&self) -> &str {
+        self.setting("VIEW_TOPIC", DEFAULT_VIEW_TOPIC)
+    }
+
+    /// The value of `name` as set, else the image's `default`.
+    fn setting<'a>(&'a self, name: &str, default: &'a str) -> &'a str {
+        self.env.get(name).map_or(default, String::as_str)
     }
 
     /// `KAFKA_GROUP_ID`: processors of one group share the command topic's partitions.
@@ -362,6 +451,23 @@ mod tests {
             (other.name(), other.tag()),
             ("registry.example/event-updater", "1.2")
         );
+    }
+
+    #[test]
+    fn the_feed_topics_are_the_images_defaults_until_set() {
+        let image = EventUpdater::default();
+        assert_eq!(
+            (image.changes_topic(), image.view_topic()),
+            (DEFAULT_CHANGES_TOPIC, DEFAULT_VIEW_TOPIC)
+        );
+        assert!(image.env().is_empty(), "the defaults are the image's own");
+        let image = image.with_feed_topics("c", "v");
+        assert_eq!((image.changes_topic(), image.view_topic()), ("c", "v"));
+        assert_eq!(image.env()["CHANGES_TOPIC"], "c");
+        assert_eq!(image.env()["VIEW_TOPIC"], "v");
+        // Empty turns a topic off, and is reported as set.
+        let off = image.with_feed_topics("", "");
+        assert_eq!((off.changes_topic(), off.view_topic()), ("", ""));
     }
 
     #[test]
