@@ -14,6 +14,15 @@
 //!   timestamps (CreateTime, set by the processor's producer when it publishes): the replies
 //!   published after the first one, divided by the time from the first reply to the last.
 //!   Every request id must be answered exactly once; duplicates and gaps are reported.
+//!   The processor publishes the change feed, as it does by default: its changes and view
+//!   topics are the phase's own (each where `CHANGES_TOPIC` / `VIEW_TOPIC` is not empty). The
+//!   drain then ends at the last record it published, reply or feed record (the feed's record
+//!   timestamps are the processor's producer's too), and afterwards the changes topic must hold
+//!   a record per applied command (its end offsets), so that the figure is never that of a
+//!   drain that published no feed.
+//! - **Backlog drain, empty log, feed off.** The same drain on a fresh database and fresh
+//!   topics, with `CHANGES_TOPIC` and `VIEW_TOPIC` empty: the feed's cost is the share of this
+//!   rate the drain with the feed loses.
 //! - **(b) Broker pass-through.** The same backlog topic consumed and produced to a scratch
 //!   topic with the processor's producer settings, no database: the Kafka-only ceiling.
 //! - **(a) Naive baseline.** The first K commands of the same data, drained with MAX_BATCH=1
@@ -52,12 +61,12 @@ use chrono::{DateTime, Utc};
 use clap::{value_parser, Args, Parser, ValueEnum};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders, ToBytes};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
-use rdkafka::ClientConfig;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
@@ -161,6 +170,13 @@ const SEED: u64 = 0x0e7e_47a7_e5ee_d004;
 /// Commands per transaction of the PostgreSQL limit (c).
 const INGEST_CHUNK: u64 = 20_000;
 const REQUEST_PREFIX: &str = "bench-";
+/// The drains' names in the progress lines and the tables.
+const DRAIN_LABEL: &str = "drain, empty log";
+const DRAIN_FEED_OFF_LABEL: &str = "drain, empty log, feed off";
+const NAIVE_LABEL: &str = "naive baseline (a)";
+/// The feed's cost the drain may bear: the drain with the feed on is at least this share of
+/// the drain with it off, less one.
+const FEED_COST_BOUND: f64 = 0.20;
 const WARMUP_PREFIX: &str = "warmup-";
 const VALID_ACTIONS: [&str; 3] = ["login", "logout", "model_updated"];
 
@@ -261,8 +277,91 @@ struct Drain {
     max_batch: u32,
     produce_rate: f64,
     throughput: Option<f64>,
+    /// From the first reply to the last record the drain published (reply or feed record).
+    span_ms: i64,
     replies: ReplyTally,
+    /// What the processor left on the feed's topics (`None`: the feed was off).
+    feed: Option<FeedTally>,
     peak_rss: u64,
+}
+
+/// Whether a drain's processor publishes the change feed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Feed {
+    /// As the processor is configured (on by default), on the phase's own topics: a changes
+    /// topic where `CHANGES_TOPIC` is not empty, a view topic where `VIEW_TOPIC` is not empty.
+    On,
+    /// `CHANGES_TOPIC` and `VIEW_TOPIC` empty: no feed at all.
+    Off,
+}
+
+impl Feed {
+    /// The processor's `CHANGES_TOPIC` and `VIEW_TOPIC` in `scope` (empty: off).
+    fn topics(self, cfg: &Config, scope: &Scope) -> (String, String) {
+        let own = |configured: &str, ours: &str| match self {
+            Feed::On if !configured.is_empty() => ours.to_string(),
+            _ => String::new(),
+        };
+        (
+            own(&cfg.changes_topic, &scope.changes),
+            own(&cfg.view_topic, &scope.views),
+        )
+    }
+}
+
+/// What a drain with the feed on left on the feed's topics.
+#[derive(Debug, Clone, Copy, Default)]
+struct FeedTally {
+    /// Commands applied (answered 200 or 201).
+    applied: u64,
+    /// The changes topic (`None`: `CHANGES_TOPIC` is empty).
+    changes: Option<TopicTally>,
+    /// The view topic (`None`: `VIEW_TOPIC` is empty).
+    views: Option<TopicTally>,
+}
+
+/// A topic's records (the sum of its partitions' end offsets: the topic is new and its producer
+/// idempotent, not transactional, so every offset is a record) and the latest CreateTime among
+/// its partitions' last records.
+#[derive(Debug, Clone, Copy, Default)]
+struct TopicTally {
+    records: u64,
+    last_ms: Option<i64>,
+}
+
+impl FeedTally {
+    /// When the last feed record was published.
+    fn last_ms(&self) -> Option<i64> {
+        [self.changes, self.views]
+            .iter()
+            .flatten()
+            .filter_map(|t| t.last_ms)
+            .max()
+    }
+
+    /// The drain published its feed: a change record (at least) per applied command, and a view
+    /// record where anything was applied; each where its topic is on.
+    fn complete(&self) -> bool {
+        self.changes.is_none_or(|c| c.records >= self.applied)
+            && self
+                .views
+                .is_none_or(|v| self.applied == 0 || v.records > 0)
+    }
+
+    /// `changes: 180,142 records for 180,142 applied commands; views: 83,000 records`.
+    fn show(&self) -> String {
+        let topic = |t: Option<TopicTally>| {
+            t.map_or("off".to_string(), |t| {
+                format!("{} records", fmt_count(t.records as f64))
+            })
+        };
+        format!(
+            "changes topic: {} for {} applied commands; view topic: {}",
+            topic(self.changes),
+            fmt_count(self.applied as f64),
+            topic(self.views)
+        )
+    }
 }
 
 /// What came back on the reply topic of a drain.
@@ -276,6 +375,9 @@ struct ReplyTally {
     statuses: BTreeMap<u16, u64>,
     span_ms: i64,
     after_first: u64,
+    /// CreateTime of the first and of the last reply.
+    first_ms: Option<i64>,
+    last_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -366,7 +468,13 @@ struct Report {
     partitions: i32,
     auth: bool,
     settings: BTreeMap<String, String>,
+    /// The drain on an empty log, the feed on (the processor's default).
     drain: Drain,
+    /// The same drain with the feed off.
+    drain_feed_off: Drain,
+    /// Whether the drains with the feed on had a changes topic and a view topic
+    /// (`CHANGES_TOPIC`, `VIEW_TOPIC` not empty).
+    config_feed: (bool, bool),
     pass_through: f64,
     naive: Drain,
     ingest: Ingest,
@@ -387,6 +495,9 @@ struct Scope {
     dlq: String,
     scratch: String,
     echo_replies: String,
+    /// The feed's topics, created by the processor where its feed is on.
+    changes: String,
+    views: String,
     group: String,
 }
 
@@ -398,6 +509,8 @@ impl Scope {
             self.dlq.clone(),
             self.scratch.clone(),
             self.echo_replies.clone(),
+            self.changes.clone(),
+            self.views.clone(),
         ]
     }
 }
@@ -453,6 +566,7 @@ impl Bench {
         ));
         let settings = self.postgres_settings().await?;
         let (drain, pass_through) = self.in_scope(|s| self.drain_and_pass_through(s)).await?;
+        let drain_feed_off = self.in_scope(|s| self.drain_feed_off(s)).await?;
         let naive = self.in_scope(|s| self.naive(s)).await?;
         let ingest = self.in_scope(|s| self.pg_ingest(s)).await?;
         let preloaded = match a.preload_changes {
@@ -470,6 +584,11 @@ impl Bench {
             auth: self.cfg.auth_mode == AuthMode::Required,
             settings,
             drain,
+            drain_feed_off,
+            config_feed: (
+                !self.cfg.changes_topic.is_empty(),
+                !self.cfg.view_topic.is_empty(),
+            ),
             pass_through,
             naive,
             ingest,
@@ -545,6 +664,8 @@ impl Bench {
             dlq: format!("bench-{id}-dlq"),
             scratch: format!("bench-{id}-scratch"),
             echo_replies: format!("bench-{id}-echo-replies"),
+            changes: format!("bench-{id}-changes"),
+            views: format!("bench-{id}-views"),
             group: format!("bench-{id}"),
         };
         self.leftovers
@@ -580,25 +701,42 @@ impl Bench {
     async fn drain_and_pass_through(&self, scope: Scope) -> anyhow::Result<(Drain, f64)> {
         let n = self.args.commands;
         let drain = self
-            .drain(&scope, n, self.max_batch, "drain, empty log", None)
+            .drain(&scope, n, self.max_batch, Feed::On, DRAIN_LABEL, None)
             .await?;
         let pass_through = self.pass_through(&scope, n).await?;
         Ok((drain, pass_through))
     }
 
+    /// The same drain as the first (the same commands, an empty log), with the feed off.
+    async fn drain_feed_off(&self, scope: Scope) -> anyhow::Result<Drain> {
+        let n = self.args.commands;
+        self.drain(
+            &scope,
+            n,
+            self.max_batch,
+            Feed::Off,
+            DRAIN_FEED_OFF_LABEL,
+            None,
+        )
+        .await
+    }
+
     /// (a): the first K commands of the same data, one command per transaction.
     async fn naive(&self, scope: Scope) -> anyhow::Result<Drain> {
         let k = self.args.naive_commands;
-        self.drain(&scope, k, 1, "naive baseline (a)", None).await
+        self.drain(&scope, k, 1, Feed::On, NAIVE_LABEL, None).await
     }
 
-    /// Produces `n` commands, then lets a processor drain them; `prepared`: the database was
-    /// made (and filled) already, with this authorization header.
+    /// Produces `n` commands, then lets a processor drain them, publishing its feed or not;
+    /// `prepared`: the database was made (and filled) already, with this authorization header.
+    /// With the feed on, the drain ends at the last record published, reply or feed record, and
+    /// the feed's topics are counted once the processor has stopped.
     async fn drain(
         &self,
         scope: &Scope,
         n: u64,
         max_batch: u32,
+        feed: Feed,
         label: &str,
         prepared: Option<Option<String>>,
     ) -> anyhow::Result<Drain> {
@@ -622,13 +760,22 @@ impl Bench {
         ));
         self.checkpoint().await;
         let collector = Collector::start(reader(&self.cfg, &scope.replies, self.partitions)?);
-        let mut child = ChildProcessor::spawn(&self.cfg, scope, max_batch)?;
+        let mut child = ChildProcessor::spawn(&self.cfg, scope, max_batch, feed)?;
         self.await_answers(&mut child, &collector, n, label).await?;
         let peak_rss = child.stop().await?;
         // Anything published after the last command was answered (a duplicate) is counted too.
         collector.settle(Duration::from_secs(2)).await;
         let replies = ReplyTally::of(&collector.stop().await, n);
-        let throughput = throughput(&replies);
+        let feed = match feed {
+            Feed::On => {
+                let tally = self.feed_tally(scope, replies.applied()).await?;
+                self.progress(format_args!("{label}: {}", tally.show()));
+                Some(tally)
+            }
+            Feed::Off => None,
+        };
+        let span_ms = drain_span(&replies, feed.and_then(|f| f.last_ms()));
+        let throughput = throughput(&replies, span_ms);
         self.progress(format_args!(
             "{label}: {} cmd/s, {} answered, {} duplicates, {} missing, peak RSS {}",
             throughput.map_or("-".into(), fmt_count),
@@ -642,9 +789,32 @@ impl Bench {
             max_batch,
             produce_rate,
             throughput,
+            span_ms,
             replies,
+            feed,
             peak_rss,
         })
+    }
+
+    /// Counts what the drain's processor (stopped by now) left on `scope`'s feed topics, for
+    /// `applied` applied commands.
+    async fn feed_tally(&self, scope: &Scope, applied: u64) -> anyhow::Result<FeedTally> {
+        let (changes, views) = Feed::On.topics(&self.cfg, scope);
+        let cfg = self.cfg.clone();
+        // librdkafka's metadata, watermark and poll calls block.
+        tokio::task::spawn_blocking(move || {
+            let tally = |topic: &str| {
+                (!topic.is_empty())
+                    .then(|| topic_tally(&cfg, topic))
+                    .transpose()
+            };
+            Ok(FeedTally {
+                applied,
+                changes: tally(&changes)?,
+                views: tally(&views)?,
+            })
+        })
+        .await?
     }
 
     /// (b): consume the backlog topic and produce every record to a scratch topic.
@@ -793,6 +963,7 @@ impl Bench {
                 &scope,
                 self.args.commands,
                 self.max_batch,
+                Feed::On,
                 &label,
                 Some(authorization),
             )
@@ -851,7 +1022,7 @@ impl Bench {
         )
         .await?;
         self.checkpoint().await;
-        let mut child = ChildProcessor::spawn(&self.cfg, &scope, self.max_batch)?;
+        let mut child = ChildProcessor::spawn(&self.cfg, &scope, self.max_batch, Feed::On)?;
         let echo = Echo::start(
             &self.cfg,
             &scope.scratch,
@@ -1264,6 +1435,50 @@ async fn delete_topics(cfg: &Config, names: &[String]) {
     let _ = tokio::time::timeout(Duration::from_secs(20), admin.delete_topics(&names, &opts)).await;
 }
 
+/// The records of `topic` (its partitions' end offsets; a topic that does not exist has none)
+/// and the CreateTime of the latest of its partitions' last records. Blocks.
+fn topic_tally(cfg: &Config, topic: &str) -> anyhow::Result<TopicTally> {
+    const BOUND: Duration = Duration::from_secs(30);
+    let consumer: BaseConsumer = kafka::client_config(cfg)
+        .set(
+            "group.id",
+            format!("bench-tally-{}", Uuid::new_v4().simple()),
+        )
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Timeout::After(BOUND))?;
+    let Some(t) = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+    else {
+        return Ok(TopicTally::default());
+    };
+    let mut tally = TopicTally::default();
+    let mut last = TopicPartitionList::new();
+    for p in t.partitions() {
+        let (low, high) = consumer.fetch_watermarks(topic, p.id(), Timeout::After(BOUND))?;
+        tally.records += u64::try_from(high).unwrap_or(0);
+        if high > low {
+            last.add_partition_offset(topic, p.id(), Offset::Offset(high - 1))?;
+        }
+    }
+    let mut waiting = last.count();
+    consumer.assign(&last)?;
+    let deadline = Instant::now() + BOUND;
+    while waiting > 0 {
+        if Instant::now() > deadline {
+            bail!("{topic}: the last record of {waiting} partitions not read within {BOUND:?}");
+        }
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let ts = m?.timestamp().to_millis();
+            tally.last_ms = tally.last_ms.max(ts);
+            waiting -= 1;
+        }
+    }
+    Ok(tally)
+}
+
 /// Produces without waiting for each record: at most `WINDOW` unacknowledged at a time.
 struct Pipeline<'p> {
     producer: &'p FutureProducer,
@@ -1351,10 +1566,22 @@ impl ReplyTally {
         if let (Some(first), Some(last)) = (stamps.iter().min(), stamps.iter().max()) {
             t.span_ms = last - first;
             t.after_first = stamps.iter().filter(|ts| *ts > first).count() as u64;
+            (t.first_ms, t.last_ms) = (Some(*first), Some(*last));
         }
         t
     }
+
+    /// Commands applied: answered 200 (updated) or 201 (created).
+    fn applied(&self) -> u64 {
+        APPLIED_STATUSES
+            .iter()
+            .map(|s| self.statuses.get(s).copied().unwrap_or(0))
+            .sum()
+    }
 }
+
+/// The reply statuses of an applied command (each appends one change).
+const APPLIED_STATUSES: [u16; 2] = [200, 201];
 
 /// The `status` of a reply value, found without parsing the whole reply (0: none).
 fn reply_status(value: &[u8]) -> u16 {
@@ -1374,9 +1601,18 @@ fn reply_status(value: &[u8]) -> u16 {
         .unwrap_or(0)
 }
 
-/// Replies published after the first reply, per second from the first reply to the last.
-fn throughput(t: &ReplyTally) -> Option<f64> {
-    (t.span_ms > 0).then(|| t.after_first as f64 * 1000.0 / t.span_ms as f64)
+/// From the first reply to the last record the drain published: the last reply, or a feed
+/// record published after it (`feed_last_ms`).
+fn drain_span(t: &ReplyTally, feed_last_ms: Option<i64>) -> i64 {
+    match (t.first_ms, t.last_ms.max(feed_last_ms)) {
+        (Some(first), Some(last)) => last - first,
+        _ => 0,
+    }
+}
+
+/// Replies published after the first reply, per second of the drain's span (`span_ms`).
+fn throughput(t: &ReplyTally, span_ms: i64) -> Option<f64> {
+    (span_ms > 0).then(|| t.after_first as f64 * 1000.0 / span_ms as f64)
 }
 
 /// Sends warm-up commands to `topic` one at a time until each is answered on `replies`: the
@@ -1653,8 +1889,9 @@ struct ChildProcessor {
 
 impl ChildProcessor {
     /// The naive baseline (`max_batch` 1) also runs a single lane: one command per
-    /// transaction, one transaction at a time.
-    fn spawn(cfg: &Config, scope: &Scope, max_batch: u32) -> anyhow::Result<Self> {
+    /// transaction, one transaction at a time. With `feed` on, the processor publishes its
+    /// change feed to `scope`'s own topics (never to the configured ones).
+    fn spawn(cfg: &Config, scope: &Scope, max_batch: u32, feed: Feed) -> anyhow::Result<Self> {
         let lanes = if max_batch == 1 {
             1
         } else {
@@ -1671,6 +1908,7 @@ impl ChildProcessor {
             .to_possible_value()
             .map(|v| v.get_name().to_string())
             .unwrap_or_default();
+        let (changes_topic, view_topic) = feed.topics(cfg, scope);
         let mut command = tokio::process::Command::new(exe);
         command
             .arg("serve")
@@ -1679,6 +1917,8 @@ impl ChildProcessor {
             .env("COMMAND_TOPIC", &scope.commands)
             .env("REPLY_TOPIC", &scope.replies)
             .env("DLQ_TOPIC", &scope.dlq)
+            .env("CHANGES_TOPIC", &changes_topic)
+            .env("VIEW_TOPIC", &view_topic)
             .env("KAFKA_GROUP_ID", &scope.group)
             .env("HTTP_ADDR", http_addr.to_string())
             .env("MAX_BATCH", max_batch.to_string())
@@ -1798,22 +2038,43 @@ impl Report {
         self.pass_through.min(self.ingest.rate)
     }
     fn peak_rss(&self) -> u64 {
-        let mut peak = self.drain.peak_rss.max(self.curve.peak_rss);
+        let mut peak = self
+            .drain
+            .peak_rss
+            .max(self.drain_feed_off.peak_rss)
+            .max(self.curve.peak_rss);
         if let Some(p) = &self.preloaded {
             peak = peak.max(p.drain.peak_rss);
         }
         peak
+    }
+    /// The share of the drain's rate (empty log) the feed costs: 1 - on / off.
+    fn feed_cost(&self) -> Option<f64> {
+        Some(1.0 - self.drain.throughput? / self.drain_feed_off.throughput?)
+    }
+    /// Which feed topics the drains with the feed on published to.
+    fn feed_topics(&self) -> &'static str {
+        match (self.config_feed.0, self.config_feed.1) {
+            (true, true) => "changes and view topics",
+            (true, false) => "changes topic only (VIEW_TOPIC empty)",
+            (false, true) => "view topic only (CHANGES_TOPIC empty)",
+            (false, false) => "off (CHANGES_TOPIC and VIEW_TOPIC empty)",
+        }
     }
     fn preload_ratio(&self) -> Option<f64> {
         let p = self.preloaded.as_ref()?;
         Some(p.drain.throughput? / self.drain.throughput?)
     }
     fn replies_ok(&self) -> bool {
-        let mut drains = vec![&self.drain, &self.naive];
-        drains.extend(self.preloaded.as_ref().map(|p| &p.drain));
-        drains
+        self.drains().iter().all(|(_, d)| {
+            d.replies.missing == 0 && d.replies.duplicates == 0 && d.replies.foreign == 0
+        })
+    }
+    /// Every drain with the feed on published a change per applied command.
+    fn feeds_ok(&self) -> bool {
+        self.drains()
             .iter()
-            .all(|d| d.replies.missing == 0 && d.replies.duplicates == 0 && d.replies.foreign == 0)
+            .all(|(_, d)| d.feed.is_none_or(|f| f.complete()))
     }
 
     /// The curve's point at `load` (a share of the drain rate).
@@ -1851,6 +2112,11 @@ impl Report {
             t.insert("full_log_within_20pct", r >= 0.8);
         }
         t.insert("every_drained_command_answered_once", self.replies_ok());
+        t.insert(
+            "feed_costs_at_most_20pct",
+            self.feed_cost().is_some_and(|c| c <= FEED_COST_BOUND),
+        );
+        t.insert("feed_has_a_change_per_applied_command", self.feeds_ok());
         t
     }
 
@@ -1908,12 +2174,24 @@ impl Report {
             "| Figure | Value | vs (a) naive | vs (b) broker | vs (c) PostgreSQL | Target | Met |".to_string(),
             "|---|---|---|---|---|---|---|".to_string(),
             format!(
-                "| Throughput, backlog drain, empty log | {} | {} | >= 10x (a); >= 60% of min(b, c) | {} |",
+                "| Throughput, backlog drain, empty log (feed on) | {} | {} | >= 10x (a); >= 60% of min(b, c) | {} |",
                 rate(self.rate()),
                 ratios(self.rate()),
                 yes(targets["ten_times_naive"] && targets["drain_at_least_60pct_of_min_b_c"])
             ),
         ];
+        let off = self.drain_feed_off.throughput.unwrap_or(f64::NAN);
+        rows.push(format!(
+            "| Throughput, backlog drain, empty log, feed off (no changes or view topic) | {} | {} | | |",
+            rate(off),
+            ratios(off),
+        ));
+        rows.push(format!(
+            "| The feed's cost: the drain's rate it takes (1 - on / off) | {:.1}% | | | | at most {:.0}% | {} |",
+            100.0 * self.feed_cost().unwrap_or(f64::NAN),
+            100.0 * FEED_COST_BOUND,
+            yes(targets["feed_costs_at_most_20pct"])
+        ));
         if let Some(p) = &self.preloaded {
             let x = p.drain.throughput.unwrap_or(f64::NAN);
             rows.push(format!(
@@ -1962,13 +2240,14 @@ impl Report {
         let s = &self.settings;
         let setting = |k: &str| s.get(k).map_or("?", String::as_str);
         let mut out = format!(
-            "\nevent-updater bench: {} commands over {} events, {}% invalid; MAX_BATCH {}; {} partitions; auth {}\n\n",
+            "\nevent-updater bench: {} commands over {} events, {}% invalid; MAX_BATCH {}; {} partitions; auth {}; feed {}\n\n",
             fmt_count(self.args.commands as f64),
             fmt_count(self.args.events as f64),
             self.args.invalid_percent,
             self.max_batch,
             self.partitions,
-            if self.auth { "required (bearer token on every command)" } else { "disabled" }
+            if self.auth { "required (bearer token on every command)" } else { "disabled" },
+            self.feed_topics()
         );
         out.push_str(&rows.join("\n"));
         out.push_str(&format!(
@@ -1992,8 +2271,9 @@ impl Report {
                 .iter()
                 .map(|(k, v)| format!("{k}: {v}"))
                 .collect();
+            let feed = d.feed.map_or("feed off".to_string(), |f| f.show());
             out.push_str(&format!(
-                "{name}: {} of {} commands answered, {} duplicates, {} missing, {} foreign; statuses {{{}}}; backlog produced at {}\n",
+                "{name}: {} of {} commands answered, {} duplicates, {} missing, {} foreign; statuses {{{}}}; {feed}; backlog produced at {}\n",
                 r.answered,
                 d.commands,
                 r.duplicates,
@@ -2009,16 +2289,18 @@ impl Report {
             self.curve_table()
         ));
         out.push_str(&format!(
-            "every command of the drains answered exactly once: {}",
-            yes(targets["every_drained_command_answered_once"])
+            "every command of the drains answered exactly once: {}\nevery drain with the feed on published a change per applied command: {}",
+            yes(targets["every_drained_command_answered_once"]),
+            yes(targets["feed_has_a_change_per_applied_command"])
         ));
         out
     }
 
     fn drains(&self) -> Vec<(&'static str, &Drain)> {
         let mut d = vec![
-            ("drain, empty log", &self.drain),
-            ("naive baseline", &self.naive),
+            (DRAIN_LABEL, &self.drain),
+            (DRAIN_FEED_OFF_LABEL, &self.drain_feed_off),
+            (NAIVE_LABEL, &self.naive),
         ];
         if let Some(p) = &self.preloaded {
             d.push(("drain, full log", &p.drain));
@@ -2041,6 +2323,16 @@ impl Report {
                 "foreign": r.foreign,
                 "statuses": r.statuses.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
                 "reply_span_ms": r.span_ms,
+                "drain_span_ms": d.span_ms,
+                "feed": d.feed.map(|f| {
+                    let topic = |t: Option<TopicTally>| t.map(|t| json!({"records": t.records, "last_record_ms": t.last_ms}));
+                    json!({
+                        "applied": f.applied,
+                        "changes": topic(f.changes),
+                        "views": topic(f.views),
+                        "complete": f.complete(),
+                    })
+                }),
                 "peak_rss_bytes": d.peak_rss,
             })
         };
@@ -2074,6 +2366,9 @@ impl Report {
             "auth_required": self.auth,
             "postgres": self.settings,
             "throughput_per_s": self.drain.throughput,
+            "throughput_feed_off_per_s": self.drain_feed_off.throughput,
+            "feed_cost_percent": self.feed_cost().map(|c| 100.0 * c),
+            "feed": {"changes_topic": self.config_feed.0, "view_topic": self.config_feed.1},
             "throughput_full_log_per_s": self.preloaded.as_ref().and_then(|p| p.drain.throughput),
             "peak_rss_bytes": self.peak_rss(),
             "naive_per_s": a,
@@ -2085,9 +2380,11 @@ impl Report {
                 "to_pg_ingest": self.rate() / self.ingest.rate,
                 "to_min_b_c": self.rate() / floor,
                 "full_log_to_empty_log": self.preload_ratio(),
+                "feed_on_to_feed_off": self.feed_cost().map(|c| 1.0 - c),
             },
             "targets_met": self.targets(),
             "drain": drain(&self.drain),
+            "drain_feed_off": drain(&self.drain_feed_off),
             "naive": drain(&self.naive),
             "full_log": self.preloaded.as_ref().map(|p| json!({
                 "preload_changes": p.changes,
@@ -2115,6 +2412,61 @@ impl Report {
 mod tests {
     use super::*;
     use event_updater::domain::command::Action;
+
+    #[test]
+    fn the_feed_is_on_by_default_on_the_scopes_own_topics_and_off_entirely() {
+        let cli = Cli::try_parse_from([
+            "event-updater-bench",
+            "--changes-topic",
+            "event-changes",
+            "--view-topic",
+            "event-views",
+        ])
+        .unwrap();
+        let bench = Bench::new(cli.config.clone(), cli.bench).unwrap();
+        let scope = bench.new_scope().unwrap();
+        assert_eq!(
+            Feed::On.topics(&cli.config, &scope),
+            (scope.changes.clone(), scope.views.clone())
+        );
+        assert_eq!(
+            Feed::Off.topics(&cli.config, &scope),
+            (String::new(), String::new())
+        );
+        // An empty configured topic stays off, so that the feed's parts can be measured apart.
+        let cli = Cli::try_parse_from(["event-updater-bench", "--view-topic", ""]).unwrap();
+        assert_eq!(
+            Feed::On.topics(&cli.config, &scope),
+            (scope.changes.clone(), String::new())
+        );
+        assert!(scope.topics().contains(&scope.changes) && scope.topics().contains(&scope.views));
+    }
+
+    #[test]
+    fn a_feed_is_complete_with_a_change_per_applied_command() {
+        let mut replies = ReplyTally::default();
+        replies.statuses.extend([(200, 7), (201, 3), (400, 5)]);
+        assert_eq!(replies.applied(), 10);
+        let topic = |records| {
+            Some(TopicTally {
+                records,
+                last_ms: Some(records as i64),
+            })
+        };
+        let feed = |changes, views| FeedTally {
+            applied: replies.applied(),
+            changes,
+            views,
+        };
+        assert!(feed(topic(10), topic(4)).complete());
+        assert!(feed(topic(11), topic(4)).complete(), "a repeat is allowed");
+        assert!(!feed(topic(9), topic(4)).complete(), "a change missing");
+        assert!(!feed(topic(10), topic(0)).complete(), "no view published");
+        assert!(!feed(topic(0), None).complete(), "nothing published");
+        assert!(feed(None, None).complete(), "both topics off");
+        assert_eq!(feed(topic(10), topic(4)).last_ms(), Some(10));
+        assert_eq!(feed(None, None).last_ms(), None);
+    }
 
     #[test]
     fn the_command_line_is_well_formed() {
@@ -2181,10 +2533,16 @@ mod tests {
         let t = ReplyTally {
             span_ms: 1000,
             after_first: 500,
+            first_ms: Some(10_000),
+            last_ms: Some(11_000),
             ..ReplyTally::default()
         };
-        assert_eq!(throughput(&t), Some(500.0));
-        assert_eq!(throughput(&ReplyTally::default()), None);
+        assert_eq!(throughput(&t, drain_span(&t, None)), Some(500.0));
+        assert_eq!(throughput(&ReplyTally::default(), 0), None);
+        // A feed record published after the last reply ends the drain; one before does not.
+        assert_eq!(drain_span(&t, Some(12_000)), 2000);
+        assert_eq!(drain_span(&t, Some(10_500)), 1000);
+        assert_eq!(drain_span(&ReplyTally::default(), Some(12_000)), 0);
         assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0], 0.5), 2.0);
         assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0], 0.99), 4.0);
         assert!(percentile(&[1.0, f64::INFINITY], 0.99).is_infinite());
