@@ -12,6 +12,7 @@ mod contract_schema;
 mod database_failures;
 mod differential;
 mod faults;
+mod feed;
 mod groups;
 mod hostile;
 mod memory;

@@ -16,13 +16,13 @@ use uuid::Uuid;
 use crate::support::{client, http_get, wait_for_status, TestApp};
 
 /// Bound on each wait for the processor to notice a change (generous: a slow CI machine).
-const NOTICE: Duration = Duration::from_secs(60);
+pub(crate) const NOTICE: Duration = Duration::from_secs(60);
 
 fn admin(app: &TestApp) -> AdminClient<DefaultClientContext> {
     client(&app.cfg).create().expect("admin client")
 }
 
-async fn delete_topic(app: &TestApp, topic: &str) {
+pub(crate) async fn delete_topic(app: &TestApp, topic: &str) {
     let results = admin(app)
         .delete_topics(&[topic], &AdminOptions::new())
         .await
@@ -33,7 +33,7 @@ async fn delete_topic(app: &TestApp, topic: &str) {
 }
 
 /// Creates `topic` again, retrying while the broker still finishes deleting it.
-async fn recreate_topic(app: &TestApp, topic: &str) {
+pub(crate) async fn recreate_topic(app: &TestApp, topic: &str) {
     let admin = admin(app);
     let new = NewTopic::new(topic, app.cfg.topic_partitions, TopicReplication::Fixed(1));
     let deadline = std::time::Instant::now() + NOTICE;
@@ -79,7 +79,7 @@ async fn dropped_dead_letters(app: &TestApp, topic: &str) -> f64 {
 
 /// Waits until the group's committed offsets on the command topic add up to `n` (the topic's
 /// partitions all began at 0): every one of the first `n` records is answered and stored past.
-async fn wait_for_committed(app: &TestApp, n: i64) {
+pub(crate) async fn wait_for_committed(app: &TestApp, n: i64) {
     let deadline = std::time::Instant::now() + NOTICE;
     loop {
         let committed: i64 = app

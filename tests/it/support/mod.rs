@@ -6,6 +6,7 @@
 //! (its database, its topics) is removed when its [`TestApp`] is dropped, pass or fail.
 
 pub mod exactly_once;
+pub mod feed;
 pub mod gaps;
 pub mod yaml;
 
@@ -242,6 +243,8 @@ impl TestApp {
         cfg.command_topic = format!("test-{id}-commands");
         cfg.reply_topic = format!("test-{id}-replies");
         cfg.dlq_topic = format!("test-{id}-dlq");
+        cfg.changes_topic = format!("test-{id}-changes");
+        cfg.view_topic = format!("test-{id}-view");
         cfg.kafka_group_id = format!("test-{id}");
         cfg.topic_partitions = PARTITIONS;
         cfg.http_addr = "127.0.0.1:0".parse().expect("addr");
@@ -459,7 +462,10 @@ impl TestApp {
             cfg.command_topic.clone(),
             cfg.reply_topic.clone(),
             cfg.dlq_topic.clone(),
+            cfg.changes_topic.clone(),
+            cfg.view_topic.clone(),
         ];
+        topics.retain(|t| !t.is_empty());
         topics.append(&mut self.extra_topics);
         let services = self.services.take();
         let base = self.database_base.clone();
@@ -623,6 +629,8 @@ impl TestApp {
             .env("COMMAND_TOPIC", &c.command_topic)
             .env("REPLY_TOPIC", &c.reply_topic)
             .env("DLQ_TOPIC", &c.dlq_topic)
+            .env("CHANGES_TOPIC", &c.changes_topic)
+            .env("VIEW_TOPIC", &c.view_topic)
             .env("KAFKA_GROUP_ID", &c.kafka_group_id);
         cmd
     }
