@@ -414,6 +414,11 @@ impl Config {
     }
 
     /// The settings a batch is decided under.
+    /// Whether the change feed is on: a changes topic or a view topic is configured.
+    pub fn feed_enabled(&self) -> bool {
+        !self.changes_topic.is_empty() || !self.view_topic.is_empty()
+    }
+
     pub fn rules(&self) -> crate::domain::decide::Rules {
         crate::domain::decide::Rules {
             auth_mode: self.auth_mode,

@@ -36,6 +36,8 @@ pub const REPLIES_PRUNED: &str = "event_updater_replies_pruned_total";
 pub const DB_FAILED_COMMANDS: &str = "event_updater_db_failed_commands_total";
 pub const TOPIC_UNUSABLE: &str = "event_updater_topic_unusable";
 pub const DEAD_LETTERS_DROPPED: &str = "event_updater_dead_letters_dropped_total";
+pub const FEED_LAG_CHANGES: &str = "event_updater_feed_lag_changes";
+pub const FEED_LAG_SECONDS: &str = "event_updater_feed_lag_seconds";
 
 static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
 
@@ -148,6 +150,8 @@ fn topic_label(d: Destination) -> &'static str {
     match d {
         Destination::Reply => "reply",
         Destination::DeadLetter => "dlq",
+        Destination::Changes => "changes",
+        Destination::View => "view",
     }
 }
 
@@ -189,4 +193,11 @@ pub fn record_topic_unusable(d: Destination, topic: &str, unusable: bool) {
 /// answered all the same).
 pub fn record_dead_letter_dropped(topic: &str) {
     counter!(DEAD_LETTERS_DROPPED, "topic" => topic.to_string()).increment(1);
+}
+
+/// The change feed's lag: `changes` appended to the log by this process whose change records
+/// the broker has not acknowledged yet, and the age of the oldest of them (0 when none).
+pub fn record_feed_lag(changes: usize, oldest: Duration) {
+    gauge!(FEED_LAG_CHANGES).set(changes as f64);
+    gauge!(FEED_LAG_SECONDS).set(oldest.as_secs_f64());
 }

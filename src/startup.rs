@@ -101,6 +101,7 @@ impl Application {
             budget,
             publisher: Publisher::new(
                 kafka::reply_producer(&cfg, health.clone())?,
+                kafka::feed_producer(&cfg, health.clone())?,
                 &cfg,
                 health.clone(),
             ),

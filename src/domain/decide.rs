@@ -48,6 +48,10 @@ pub struct Outcome {
     /// `dlq-reason`): the database kept failing it and it was answered 500. Set by the consumer
     /// on a new outcome only; a decision never sets it.
     pub dead_letter: Option<String>,
+    /// The change the command appended to the log, as (event, version), for the change feed:
+    /// set when it was applied now, and on a redelivery of a command that was applied (a
+    /// duplicate of a stored 200 or 201), whose change is published again.
+    pub change: Option<(Uuid, i64)>,
 }
 
 /// The settings a batch is decided under.
@@ -86,6 +90,8 @@ pub struct Handled {
     pub fingerprint: Vec<u8>,
     pub status: u16,
     pub reply: Arc<Vec<u8>>,
+    /// The change the command appended (event, version), where it was applied (200, 201).
+    pub change: Option<(Uuid, i64)>,
 }
 
 /// What the database knows that a batch's decisions need: the standing of the tokens its
@@ -146,6 +152,8 @@ pub struct LogRow {
     /// The fields the command set.
     pub change: Value,
     pub source: Source,
+    /// The command's scope (see [`Command::scope`]).
+    pub scope: Vec<u8>,
 }
 
 /// An event's view after the batch; `read_version` is the version the batch read it at (0: it
@@ -218,6 +226,7 @@ pub fn decide_batch(
                 kind: OutcomeKind::Duplicate,
                 refused: None,
                 dead_letter: None,
+                change: h.change,
             });
             continue;
         }
@@ -295,6 +304,9 @@ pub fn decide_batch(
             refused = Some("reply_too_large");
             bytes = reply.to_bytes();
         }
+        let change = applied
+            .as_ref()
+            .map(|a| (a.state.event_uuid, a.state.version));
         if let Some(applied) = applied {
             let u = applied.state.event_uuid;
             effects.log.push(LogRow {
@@ -303,6 +315,7 @@ pub fn decide_batch(
                 request_id: cmd.request_id.clone(),
                 change: applied.change,
                 source: source.clone(),
+                scope: scope.to_vec(),
             });
             if !touched.contains(&u) {
                 touched.push(u);
@@ -326,6 +339,7 @@ pub fn decide_batch(
                 fingerprint: cmd.fingerprint.to_vec(),
                 status: reply.status,
                 reply: bytes.clone(),
+                change,
             },
         );
         outcomes.push(Outcome {
@@ -334,6 +348,7 @@ pub fn decide_batch(
             kind: OutcomeKind::New,
             refused: refused.filter(|_| reply.status == 400),
             dead_letter: None,
+            change,
         });
     }
     effects.offsets = highest
@@ -472,6 +487,7 @@ pub fn unstored(cmd: &Command, status: u16, body: Value, kind: OutcomeKind) -> O
         kind,
         refused: None,
         dead_letter: None,
+        change: None,
     }
 }
 
@@ -570,6 +586,7 @@ mod tests {
                 fingerprint: update("r1", None, None).0.fingerprint.to_vec(),
                 status: 201,
                 reply: Arc::new(b"{}".to_vec()),
+                change: None,
             },
         );
         let commands = [
@@ -605,6 +622,7 @@ mod tests {
                 fingerprint: first.0.fingerprint.to_vec(),
                 status: 201,
                 reply: Arc::new(b"stored bytes".to_vec()),
+                change: None,
             },
         );
         let reused = command(
@@ -648,6 +666,7 @@ mod tests {
                     fingerprint: applied.0.fingerprint.to_vec(),
                     status: 201,
                     reply: Arc::new(b"stored for revoked".to_vec()),
+                    change: None,
                 },
             );
         let commands = [
@@ -787,6 +806,7 @@ mod tests {
                 fingerprint: r1.0.fingerprint.to_vec(),
                 status: 201,
                 reply: Arc::new(b"stored".to_vec()),
+                change: None,
             },
         );
         let commands = [

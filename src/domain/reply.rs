@@ -53,6 +53,9 @@ pub mod header {
     pub const DLQ_SOURCE_OFFSET: &str = "dlq-source-offset";
     /// The prefix shared by the `dlq-*` headers (a replayed command carries none of them).
     pub const DLQ_PREFIX: &str = "dlq-";
+    /// On a change feed record: the version of its JSON Schema
+    /// ([`SCHEMA_VERSION`](crate::domain::feed::SCHEMA_VERSION)).
+    pub const SCHEMA_VERSION: &str = "schema-version";
 }
 
 /// The command headers a dead letter carries over, compared case-insensitively: nothing else of
@@ -168,6 +171,18 @@ impl Outgoing {
 pub enum Destination {
     Reply,
     DeadLetter,
+    /// The change feed's changes topic (`CHANGES_TOPIC`).
+    Changes,
+    /// The change feed's compacted view topic (`VIEW_TOPIC`).
+    View,
+}
+
+impl Destination {
+    /// Whether records to it belong to the change feed: their order per key must never break,
+    /// so none is ever dropped or sent around another (see `pipeline::kafka`).
+    pub fn is_feed(self) -> bool {
+        matches!(self, Destination::Changes | Destination::View)
+    }
 }
 
 /// `{"detail": text}`, DRF's shape for 403/404/409/422 and parse errors.

@@ -2,8 +2,10 @@
 //!
 //! Every client starts from [`client_config`], so the pass-through librdkafka properties (TLS,
 //! SASL, ...) apply to the consumer, the producer and the admin client alike. The
-//! [`Publisher`] delivers a batch's replies and dead letters and retries until the broker has
-//! acknowledged every one: the consumer stores no offset before that.
+//! [`Publisher`] delivers a batch's replies, dead letters and change feed records and retries
+//! until the broker has acknowledged every one: the consumer stores no offset before that. The
+//! feed's records go through a producer of their own ([`feed_producer`]), which keeps their order
+//! per key under any failure.
 //!
 //! A topic the broker does not know (deleted) or refuses (an ACL) is retried a bounded number
 //! of times ([`UNUSABLE_TOPIC_ATTEMPTS`]); then it is reported unusable: an error log and the
@@ -74,7 +76,8 @@ pub fn masked_properties(cfg: &Config) -> Vec<String> {
         .collect()
 }
 
-/// Creates the command, reply and dead-letter topics where they do not exist yet, with
+/// Creates the command, reply and dead-letter topics, and the change feed's changes and view
+/// topics where they are configured, where they do not exist yet, with
 /// `TOPIC_REPLICATION_FACTOR` replicas ([`replication_factor_for`]: `auto` is three, or the
 /// broker count where the cluster has fewer). A replication factor below what the cluster
 /// allows, for a topic created or found, is logged as an error: losing one broker then loses
@@ -82,7 +85,16 @@ pub fn masked_properties(cfg: &Config) -> Vec<String> {
 /// cluster has no better.)
 pub async fn ensure_topics(cfg: &Config) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> = client_config(cfg).create()?;
-    let names = [&cfg.command_topic, &cfg.reply_topic, &cfg.dlq_topic];
+    let names: Vec<&String> = [
+        &cfg.command_topic,
+        &cfg.reply_topic,
+        &cfg.dlq_topic,
+        &cfg.changes_topic,
+        &cfg.view_topic,
+    ]
+    .into_iter()
+    .filter(|n| !n.is_empty())
+    .collect();
     let metadata = admin
         .inner()
         .fetch_metadata(None, Timeout::After(Duration::from_secs(10)))?;
@@ -100,7 +112,8 @@ pub async fn ensure_topics(cfg: &Config) -> Result<(), KafkaError> {
         }
     }
     let missing: Vec<&String> = names
-        .into_iter()
+        .iter()
+        .copied()
         .filter(|n| {
             !metadata.topics().iter().any(|t| {
                 t.name() == n.as_str() && t.error().is_none() && !t.partitions().is_empty()
@@ -118,14 +131,28 @@ pub async fn ensure_topics(cfg: &Config) -> Result<(), KafkaError> {
             "TOPIC_REPLICATION_FACTOR is below what the cluster allows (up to 3): the topics created now can lose records when one broker is lost; leave it at auto"
         );
     }
+    let max_bytes = producer_max_bytes(cfg).to_string();
     let topics: Vec<NewTopic> = missing
         .iter()
         .map(|n| {
-            NewTopic::new(
+            let topic = NewTopic::new(
                 n,
                 cfg.topic_partitions,
                 TopicReplication::Fixed(replication),
-            )
+            );
+            // The feed's topics: the changes kept for good (a reader starts from version 1),
+            // the views compacted to the last per event; both take any record the feed sends.
+            if **n == cfg.changes_topic {
+                topic
+                    .set("retention.ms", "-1")
+                    .set("max.message.bytes", &max_bytes)
+            } else if **n == cfg.view_topic {
+                topic
+                    .set("cleanup.policy", "compact")
+                    .set("max.message.bytes", &max_bytes)
+            } else {
+                topic
+            }
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
@@ -170,6 +197,34 @@ pub fn reply_producer(
     let mut c = producer_config(cfg);
     c.set("statistics.interval.ms", "1000");
     c.create_with_context(PublisherContext { health })
+}
+
+/// The change feed's producer (`None` when `CHANGES_TOPIC` and `VIEW_TOPIC` are both empty): as
+/// the reply producer, with two settings forced over any of the operator's, because a feed
+/// record must never be written after a later one of its key:
+/// - `message.timeout.ms=0`: the producer never gives up on a record. With a finite timeout a
+///   record that times out is dropped while the idempotent producer goes on with the next ones
+///   (it bumps its epoch), so a later version could be written before an earlier one is sent
+///   again: a gap. Without it, a record waits for the broker however long it takes, and the
+///   records behind it (of its partition) wait behind it, in order.
+/// - `enable.gapless.guarantee=true`: any other error that would leave a gap in a partition's
+///   records is fatal instead (the producer stops; the service reports itself not live and is
+///   restarted, and the commands whose changes were not acknowledged are read again).
+pub fn feed_producer(
+    cfg: &Config,
+    health: Arc<Health>,
+) -> Result<Option<FutureProducer<PublisherContext>>, KafkaError> {
+    if cfg.changes_topic.is_empty() && cfg.view_topic.is_empty() {
+        return Ok(None);
+    }
+    let mut c = producer_config(cfg);
+    if c.get("message.timeout.ms").is_some_and(|v| v != "0") {
+        tracing::warn!("KAFKA_PROPERTIES sets message.timeout.ms: the change feed's producer ignores it (a feed record is never given up on)");
+    }
+    c.set("message.timeout.ms", "0")
+        .set("enable.gapless.guarantee", "true")
+        .set("statistics.interval.ms", "1000");
+    c.create_with_context(PublisherContext { health }).map(Some)
 }
 
 /// The reply producer's callbacks: whether it reaches a broker, and whether it broke for good,
@@ -253,8 +308,12 @@ impl std::fmt::Debug for Enqueued {
 #[derive(Clone)]
 pub struct Publisher {
     producer: FutureProducer<PublisherContext>,
+    /// The change feed's producer ([`feed_producer`]), for [`Destination::is_feed`] records.
+    feed: Option<FutureProducer<PublisherContext>>,
     reply_topic: String,
     dlq_topic: String,
+    changes_topic: String,
+    view_topic: String,
     /// Where the unusable topics are reported (the producer's context reports there too).
     health: Arc<Health>,
 }
@@ -269,18 +328,30 @@ impl std::fmt::Debug for Publisher {
 }
 
 impl Publisher {
-    /// A publisher on `producer` (from [`reply_producer`]), reporting unusable topics to
-    /// `health`.
+    /// A publisher on `producer` (from [`reply_producer`]) and `feed` (from [`feed_producer`]),
+    /// reporting unusable topics to `health`.
     pub fn new(
         producer: FutureProducer<PublisherContext>,
+        feed: Option<FutureProducer<PublisherContext>>,
         cfg: &Config,
         health: Arc<Health>,
     ) -> Publisher {
         Publisher {
             producer,
+            feed,
             reply_topic: cfg.reply_topic.clone(),
             dlq_topic: cfg.dlq_topic.clone(),
+            changes_topic: cfg.changes_topic.clone(),
+            view_topic: cfg.view_topic.clone(),
             health,
+        }
+    }
+
+    /// The producer for records to `d`.
+    fn producer(&self, d: Destination) -> &FutureProducer<PublisherContext> {
+        match (&self.feed, d.is_feed()) {
+            (Some(feed), true) => feed,
+            _ => &self.producer,
         }
     }
 
@@ -298,8 +369,21 @@ impl Publisher {
     }
 
     async fn enqueue_one(&self, r: &Outgoing) -> Result<DeliveryFuture, KafkaError> {
+        // A feed record for a topic known to be unusable is not sent now but handed to `settle`
+        // as failed: it is sent when its acker reaches it, after every earlier record of its
+        // lane was acknowledged, so it cannot overtake one that failed before it.
+        if r.destination.is_feed()
+            && self
+                .health()
+                .topic_unusable(r.destination)
+                .load(Ordering::Relaxed)
+        {
+            return Err(KafkaError::MessageProduction(
+                RDKafkaErrorCode::UnknownTopicOrPartition,
+            ));
+        }
         loop {
-            match self.producer.send_result(self.record(r)) {
+            match self.producer(r.destination).send_result(self.record(r)) {
                 Ok(f) => return Ok(f),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     tokio::time::sleep(Duration::from_millis(1)).await;
@@ -404,7 +488,8 @@ impl Publisher {
                 metrics::record_publish_failed(d, false);
                 let topic = self.topic(d);
                 let known = self.health().topic_unusable(d).load(Ordering::Relaxed);
-                let unusable = known || attempt >= UNUSABLE_TOPIC_ATTEMPTS;
+                // A feed topic at once: its later records must wait (see `enqueue_one`).
+                let unusable = known || attempt >= UNUSABLE_TOPIC_ATTEMPTS || d.is_feed();
                 if unusable {
                     self.topic_unusable(d, &e);
                 }
@@ -427,6 +512,14 @@ impl Publisher {
                         retry.push(record);
                     }
                 }
+            }
+            Err(e) if is_permanent(&e) && record.destination.is_feed() => {
+                // Never dropped (a gap), never sent around (a reorder): retried until the topic
+                // takes it (an operator raises its max.message.bytes), the service not ready.
+                metrics::record_publish_failed(record.destination, true);
+                self.topic_unusable(record.destination, &e);
+                tracing::debug!(error = %e, bytes = record.value.len(), destination = ?record.destination, "the topic refuses a change feed record; will retry");
+                retry.push(record);
             }
             Err(e) if is_permanent(&e) => {
                 metrics::record_publish_failed(record.destination, true);
@@ -464,6 +557,8 @@ impl Publisher {
         match d {
             Destination::Reply => &self.reply_topic,
             Destination::DeadLetter => &self.dlq_topic,
+            Destination::Changes => &self.changes_topic,
+            Destination::View => &self.view_topic,
         }
     }
 
@@ -489,8 +584,16 @@ impl Publisher {
             Destination::DeadLetter => {
                 tracing::error!(topic, error = %e, "the dead-letter topic is unusable (deleted, or denied by an ACL): dead letters are dropped until it is back (commands go on being answered), and the service reports itself not ready")
             }
+            Destination::Changes | Destination::View => {
+                tracing::error!(topic, error = %e, destination = ?d, "a change feed topic is unusable (deleted, denied by an ACL, or refusing its records): its records are retried until it takes them, commands wait (none is lost, no change is skipped), and the service reports itself not ready")
+            }
         }
-        tokio::spawn(probe(self.producer.clone(), self.health.clone(), d, topic));
+        tokio::spawn(probe(
+            self.producer(d).clone(),
+            self.health.clone(),
+            d,
+            topic,
+        ));
     }
 
     /// Leaves the unusable state for `d`'s topic, if it was in it.
@@ -520,7 +623,7 @@ impl Publisher {
     }
 
     async fn send(&self, r: &Outgoing) -> Result<(), KafkaError> {
-        self.producer
+        self.producer(r.destination)
             .send(self.record(r), Timeout::Never)
             .await
             .map(|_| ())
@@ -529,8 +632,10 @@ impl Publisher {
 
     /// Waits for everything queued to be delivered (on shutdown).
     pub fn flush(&self, timeout: Duration) {
-        if let Err(e) = self.producer.flush(Timeout::After(timeout)) {
-            tracing::warn!(error = %e, "producer flush incomplete");
+        for p in std::iter::once(&self.producer).chain(&self.feed) {
+            if let Err(e) = p.flush(Timeout::After(timeout)) {
+                tracing::warn!(error = %e, "producer flush incomplete");
+            }
         }
     }
 }

@@ -34,6 +34,8 @@
 //!   previous release starts against a schema this one migrated (a rollback), and refuses a
 //!   known migration whose text changed.
 
+pub mod backfill;
+pub mod feed;
 pub mod offsets;
 pub mod rebuild;
 pub mod retention;
@@ -54,8 +56,10 @@ use crate::domain::command::Command;
 use crate::domain::decide::{
     decide_batch, Effects, Handled, Known, LogRow, Outcome, Rules, Source, StoredReply, ViewRow,
 };
-use crate::domain::projection::EventState;
+use crate::domain::projection::{truncate_to_micros, EventState};
 use crate::drf::pyjson;
+
+pub use feed::Feed;
 
 /// Errors from the store, sorted by what the caller should do about them.
 #[derive(Debug, thiserror::Error)]
@@ -374,16 +378,54 @@ pub async fn apply_batch(
     rules: Rules,
     now: DateTime<Utc>,
 ) -> Result<Vec<Outcome>, StoreError> {
+    Ok(apply(pool, commands, rules, now, false).await?.outcomes)
+}
+
+/// A batch's outcomes, one per command, and its part of the change feed.
+#[derive(Debug)]
+pub struct Applied {
+    pub outcomes: Vec<Outcome>,
+    pub feed: Feed,
+}
+
+/// As [`apply_batch`], also returning the batch's part of the change feed ([`feed::collect`]):
+/// the changes it appended, the changes of commands it saw again that were applied before, and
+/// their events' views. Read in the batch's connection after its write (and in its transaction
+/// on the locking path), so the views are at least as new as the batch's changes.
+pub async fn apply_batch_with_feed(
+    pool: &PgPool,
+    commands: &[(Command, Source)],
+    rules: Rules,
+    now: DateTime<Utc>,
+) -> Result<Applied, StoreError> {
+    apply(pool, commands, rules, now, true).await
+}
+
+async fn apply(
+    pool: &PgPool,
+    commands: &[(Command, Source)],
+    rules: Rules,
+    now: DateTime<Utc>,
+    with_feed: bool,
+) -> Result<Applied, StoreError> {
+    // As PostgreSQL keeps it, so that a change's time reads back the same.
+    let now = truncate_to_micros(now);
     let mut conn = pool.acquire().await?;
     // The applied offsets first, then the stored replies: see `read_applied_then_known`.
     let known = read_applied_then_known(&mut conn, commands, rules.auth_mode).await?;
     let (outcomes, effects) = decide_batch(commands, known, rules, now);
     match Writes::of(&effects).write(&mut conn, now).await {
-        Ok(()) => Ok(outcomes),
+        Ok(()) => {
+            let feed = match with_feed {
+                true => feed::collect(&mut conn, commands, &outcomes, &effects, now).await?,
+                false => Feed::default(),
+            };
+            Ok(Applied { outcomes, feed })
+        }
         Err(StoreError::Conflict(e)) => {
             tracing::debug!(error = %e, "a write fence tripped; deciding the batch again under row locks");
             drop(conn);
-            apply_batch_locked(pool, commands, rules, now).await
+            apply_locked(pool, commands, rules, now, with_feed).await
         }
         Err(e) => Err(e),
     }
@@ -397,6 +439,20 @@ pub async fn apply_batch_locked(
     rules: Rules,
     now: DateTime<Utc>,
 ) -> Result<Vec<Outcome>, StoreError> {
+    Ok(
+        apply_locked(pool, commands, rules, truncate_to_micros(now), false)
+            .await?
+            .outcomes,
+    )
+}
+
+async fn apply_locked(
+    pool: &PgPool,
+    commands: &[(Command, Source)],
+    rules: Rules,
+    now: DateTime<Utc>,
+    with_feed: bool,
+) -> Result<Applied, StoreError> {
     let auth_mode = rules.auth_mode;
     let mut tx = pool.begin().await?;
     // The grants and stored answers as on the common path; the views again, under row locks.
@@ -411,8 +467,12 @@ pub async fn apply_batch_locked(
     known.states = load_for_update(&mut tx, &uuids).await?;
     let (outcomes, effects) = decide_batch(commands, known, rules, now);
     Writes::of(&effects).write(&mut tx, now).await?;
+    let feed = match with_feed {
+        true => feed::collect(&mut tx, commands, &outcomes, &effects, now).await?,
+        false => Feed::default(),
+    };
     tx.commit().await?;
-    Ok(outcomes)
+    Ok(Applied { outcomes, feed })
 }
 
 /// The partitions' applied offsets ([`offsets::read_applied`]), then [`read_known`], in that
@@ -477,6 +537,9 @@ async fn read_known(
                         fingerprint: r.try_get("fingerprint")?,
                         status: u16::try_from(status).unwrap_or_default(),
                         reply: Arc::new(r.try_get("reply")?),
+                        change: r
+                            .try_get::<Option<Uuid>, _>("event_uuid")?
+                            .zip(r.try_get::<Option<i64>, _>("version")?),
                     },
                 );
             }
@@ -497,8 +560,8 @@ async fn read_known(
     Ok(known)
 }
 
-/// [`read_known`]'s statement: views (kind 1), stored answers by (scope, request id) (kind 2)
-/// and tokens by hash (kind 3, the hash in `scope`), each a lookup by primary or unique key.
+/// [`read_known`]'s statement: views (kind 1), stored answers by (scope, request id) (kind 2,
+/// with the event and version they appended, if any) and tokens by hash (kind 3, the hash in `scope`), each a lookup by primary or unique key.
 const READ_KNOWN: &str = r#"
 SELECT 1 AS kind, event_uuid, version, "user"::text AS "user", action, app, context::text AS context,
        client_ip, created, expires, brand::text AS brand,
@@ -506,7 +569,7 @@ SELECT 1 AS kind, event_uuid, version, "user"::text AS "user", action, app, cont
        NULL::bytea AS scope, NULL::bool AS can_change_event, NULL::bool AS usable
 FROM events WHERE event_uuid = ANY($1)
 UNION ALL
-SELECT 2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+SELECT 2, c.event_uuid, c.version, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        c.request_id, c.fingerprint, c.status, c.reply, c.scope, NULL, NULL
 FROM unnest($2::bytea[], $3::text[]) AS k(scope, request_id)
 JOIN command_replies c ON c.scope = k.scope AND c.request_id = k.request_id
@@ -652,9 +715,9 @@ impl ViewColumns {
 
 /// What one batch writes: log rows, the final view row of each event it touched (with the
 /// version it was read at), the stored replies and the partitions' raised applied offsets;
-/// written by one call of the `event_updater_write_batch_v2` function (see `migrations/`),
-/// which fences the write. (`event_updater_write_batch`, without the offsets, is the previous
-/// release's: kept for it, not called here.)
+/// written by one call of the `event_updater_write_batch_v3` function (see `migrations/`),
+/// which fences the write. (`_v2`, without the log rows' scopes, and `event_updater_write_batch`,
+/// without the offsets either, are earlier releases': kept for them, not called here.)
 #[derive(Debug, Default)]
 pub struct Writes {
     log: LogRows,
@@ -663,8 +726,8 @@ pub struct Writes {
     offsets: OffsetRows,
 }
 
-/// The SQL of [`Writes::write`]: one call with 32 parameters.
-const WRITE_BATCH: &str = "SELECT event_updater_write_batch_v2($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32)";
+/// The SQL of [`Writes::write`]: one call with 33 parameters.
+const WRITE_BATCH: &str = "SELECT event_updater_write_batch_v3($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33)";
 
 impl Writes {
     /// The rows of a batch's decided effects, as the columns of the write.
@@ -734,7 +797,11 @@ impl Writes {
              SELECT u, v, r, c::jsonb, $8, t, p, o
              FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::int4[], $7::int8[]) AS x(u, v, r, c, t, p, o)",
         );
-        self.log.bind(q).bind(now).execute(&mut **tx).await?;
+        self.log
+            .bind_unscoped(q)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
         upsert_columns(tx, &self.views.columns, now).await?;
         let q = sqlx::query(
             "INSERT INTO command_replies (scope, request_id, fingerprint, event_uuid, status, version, reply, handled_at, source_topic, source_partition, source_offset)
@@ -778,13 +845,19 @@ struct LogRows {
     topic: Vec<String>,
     partition: Vec<i32>,
     offset: Vec<i64>,
+    scope: Vec<Vec<u8>>,
 }
 
 type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
 
 impl LogRows {
-    /// Binds the columns, in the function's order, as the next seven parameters.
+    /// Binds the columns, in the function's order, as the next eight parameters.
     fn bind<'q>(&'q self, q: PgQuery<'q>) -> PgQuery<'q> {
+        self.bind_unscoped(q).bind(&self.scope)
+    }
+
+    /// The first seven columns, without the scopes (the unfenced write's statement).
+    fn bind_unscoped<'q>(&'q self, q: PgQuery<'q>) -> PgQuery<'q> {
         q.bind(&self.uuid)
             .bind(&self.version)
             .bind(&self.request_id)
@@ -802,6 +875,7 @@ impl LogRows {
         self.topic.push(l.source.topic.clone());
         self.partition.push(l.source.partition);
         self.offset.push(l.source.offset);
+        self.scope.push(l.scope.clone());
     }
 }
 

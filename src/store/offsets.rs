@@ -1,7 +1,7 @@
 //! The highest offset applied per command partition (`applied_offsets`): read for each batch
 //! ([`read_applied`]) so that a record at or below it is answered without being applied again
 //! (see [`crate::domain::decide::decide_batch`]), raised by the batch's own write (the
-//! `event_updater_write_batch_v2` function, in the same statement as its rows, never lowered),
+//! `event_updater_write_batch_v3` function, in the same statement as its rows, never lowered),
 //! and listed or reset by the operator ([`list`], [`reset`]) after a command topic was deleted
 //! and created again (its offsets restart at 0).
 

@@ -30,6 +30,7 @@ pub(super) async fn run_acker(
         if !stored {
             // An earlier batch of this lane was not acknowledged before shutdown: later ones
             // must not store offsets past it.
+            shared.feed_lag.done(d.feed_ticket);
             release(&shared, &d.batch);
             continue;
         }
@@ -39,8 +40,10 @@ pub(super) async fn run_acker(
             traces,
             enqueued,
             published_at,
+            feed_ticket,
         } = d;
         let published = shared.publisher.settle(enqueued, &mut shutdown).await;
+        shared.feed_lag.done(feed_ticket);
         metrics::record_stage("publish", published_at.elapsed());
         stored = finish(&shared, &batch, &outcomes, &traces, published);
         release(&shared, &batch);

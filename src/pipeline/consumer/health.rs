@@ -25,6 +25,12 @@ pub struct Health {
     /// The dead-letter topic is unusable (as above): dead letters are dropped (logged and
     /// counted) while commands go on being answered; cleared once the topic is seen again.
     pub dlq_unusable: AtomicBool,
+    /// The change feed's changes topic is unusable (deleted, denied, or refusing its records
+    /// for good): its records are retried until it takes them, and commands wait (their offsets
+    /// are not stored before their changes are acknowledged).
+    pub changes_topic_unusable: AtomicBool,
+    /// The view topic is unusable (as the changes topic).
+    pub view_topic_unusable: AtomicBool,
 }
 
 impl Default for Health {
@@ -38,6 +44,8 @@ impl Default for Health {
             producer_fatal: AtomicBool::new(false),
             reply_topic_unusable: AtomicBool::new(false),
             dlq_unusable: AtomicBool::new(false),
+            changes_topic_unusable: AtomicBool::new(false),
+            view_topic_unusable: AtomicBool::new(false),
         }
     }
 }
@@ -51,7 +59,7 @@ impl Health {
             && !self.producer_fatal.load(Ordering::Relaxed)
     }
     /// Live, the database answers, partitions are assigned, the reply producer reaches a
-    /// broker, and neither the reply topic nor the dead-letter topic is unusable.
+    /// broker, and no topic it publishes to (replies, dead letters, changes, views) is unusable.
     pub fn is_ready(&self) -> bool {
         self.unready_reason().is_none()
     }
@@ -70,6 +78,10 @@ impl Health {
             Some("the reply topic is unusable (deleted or denied); replies wait for it")
         } else if self.dlq_unusable.load(Ordering::Relaxed) {
             Some("the dead-letter topic is unusable (deleted or denied); dead letters are dropped")
+        } else if self.changes_topic_unusable.load(Ordering::Relaxed) {
+            Some("the changes topic is unusable (deleted, denied or refusing); changes and commands wait for it")
+        } else if self.view_topic_unusable.load(Ordering::Relaxed) {
+            Some("the view topic is unusable (deleted, denied or refusing); views and commands wait for it")
         } else {
             None
         }
@@ -80,6 +92,8 @@ impl Health {
         match destination {
             Destination::Reply => &self.reply_topic_unusable,
             Destination::DeadLetter => &self.dlq_unusable,
+            Destination::Changes => &self.changes_topic_unusable,
+            Destination::View => &self.view_topic_unusable,
         }
     }
 }
@@ -98,12 +112,14 @@ mod tests {
     }
 
     #[test]
-    fn an_unusable_reply_or_dead_letter_topic_makes_it_unready_but_live() {
+    fn an_unusable_topic_it_publishes_to_makes_it_unready_but_live() {
         let h = ready();
         assert!(h.is_ready() && h.unready_reason().is_none());
         for (d, says) in [
             (Destination::Reply, "reply topic"),
             (Destination::DeadLetter, "dead-letter topic"),
+            (Destination::Changes, "changes topic"),
+            (Destination::View, "view topic"),
         ] {
             h.topic_unusable(d).store(true, Ordering::Relaxed);
             assert!(!h.is_ready() && h.is_live());

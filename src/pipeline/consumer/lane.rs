@@ -7,8 +7,8 @@
 //! carrying them). Where the estimate passes the bound the batch is cut, and the rest is kept,
 //! in order, at the head of the lane's queue for the next batch: the partition's order and its
 //! one writer are kept. A batch starts only while the replies in flight leave room for its own
-//! ([`Budget::reply_room`](super::budget::Budget::reply_room)); its decided replies are then
-//! charged to the budget until its acker finishes it.
+//! ([`Budget::reply_room`](super::budget::Budget::reply_room)); its decided replies, and its
+//! change feed records, are then charged to the budget until its acker finishes it.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -17,12 +17,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
-use crate::domain::reply::header;
+use crate::domain::reply::{header, Destination};
 use crate::metrics;
 use crate::pipeline::trace;
 use crate::store::sizes::{self, Probe};
 
 use super::budget::REPLY_COPIES;
+use super::feed::feed_records;
 use super::fetch::current_only;
 use super::outgoing::outgoing;
 use super::persist::persist_batch;
@@ -95,7 +96,7 @@ pub(super) async fn run_lane(
         let started = Instant::now();
         metrics::record_stage("queue", started - batch[0].fetched_at);
         let span = tracing::debug_span!("batch", size = batch.len());
-        let Some(outcomes) = persist_batch(&shared, &batch, &mut shutdown)
+        let Some((outcomes, feed)) = persist_batch(&shared, &batch, &mut shutdown)
             .instrument(span)
             .await
         else {
@@ -119,7 +120,17 @@ pub(super) async fn run_lane(
                     .and_then(trace::continue_from)
             })
             .collect();
-        let records = outgoing(&shared.cfg, &batch, &outcomes, &traces);
+        let mut records = outgoing(&shared.cfg, &batch, &outcomes, &traces);
+        let feed_records = feed_records(&shared.cfg, &feed, &traces);
+        // Held until the batch is finished, like its replies (charged to its first command).
+        let held = REPLY_COPIES * feed_records.iter().map(|r| r.value.len()).sum::<usize>();
+        batch[0].replies += held;
+        shared.budget.charge_replies(held);
+        let changes = feed_records
+            .iter()
+            .filter(|r| r.destination == Destination::Changes)
+            .count();
+        records.extend(feed_records);
         let enqueued = shared.publisher.enqueue(records).await;
         let d = Dispatched {
             batch,
@@ -127,6 +138,7 @@ pub(super) async fn run_lane(
             traces,
             enqueued,
             published_at: Instant::now(),
+            feed_ticket: shared.feed_lag.add(changes),
         };
         if let Err(e) = acks.send(d) {
             release(&shared, &e.0.batch);

@@ -23,6 +23,9 @@
 //!   committed in PostgreSQL and every reply of it has been acknowledged; an acker finishes its
 //!   lane's batches in order, so stored offsets only move forward over answered commands. A
 //!   crash anywhere before that redelivers the command, and its stored reply answers it again.
+//! - The change feed (`feed.rs`): a batch's changes and views go to the producer with its
+//!   replies and are acknowledged before its offsets are stored; an event's changes reach the
+//!   changes topic in version order, repeated only with the same bytes.
 //! - Partitions being revoked are drained first: the rebalance callback waits (up to a bound)
 //!   until every fetched record is finished and commits, so their next owner starts after the
 //!   last answered command. A batch still being applied past the bound is fenced by the
@@ -78,6 +81,7 @@
 mod acker;
 mod assignment;
 mod budget;
+mod feed;
 mod fetch;
 mod health;
 mod lane;

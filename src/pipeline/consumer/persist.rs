@@ -25,7 +25,7 @@ use crate::domain::command::{Action, Command};
 use crate::domain::decide::{unstored, Outcome, OutcomeKind, Source};
 use crate::domain::reply::detail;
 use crate::metrics;
-use crate::store::{self, StoreError};
+use crate::store::{self, Applied, Feed, StoreError};
 
 use super::processor::{Fetched, Shared};
 
@@ -75,12 +75,13 @@ pub const DATABASE_REFUSED: &str = "The database cannot store this command:";
 /// - a single command that still cannot pass is answered by [`answer_unapplied`]: 400 for
 ///   refused data, 409 [`KEPT_CONFLICTING`], 500 [`DATABASE_FAILED`] (dead-lettered).
 ///
-/// `None`: shutdown came first.
+/// With the outcomes, the batch's part of the change feed (see [`store::feed`]), its pieces'
+/// parts in the order they were applied. `None`: shutdown came first.
 pub(super) async fn persist_batch(
     shared: &Shared,
     batch: &[Fetched],
     shutdown: &mut watch::Receiver<bool>,
-) -> Option<Vec<Outcome>> {
+) -> Option<(Vec<Outcome>, Feed)> {
     let commands: Vec<(Command, Source)> = batch
         .iter()
         .map(|f| {
@@ -93,6 +94,7 @@ pub(super) async fn persist_batch(
         })
         .collect();
     let mut out = Vec::with_capacity(commands.len());
+    let mut feed = Feed::default();
     // Pieces still to apply, in the batch's order, each with the attempts a failing statement
     // gets: the whole batch and single commands FAILURE_ATTEMPTS, the halves of a split one.
     let mut pending: VecDeque<(Vec<(Command, Source)>, u32)> = VecDeque::new();
@@ -104,8 +106,9 @@ pub(super) async fn persist_batch(
             attempts
         };
         let e = match persist_retrying(shared, &piece, attempts, shutdown).await? {
-            Ok(o) => {
-                out.extend(o);
+            Ok(a) => {
+                feed.extend(a.feed, out.len());
+                out.extend(a.outcomes);
                 continue;
             }
             Err(e) => e,
@@ -130,7 +133,7 @@ pub(super) async fn persist_batch(
             pending.push_front((vec![c], FAILURE_ATTEMPTS));
         }
     }
-    Some(out)
+    Some((out, feed))
 }
 
 /// Answers a command that could not be applied, without applying it: a 400 when the database
@@ -179,7 +182,7 @@ pub(super) async fn answer_unapplied(
     };
     let single = [(rejected, source)];
     let mut outcome = match persist_retrying(shared, &single, FAILURE_ATTEMPTS, shutdown).await? {
-        Ok(mut o) => o.pop()?,
+        Ok(mut a) => a.outcomes.pop()?,
         Err(e) => {
             // Even the answer cannot be stored: answer without storing it.
             tracing::error!(error = %e, status, "could not store an error reply");
@@ -202,21 +205,31 @@ pub(super) async fn answer_unapplied(
 ///   error is returned, so that a failure that repeats cannot stall the partition.
 ///
 /// `None`: shutdown while waiting; `Some(Err)`: refused data, or a conflict or a failure after
-/// its bound (never an unavailable database).
+/// its bound (never an unavailable database). The feed part is collected where the change
+/// feed is on (`CHANGES_TOPIC` or `VIEW_TOPIC` set).
 pub(super) async fn persist_retrying(
     shared: &Shared,
     commands: &[(Command, Source)],
     failures: u32,
     shutdown: &mut watch::Receiver<bool>,
-) -> Option<Result<Vec<Outcome>, StoreError>> {
+) -> Option<Result<Applied, StoreError>> {
     let mut backoff = RETRY_BACKOFF;
     let mut conflicts = 0;
     let mut failed = 0;
     loop {
         let started = Instant::now();
-        let wait = match store::apply_batch(&shared.pool, commands, shared.cfg.rules(), Utc::now())
-            .await
-        {
+        let (rules, now) = (shared.cfg.rules(), Utc::now());
+        let applied = if shared.cfg.feed_enabled() {
+            store::apply_batch_with_feed(&shared.pool, commands, rules, now).await
+        } else {
+            store::apply_batch(&shared.pool, commands, rules, now)
+                .await
+                .map(|outcomes| Applied {
+                    outcomes,
+                    feed: Feed::default(),
+                })
+        };
+        let wait = match applied {
             Ok(o) => {
                 metrics::record_batch(commands.len(), started.elapsed());
                 shared.health.database_ok.store(true, Ordering::Relaxed);

@@ -18,6 +18,7 @@ use crate::pipeline::kafka::{Enqueued, Publisher};
 use crate::pipeline::trace;
 
 use super::acker::run_acker;
+use super::feed::{FeedLag, LAG_REPORT_EVERY};
 use super::fetch::fetch;
 use super::lane::run_lane;
 use super::{Budget, CommandConsumer, Health};
@@ -59,6 +60,8 @@ pub(super) struct Dispatched {
     pub(super) traces: Vec<Option<trace::Continued>>,
     pub(super) enqueued: Enqueued,
     pub(super) published_at: Instant,
+    /// Its changes in the feed lag ([`FeedLag`]), until its acker finishes it.
+    pub(super) feed_ticket: Option<u64>,
 }
 
 /// What the lanes and ackers share.
@@ -69,6 +72,7 @@ pub(super) struct Shared {
     pub(super) pool: PgPool,
     pub(super) cfg: Config,
     pub(super) health: Arc<Health>,
+    pub(super) feed_lag: FeedLag,
 }
 
 impl Processor {
@@ -85,7 +89,20 @@ impl Processor {
             pool: self.pool,
             cfg: self.cfg,
             health: self.health,
+            feed_lag: FeedLag::default(),
         });
+        if shared.cfg.feed_enabled() {
+            let (shared, mut stop) = (shared.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                loop {
+                    shared.feed_lag.report();
+                    tokio::select! {
+                        _ = tokio::time::sleep(LAG_REPORT_EVERY) => {}
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
+                }
+            });
+        }
         let lanes = shared.cfg.apply_concurrency as usize;
         let mut senders = Vec::with_capacity(lanes);
         let mut tasks = Vec::with_capacity(2 * lanes);
