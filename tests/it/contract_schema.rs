@@ -2,20 +2,30 @@
 //! spread of commands (201, 200, a redelivery, 400s of every shape, 403, 404, 409, 422)
 //! validates against `docs/schema/reply.schema.json`, the commands sent are judged by
 //! `docs/schema/command.schema.json` as the processor judges them (where JSON Schema can tell),
-//! and `docs/asyncapi.yaml` parses, names the default topics and the headers the processor
-//! really sets, and references schema files that exist.
+//! the change feed's records (as `domain::feed` renders them) validate against
+//! `docs/schema/change.schema.json` and `docs/schema/view.schema.json`, which refuse what the
+//! contract rules out, and `docs/asyncapi.yaml` parses, names the default topics and the
+//! headers the processor really sets, and references schema files that exist.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use crate::support::{Received, TestApp};
+use chrono::{Duration, TimeZone, Utc};
 use event_updater::config::Config;
+use event_updater::domain::feed::{self, LogChange};
+use event_updater::domain::projection::{self, Applied};
+use event_updater::domain::reply::header;
+use event_updater::drf::validate::ValidBody;
 use jsonschema::Validator;
 use serde_json::{json, Value};
 use uuid::Uuid;
 use yaml_rust2::YamlLoader;
 
 use crate::support::yaml::{root, yaml_to_json};
+
+/// The header both feed records carry, with [`feed::SCHEMA_VERSION`].
+const SCHEMA_VERSION_HEADER: &str = "schema-version";
 
 fn load_json(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -112,7 +122,14 @@ fn payload_file(doc: &Value, name: &str) -> Option<PathBuf> {
 fn the_schemas_are_valid_2020_12_and_agree_with_each_other() {
     let command = schema("command");
     let reply = schema("reply");
-    for (name, s) in [("command", &command), ("reply", &reply)] {
+    let change = schema("change");
+    let view = schema("view");
+    for (name, s) in [
+        ("command", &command),
+        ("reply", &reply),
+        ("change", &change),
+        ("view", &view),
+    ] {
         assert_eq!(
             s["$schema"], "https://json-schema.org/draft/2020-12/schema",
             "{name}"
@@ -126,6 +143,325 @@ fn the_schemas_are_valid_2020_12_and_agree_with_each_other() {
         reply["properties"]["status"]["enum"],
         json!([200, 201, 400, 403, 404, 409, 422, 500])
     );
+
+    // The feed's schemas are self-contained (a reader needs no resolver) and say what the
+    // reply's Event says: the same definitions, the view = the Event's fields plus `version`,
+    // and a change's fields = the Event's writable ones plus `created` (set by version 1).
+    for (name, s) in [("change", &change), ("view", &view)] {
+        for def in ["canonical_uuid", "datetime", "action", "json_not_null"] {
+            assert_eq!(s["$defs"][def], reply["$defs"][def], "{name} $defs/{def}");
+        }
+    }
+    let event = &reply["$defs"]["event"];
+    let mut view_props = view["properties"]
+        .as_object()
+        .expect("view properties")
+        .clone();
+    let undescribed = |v: &Value| {
+        let mut v = v.clone();
+        v.as_object_mut().map(|o| o.remove("description"));
+        v
+    };
+    let version = view_props.remove("version").expect("a view's version");
+    assert_eq!(
+        undescribed(&version),
+        undescribed(&change["properties"]["version"])
+    );
+    assert_eq!(&Value::Object(view_props.clone()), &event["properties"]);
+    let mut required = event["required"].as_array().expect("required").clone();
+    required.push(json!("version"));
+    assert_eq!(view["required"], Value::Array(required));
+    assert_eq!(view["additionalProperties"], false);
+    let changes = change["$defs"]["changes"]["properties"]
+        .as_object()
+        .expect("changes properties");
+    let writable: Vec<&str> = changes.keys().map(String::as_str).collect();
+    assert_eq!(
+        writable,
+        [
+            "user",
+            "action",
+            "app",
+            "context",
+            "client_ip",
+            "created",
+            "expires",
+            "brand"
+        ]
+    );
+    for (k, v) in changes {
+        assert_eq!(
+            Some(v),
+            view_props.get(k),
+            "changes/{k} differs from the view's"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The change feed's records.
+
+/// `v` with the member at `pointer` set (added where missing).
+fn set(v: &Value, pointer: &str, value: Value) -> Value {
+    let mut v = v.clone();
+    let (parent, last) = pointer.rsplit_once('/').expect("a pointer");
+    v.pointer_mut(parent)
+        .and_then(Value::as_object_mut)
+        .unwrap_or_else(|| panic!("{pointer}"))
+        .insert(last.to_string(), value);
+    v
+}
+
+/// `v` without the member at `pointer`.
+fn unset(v: &Value, pointer: &str) -> Value {
+    let mut v = v.clone();
+    let (parent, last) = pointer.rsplit_once('/').expect("a pointer");
+    let removed = v
+        .pointer_mut(parent)
+        .and_then(Value::as_object_mut)
+        .and_then(|o| o.remove(last));
+    assert!(removed.is_some(), "{pointer} is not there to remove");
+    v
+}
+
+fn body(action: &str, app: &str) -> ValidBody {
+    ValidBody {
+        user: None,
+        action: action.into(),
+        app: app.into(),
+        context: None,
+        client_ip: None,
+        expires: None,
+        brand: None,
+    }
+}
+
+/// The log row the processor appends for `a`.
+fn log_change(a: &Applied, scope: Option<Vec<u8>>, offset: i64) -> LogChange {
+    LogChange {
+        event_uuid: a.state.event_uuid,
+        version: a.state.version,
+        change: a.change.clone(),
+        applied_at: projection::truncate_to_micros(Utc::now()),
+        request_id: format!("r-{offset}"),
+        scope,
+        topic: "event-update-commands".into(),
+        partition: 2,
+        offset,
+    }
+}
+
+fn parsed(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes).expect("a feed record is JSON")
+}
+
+/// Change and view records rendered by `domain::feed` for a create (every field sent, and
+/// every field left to its default) and updates that set some fields or all of them, with a
+/// token's scope, an empty one (authentication disabled) and none (an older row).
+fn rendered() -> Vec<(String, Value, Value)> {
+    let now =
+        Utc.with_ymd_and_hms(2026, 11, 27, 20, 5, 42).unwrap() + Duration::microseconds(163_000);
+    let u = uuid::Uuid::new_v4();
+    let mut full = body("login", "authentik.core");
+    full.user = Some(json!({"pk": 1, "username": "akadmin"}));
+    full.context = Some(json!({"b": {"c": "d"}, "a": [1, 2.5, null]}));
+    full.client_ip = Some(Some("2001:db8::1".into()));
+    full.expires = Some(Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0).unwrap());
+    full.brand = Some(json!({"name": "b"}));
+    let created = projection::apply(u, None, &full, now);
+    let mut partial = body("logout", "b");
+    partial.client_ip = Some(None);
+    let partly = projection::apply(u, Some(&created.state), &partial, now + Duration::hours(1));
+    let mut all = full.clone();
+    all.action = "custom_".into();
+    all.expires = Some(now + Duration::days(3) + Duration::nanoseconds(500_000_999));
+    let fully = projection::apply(u, Some(&partly.state), &all, now + Duration::hours(2));
+    let defaults = projection::apply(uuid::Uuid::new_v4(), None, &body("custom_", "x"), now);
+
+    let mut out = Vec::new();
+    for (what, a) in [
+        ("a create", &created),
+        ("an update of some fields", &partly),
+        ("an update of every field", &fully),
+        ("a create with defaults", &defaults),
+    ] {
+        for (scope_what, scope) in [
+            ("a token's scope", Some(vec![9u8; 32])),
+            ("authentication disabled", Some(Vec::new())),
+            ("no scope recorded", None),
+        ] {
+            let change = parsed(&feed::change_record(&log_change(a, scope, 41)));
+            let view = parsed(&feed::view_record(&a.state));
+            out.push((format!("{what}, {scope_what}"), change, view));
+        }
+    }
+    out
+}
+
+#[test]
+fn rendered_feed_records_validate_and_the_schemas_refuse_what_the_contract_rules_out() {
+    let changes_v = validator("change");
+    let views_v = validator("view");
+    let records = rendered();
+    for (what, change, view) in &records {
+        assert_eq!(
+            errors(&changes_v, change),
+            Vec::<String>::new(),
+            "{what}: {change}"
+        );
+        assert_eq!(
+            errors(&views_v, view),
+            Vec::<String>::new(),
+            "{what}: {view}"
+        );
+    }
+    // The records say what the schemas' conditions are about.
+    let (create, update) = (&records[0].1, &records[3].1);
+    assert_eq!(create["version"], 1);
+    assert_eq!(create["scope"].as_str().map(str::len), Some(16));
+    assert_eq!(records[1].1["scope"], Value::Null);
+    assert_eq!(records[2].1["scope"], Value::Null);
+    assert_eq!(update["version"], 2);
+    assert!(update["changes"].get("created").is_none());
+    assert!(update["changes"].get("user").is_none(), "{update}");
+    let view = &records[0].2;
+
+    let bad_changes = [
+        ("no event_uuid", unset(create, "/event_uuid")),
+        ("no version", unset(create, "/version")),
+        ("no changes", unset(create, "/changes")),
+        ("no applied_at", unset(create, "/applied_at")),
+        ("no request_id", unset(create, "/request_id")),
+        ("no scope", unset(create, "/scope")),
+        ("no command", unset(update, "/command")),
+        ("no command offset", unset(update, "/command/offset")),
+        ("a top-level extra field", set(create, "/extra", json!(1))),
+        (
+            "an extra field in command",
+            set(update, "/command/key", json!("k")),
+        ),
+        (
+            "an unknown field in changes",
+            set(update, "/changes/pk", json!(create["event_uuid"])),
+        ),
+        (
+            "an upper-case scope",
+            set(
+                create,
+                "/scope",
+                json!(create["scope"].as_str().unwrap().to_uppercase()),
+            ),
+        ),
+        (
+            "a 15-digit scope",
+            set(create, "/scope", json!("0123456789abcde")),
+        ),
+        (
+            "the token's full SHA-256 as scope",
+            set(create, "/scope", json!("ab".repeat(32))),
+        ),
+        ("an empty scope", set(create, "/scope", json!(""))),
+        ("a number for scope", set(create, "/scope", json!(7))),
+        ("version 0", set(update, "/version", json!(0))),
+        ("a version as a string", set(update, "/version", json!("2"))),
+        (
+            "an update that sets created",
+            set(
+                update,
+                "/changes/created",
+                create["changes"]["created"].clone(),
+            ),
+        ),
+        ("an update without app", unset(update, "/changes/app")),
+        (
+            "a create without expires",
+            unset(create, "/changes/expires"),
+        ),
+        (
+            "a create without client_ip",
+            unset(create, "/changes/client_ip"),
+        ),
+        (
+            "applied_at without microseconds",
+            set(create, "/applied_at", json!("2026-11-27T20:05:42Z")),
+        ),
+        (
+            "applied_at at +00:00",
+            set(
+                create,
+                "/applied_at",
+                json!("2026-11-27T20:05:42.163000+00:00"),
+            ),
+        ),
+        (
+            "an upper-case event_uuid",
+            set(
+                create,
+                "/event_uuid",
+                json!(create["event_uuid"].as_str().unwrap().to_uppercase()),
+            ),
+        ),
+        ("an empty request_id", set(create, "/request_id", json!(""))),
+        (
+            "a negative partition",
+            set(create, "/command/partition", json!(-1)),
+        ),
+        (
+            "an offset as a string",
+            set(create, "/command/offset", json!("41")),
+        ),
+        ("an empty topic", set(create, "/command/topic", json!(""))),
+        (
+            "an action not a choice",
+            set(update, "/changes/action", json!("LOGOUT")),
+        ),
+        ("an empty app", set(update, "/changes/app", json!(""))),
+        ("a null user", set(create, "/changes/user", Value::Null)),
+        (
+            "expires at +00:00",
+            set(
+                create,
+                "/changes/expires",
+                json!("2027-01-01T00:00:00+00:00"),
+            ),
+        ),
+        ("changes not an object", set(update, "/changes", json!([]))),
+    ];
+    for (what, change) in bad_changes {
+        assert!(
+            !changes_v.is_valid(&change),
+            "change.schema.json accepts a change with {what}: {change}"
+        );
+    }
+    let bad_views = [
+        ("no version", unset(view, "/version")),
+        ("no brand", unset(view, "/brand")),
+        ("no pk", unset(view, "/pk")),
+        ("version 0", set(view, "/version", json!(0))),
+        (
+            "an extra field",
+            set(view, "/event_uuid", view["pk"].clone()),
+        ),
+        (
+            "an upper-case pk",
+            set(
+                view,
+                "/pk",
+                json!(view["pk"].as_str().unwrap().to_uppercase()),
+            ),
+        ),
+        ("a null context", set(view, "/context", Value::Null)),
+        (
+            "created at +00:00",
+            set(view, "/created", json!("2026-11-27T20:05:42.163000+00:00")),
+        ),
+    ];
+    for (what, view) in bad_views {
+        assert!(
+            !views_v.is_valid(&view),
+            "view.schema.json accepts a view with {what}: {view}"
+        );
+    }
 }
 
 /// Replies the processor must never produce are refused by the schema (it is not vacuous),
@@ -235,12 +571,14 @@ fn asyncapi_parses_names_the_topics_and_references_schemas_that_exist() {
     assert_eq!(doc["asyncapi"], "3.0.0");
     assert!(doc.pointer("/info/title").is_some() && doc.pointer("/info/version").is_some());
 
-    // The three topics, at their default names.
+    // The five topics, at their default names.
     let cfg = Config::defaults();
     for (channel, topic) in [
         ("commands", &cfg.command_topic),
         ("replies", &cfg.reply_topic),
         ("dlq", &cfg.dlq_topic),
+        ("changes", &cfg.changes_topic),
+        ("views", &cfg.view_topic),
     ] {
         assert_eq!(
             doc.pointer(&format!("/channels/{channel}/address")),
@@ -263,7 +601,7 @@ fn asyncapi_parses_names_the_topics_and_references_schemas_that_exist() {
             files.insert(path.canonicalize().unwrap());
         }
     }
-    let expected: BTreeSet<PathBuf> = ["command", "reply"]
+    let expected: BTreeSet<PathBuf> = ["command", "reply", "change", "view"]
         .iter()
         .map(|n| {
             root()
@@ -273,7 +611,12 @@ fn asyncapi_parses_names_the_topics_and_references_schemas_that_exist() {
         })
         .collect();
     assert_eq!(files, expected);
-    for (name, file) in [("command", "command"), ("reply", "reply")] {
+    for (name, file) in [
+        ("command", "command"),
+        ("reply", "reply"),
+        ("change", "change"),
+        ("view", "view"),
+    ] {
         let path = payload_file(&doc, name).expect("a payload schema $ref");
         assert_eq!(
             path.canonicalize().unwrap(),
@@ -291,7 +634,7 @@ fn asyncapi_parses_names_the_topics_and_references_schemas_that_exist() {
     }
 
     // Keys and headers.
-    for name in ["command", "reply", "deadLetter"] {
+    for name in ["command", "reply", "deadLetter", "change", "view"] {
         assert!(
             message(&doc, name).pointer("/bindings/kafka/key").is_some(),
             "{name} has a Kafka key"
@@ -330,15 +673,55 @@ fn asyncapi_parses_names_the_topics_and_references_schemas_that_exist() {
         Some(&Value::from("$message.header#/reply-to"))
     );
 
-    // The documented examples validate against the schemas they illustrate.
-    for (name, schema_name) in [("command", "command"), ("reply", "reply")] {
-        let v = validator(schema_name);
+    // The feed's records: their headers, the operations that send them, the topics' settings.
+    has_all("change", &[SCHEMA_VERSION_HEADER, header::TRACEPARENT]);
+    has_all("view", &[SCHEMA_VERSION_HEADER]);
+    for name in ["change", "view"] {
+        let h = header_schema(&doc, name);
+        assert_eq!(h["required"], json!([SCHEMA_VERSION_HEADER]), "{name}");
+        assert_eq!(
+            h["properties"][SCHEMA_VERSION_HEADER]["const"],
+            feed::SCHEMA_VERSION,
+            "{name}"
+        );
+    }
+    for (operation, channel, message) in [
+        ("sendChange", "changes", "change"),
+        ("sendView", "views", "view"),
+    ] {
+        let op = &doc["operations"][operation];
+        assert_eq!(op["action"], "send", "{operation}");
+        assert_eq!(op["channel"]["$ref"], format!("#/channels/{channel}"));
+        assert_eq!(
+            op["messages"],
+            json!([{"$ref": format!("#/channels/{channel}/messages/{message}")}])
+        );
+    }
+    assert_eq!(
+        doc.pointer("/channels/changes/bindings/kafka/topicConfiguration"),
+        Some(&json!({"retention.ms": -1}))
+    );
+    assert_eq!(
+        doc.pointer("/channels/views/bindings/kafka/topicConfiguration"),
+        Some(&json!({"cleanup.policy": ["compact"]}))
+    );
+
+    // The documented examples validate against the schemas they illustrate, and their
+    // headers against the message's header schema.
+    for name in ["command", "reply", "change", "view"] {
+        let v = validator(name);
+        let headers_v = jsonschema::options()
+            .build(header_schema(&doc, name))
+            .expect("a header schema");
         let examples = message(&doc, name)["examples"]
             .as_array()
             .expect("examples");
         assert!(!examples.is_empty());
         for ex in examples {
             assert_eq!(errors(&v, &ex["payload"]), Vec::<String>::new(), "{ex}");
+            if let Some(h) = ex.get("headers") {
+                assert!(headers_v.is_valid(h), "{name}: example headers {h}");
+            }
         }
     }
 }
