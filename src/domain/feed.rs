@@ -13,7 +13,7 @@
 //! keeps per event. It is not required to be byte-stable (a compacted topic keeps the last).
 
 use chrono::{DateTime, Utc};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use uuid::Uuid;
 
 use super::projection::{representation, EventState};
@@ -50,24 +50,57 @@ pub struct LogChange {
 /// with six fraction digits; `scope` is the reply's `command-scope` tag of the command's token,
 /// or null where authentication is disabled or the scope was not recorded.
 pub fn change_record(c: &LogChange) -> Vec<u8> {
-    let mut m = Map::new();
-    m.insert("event_uuid".into(), Value::String(c.event_uuid.to_string()));
-    m.insert("version".into(), Value::from(c.version));
-    m.insert("changes".into(), jsonb_ordered(&c.change));
-    m.insert("applied_at".into(), Value::String(timestamp(c.applied_at)));
-    m.insert("request_id".into(), Value::String(c.request_id.clone()));
-    let scope = match c.scope.as_deref() {
-        Some(s) if !s.is_empty() => Value::String(scope_tag(s)),
-        _ => Value::Null,
+    // Written piece by piece rather than built as a `Value`: the change is not copied.
+    let mut out = Vec::with_capacity(256);
+    let text = |out: &mut Vec<u8>, s: &str| {
+        // Serialising a string or a parsed value into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
     };
-    m.insert("scope".into(), scope);
-    let mut command = Map::new();
-    command.insert("topic".into(), Value::String(c.topic.clone()));
-    command.insert("partition".into(), Value::from(c.partition));
-    command.insert("offset".into(), Value::from(c.offset));
-    m.insert("command".into(), Value::Object(command));
-    // A map of strings, integers and parsed values cannot fail to serialise.
-    serde_json::to_vec(&Value::Object(m)).unwrap_or_default()
+    out.extend_from_slice(b"{\"event_uuid\":\"");
+    out.extend_from_slice(c.event_uuid.to_string().as_bytes());
+    out.extend_from_slice(b"\",\"version\":");
+    out.extend_from_slice(c.version.to_string().as_bytes());
+    out.extend_from_slice(b",\"changes\":");
+    match &c.change {
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|(a, _), (b, _)| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
+            out.push(b'{');
+            for (n, (k, v)) in entries.into_iter().enumerate() {
+                if n > 0 {
+                    out.push(b',');
+                }
+                text(&mut out, k);
+                out.push(b':');
+                let _ = serde_json::to_writer(&mut out, v);
+            }
+            out.push(b'}');
+        }
+        other => {
+            let _ = serde_json::to_writer(&mut out, other);
+        }
+    }
+    out.extend_from_slice(b",\"applied_at\":\"");
+    out.extend_from_slice(timestamp(c.applied_at).as_bytes());
+    out.extend_from_slice(b"\",\"request_id\":");
+    text(&mut out, &c.request_id);
+    out.extend_from_slice(b",\"scope\":");
+    match c.scope.as_deref() {
+        Some(s) if !s.is_empty() => {
+            out.push(b'"');
+            out.extend_from_slice(scope_tag(s).as_bytes());
+            out.push(b'"');
+        }
+        _ => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"command\":{\"topic\":");
+    text(&mut out, &c.topic);
+    out.extend_from_slice(b",\"partition\":");
+    out.extend_from_slice(c.partition.to_string().as_bytes());
+    out.extend_from_slice(b",\"offset\":");
+    out.extend_from_slice(c.offset.to_string().as_bytes());
+    out.extend_from_slice(b"}}");
+    out
 }
 
 /// The value of a view record: the Event as the REST endpoint renders it (`pk`, `user`,
@@ -88,24 +121,6 @@ pub fn key(event_uuid: Uuid) -> Vec<u8> {
 /// RFC 3339, UTC, microseconds: `2026-12-07T20:31:26.123456Z`.
 fn timestamp(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
-}
-
-/// `v` with its top-level keys in `jsonb`'s order (shorter first, then bytewise); nested
-/// values are left as they are (already in that order, see the module doc).
-fn jsonb_ordered(v: &Value) -> Value {
-    match v {
-        Value::Object(map) => {
-            let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_by(|(a, _), (b, _)| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
-            Value::Object(
-                entries
-                    .into_iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            )
-        }
-        other => other.clone(),
-    }
 }
 
 #[cfg(test)]
@@ -147,6 +162,19 @@ mod tests {
         let decided = change(r#"{"user": {"pk": 1}, "action": "a", "app": "b", "brand": {}}"#);
         let stored = change(r#"{"app": "b", "user": {"pk": 1}, "brand": {}, "action": "a"}"#);
         assert_eq!(change_record(&decided), change_record(&stored));
+    }
+
+    #[test]
+    fn strings_that_need_escaping_stay_valid_json() {
+        let mut c = change(r#"{"context": {"a\"b": "\u2028\n"}, "app": "\\"}"#);
+        c.request_id = "r\"\u{1}é".into();
+        c.topic = "t\\".into();
+        let v: Value = serde_json::from_slice(&change_record(&c)).unwrap();
+        assert_eq!(v["request_id"], "r\"\u{1}é");
+        assert_eq!(v["command"]["topic"], "t\\");
+        assert_eq!(v["changes"]["context"]["a\"b"], "\u{2028}\n");
+        let keys: Vec<&String> = v["changes"].as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["app", "context"]);
     }
 
     #[test]

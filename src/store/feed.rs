@@ -16,7 +16,7 @@ use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 use crate::domain::command::Command;
-use crate::domain::decide::{Effects, Outcome, OutcomeKind, Source};
+use crate::domain::decide::{Effects, LogRow, Outcome, OutcomeKind, Source};
 use crate::domain::feed::LogChange;
 use crate::domain::projection::EventState;
 use crate::drf::pyjson;
@@ -122,13 +122,18 @@ pub async fn collect(
     conn: &mut PgConnection,
     commands: &[(Command, Source)],
     outcomes: &[Outcome],
-    effects: &Effects,
+    effects: Effects,
     written_at: DateTime<Utc>,
 ) -> Result<Feed, StoreError> {
-    let appended: HashMap<(Uuid, i64), &crate::domain::decide::LogRow> = effects
+    let mut appended: HashMap<(Uuid, i64), LogRow> = effects
         .log
-        .iter()
+        .into_iter()
         .map(|l| ((l.event_uuid, l.version), l))
+        .collect();
+    let mut final_views: HashMap<Uuid, EventState> = effects
+        .views
+        .into_iter()
+        .map(|v| (v.state.event_uuid, v.state))
         .collect();
     // Per command: the change, where known now; else what to read.
     let mut slots: Vec<(usize, Option<LogChange>)> = Vec::new();
@@ -137,7 +142,7 @@ pub async fn collect(
     for (i, ((cmd, source), o)) in commands.iter().zip(outcomes).enumerate() {
         match (o.kind, o.change) {
             (OutcomeKind::New, Some(key)) => {
-                let Some(l) = appended.get(&key) else {
+                let Some(l) = appended.remove(&key) else {
                     continue;
                 };
                 slots.push((
@@ -145,11 +150,11 @@ pub async fn collect(
                     Some(LogChange {
                         event_uuid: l.event_uuid,
                         version: l.version,
-                        change: l.change.clone(),
+                        change: l.change,
                         applied_at: written_at,
-                        request_id: l.request_id.clone(),
-                        scope: Some(l.scope.clone()),
-                        topic: l.source.topic.clone(),
+                        request_id: l.request_id,
+                        scope: Some(l.scope),
+                        topic: l.source.topic,
                         partition: l.source.partition,
                         offset: l.source.offset,
                     }),
@@ -210,8 +215,8 @@ pub async fn collect(
         if views.iter().any(|v| v.event_uuid == u) || unread.contains(&u) {
             continue;
         }
-        match effects.views.iter().find(|v| v.state.event_uuid == u) {
-            Some(v) => views.push(v.state.clone()),
+        match final_views.remove(&u) {
+            Some(v) => views.push(v),
             None => unread.push(u),
         }
     }

@@ -417,7 +417,7 @@ async fn apply(
     match Writes::of(&effects).write(&mut conn, now).await {
         Ok(()) => {
             let feed = match with_feed {
-                true => feed::collect(&mut conn, commands, &outcomes, &effects, now).await?,
+                true => feed::collect(&mut conn, commands, &outcomes, effects, now).await?,
                 false => Feed::default(),
             };
             Ok(Applied { outcomes, feed })
@@ -468,7 +468,7 @@ async fn apply_locked(
     let (outcomes, effects) = decide_batch(commands, known, rules, now);
     Writes::of(&effects).write(&mut tx, now).await?;
     let feed = match with_feed {
-        true => feed::collect(&mut tx, commands, &outcomes, &effects, now).await?,
+        true => feed::collect(&mut tx, commands, &outcomes, effects, now).await?,
         false => Feed::default(),
     };
     tx.commit().await?;
