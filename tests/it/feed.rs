@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use event_updater::domain::feed::SCHEMA_VERSION;
 use event_updater::domain::reply::header;
+use event_updater_harness::process::Processor;
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -25,6 +26,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use crate::groups::assigned;
 use crate::publishing::{delete_topic, recreate_topic, wait_for_committed, NOTICE};
 use crate::support::exactly_once::{
     assert_exactly_once, env_or, load, send_paced, wait_for_all_or_explain, Rng,
@@ -92,14 +94,17 @@ async fn kill_9_three_times_and_a_joining_member_leave_every_events_feed_whole()
     .await;
     let l = load(&mut rng, n, m);
     let collector = app.collect_replies();
-    let waits: Vec<u64> = (0..kills).map(|_| 1000 + rng.below(3000)).collect();
+    let waits: Vec<u64> = (0..kills).map(|_| 300 + rng.below(1500)).collect();
     let churn = async {
         let mut child = app.start_child("p0", &[]).await;
         let mut member = None;
         for (k, wait) in waits.iter().enumerate() {
+            // Each kill lands on a processor at work: it holds partitions, and the load flows.
+            holds_partitions(&child).await;
             tokio::time::sleep(Duration::from_millis(*wait)).await;
             println!(
-                "kill -9 after {wait} ms; {} answered so far",
+                "kill -9 {wait} ms after it held partitions (assigned={:?}); {} answered so far",
+                assigned(&child),
                 collector.answered()
             );
             child.kill9().await.expect("kill -9");
@@ -115,7 +120,7 @@ async fn kill_9_three_times_and_a_joining_member_leave_every_events_feed_whole()
         (child, member)
     };
     let ((), (child, member)) =
-        tokio::join!(send_paced(&app, &l, Duration::from_millis(300)), churn);
+        tokio::join!(send_paced(&app, &l, Duration::from_millis(350)), churn);
     wait_for_all_or_explain(&app, &collector, &l, Duration::from_secs(300)).await;
     for p in [Some(child), member].into_iter().flatten() {
         p.stop(Duration::from_secs(30))
@@ -154,6 +159,18 @@ async fn kill_9_three_times_and_a_joining_member_leave_every_events_feed_whole()
         started.elapsed()
     );
     app.finish().await;
+}
+
+/// Waits until `child` holds partitions of the command topic (its log says so).
+async fn holds_partitions(child: &Processor) {
+    let deadline = Instant::now() + NOTICE;
+    while assigned(child).is_none_or(|n| n == 0) {
+        assert!(
+            Instant::now() < deadline,
+            "the processor holds no partition after {NOTICE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn command(request_id: &str, event: &str, app: &str) -> Value {

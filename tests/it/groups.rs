@@ -383,7 +383,7 @@ async fn wait_until_stopped(pid: u32) -> Duration {
 
 /// How many partitions `member` holds, as its log last said (`partitions assigned ...
 /// assigned=N` or `revocation done assigned=N`); `None` before its first assignment.
-fn assigned(member: &Processor) -> Option<usize> {
+pub(crate) fn assigned(member: &Processor) -> Option<usize> {
     member
         .log()
         .lines()

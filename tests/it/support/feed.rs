@@ -19,7 +19,6 @@ use event_updater::domain::projection::{self, representation};
 use event_updater::drf::pyjson;
 use event_updater::store;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
@@ -74,7 +73,6 @@ pub async fn read_topic(cfg: &Config, topic: &str) -> Result<Vec<FeedRecord>, St
     let consumer: StreamConsumer = client(cfg)
         .set("group.id", format!("{}-feed-reader", cfg.kafka_group_id))
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
         .set("fetch.wait.max.ms", "5")
         .create()
         .map_err(|e| format!("reader of {topic}: {e}"))?;
@@ -128,7 +126,21 @@ pub async fn read_topic(cfg: &Config, topic: &str) -> Result<Vec<FeedRecord>, St
             ));
         }
         match tokio::time::timeout(POLL, consumer.recv()).await {
-            Err(_) => {}
+            // Nothing more for now: a partition whose position is at its end is done (a
+            // transaction marker, which is no record, can be a partition's last offset).
+            Err(_) => {
+                let positions = consumer
+                    .position()
+                    .map_err(|e| format!("position on {topic}: {e}"))?;
+                for (p, high) in &end {
+                    let at = positions
+                        .find_partition(topic, *p)
+                        .and_then(|e| e.offset().to_raw());
+                    if at.is_some_and(|at| at >= *high) {
+                        done.insert(*p);
+                    }
+                }
+            }
             Ok(Ok(m)) => {
                 let p = m.partition();
                 let record = FeedRecord {
@@ -149,20 +161,6 @@ pub async fn read_topic(cfg: &Config, topic: &str) -> Result<Vec<FeedRecord>, St
                     done.insert(p);
                 }
                 by_partition.entry(p).or_default().push(record);
-            }
-            // The end of a partition: done if it is at or past the end found at the start (a
-            // transaction marker, which is no record, can be the partition's last offset).
-            Ok(Err(KafkaError::PartitionEOF(p))) => {
-                let position = consumer
-                    .position()
-                    .ok()
-                    .and_then(|tpl| tpl.find_partition(topic, p).map(|e| e.offset()))
-                    .and_then(|o| o.to_raw());
-                if let (Some(at), Some(high)) = (position, end.get(&p)) {
-                    if at >= *high {
-                        done.insert(p);
-                    }
-                }
             }
             Ok(Err(e)) => return Err(format!("reading {topic}: {e}")),
         }
