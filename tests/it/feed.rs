@@ -14,10 +14,12 @@
 //!   topic is back the feed goes on without a gap.
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use event_updater::domain::feed::SCHEMA_VERSION;
 use event_updater::domain::reply::header;
+use event_updater::metrics;
 use event_updater_harness::process::Processor;
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
@@ -261,9 +263,9 @@ async fn a_command_read_again_after_it_was_applied_publishes_its_change_again_id
     app.finish().await;
 }
 
-/// The value of the metric series `series` (name and labels) on `/metrics`, if present.
-async fn metric(app: &TestApp, series: &str) -> Option<f64> {
-    let addr = app.app.as_ref().expect("in process").http_addr();
+/// The value of the metric series `series` (name and labels) on the `/metrics` of the
+/// processor at `addr`, if it has one.
+async fn metric(addr: SocketAddr, series: &str) -> Option<f64> {
     let metrics = http_get(addr, "/metrics").await;
     let prefix = format!("{series} ");
     metrics
@@ -272,24 +274,39 @@ async fn metric(app: &TestApp, series: &str) -> Option<f64> {
         .map(|v| v.trim().parse().expect("a metric value"))
 }
 
+/// `event_updater_records_published_total` of records acknowledged on `topic` (`reply`,
+/// `changes`, `view`, …) by the processor at `addr`: 0 when it has published none.
+async fn published(addr: SocketAddr, topic: &str) -> f64 {
+    let series = format!("{}{{topic=\"{topic}\"}}", metrics::PUBLISHED);
+    metric(addr, &series).await.unwrap_or(0.0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_feed_topics_empty_nothing_is_published_and_commands_are_answered() {
-    let app = TestApp::spawn_with(|c| {
+    let app = TestApp::resources_with(|c| {
         c.changes_topic = String::new();
         c.view_topic = String::new();
     })
     .await;
-    let addr = app.app.as_ref().expect("in process").http_addr();
+    // A processor of its own (a child process), so that its metrics count its records alone.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let child = app
+        .start_child("feed-off", &[("HTTP_ADDR", &addr.to_string())])
+        .await;
     wait_for_status(addr, "/readyz", 200, NOTICE).await;
     let event = Uuid::new_v4().to_string();
     let created = app.call(&command("off-1", &event, "a")).await;
     let updated = app.call(&command("off-2", &event, "b")).await;
     assert_eq!((created.status(), updated.status()), (201, 200));
-    for series in [
-        "event_updater_changes_published_total",
-        "event_updater_views_published_total",
-    ] {
-        assert_eq!(metric(&app, series).await, Some(0.0), "{series}");
+    assert!(published(addr, "reply").await >= 2.0, "replies are counted");
+    for topic in ["changes", "view"] {
+        assert_eq!(
+            published(addr, topic).await,
+            0.0,
+            "{topic} records published"
+        );
     }
     // No topic of the test's but its command, reply and dead-letter topics.
     let admin: AdminClient<DefaultClientContext> = client(&app.cfg).create().expect("client");
@@ -312,6 +329,10 @@ async fn with_the_feed_topics_empty_nothing_is_published_and_commands_are_answer
     expected.sort_unstable();
     assert_eq!(ours, expected);
     drop(admin);
+    child
+        .stop(Duration::from_secs(30))
+        .await
+        .expect("the processor stops cleanly");
     app.finish().await;
 }
 
