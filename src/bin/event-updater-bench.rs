@@ -283,6 +283,16 @@ struct Drain {
     /// What the processor left on the feed's topics (`None`: the feed was off).
     feed: Option<FeedTally>,
     peak_rss: u64,
+    /// The processor's CPU time (user and system), from its start to its stop.
+    cpu_seconds: f64,
+}
+
+impl Drain {
+    /// The processor's CPU time per command, in microseconds: a figure the machine's other
+    /// load hardly moves, unlike the rate.
+    fn cpu_us_per_command(&self) -> f64 {
+        self.cpu_seconds * 1e6 / self.commands.max(1) as f64
+    }
 }
 
 /// Whether a drain's processor publishes the change feed.
@@ -762,7 +772,10 @@ impl Bench {
         let collector = Collector::start(reader(&self.cfg, &scope.replies, self.partitions)?);
         let mut child = ChildProcessor::spawn(&self.cfg, scope, max_batch, feed)?;
         self.await_answers(&mut child, &collector, n, label).await?;
-        let peak_rss = child.stop().await?;
+        let Stopped {
+            peak_rss,
+            cpu_seconds,
+        } = child.stop().await?;
         // Anything published after the last command was answered (a duplicate) is counted too.
         collector.settle(Duration::from_secs(2)).await;
         let replies = ReplyTally::of(&collector.stop().await, n);
@@ -777,12 +790,13 @@ impl Bench {
         let span_ms = drain_span(&replies, feed.and_then(|f| f.last_ms()));
         let throughput = throughput(&replies, span_ms);
         self.progress(format_args!(
-            "{label}: {} cmd/s, {} answered, {} duplicates, {} missing, peak RSS {}",
+            "{label}: {} cmd/s, {} answered, {} duplicates, {} missing, peak RSS {}, CPU {:.1} s",
             throughput.map_or("-".into(), fmt_count),
             replies.answered,
             replies.duplicates,
             replies.missing,
-            fmt_mib(peak_rss)
+            fmt_mib(peak_rss),
+            cpu_seconds
         ));
         Ok(Drain {
             commands: n,
@@ -793,6 +807,7 @@ impl Bench {
             replies,
             feed,
             peak_rss,
+            cpu_seconds,
         })
     }
 
@@ -1133,7 +1148,7 @@ impl Bench {
             ));
             points.push(point);
         }
-        let peak_rss = child.stop().await?;
+        let peak_rss = child.stop().await?.peak_rss;
         drop(echo);
         Ok(Curve { points, peak_rss })
     }
@@ -1963,16 +1978,49 @@ impl ChildProcessor {
         Ok(self.child.ensure_running()?)
     }
 
-    /// Reads the peak RSS, then stops the processor with SIGTERM and waits for it.
-    async fn stop(mut self) -> anyhow::Result<u64> {
+    /// Reads the peak RSS and the CPU time used, then stops the processor with SIGTERM and
+    /// waits for it.
+    async fn stop(mut self) -> anyhow::Result<Stopped> {
         self.ensure_running()?;
-        let peak = self.child.peak_rss()?;
+        let peak_rss = self.child.peak_rss()?;
+        let cpu_seconds = cpu_seconds(self.child.pid())?;
         let (status, _) = self.child.terminate(Duration::from_secs(60)).await?;
         if !status.success() {
             eprintln!("[bench] the processor exited with {status} after SIGTERM");
         }
-        Ok(peak)
+        Ok(Stopped {
+            peak_rss,
+            cpu_seconds,
+        })
     }
+}
+
+/// What a processor used in its life, read just before it was stopped.
+#[derive(Debug, Clone, Copy)]
+struct Stopped {
+    peak_rss: u64,
+    /// User and system CPU time, every thread.
+    cpu_seconds: f64,
+}
+
+/// The CPU time (user and system, every thread) process `pid` has used so far, in seconds.
+/// Linux only.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    /// The unit of `/proc/<pid>/stat`'s times: `USER_HZ`, 100 on every Linux ABI.
+    const USER_HZ: f64 = 100.0;
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let ticks = cpu_ticks(&stat).with_context(|| format!("no utime and stime in {path}"))?;
+    Ok(ticks as f64 / USER_HZ)
+}
+
+/// `utime + stime` of a `/proc/<pid>/stat` line: fields 14 and 15, counted after the command
+/// name (in parentheses, and free to hold spaces or parentheses itself), whose next field is
+/// the third.
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+    Some(field(14)? + field(15)?)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2192,6 +2240,16 @@ impl Report {
             100.0 * FEED_COST_BOUND,
             yes(targets["feed_costs_at_most_20pct"])
         ));
+        let (cpu_on, cpu_off) = (
+            self.drain.cpu_us_per_command(),
+            self.drain_feed_off.cpu_us_per_command(),
+        );
+        rows.push(format!(
+            "| The feed's cost in the processor's CPU time per command (on against off) | {:+.0}% ({:.0} µs against {:.0} µs) | | | | | |",
+            100.0 * (cpu_on / cpu_off - 1.0),
+            cpu_on,
+            cpu_off
+        ));
         if let Some(p) = &self.preloaded {
             let x = p.drain.throughput.unwrap_or(f64::NAN);
             rows.push(format!(
@@ -2273,14 +2331,16 @@ impl Report {
                 .collect();
             let feed = d.feed.map_or("feed off".to_string(), |f| f.show());
             out.push_str(&format!(
-                "{name}: {} of {} commands answered, {} duplicates, {} missing, {} foreign; statuses {{{}}}; {feed}; backlog produced at {}\n",
+                "{name}: {} of {} commands answered, {} duplicates, {} missing, {} foreign; statuses {{{}}}; {feed}; backlog produced at {}; the processor's CPU {:.1} s ({:.0} µs per command)\n",
                 r.answered,
                 d.commands,
                 r.duplicates,
                 r.missing,
                 r.foreign,
                 statuses.join(", "),
-                rate(d.produce_rate)
+                rate(d.produce_rate),
+                d.cpu_seconds,
+                d.cpu_us_per_command()
             ));
         }
         out.push_str(&format!(
@@ -2334,6 +2394,8 @@ impl Report {
                     })
                 }),
                 "peak_rss_bytes": d.peak_rss,
+                "cpu_seconds": d.cpu_seconds,
+                "cpu_us_per_command": d.cpu_us_per_command(),
             })
         };
         let pct = |p: &Percentiles| json!({"p50_ms": p.p50, "p99_ms": p.p99, "max_ms": p.max});
@@ -2381,6 +2443,7 @@ impl Report {
                 "to_min_b_c": self.rate() / floor,
                 "full_log_to_empty_log": self.preload_ratio(),
                 "feed_on_to_feed_off": self.feed_cost().map(|c| 1.0 - c),
+                "feed_on_to_feed_off_cpu_per_command": self.drain.cpu_us_per_command() / self.drain_feed_off.cpu_us_per_command(),
             },
             "targets_met": self.targets(),
             "drain": drain(&self.drain),
@@ -2466,6 +2529,14 @@ mod tests {
         assert!(feed(None, None).complete(), "both topics off");
         assert_eq!(feed(topic(10), topic(4)).last_ms(), Some(10));
         assert_eq!(feed(None, None).last_ms(), None);
+    }
+
+    #[test]
+    fn cpu_time_is_read_after_a_command_name_with_spaces_and_parentheses() {
+        let stat = "4242 (event updater (x)) S 1 4242 4242 0 -1 4194560 5 0 0 0 1234 56 0 0 20 0 9 0 100 0 0";
+        assert_eq!(cpu_ticks(stat), Some(1290));
+        assert_eq!(cpu_ticks("4242 (x) S 1"), None);
+        assert!(cpu_seconds(std::process::id()).unwrap() >= 0.0);
     }
 
     #[test]
