@@ -855,7 +855,13 @@ async fn the_local_compose_stack_answers_commands_and_serves_metrics() {
             .run(&["exec", "-T", "event-updater", "printenv", name])
             .unwrap_or_else(|e| panic!("{e}"))
     };
-    let (command_topic, topic_partitions) = (setting("COMMAND_TOPIC"), setting("TOPIC_PARTITIONS"));
+    let topic_partitions = setting("TOPIC_PARTITIONS");
+    // The command topic, and the change feed's topics compose sets (the feed is on).
+    let topics: Vec<String> = ["COMMAND_TOPIC", "CHANGES_TOPIC", "VIEW_TOPIC"]
+        .into_iter()
+        .map(setting)
+        .collect();
+    assert!(topics.iter().all(|t| !t.is_empty()), "{topics:?}");
     let host_listener = format!("localhost:{kafka_port}");
     let (brokers, partitions) = tokio::task::spawn_blocking(move || {
         use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -863,22 +869,29 @@ async fn the_local_compose_stack_answers_commands_and_serves_metrics() {
             .set("bootstrap.servers", &host_listener)
             .create()
             .expect("a client");
-        let metadata = client
-            .fetch_metadata(Some(&command_topic), Duration::from_secs(30))
-            .unwrap_or_else(|e| panic!("metadata from {host_listener}: {e}"));
-        let brokers: Vec<(String, i32)> = metadata
-            .brokers()
-            .iter()
-            .map(|b| (b.host().to_string(), b.port()))
-            .collect();
-        let topic = &metadata.topics()[0];
-        assert!(topic.error().is_none(), "{:?}", topic.error());
-        (brokers, topic.partitions().len())
+        let mut brokers = Vec::new();
+        let mut partitions = Vec::new();
+        for name in &topics {
+            let metadata = client
+                .fetch_metadata(Some(name), Duration::from_secs(30))
+                .unwrap_or_else(|e| panic!("metadata from {host_listener}: {e}"));
+            brokers = metadata
+                .brokers()
+                .iter()
+                .map(|b| (b.host().to_string(), b.port()))
+                .collect();
+            let topic = &metadata.topics()[0];
+            assert!(topic.error().is_none(), "{name}: {:?}", topic.error());
+            partitions.push((name.clone(), topic.partitions().len().to_string()));
+        }
+        (brokers, partitions)
     })
     .await
     .expect("the metadata request");
     assert_eq!(brokers, [("localhost".to_string(), i32::from(kafka_port))]);
-    assert_eq!(partitions.to_string(), topic_partitions);
+    for (name, count) in &partitions {
+        assert_eq!(count, &topic_partitions, "partitions of {name}");
+    }
 
     // A token, then commands through the stack's broker with the binary's own `send`.
     let token = compose
@@ -930,13 +943,22 @@ async fn the_local_compose_stack_answers_commands_and_serves_metrics() {
     assert!(!ok, "a 400 exits 1");
     assert_eq!(refused["status"], 400, "{refused}");
 
-    // /metrics on the published port counts them.
+    // /metrics on the published port counts them, and the two changes they appended (the 400
+    // appended none) published on the changes topic; a change is counted once the broker
+    // acknowledged it, which may be just after its reply: read until it shows, 10 s at most.
     let metrics_addr = std::net::SocketAddr::from(([127, 0, 0, 1], http_port));
-    let metrics = http_get(metrics_addr, "/metrics").await;
+    let published = "event_updater_records_published_total{topic=\"changes\"} 2";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut metrics = http_get(metrics_addr, "/metrics").await;
+    while !metrics.contains(published) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        metrics = http_get(metrics_addr, "/metrics").await;
+    }
     for series in [
         "event_updater_commands_total{status=\"201\",outcome=\"new\"} 1",
         "event_updater_commands_total{status=\"200\",outcome=\"new\"} 1",
         "event_updater_commands_total{status=\"400\",outcome=\"new\"} 1",
+        published,
     ] {
         assert!(metrics.contains(series), "{series} in\n{metrics}");
     }
