@@ -14,7 +14,9 @@
 //!   same way;
 //!   `docker stop` in the middle of a batch and a new container started on the same database.
 //!   After each: nothing lost, nothing applied twice, every command answered, versions 1..n,
-//!   the view a fold of the log (tests/it/support/exactly_once.rs, shared with tests/it/faults.rs).
+//!   the view a fold of the log (tests/it/support/exactly_once.rs, shared with tests/it/faults.rs);
+//!   and the change feed whole: per event versions 1..n, repeats byte-identical, folding to the
+//!   row, the view topic's last record equal to it (tests/it/support/feed.rs).
 //! - The local stack: `docker-compose` brings up deploy/compose.yaml with
 //!   deploy/local/compose.override.yaml (the local images, nothing pulled) on free host ports;
 //!   commands go through it and its replies and `/metrics` are read, Kafka's host listener
@@ -367,6 +369,35 @@ async fn first_record_keyed(app: &TestApp, topic: &str, key: &str) -> Received {
     }
 }
 
+/// The change feed's guarantee on both of the test's feed topics, read whole from the host
+/// (once the processor has stopped, or after the records looked for were read, so that nothing
+/// is still on its way): versions 1..n per event, repeats byte-identical, the deduplicated
+/// changes folding to each `events` row, and the view topic's last record per event equal to
+/// its row.
+async fn assert_feed_whole(app: &TestApp, what: &str) {
+    let cfg = &app.cfg;
+    let changes = read_topic(cfg, &cfg.changes_topic)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let report = check_changes(&changes).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let events = fold_equals_view(&app.pool, &report)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let views = read_topic(cfg, &cfg.view_topic)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    view_topic_matches(&app.pool, &views)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    println!(
+        "{what}: the change feed holds {} records ({} repeats) of {} changes over {events} \
+         events, each 1..n and folding to its row; the view topic's last records equal the rows",
+        report.records,
+        report.repeats,
+        report.distinct()
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The image's own parts.
 
@@ -494,23 +525,8 @@ async fn the_image_runs_unprivileged_reports_its_health_and_stops_on_its_stop_si
         "{:?}",
         view.value
     );
-    // The whole of both topics: versions 1..n per event, folding to the `events` rows, and the
-    // view topic's last record per event equal to its row.
-    let changes = read_topic(cfg, &cfg.changes_topic)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let report = check_changes(&changes).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(report.events(), 1);
-    fold_equals_view(&stack.app.pool, &report)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let views = read_topic(cfg, &cfg.view_topic)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    view_topic_matches(&stack.app.pool, &views)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    println!("feed: the change and the view of {event} read from the host");
+    // The whole of both topics.
+    assert_feed_whole(&stack.app, "feed").await;
 
     // The database gone: /readyz says so, and the health check turns unhealthy.
     stack.postgres.stop().await.expect("stop PostgreSQL");
@@ -607,6 +623,7 @@ async fn postgres_cut_off_by_the_network_for_30_s_under_load_loses_and_doubles_n
     .await;
     let (code, _) = p.docker_stop(45).await;
     assert_eq!(code, 0);
+    assert_feed_whole(&stack.app, test).await;
     p.remove().await;
     stack.finish().await;
 }
@@ -673,6 +690,7 @@ async fn the_broker_cut_off_by_the_network_for_30_s_under_load_loses_and_doubles
     .await;
     let (code, _) = p.docker_stop(45).await;
     assert_eq!(code, 0);
+    assert_feed_whole(&stack.app, test).await;
     p.remove().await;
     stack.finish().await;
 }
@@ -730,6 +748,7 @@ async fn docker_stop_in_the_middle_of_a_batch_then_a_new_container_loses_and_dou
     .await;
     let (code, _) = second.docker_stop(45).await;
     assert_eq!(code, 0);
+    assert_feed_whole(&stack.app, test).await;
     second.remove().await;
     stack.finish().await;
 }
