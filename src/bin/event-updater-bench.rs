@@ -101,6 +101,12 @@ pub struct BenchArgs {
     /// drain rate), for the processor and again for the broker's own echo.
     #[arg(long, default_value_t = 15, value_parser = value_parser!(u64).range(1..))]
     pub latency_seconds: u64,
+    /// Rounds of the drain with the feed on and with it off (on an empty log), each drain on a
+    /// fresh database and fresh topics, the order alternating (on then off, off then on, …);
+    /// the figures are each side's median. More than one steadies the feed's cost on a
+    /// machine that is doing other work.
+    #[arg(long, default_value_t = 1, value_parser = value_parser!(u64).range(1..=9))]
+    pub feed_rounds: u64,
     /// Changes put in the log before the second drain (0 skips that drain).
     #[arg(long, default_value_t = 1_000_000)]
     pub preload_changes: u64,
@@ -482,6 +488,8 @@ struct Report {
     drain: Drain,
     /// The same drain with the feed off.
     drain_feed_off: Drain,
+    /// Every round's drains (feed on, feed off); `drain` and `drain_feed_off` are the medians.
+    feed_rounds: Vec<(Drain, Drain)>,
     /// Whether the drains with the feed on had a changes topic and a view topic
     /// (`CHANGES_TOPIC`, `VIEW_TOPIC` not empty).
     config_feed: (bool, bool),
@@ -575,8 +583,10 @@ impl Bench {
             self.cfg.kafka_bootstrap_servers
         ));
         let settings = self.postgres_settings().await?;
-        let (drain, pass_through) = self.in_scope(|s| self.drain_and_pass_through(s)).await?;
-        let drain_feed_off = self.in_scope(|s| self.drain_feed_off(s)).await?;
+        let (first, pass_through) = self.in_scope(|s| self.drain_and_pass_through(s)).await?;
+        let feed_rounds = self.feed_rounds(first).await?;
+        let drain = median_drain(feed_rounds.iter().map(|(on, _)| on));
+        let drain_feed_off = median_drain(feed_rounds.iter().map(|(_, off)| off));
         let naive = self.in_scope(|s| self.naive(s)).await?;
         let ingest = self.in_scope(|s| self.pg_ingest(s)).await?;
         let preloaded = match a.preload_changes {
@@ -595,6 +605,7 @@ impl Bench {
             settings,
             drain,
             drain_feed_off,
+            feed_rounds,
             config_feed: (
                 !self.cfg.changes_topic.is_empty(),
                 !self.cfg.view_topic.is_empty(),
@@ -717,18 +728,51 @@ impl Bench {
         Ok((drain, pass_through))
     }
 
-    /// The same drain as the first (the same commands, an empty log), with the feed off.
-    async fn drain_feed_off(&self, scope: Scope) -> anyhow::Result<Drain> {
+    /// `--feed-rounds` pairs of drains on an empty log, (feed on, feed off), the first on
+    /// being `first`; each round after the first drains in the other order than the one
+    /// before, so that neither side always runs first.
+    async fn feed_rounds(&self, first: Drain) -> anyhow::Result<Vec<(Drain, Drain)>> {
+        let rounds = self.args.feed_rounds;
+        let mut out = Vec::new();
+        let mut first = Some(first);
+        for round in 1..=rounds {
+            let label = |base: &str| match rounds {
+                1 => base.to_string(),
+                _ => format!("{base} (round {round} of {rounds})"),
+            };
+            let (on_label, off_label) = (label(DRAIN_LABEL), label(DRAIN_FEED_OFF_LABEL));
+            let on = |first: Option<Drain>| async {
+                match first {
+                    Some(d) => Ok(d),
+                    None => {
+                        self.in_scope(|s| self.empty_log_drain(s, Feed::On, &on_label))
+                            .await
+                    }
+                }
+            };
+            let off = || self.in_scope(|s| self.empty_log_drain(s, Feed::Off, &off_label));
+            let pair = if round % 2 == 1 {
+                let on = on(first.take()).await?;
+                (on, off().await?)
+            } else {
+                let off = off().await?;
+                (on(first.take()).await?, off)
+            };
+            out.push(pair);
+        }
+        Ok(out)
+    }
+
+    /// The drain of the `--commands` commands on an empty log, the feed on or off.
+    async fn empty_log_drain(
+        &self,
+        scope: Scope,
+        feed: Feed,
+        label: &str,
+    ) -> anyhow::Result<Drain> {
         let n = self.args.commands;
-        self.drain(
-            &scope,
-            n,
-            self.max_batch,
-            Feed::Off,
-            DRAIN_FEED_OFF_LABEL,
-            None,
-        )
-        .await
+        self.drain(&scope, n, self.max_batch, feed, label, None)
+            .await
     }
 
     /// (a): the first K commands of the same data, one command per transaction.
@@ -1616,6 +1660,17 @@ fn reply_status(value: &[u8]) -> u16 {
         .unwrap_or(0)
 }
 
+/// The drain of median throughput (of an even number, the lower of the middle two; a drain too
+/// short to measure counts as the slowest). `drains` is not empty: `--feed-rounds` is at least 1.
+fn median_drain<'d>(drains: impl Iterator<Item = &'d Drain>) -> Drain {
+    let mut d: Vec<&Drain> = drains.collect();
+    d.sort_by(|a, b| {
+        let rate = |x: &Drain| x.throughput.unwrap_or(f64::NEG_INFINITY);
+        rate(a).total_cmp(&rate(b))
+    });
+    d[(d.len() - 1) / 2].clone()
+}
+
 /// From the first reply to the last record the drain published: the last reply, or a feed
 /// record published after it (`feed_last_ms`).
 fn drain_span(t: &ReplyTally, feed_last_ms: Option<i64>) -> i64 {
@@ -2322,6 +2377,28 @@ impl Report {
             setting("autovacuum"),
             setting("plan_cache_mode"),
         ));
+        if self.feed_rounds.len() > 1 {
+            let rounds: Vec<String> = self
+                .feed_rounds
+                .iter()
+                .map(|(on, off)| {
+                    let (on, off) = (
+                        on.throughput.unwrap_or(f64::NAN),
+                        off.throughput.unwrap_or(f64::NAN),
+                    );
+                    format!(
+                        "{} / {} ({:.1}%)",
+                        fmt_count(on),
+                        fmt_count(off),
+                        100.0 * (1.0 - on / off)
+                    )
+                })
+                .collect();
+            out.push_str(&format!(
+                "The feed's rounds, drain with the feed on / off in cmd/s (its cost); the table has the medians: {}\n",
+                rounds.join("; ")
+            ));
+        }
         for (name, d) in self.drains() {
             let r = &d.replies;
             let statuses: Vec<String> = r
@@ -2356,14 +2433,21 @@ impl Report {
         out
     }
 
-    fn drains(&self) -> Vec<(&'static str, &Drain)> {
-        let mut d = vec![
-            (DRAIN_LABEL, &self.drain),
-            (DRAIN_FEED_OFF_LABEL, &self.drain_feed_off),
-            (NAIVE_LABEL, &self.naive),
-        ];
+    /// Every drain of the run, named.
+    fn drains(&self) -> Vec<(String, &Drain)> {
+        let rounds = self.feed_rounds.len();
+        let mut d = Vec::new();
+        for (i, (on, off)) in self.feed_rounds.iter().enumerate() {
+            let name = |base: &str| match rounds {
+                1 => base.to_string(),
+                _ => format!("{base} (round {} of {rounds})", i + 1),
+            };
+            d.push((name(DRAIN_LABEL), on));
+            d.push((name(DRAIN_FEED_OFF_LABEL), off));
+        }
+        d.push((NAIVE_LABEL.to_string(), &self.naive));
         if let Some(p) = &self.preloaded {
-            d.push(("drain, full log", &p.drain));
+            d.push(("drain, full log".to_string(), &p.drain));
         }
         d
     }
@@ -2448,6 +2532,12 @@ impl Report {
             "targets_met": self.targets(),
             "drain": drain(&self.drain),
             "drain_feed_off": drain(&self.drain_feed_off),
+            "feed_rounds": self.feed_rounds.iter().map(|(on, off)| json!({
+                "on_per_s": on.throughput,
+                "off_per_s": off.throughput,
+                "on_cpu_us_per_command": on.cpu_us_per_command(),
+                "off_cpu_us_per_command": off.cpu_us_per_command(),
+            })).collect::<Vec<_>>(),
             "naive": drain(&self.naive),
             "full_log": self.preloaded.as_ref().map(|p| json!({
                 "preload_changes": p.changes,
@@ -2537,6 +2627,32 @@ mod tests {
         assert_eq!(cpu_ticks(stat), Some(1290));
         assert_eq!(cpu_ticks("4242 (x) S 1"), None);
         assert!(cpu_seconds(std::process::id()).unwrap() >= 0.0);
+    }
+
+    #[test]
+    fn the_median_drain_is_the_middle_one_by_rate() {
+        let drain = |rate: Option<f64>| Drain {
+            commands: 1,
+            max_batch: 1,
+            produce_rate: 0.0,
+            throughput: rate,
+            span_ms: 0,
+            replies: ReplyTally::default(),
+            feed: None,
+            peak_rss: 0,
+            cpu_seconds: 0.0,
+        };
+        let rates = |d: Drain| d.throughput;
+        let three = [drain(Some(3.0)), drain(None), drain(Some(1.0))];
+        assert_eq!(rates(median_drain(three.iter())), Some(1.0));
+        let four = [
+            drain(Some(4.0)),
+            drain(Some(2.0)),
+            drain(Some(1.0)),
+            drain(Some(3.0)),
+        ];
+        assert_eq!(rates(median_drain(four.iter())), Some(2.0));
+        assert_eq!(rates(median_drain([drain(Some(5.0))].iter())), Some(5.0));
     }
 
     #[test]
