@@ -1361,3 +1361,40 @@ async fn every_published_change_and_view_validates_and_names_its_command() {
     }
     open.finish().await;
 }
+
+/// The change record docs/contract.md shows is one the schema accepts, and compact JSON with
+/// its members in the documented order (as `domain::feed::change_record` writes them).
+#[test]
+fn the_contracts_change_example_validates() {
+    let text = std::fs::read_to_string(root().join("docs/contract.md")).expect("docs/contract.md");
+    let section = text
+        .split("\n## Change feed\n")
+        .nth(1)
+        .expect("a Change feed section");
+    let example = section
+        .split("```json\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("a JSON example in the Change feed section");
+    let value: Value = serde_json::from_str(example).expect("the example is JSON");
+    assert_eq!(errors(&validator("change"), &value), Vec::<String>::new());
+    assert_eq!(serde_json::to_string(&value).unwrap(), example, "compact");
+    let order: Vec<&str> = value
+        .as_object()
+        .expect("an object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "event_uuid",
+            "version",
+            "changes",
+            "applied_at",
+            "request_id",
+            "scope",
+            "command"
+        ]
+    );
+}
