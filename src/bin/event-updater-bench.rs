@@ -484,6 +484,9 @@ struct Report {
     partitions: i32,
     auth: bool,
     settings: BTreeMap<String, String>,
+    /// The machine's 1-minute load average when the run started and when it ended: the
+    /// benchmark alone keeps it at about the core count; much more says something else ran.
+    load_average: (Option<f64>, Option<f64>),
     /// The drain on an empty log, the feed on (the processor's default).
     drain: Drain,
     /// The same drain with the feed off.
@@ -583,6 +586,7 @@ impl Bench {
             self.cfg.kafka_bootstrap_servers
         ));
         let settings = self.postgres_settings().await?;
+        let load_at_start = load_average();
         let (first, pass_through) = self.in_scope(|s| self.drain_and_pass_through(s)).await?;
         let feed_rounds = self.feed_rounds(first).await?;
         let drain = median_drain(feed_rounds.iter().map(|(on, _)| on));
@@ -603,6 +607,7 @@ impl Bench {
             partitions: self.partitions,
             auth: self.cfg.auth_mode == AuthMode::Required,
             settings,
+            load_average: (load_at_start, load_average()),
             drain,
             drain_feed_off,
             feed_rounds,
@@ -2058,6 +2063,16 @@ struct Stopped {
     cpu_seconds: f64,
 }
 
+/// The machine's 1-minute load average (`/proc/loadavg`), where it can be read.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// The CPU time (user and system, every thread) process `pid` has used so far, in seconds.
 /// Linux only.
 fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
@@ -2399,6 +2414,13 @@ impl Report {
                 rounds.join("; ")
             ));
         }
+        let load = |l: Option<f64>| l.map_or("?".to_string(), |l| format!("{l:.2}"));
+        out.push_str(&format!(
+            "The machine's 1-minute load average: {} at the start, {} at the end ({} cores)\n",
+            load(self.load_average.0),
+            load(self.load_average.1),
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        ));
         for (name, d) in self.drains() {
             let r = &d.replies;
             let statuses: Vec<String> = r
@@ -2511,6 +2533,7 @@ impl Report {
             "partitions": self.partitions,
             "auth_required": self.auth,
             "postgres": self.settings,
+            "load_average_1m": {"start": self.load_average.0, "end": self.load_average.1},
             "throughput_per_s": self.drain.throughput,
             "throughput_feed_off_per_s": self.drain_feed_off.throughput,
             "feed_cost_percent": self.feed_cost().map(|c| 100.0 * c),
@@ -2627,6 +2650,7 @@ mod tests {
         assert_eq!(cpu_ticks(stat), Some(1290));
         assert_eq!(cpu_ticks("4242 (x) S 1"), None);
         assert!(cpu_seconds(std::process::id()).unwrap() >= 0.0);
+        assert!(load_average().is_some_and(|l| l >= 0.0));
     }
 
     #[test]
