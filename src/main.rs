@@ -70,6 +70,12 @@ pub enum CliCommand {
         #[command(subcommand)]
         action: ops::offsets::OffsetsCommand,
     },
+    /// The change feed: `feed backfill` republishes the event log's changes to CHANGES_TOPIC
+    /// (and the events' views to VIEW_TOPIC), resumably.
+    Feed {
+        #[command(subcommand)]
+        action: ops::feed::FeedCommand,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -100,6 +106,7 @@ async fn run() -> anyhow::Result<()> {
         CliCommand::Dlq { action } => ops::tools::dlq(&cfg, action).await,
         CliCommand::Send(args) => ops::tools::send(&cfg, args).await,
         CliCommand::Offsets { action } => ops::offsets::run(&cfg, action).await,
+        CliCommand::Feed { action } => ops::feed::run(&cfg, action).await,
     }
 }
 

@@ -1,9 +1,10 @@
 //! The operator's commands, in one place: `show` (an event's view and history), `token`
 //! (API tokens), and in [`tools`] `send`, `dlq replay` and `rebuild-projection`; [`demo`] runs
-//! the processor with a demonstration, [`offsets`] the applied offsets. `main.rs` only
-//! dispatches to them.
+//! the processor with a demonstration, [`offsets`] the applied offsets, [`feed`] the change
+//! feed's backfill. `main.rs` only dispatches to them.
 
 pub mod demo;
+pub mod feed;
 pub mod offsets;
 pub mod tools;
 
