@@ -6,6 +6,7 @@
 //! `cargo test --test it security::`. `tests/deploy_files.rs`, which needs no services, is a
 //! crate of its own.
 
+mod backfill;
 mod backpressure;
 mod containers;
 mod contract_schema;
