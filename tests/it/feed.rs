@@ -263,6 +263,31 @@ async fn a_command_read_again_after_it_was_applied_publishes_its_change_again_id
     app.finish().await;
 }
 
+/// Waits until the broker's metadata no longer has `topic`: a record sent before could still
+/// be acknowledged by a partition being deleted, and be lost with it.
+async fn wait_until_gone(app: &TestApp, topic: &str) {
+    let admin: AdminClient<DefaultClientContext> = client(&app.cfg).create().expect("client");
+    let deadline = Instant::now() + NOTICE;
+    loop {
+        let metadata = admin
+            .inner()
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .expect("metadata");
+        let present = metadata
+            .topics()
+            .iter()
+            .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+        if !present {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{topic} is still there {NOTICE:?} after its deletion"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The value of the metric series `series` (name and labels) on the `/metrics` of the
 /// processor at `addr`, if it has one.
 async fn metric(addr: SocketAddr, series: &str) -> Option<f64> {
@@ -350,6 +375,7 @@ async fn an_unusable_changes_topic_holds_commits_back_and_the_feed_resumes_witho
 
     let changes_topic = app.cfg.changes_topic.clone();
     delete_topic(&app, &changes_topic).await;
+    wait_until_gone(&app, &changes_topic).await;
     // Updates of the event and three new events, sent while the topic is gone.
     let mut ids = Vec::new();
     for i in 1..=3 {
