@@ -23,7 +23,7 @@ use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::{Connection, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-use crate::support::{Received, Services, TestApp};
+use crate::support::{feed, Received, Services, TestApp};
 
 /// The previous release's files.
 fn previous_release() -> PathBuf {
@@ -417,6 +417,23 @@ async fn records_read_again_after_their_replies_were_pruned_are_answered_and_not
     assert_eq!(log_rows(&app.pool).await, log_before);
     assert_eq!(view_rows(&app.pool).await, views_before);
     app.assert_view_is_fold_of_log().await;
+
+    // Yet every change was published again, the same bytes: the young commands' from their
+    // stored replies, the old ones' found in the log by their record.
+    let topic = app.cfg.changes_topic.clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let records = loop {
+        let records = feed::read_topic(&app.cfg, &topic).await.expect("changes");
+        if records.len() >= 2 * sent.len() || tokio::time::Instant::now() > deadline {
+            break records;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let report = feed::check_changes(&records).expect("the feed is whole");
+    assert_eq!(
+        (report.records, report.repeats, report.distinct()),
+        (16, 8, 8)
+    );
     app.finish().await;
 }
 

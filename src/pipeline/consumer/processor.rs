@@ -121,6 +121,9 @@ impl Processor {
             )));
         }
         let stop = Arc::new(AtomicBool::new(false));
+        // Whatever ends this future, even its being dropped unfinished (a test that panics), the
+        // fetch thread is told to stop, so nothing waits on it for ever.
+        let _stop_on_drop = StopOnDrop(stop.clone());
         let fetcher = {
             let (shared, stop) = (shared.clone(), stop.clone());
             std::thread::Builder::new()
@@ -168,5 +171,14 @@ impl Processor {
             return Err(rdkafka::error::KafkaError::Canceled);
         }
         Ok(())
+    }
+}
+
+/// Sets its flag when dropped: the fetch thread's stop, however [`Processor::run`] ends.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
