@@ -24,14 +24,14 @@ use crate::support::{client, TestApp, PARTITIONS};
 use event_updater::config::Config;
 use event_updater::domain::feed;
 use event_updater::domain::reply::header;
-use event_updater::store;
+use event_updater::store::{self, backfill};
 
 /// A record's (event, version), keyed as the live feed's records are.
 type Change = (Uuid, i64);
 
 /// Runs `event-updater feed backfill <args>` with the test's database and broker, publishing to
 /// `changes` and `view` (empty: no views).
-async fn backfill(app: &TestApp, args: &[&str], changes: &str, view: &str) -> Output {
+async fn run_backfill(app: &TestApp, args: &[&str], changes: &str, view: &str) -> Output {
     let mut cmd = app.binary();
     cmd.args(["feed", "backfill"])
         .args(args)
@@ -214,7 +214,7 @@ async fn backfill_into_new_topics_repeats_the_live_feed_byte_for_byte() {
     let changes = format!("{}-backfill", app.cfg.kafka_group_id);
     let views = format!("{}-backfill-view", app.cfg.kafka_group_id);
     // Pages of 4: events span pages, and the last page is short.
-    let out = backfill(&app, &["--page-size", "4"], &changes, &views).await;
+    let out = run_backfill(&app, &["--page-size", "4"], &changes, &views).await;
     assert!(out.status.success(), "{}", explain(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
@@ -248,7 +248,7 @@ async fn backfill_into_new_topics_repeats_the_live_feed_byte_for_byte() {
 
     // A complete run leaves no cursor: the same command again starts over, and every record it
     // adds repeats one already there, byte for byte.
-    let again = backfill(&app, &["--page-size", "4"], &changes, &views).await;
+    let again = run_backfill(&app, &["--page-size", "4"], &changes, &views).await;
     assert!(again.status.success(), "{}", explain(&again));
     assert_eq!(
         count_after(&String::from_utf8_lossy(&again.stdout), "Published "),
@@ -289,7 +289,27 @@ async fn backfill_of_one_event_or_of_the_changes_since_a_time() {
         format!("{}-one-view", app.cfg.kafka_group_id),
     );
     let event = ids[0].to_string();
-    let out = backfill(&app, &["--event", &event], &one, &one_view).await;
+    // While another run of the same job holds its lock, a second one refuses to start.
+    let mut holder = app.pool.acquire().await.expect("a connection");
+    let same_job = backfill::Job {
+        changes_topic: one.clone(),
+        view_topic: one_view.clone(),
+        event: Some(ids[0]),
+        since: None,
+    };
+    backfill::lock(&mut holder, &same_job)
+        .await
+        .expect("the job's lock");
+    let refused = run_backfill(&app, &["--event", &event], &one, &one_view).await;
+    assert_eq!(refused.status.code(), Some(1), "{}", explain(&refused));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("another `feed backfill` of the same job is running"),
+        "{}",
+        explain(&refused)
+    );
+    holder.close().await.expect("release the lock");
+    let out = run_backfill(&app, &["--event", &event], &one, &one_view).await;
     assert!(out.status.success(), "{}", explain(&out));
     let records = read_topic(&app.cfg, &one).await.expect("read");
     let by_event = same_as_live(&records, &live);
@@ -313,7 +333,7 @@ async fn backfill_of_one_event_or_of_the_changes_since_a_time() {
 
     // The changes since a time, without views.
     let later = format!("{}-since", app.cfg.kafka_group_id);
-    let out = backfill(&app, &["--since", &since], &later, "").await;
+    let out = run_backfill(&app, &["--since", &since], &later, "").await;
     assert!(out.status.success(), "{}", explain(&out));
     let expected: Vec<(Uuid, i64)> = sqlx::query_as(
         "SELECT event_uuid, version FROM event_log WHERE recorded_at > $1 ORDER BY event_uuid, version",
@@ -362,7 +382,7 @@ async fn a_backfill_the_broker_fails_stops_and_a_rerun_resumes_after_the_last_pa
     create_topic(&app.cfg, &changes, &[("max.message.bytes", "20000")]).await;
     let args = ["--page-size", "3"];
 
-    let failed = backfill(&app, &args, &changes, "").await;
+    let failed = run_backfill(&app, &args, &changes, "").await;
     eprintln!("the failed run: {}", explain(&failed));
     assert_eq!(failed.status.code(), Some(1), "{}", explain(&failed));
     let stderr = String::from_utf8_lossy(&failed.stderr);
@@ -388,7 +408,7 @@ async fn a_backfill_the_broker_fails_stops_and_a_rerun_resumes_after_the_last_pa
     same_as_live(&partial, &live);
 
     // --restart starts over (and fails at the same record).
-    let restarted = backfill(&app, &["--page-size", "3", "--restart"], &changes, "").await;
+    let restarted = run_backfill(&app, &["--page-size", "3", "--restart"], &changes, "").await;
     assert_eq!(restarted.status.code(), Some(1), "{}", explain(&restarted));
     assert_eq!(
         count_after(&String::from_utf8_lossy(&restarted.stderr), "Publishing "),
@@ -400,7 +420,7 @@ async fn a_backfill_the_broker_fails_stops_and_a_rerun_resumes_after_the_last_pa
 
     // The topic takes the large record now: the same command resumes after the cursor.
     raise_limit(&app.cfg, &changes, "2000000").await;
-    let resumed = backfill(&app, &args, &changes, "").await;
+    let resumed = run_backfill(&app, &args, &changes, "").await;
     assert!(resumed.status.success(), "{}", explain(&resumed));
     eprintln!("the resumed run: {}", explain(&resumed));
     let stdout = String::from_utf8_lossy(&resumed.stdout);
@@ -466,4 +486,105 @@ async fn raise_limit(cfg: &Config, topic: &str, bytes: &str) {
         assert!(Instant::now() < deadline, "the limit never applied");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn a_backfill_killed_mid_run_resumes_with_every_change_and_view() {
+    let app = TestApp::spawn().await;
+    // 400 events of 5 versions, published at once (one partition per event keeps their order).
+    let ids = events(400);
+    let mut records = Vec::new();
+    for round in 0..5 {
+        for (i, event) in ids.iter().enumerate() {
+            let body = if round == 0 {
+                json!({"action": "login", "app": format!("app{i}"), "user": {"pk": i}, "context": {}})
+            } else {
+                json!({"action": "logout", "app": format!("app{i}-{round}"), "context": {"round": round}})
+            };
+            let command = json!({"request_id": format!("{event}-{round}"), "event_uuid": event,
+                                 "expected_version": round, "body": body});
+            records.push((event.to_string(), command.to_string().into_bytes()));
+        }
+    }
+    app.send_many(&records).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM event_log")
+        .fetch_one(&app.pool)
+        .await
+        .expect("count")
+        < 2000
+    {
+        assert!(Instant::now() < deadline, "the commands were not applied");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let live = live_feed(&app).await;
+    assert_eq!(live.len(), 2000);
+
+    let changes = format!("{}-killed", app.cfg.kafka_group_id);
+    let views = format!("{}-killed-view", app.cfg.kafka_group_id);
+    let args = ["--page-size", "2"];
+    let mut cmd = app.binary();
+    cmd.args(["feed", "backfill"])
+        .args(args)
+        .env("CHANGES_TOPIC", &changes)
+        .env("VIEW_TOPIC", &views)
+        .env("TOPIC_PARTITIONS", PARTITIONS.to_string())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("the binary starts");
+    // Killed once its cursor has moved: part-way (a thousand pages are left).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let cursor = || async {
+        sqlx::query_scalar::<_, i64>("SELECT published FROM feed_backfill_cursors")
+            .fetch_optional(&app.pool)
+            .await
+            .expect("the cursor")
+    };
+    while cursor().await.unwrap_or(0) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the backfill never moved its cursor"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    child.kill().await.expect("kill -9");
+    let published = cursor().await.expect("a killed run leaves its cursor");
+    assert!(
+        published > 0 && published < 2000,
+        "killed part-way: {published}"
+    );
+    let partial = read_topic(&app.cfg, &changes).await.expect("read");
+    check_changes(&partial).expect("a killed backfill leaves no gap");
+
+    let resumed = run_backfill(&app, &args, &changes, &views).await;
+    assert!(resumed.status.success(), "{}", explain(&resumed));
+    eprintln!(
+        "killed after {published} changes; the resumed run: {}",
+        explain(&resumed)
+    );
+    assert_eq!(
+        count_after(&String::from_utf8_lossy(&resumed.stdout), "Published "),
+        Some(2000 - published),
+        "{}",
+        explain(&resumed)
+    );
+    assert_eq!(cursor().await, None);
+    let records = read_topic(&app.cfg, &changes).await.expect("read");
+    let report = check_changes(&records).expect("the resumed backfill keeps the guarantee");
+    assert_eq!(report.distinct(), 2000, "every change is on the topic");
+    assert!(
+        report.repeats <= 2,
+        "at most the page in hand at the kill is repeated: {}",
+        report.repeats
+    );
+    same_as_live(&records, &live);
+    assert_eq!(fold_equals_view(&app.pool, &report).await, Ok(400));
+    let view_records = read_topic(&app.cfg, &views).await.expect("read the views");
+    assert_eq!(view_topic_matches(&app.pool, &view_records).await, Ok(400));
+
+    let cfg = app.cfg.clone();
+    app.finish().await;
+    delete_topics(&cfg, &[&changes, &views]).await;
 }
