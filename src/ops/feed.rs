@@ -66,12 +66,20 @@ const VIEW_ROUNDS: u32 = 5;
 /// `event-updater feed …`
 #[derive(Debug, Subcommand)]
 pub enum FeedCommand {
-    /// Republish the event log's changes to CHANGES_TOPIC, per event in version order, with the
-    /// same bytes as the live feed (readers deduplicate on event UUID and version); where
-    /// VIEW_TOPIC is set, each covered event's current view after its changes. For a new reader,
-    /// or after the changes topic was lost. Resumable: a run that failed or was killed resumes,
-    /// when run again with the same arguments and topics, after the last page the broker
-    /// acknowledged. Progress goes to stderr every few seconds, a summary to stdout.
+    /// Republish the event log's changes to CHANGES_TOPIC (and views to VIEW_TOPIC), resumably.
+    ///
+    /// For a new reader, or after the changes topic was lost: every change of the log (or of
+    /// --event, or since --since) with the same key, value and schema-version header as the
+    /// live feed, per event in version order (readers deduplicate on event UUID and version);
+    /// where VIEW_TOPIC is set, each covered event's current view after its changes (VIEW_TOPIC=
+    /// for none). The topics are CHANGES_TOPIC and VIEW_TOPIC, or the flags before the command:
+    /// `event-updater --changes-topic T --view-topic V feed backfill`; missing ones are created
+    /// as the processor creates them.
+    ///
+    /// Resumable: a run that fails (exit code 1) or is killed resumes, when run again with the
+    /// same arguments and topics, after the last page the broker acknowledged (a completed run
+    /// leaves nothing to resume: the next starts over). Progress goes to stderr every few
+    /// seconds, a summary to stdout.
     Backfill(BackfillArgs),
 }
 
