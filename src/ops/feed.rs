@@ -148,7 +148,6 @@ async fn run_backfill(cfg: &Config, args: BackfillArgs) -> anyhow::Result<()> {
     topics.command_topic.clear();
     topics.reply_topic.clear();
     topics.dlq_topic.clear();
-    topics.view_topic = job.view_topic.clone();
     kafka::ensure_topics(&topics)
         .await
         .context("creating the feed's topics")?;
