@@ -188,13 +188,7 @@ async fn run_backfill(cfg: &Config, args: BackfillArgs) -> anyhow::Result<()> {
         let page = backfill::page(&mut conn, &job, after, args.page_size).await?;
         let full = page.len() == args.page_size as usize;
         let last = page.last().map(backfill::Position::of);
-        let next_owed = last.filter(|_| full).map(|p| p.event_uuid);
-        let mut views: Vec<Uuid> = owed
-            .into_iter()
-            .chain(page.iter().map(|c| c.event_uuid))
-            .collect();
-        views.dedup();
-        views.retain(|u| Some(*u) != next_owed);
+        let (views, next_owed) = views_of_page(owed, &page, full);
         run.publish_page(&mut conn, &page, &views)
             .await
             .with_context(|| {
@@ -240,6 +234,20 @@ async fn run_backfill(cfg: &Config, args: BackfillArgs) -> anyhow::Result<()> {
         }
     );
     Ok(())
+}
+
+/// The events whose views go out with `page`, in log order, and the event still owed after it:
+/// `owed` (the last event of the page before, or the cursor's on resuming) and the page's
+/// events, except the page's last when the page is `full` (its changes may go on in the next).
+fn views_of_page(owed: Option<Uuid>, page: &[LogChange], full: bool) -> (Vec<Uuid>, Option<Uuid>) {
+    let next_owed = page.last().filter(|_| full).map(|c| c.event_uuid);
+    let mut views: Vec<Uuid> = owed
+        .into_iter()
+        .chain(page.iter().map(|c| c.event_uuid))
+        .collect();
+    views.dedup();
+    views.retain(|u| Some(*u) != next_owed);
+    (views, next_owed)
 }
 
 /// A run's producer, job and progress.
@@ -431,5 +439,58 @@ impl Progress {
             self.total_events,
             self.rate()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+
+    fn rows(of: &[(u128, i64)]) -> Vec<LogChange> {
+        of.iter()
+            .map(|&(u, version)| LogChange {
+                event_uuid: Uuid::from_u128(u),
+                version,
+                change: serde_json::json!({}),
+                applied_at: Utc.timestamp_opt(0, 0).unwrap(),
+                request_id: format!("r{u}-{version}"),
+                scope: None,
+                topic: "commands".into(),
+                partition: 0,
+                offset: version,
+            })
+            .collect()
+    }
+
+    fn u(n: u128) -> Uuid {
+        Uuid::from_u128(n)
+    }
+
+    #[test]
+    fn a_view_goes_out_once_after_its_events_last_change() {
+        // Pages of 3 over events 1 (v1..2), 2 (v1..5), 3 (v1): 1 ends in the first page, 2 spans
+        // three pages, 3 ends the log.
+        let (views, owed) = views_of_page(None, &rows(&[(1, 1), (1, 2), (2, 1)]), true);
+        assert_eq!((views, owed), (vec![u(1)], Some(u(2))));
+        let (views, owed) = views_of_page(owed, &rows(&[(2, 2), (2, 3), (2, 4)]), true);
+        assert_eq!((views, owed), (vec![], Some(u(2))));
+        let (views, owed) = views_of_page(owed, &rows(&[(2, 5), (3, 1)]), false);
+        assert_eq!((views, owed), (vec![u(2), u(3)], None));
+    }
+
+    #[test]
+    fn a_full_last_page_leaves_its_last_view_to_the_empty_page_after_it() {
+        let (views, owed) = views_of_page(None, &rows(&[(1, 1), (2, 1)]), true);
+        assert_eq!((views, owed), (vec![u(1)], Some(u(2))));
+        let (views, owed) = views_of_page(owed, &[], false);
+        assert_eq!((views, owed), (vec![u(2)], None));
+    }
+
+    #[test]
+    fn a_resumed_run_sends_the_cursors_event_view_again() {
+        // The cursor was after event 1's version 2; the rest starts with event 2.
+        let (views, owed) = views_of_page(Some(u(1)), &rows(&[(2, 1)]), false);
+        assert_eq!((views, owed), (vec![u(1), u(2)], None));
     }
 }
