@@ -196,7 +196,10 @@ pub fn reply_producer(
 ) -> Result<FutureProducer<PublisherContext>, KafkaError> {
     let mut c = producer_config(cfg);
     c.set("statistics.interval.ms", "1000");
-    c.create_with_context(PublisherContext { health })
+    c.create_with_context(PublisherContext {
+        health,
+        name: "reply",
+    })
 }
 
 /// The change feed's producer (`None` when `CHANGES_TOPIC` and `VIEW_TOPIC` are both empty): as
@@ -224,14 +227,20 @@ pub fn feed_producer(
     c.set("message.timeout.ms", "0")
         .set("enable.gapless.guarantee", "true")
         .set("statistics.interval.ms", "1000");
-    c.create_with_context(PublisherContext { health }).map(Some)
+    c.create_with_context(PublisherContext {
+        health,
+        name: "change feed",
+    })
+    .map(Some)
 }
 
-/// The reply producer's callbacks: whether it reaches a broker, and whether it broke for good,
+/// A producer's callbacks (the reply producer's, the feed's): whether it reaches a broker, whether it broke for good,
 /// go to [`Health`] (and so to `/readyz` and `/healthz`).
 #[derive(Debug)]
 pub struct PublisherContext {
     health: Arc<Health>,
+    /// Which producer it is, for the log: `reply` or `change feed`.
+    name: &'static str,
 }
 
 impl ClientContext for PublisherContext {
@@ -240,22 +249,22 @@ impl ClientContext for PublisherContext {
             Some(RDKafkaErrorCode::Fatal) => {
                 self.health.producer_fatal.store(true, Ordering::Relaxed);
                 metrics::record_producer_fatal();
-                tracing::error!(error = %error, reason, "the reply producer failed for good: nothing more can be answered; the service reports itself not live and must be restarted");
+                tracing::error!(error = %error, reason, producer = self.name, "a producer failed for good: nothing more can be published on it; the service reports itself not live and must be restarted");
             }
             Some(RDKafkaErrorCode::AllBrokersDown) => {
                 self.health
                     .producer_connected
                     .store(false, Ordering::Relaxed);
-                tracing::warn!(error = %error, reason, "the reply producer reaches no broker; not ready");
+                tracing::warn!(error = %error, reason, producer = self.name, "a producer reaches no broker; not ready");
             }
-            _ => tracing::warn!(error = %error, reason, "reply producer error"),
+            _ => tracing::warn!(error = %error, reason, producer = self.name, "producer error"),
         }
     }
 
     fn stats(&self, statistics: rdkafka::Statistics) {
         let up = statistics.brokers.values().any(|b| b.state == "UP");
         if up && !self.health.producer_connected.swap(true, Ordering::Relaxed) {
-            tracing::info!("the reply producer reaches a broker again");
+            tracing::info!(producer = self.name, "a producer reaches a broker again");
         }
     }
 }
