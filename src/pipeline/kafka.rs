@@ -234,8 +234,8 @@ pub fn feed_producer(
     .map(Some)
 }
 
-/// A producer's callbacks (the reply producer's, the feed's): whether it reaches a broker, whether it broke for good,
-/// go to [`Health`] (and so to `/readyz` and `/healthz`).
+/// A producer's callbacks (the reply producer's, the feed's): whether it reaches a broker and
+/// whether it broke for good go to [`Health`] (and so to `/readyz` and `/healthz`).
 #[derive(Debug)]
 pub struct PublisherContext {
     health: Arc<Health>,
