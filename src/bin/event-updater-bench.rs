@@ -295,7 +295,7 @@ struct Drain {
 
 impl Drain {
     /// The processor's CPU time per command, in microseconds: a figure the machine's other
-    /// load hardly moves, unlike the rate.
+    /// load moves less than the rate.
     fn cpu_us_per_command(&self) -> f64 {
         self.cpu_seconds * 1e6 / self.commands.max(1) as f64
     }
