@@ -22,7 +22,9 @@
 //!   drain that published no feed.
 //! - **Backlog drain, empty log, feed off.** The same drain on a fresh database and fresh
 //!   topics, with `CHANGES_TOPIC` and `VIEW_TOPIC` empty: the feed's cost is the share of this
-//!   rate the drain with the feed loses.
+//!   rate the drain with the feed loses. `--feed-rounds` repeats both drains, alternating which
+//!   goes first, and takes each side's median; each drain also reports the processor's CPU
+//!   time per command.
 //! - **(b) Broker pass-through.** The same backlog topic consumed and produced to a scratch
 //!   topic with the processor's producer settings, no database: the Kafka-only ceiling.
 //! - **(a) Naive baseline.** The first K commands of the same data, drained with MAX_BATCH=1
