@@ -12,7 +12,7 @@
 //! The view record is the Event as a GET reads it plus its `version`: what a downstream cache
 //! keeps per event. It is not required to be byte-stable (a compacted topic keeps the last).
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -120,7 +120,7 @@ pub fn key(event_uuid: Uuid) -> Vec<u8> {
 
 /// RFC 3339, UTC, microseconds: `2026-12-07T20:31:26.123456Z`.
 fn timestamp(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
 #[cfg(test)]
