@@ -277,7 +277,7 @@ impl Run<'_> {
         }
         let mut sent: HashMap<Uuid, i64> = HashMap::new();
         if !self.job.view_topic.is_empty() {
-            for v in backfill::views(conn, events).await?.into_values() {
+            for v in store::feed::read_views(conn, events).await? {
                 let value = feed::view_record(&v);
                 pending.push(
                     self.send(&self.job.view_topic, v.event_uuid, &value)
@@ -304,7 +304,7 @@ impl Run<'_> {
             }
             let mut pending = Vec::with_capacity(moved.len());
             sent.clear();
-            for v in backfill::views(conn, &moved).await?.into_values() {
+            for v in store::feed::read_views(conn, &moved).await? {
                 let value = feed::view_record(&v);
                 pending.push(
                     self.send(&self.job.view_topic, v.event_uuid, &value)

@@ -1,5 +1,6 @@
 //! The store's side of `event-updater feed backfill`: the event log read page by page in the
-//! feed's order, the current views of the events a page covered, and the job's cursor.
+//! feed's order, the versions of the views a page covered (their rows are read as the live feed
+//! reads them, [`super::feed::read_views`]), and the job's cursor.
 //!
 //! A job is its arguments and target topics ([`Job`]). Its log rows are read with keyset
 //! pagination on the log's primary key (`event_uuid`, `version`) ([`page`]): each page is one
@@ -26,9 +27,8 @@ use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 use super::feed::{log_change_from_row, LOG_COLUMNS};
-use super::{view_from_row, StoreError, VIEW_COLUMNS};
+use super::StoreError;
 use crate::domain::feed::LogChange;
-use crate::domain::projection::EventState;
 
 /// Log rows per page when the caller does not say.
 pub const DEFAULT_PAGE_SIZE: u32 = 1_000;
@@ -275,22 +275,6 @@ pub async fn page(
         .fetch_all(&mut *conn)
         .await?;
     rows.iter().map(log_change_from_row).collect()
-}
-
-/// The current view rows of `events` (an event without one is left out), by event.
-pub async fn views(
-    conn: &mut PgConnection,
-    events: &[Uuid],
-) -> Result<HashMap<Uuid, EventState>, StoreError> {
-    let rows = sqlx::query(&format!(
-        "SELECT {VIEW_COLUMNS} FROM events WHERE event_uuid = ANY($1)"
-    ))
-    .bind(events)
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter()
-        .map(|r| view_from_row(r).map(|s| (s.event_uuid, s)))
-        .collect()
 }
 
 /// The current versions of `events`' view rows, by event.

@@ -220,16 +220,24 @@ pub async fn collect(
             None => unread.push(u),
         }
     }
-    if !unread.is_empty() {
-        let rows = sqlx::query(&format!(
-            "SELECT {VIEW_COLUMNS} FROM events WHERE event_uuid = ANY($1)"
-        ))
-        .bind(&unread)
-        .fetch_all(&mut *conn)
-        .await?;
-        for r in &rows {
-            views.push(view_from_row(r)?);
-        }
-    }
+    views.extend(read_views(conn, &unread).await?);
     Ok(Feed { changes, views })
+}
+
+/// The current view rows of `events`, in no particular order (an event without one is left
+/// out).
+pub async fn read_views(
+    conn: &mut PgConnection,
+    events: &[Uuid],
+) -> Result<Vec<EventState>, StoreError> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = sqlx::query(&format!(
+        "SELECT {VIEW_COLUMNS} FROM events WHERE event_uuid = ANY($1)"
+    ))
+    .bind(events)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(view_from_row).collect()
 }
