@@ -12,12 +12,14 @@
 //! The view record is the Event as a GET reads it plus its `version`: what a downstream cache
 //! keeps per event. It is not required to be byte-stable (a compacted topic keeps the last).
 
+use std::sync::Arc;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
 use super::projection::{representation, EventState};
-use super::reply::scope_tag;
+use super::reply::{header, scope_tag, Destination, Outgoing};
 
 /// The `schema-version` header of both feed records: the version of their JSON Schemas
 /// (`docs/schema/change.schema.json`, `docs/schema/view.schema.json`). A reader that does not
@@ -111,6 +113,40 @@ pub fn view_record(s: &EventState) -> Vec<u8> {
         m.insert("version".into(), Value::from(s.version));
     }
     serde_json::to_vec(&v).unwrap_or_default()
+}
+
+/// A change's record for the changes topic: keyed by its event, [`change_record`], the
+/// `schema-version` header and, where given, the `traceparent` of the command being handled.
+pub fn change_outgoing(c: &LogChange, traceparent: Option<&str>) -> Outgoing {
+    let mut headers = vec![schema_header()];
+    if let Some(t) = traceparent {
+        headers.push((header::TRACEPARENT.to_string(), t.as_bytes().to_vec()));
+    }
+    Outgoing {
+        destination: Destination::Changes,
+        topic: None,
+        key: Some(key(c.event_uuid)),
+        value: Arc::new(change_record(c)),
+        headers,
+    }
+}
+
+/// An event's record for the view topic: keyed by it, [`view_record`], `schema-version`.
+pub fn view_outgoing(s: &EventState) -> Outgoing {
+    Outgoing {
+        destination: Destination::View,
+        topic: None,
+        key: Some(key(s.event_uuid)),
+        value: Arc::new(view_record(s)),
+        headers: vec![schema_header()],
+    }
+}
+
+fn schema_header() -> (String, Vec<u8>) {
+    (
+        header::SCHEMA_VERSION.to_string(),
+        SCHEMA_VERSION.as_bytes().to_vec(),
+    )
 }
 
 /// The key of both records: the event's canonical UUID.

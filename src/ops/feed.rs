@@ -37,17 +37,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer};
 use serde_json::Value;
 use uuid::Uuid;
 
 use event_updater::config::Config;
 use event_updater::domain::feed::{self, LogChange};
-use event_updater::domain::reply::header;
+use event_updater::domain::reply::Outgoing;
 use event_updater::drf::{isodate, validate};
 use event_updater::pipeline::consumer::Health;
 use event_updater::pipeline::kafka::{self, PublisherContext};
@@ -269,22 +267,14 @@ impl Run<'_> {
     ) -> anyhow::Result<()> {
         let mut pending = Vec::with_capacity(page.len() * 2);
         for c in page {
-            let value = feed::change_record(c);
             pending.push(
-                self.send(&self.job.changes_topic, c.event_uuid, &value)
+                self.send(&self.job.changes_topic, &feed::change_outgoing(c, None))
                     .await?,
             );
         }
-        let mut sent: HashMap<Uuid, i64> = HashMap::new();
+        let mut sent = HashMap::new();
         if !self.job.view_topic.is_empty() {
-            for v in store::feed::read_views(conn, events).await? {
-                let value = feed::view_record(&v);
-                pending.push(
-                    self.send(&self.job.view_topic, v.event_uuid, &value)
-                        .await?,
-                );
-                sent.insert(v.event_uuid, v.version);
-            }
+            sent = self.send_views(conn, events, &mut pending).await?;
         }
         let views = sent.len() as u64;
         acknowledged(pending).await?;
@@ -303,15 +293,7 @@ impl Run<'_> {
                 return Ok(());
             }
             let mut pending = Vec::with_capacity(moved.len());
-            sent.clear();
-            for v in store::feed::read_views(conn, &moved).await? {
-                let value = feed::view_record(&v);
-                pending.push(
-                    self.send(&self.job.view_topic, v.event_uuid, &value)
-                        .await?,
-                );
-                sent.insert(v.event_uuid, v.version);
-            }
+            sent = self.send_views(conn, &moved, &mut pending).await?;
             self.progress.views += pending.len() as u64;
             acknowledged(pending).await?;
         }
@@ -319,28 +301,36 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Hands one record to the producer (waiting while its queue is full).
-    async fn send(&self, topic: &str, event: Uuid, value: &[u8]) -> anyhow::Result<DeliveryFuture> {
-        let key = feed::key(event);
-        let headers = OwnedHeaders::new().insert(Header {
-            key: header::SCHEMA_VERSION,
-            value: Some(feed::SCHEMA_VERSION),
-        });
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
-            .key(key.as_slice())
-            .payload(value)
-            .headers(headers);
-        loop {
-            match self.producer.send_result(record) {
-                Ok(f) => return Ok(f),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-                Err((e, _)) => bail!("{topic} refused a record of event {event}: {e}"),
-            }
+    /// Hands the current views of `events` to the producer (their acknowledgements to
+    /// `pending`); the version each was sent at, by event.
+    async fn send_views(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        events: &[Uuid],
+        pending: &mut Vec<DeliveryFuture>,
+    ) -> anyhow::Result<HashMap<Uuid, i64>> {
+        let mut sent = HashMap::new();
+        for v in store::feed::read_views(conn, events).await? {
+            pending.push(
+                self.send(&self.job.view_topic, &feed::view_outgoing(&v))
+                    .await?,
+            );
+            sent.insert(v.event_uuid, v.version);
         }
+        Ok(sent)
     }
+
+    /// Hands one record to the producer (waiting while its queue is full).
+    async fn send(&self, topic: &str, r: &Outgoing) -> anyhow::Result<DeliveryFuture> {
+        kafka::enqueue_waiting(self.producer, kafka::future_record(topic, r))
+            .await
+            .map_err(|e| anyhow!("{topic} refused a record of event {}: {e}", key_text(r)))
+    }
+}
+
+/// A record's key as text, for messages.
+fn key_text(r: &Outgoing) -> String {
+    String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned()
 }
 
 /// Waits for every acknowledgement; fails on the first delivery error, or when the broker

@@ -391,15 +391,7 @@ impl Publisher {
                 RDKafkaErrorCode::UnknownTopicOrPartition,
             ));
         }
-        loop {
-            match self.producer(r.destination).send_result(self.record(r)) {
-                Ok(f) => return Ok(f),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-                Err((e, _)) => return Err(e),
-            }
-        }
+        enqueue_waiting(self.producer(r.destination), self.record(r)).await
     }
 
     /// Waits until every record of `e` is acknowledged, or refused for good (see
@@ -615,20 +607,7 @@ impl Publisher {
             Some(t) => t,
             None => self.topic(r.destination),
         };
-        let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
-        for (k, v) in &r.headers {
-            headers = headers.insert(Header {
-                key: k,
-                value: Some(v.as_slice()),
-            });
-        }
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
-            .payload(r.value.as_slice())
-            .headers(headers);
-        if let Some(k) = &r.key {
-            record = record.key(k.as_slice());
-        }
-        record
+        future_record(topic, r)
     }
 
     async fn send(&self, r: &Outgoing) -> Result<(), KafkaError> {
@@ -645,6 +624,42 @@ impl Publisher {
             if let Err(e) = p.flush(Timeout::After(timeout)) {
                 tracing::warn!(error = %e, "producer flush incomplete");
             }
+        }
+    }
+}
+
+/// `r` (its key, value and headers) as a record to `topic`.
+pub fn future_record<'a>(topic: &'a str, r: &'a Outgoing) -> FutureRecord<'a, [u8], [u8]> {
+    let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+    for (k, v) in &r.headers {
+        headers = headers.insert(Header {
+            key: k,
+            value: Some(v.as_slice()),
+        });
+    }
+    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
+        .payload(r.value.as_slice())
+        .headers(headers);
+    if let Some(k) = &r.key {
+        record = record.key(k.as_slice());
+    }
+    record
+}
+
+/// Hands `record` to `producer` without waiting for its acknowledgement; waits only while the
+/// producer's queue is full.
+pub async fn enqueue_waiting<C: ClientContext + 'static>(
+    producer: &FutureProducer<C>,
+    mut record: FutureRecord<'_, [u8], [u8]>,
+) -> Result<DeliveryFuture, KafkaError> {
+    loop {
+        match producer.send_result(record) {
+            Ok(f) => return Ok(f),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err((e, _)) => return Err(e),
         }
     }
 }

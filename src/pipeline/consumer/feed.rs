@@ -18,12 +18,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::domain::feed::{change_record, key, view_record, SCHEMA_VERSION};
-use crate::domain::reply::{header, Destination, Outgoing};
+use crate::domain::feed::{change_outgoing, view_outgoing};
+use crate::domain::reply::Outgoing;
 use crate::metrics;
 use crate::pipeline::trace;
 use crate::store::Feed;
@@ -36,41 +36,15 @@ pub(super) fn feed_records(
     feed: &Feed,
     traces: &[Option<trace::Continued>],
 ) -> Vec<Outgoing> {
-    let schema = || {
-        (
-            header::SCHEMA_VERSION.to_string(),
-            SCHEMA_VERSION.as_bytes().to_vec(),
-        )
-    };
     let mut out = Vec::new();
     if !cfg.changes_topic.is_empty() {
-        for (i, c) in &feed.changes {
-            let mut headers = vec![schema()];
-            if let Some(t) = traces.get(*i).and_then(Option::as_ref) {
-                headers.push((
-                    header::TRACEPARENT.to_string(),
-                    t.header.clone().into_bytes(),
-                ));
-            }
-            out.push(Outgoing {
-                destination: Destination::Changes,
-                topic: None,
-                key: Some(key(c.event_uuid)),
-                value: Arc::new(change_record(c)),
-                headers,
-            });
-        }
+        out.extend(feed.changes.iter().map(|(i, c)| {
+            let trace = traces.get(*i).and_then(Option::as_ref);
+            change_outgoing(c, trace.map(|t| t.header.as_str()))
+        }));
     }
     if !cfg.view_topic.is_empty() {
-        for v in &feed.views {
-            out.push(Outgoing {
-                destination: Destination::View,
-                topic: None,
-                key: Some(key(v.event_uuid)),
-                value: Arc::new(view_record(v)),
-                headers: vec![schema()],
-            });
-        }
+        out.extend(feed.views.iter().map(view_outgoing));
     }
     out
 }
