@@ -8,7 +8,7 @@
 //! are the batch's final view rows, and for an event the batch did not change, its row as read
 //! after the write.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
@@ -210,9 +210,10 @@ pub async fn collect(
     // The views: the batch's own final rows; the others (events only seen again) as they are.
     let mut views: Vec<EventState> = Vec::new();
     let mut unread: Vec<Uuid> = Vec::new();
+    let mut seen: HashSet<Uuid> = HashSet::new();
     for (_, c) in &changes {
         let u = c.event_uuid;
-        if views.iter().any(|v| v.event_uuid == u) || unread.contains(&u) {
+        if !seen.insert(u) {
             continue;
         }
         match final_views.remove(&u) {
