@@ -3,7 +3,12 @@
 # binaries, runs `event-updater-bench` (extra arguments go to it) against this machine's broker
 # and PostgreSQL, keeps its table in target/bench/bench.md and its figures in
 # target/bench/bench.json, and plots the latency-load curve to docs/bench/latency.png
-# (matplotlib, installed from PyPI into a virtualenv under target/ the first time).
+# (matplotlib, installed from PyPI into a virtualenv under target/ the first time; left as it
+# was when the curve is not among the phases run).
+#
+#   scripts/bench.sh                                   every phase (run it on a quiet machine)
+#   scripts/bench.sh --phases drain,ingest,pass-through  a quick A/B of the drain and its limits
+#   scripts/bench.sh --phases curve --drain-rate 20000   the curve alone, at shares of that rate
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh

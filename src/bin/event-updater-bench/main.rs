@@ -35,11 +35,21 @@
 //!   [`INGEST_CHUNK`] commands, unfenced; only the database time is counted.
 //! - **Drain with a full log.** As the first drain, after `--preload-changes` changes (and their
 //!   stored replies and views) for other events were put in the log.
-//! - **Latency against load.** Commands produced at 10%, 25%, 50% and 75% of the measured drain
-//!   rate for `--latency-seconds` each, timed from being handed to the producer to the reply
-//!   being read; at each rate the same commands also go through an echo with the processor's
-//!   client settings and no database (the broker's own round trip, the floor); the processor's
-//!   own latency and per-stage histograms are read from its `/metrics` around each point.
+//! - **Latency against load.** Commands produced at 10%, 25%, 50%, 75% and 90% of the measured
+//!   drain rate for `--latency-seconds` each, timed from being handed to the producer to the
+//!   reply being read; at each rate the same commands also go through an echo with the
+//!   processor's client settings and no database (the broker's own round trip, the floor); the
+//!   processor's own latency and per-stage histograms are read from its `/metrics` around each
+//!   point.
+//! - **Start-up.** A processor started on a warm database (migrated, and served by an earlier
+//!   processor of the same phase) with one command waiting: process spawn to its reply read, five
+//!   times ([`startup`]).
+//! - **Cost per command** ([`cost`]): the CPU time of the processor, PostgreSQL and Kafka
+//!   ([`procstat`], from `/proc`) and the WAL bytes ([`wal`]) of the drain, of each point of the
+//!   curve and of the set-based ingest, each divided by its window's commands.
+//!
+//! `--phases` runs a subset ([`phases::Phase`]); a figure whose inputs were not measured is
+//! reported as "not measured" (`null` in the JSON).
 //!
 //! Before each measured phase a `CHECKPOINT` gives every phase the same starting point. The
 //! command data is a pure function of the command's index (a seeded splitmix64), so every phase
@@ -50,6 +60,13 @@
 //! integration tests' own harness (`tests/harness`): both drive the processor the same way.
 //!
 //! Progress goes to stderr; the table and a `BENCH_JSON {…}` line go to stdout.
+
+mod cost;
+mod phases;
+mod procstat;
+mod report;
+mod startup;
+mod wal;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -69,7 +86,6 @@ use rdkafka::message::{Header, Message, OwnedHeaders, ToBytes};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -83,6 +99,11 @@ use event_updater::pipeline::kafka;
 use event_updater::store::{self, tokens};
 use event_updater_harness::process::{Log, Processor};
 use event_updater_harness::replies::{self, Collector, Replies};
+
+use cost::{or_not_measured, Cost, Mark};
+use phases::Phase;
+use procstat::{cpu_seconds, Probe};
+use startup::Startup;
 
 /// The benchmark's own options (the processor's, such as `--max-batch`, are its configuration's).
 #[derive(Debug, Clone, Args)]
@@ -115,6 +136,14 @@ pub struct BenchArgs {
     /// Also write the JSON figures (one line) to this file.
     #[arg(long)]
     pub json_out: Option<PathBuf>,
+    /// The phases to run, comma-separated (none named: all of them). A figure whose inputs
+    /// were skipped is reported as "not measured".
+    #[arg(long, value_delimiter = ',')]
+    pub phases: Vec<Phase>,
+    /// The drain rate (cmd/s) the latency curve's loads are shares of, where the drain phase
+    /// is not run (with it, the drain's measured rate is used and this is ignored).
+    #[arg(long)]
+    pub drain_rate: Option<f64>,
 }
 
 /// The same allocator as the serving binary, so that the in-process baselines (the echo, the
@@ -293,6 +322,9 @@ struct Drain {
     peak_rss: u64,
     /// The processor's CPU time (user and system), from its start to its stop.
     cpu_seconds: f64,
+    /// Per command, from the processor's spawn (the backlog waiting) to the last command
+    /// answered: each process's CPU and the WAL.
+    cost: Cost,
 }
 
 impl Drain {
@@ -406,6 +438,16 @@ struct Ingest {
     log_rows: u64,
     view_upserts: u64,
     reply_rows: u64,
+    /// PostgreSQL's CPU and WAL per command over the ingest (no processor, no Kafka).
+    cost: Cost,
+}
+
+/// The broker pass-through (b).
+#[derive(Debug, Clone, Copy)]
+struct PassThrough {
+    rate: f64,
+    /// The broker's CPU per record, and the benchmark's own (the client) as `bench_us`.
+    cost: Cost,
 }
 
 #[derive(Debug, Clone)]
@@ -421,17 +463,18 @@ struct Preloaded {
 struct Percentiles {
     p50: f64,
     p99: f64,
+    p999: f64,
     max: f64,
 }
 
 impl Percentiles {
-    /// `p50 / p99 / max`.
+    /// `p50 / p99 / p99.9`.
     fn show(&self) -> String {
         format!(
             "{} / {} / {}",
             fmt_ms(self.p50),
             fmt_ms(self.p99),
-            fmt_ms(self.max)
+            fmt_ms(self.p999)
         )
     }
 
@@ -460,9 +503,11 @@ struct LoadPoint {
     /// processor's client settings), handed to the producer → echo read.
     floor: Percentiles,
     floor_answered: u64,
-    /// Per batch, inside the processor: `queue` (first record fetched → batch started),
-    /// `apply` (the database), `publish` (replies handed over → acknowledged).
-    stages: [(&'static str, Percentiles); 3],
+    /// Per batch, inside the processor: every stage of its `event_updater_stage_seconds`
+    /// histogram, in the order the stages run ([`stage_rank`]).
+    stages: Vec<(String, Percentiles)>,
+    /// The processor's window (its commands produced and answered): CPU and WAL per command.
+    cost: Cost,
 }
 
 /// What one timed run measured.
@@ -489,20 +534,27 @@ struct Report {
     /// The machine's 1-minute load average when the run started and when it ended: the
     /// benchmark alone keeps it at about the core count; much more says something else ran.
     load_average: (Option<f64>, Option<f64>),
+    /// The phases run.
+    phases: Vec<Phase>,
+    /// The processes whose CPU was read (the processor's pid is each phase's).
+    probe: Probe,
     /// The drain on an empty log, the feed on (the processor's default).
-    drain: Drain,
+    drain: Option<Drain>,
     /// The same drain with the feed off.
-    drain_feed_off: Drain,
+    drain_feed_off: Option<Drain>,
     /// Every round's drains (feed on, feed off); `drain` and `drain_feed_off` are the medians.
     feed_rounds: Vec<(Drain, Drain)>,
     /// Whether the drains with the feed on had a changes topic and a view topic
     /// (`CHANGES_TOPIC`, `VIEW_TOPIC` not empty).
     config_feed: (bool, bool),
-    pass_through: f64,
-    naive: Drain,
-    ingest: Ingest,
+    pass_through: Option<PassThrough>,
+    naive: Option<Drain>,
+    ingest: Option<Ingest>,
     preloaded: Option<Preloaded>,
-    curve: Curve,
+    /// The rate the curve's loads are shares of: the drain's, else `--drain-rate`.
+    curve_base_rate: Option<f64>,
+    curve: Option<Curve>,
+    startup: Option<Startup>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -549,6 +601,8 @@ struct Bench {
     started: Instant,
     /// Scopes not released yet, removed at the end whatever happens.
     leftovers: Mutex<Vec<Scope>>,
+    /// PostgreSQL's and Kafka's processes, found when the run starts.
+    probe: std::sync::OnceLock<Probe>,
 }
 
 impl Bench {
@@ -564,6 +618,7 @@ impl Bench {
             admin_url,
             started: Instant::now(),
             leftovers: Mutex::new(Vec::new()),
+            probe: std::sync::OnceLock::new(),
             cfg,
             args,
         })
@@ -587,23 +642,65 @@ impl Bench {
             self.partitions,
             self.cfg.kafka_bootstrap_servers
         ));
+        let phases = phases::selected(&a.phases);
+        let has = |p: Phase| phases.contains(&p);
+        if has(Phase::Curve) && !has(Phase::Drain) && a.drain_rate.is_none() {
+            bail!("the curve's loads are shares of the drain rate: run the drain phase too, or give --drain-rate");
+        }
+        let names: Vec<String> = phases.iter().map(|p| p.name()).collect();
+        self.progress(format_args!("phases: {}", names.join(", ")));
         let settings = self.postgres_settings().await?;
+        let probe = self.find_processes().await;
+        let _ = self.probe.set(probe);
         let load_at_start = load_average();
-        let (first, pass_through) = self.in_scope(|s| self.drain_and_pass_through(s)).await?;
-        let feed_rounds = self.feed_rounds(first).await?;
-        let drain = median_drain(feed_rounds.iter().map(|(on, _)| on));
-        let drain_feed_off = median_drain(feed_rounds.iter().map(|(_, off)| off));
-        let naive = self.in_scope(|s| self.naive(s)).await?;
-        let ingest = self.in_scope(|s| self.pg_ingest(s)).await?;
-        let preloaded = match a.preload_changes {
-            0 => None,
-            n => Some(self.in_scope(|s| self.preloaded_drain(s, n)).await?),
+        let (feed_rounds, pass_through) = if has(Phase::Drain) {
+            let with_pass_through = has(Phase::PassThrough);
+            let (first, pass_through) = self
+                .in_scope(|s| self.drain_and_pass_through(s, with_pass_through))
+                .await?;
+            (self.feed_rounds(first).await?, pass_through)
+        } else if has(Phase::PassThrough) {
+            let alone = self.in_scope(|s| self.pass_through_alone(s)).await?;
+            (Vec::new(), Some(alone))
+        } else {
+            (Vec::new(), None)
         };
-        let rate = drain
-            .throughput
-            .context("the drain was too short to measure a throughput")?;
-        let curve = self.in_scope(|s| self.curve(s, rate)).await?;
+        let drain =
+            (!feed_rounds.is_empty()).then(|| median_drain(feed_rounds.iter().map(|(on, _)| on)));
+        let drain_feed_off =
+            (!feed_rounds.is_empty()).then(|| median_drain(feed_rounds.iter().map(|(_, off)| off)));
+        let naive = match has(Phase::Naive) {
+            true => Some(self.in_scope(|s| self.naive(s)).await?),
+            false => None,
+        };
+        let ingest = match has(Phase::Ingest) {
+            true => Some(self.in_scope(|s| self.pg_ingest(s)).await?),
+            false => None,
+        };
+        let preloaded = match (has(Phase::FullLog), a.preload_changes) {
+            (true, n) if n > 0 => Some(self.in_scope(|s| self.preloaded_drain(s, n)).await?),
+            _ => None,
+        };
+        let curve_base_rate = match &drain {
+            Some(d) => Some(
+                d.throughput
+                    .context("the drain was too short to measure a throughput")?,
+            ),
+            None => a.drain_rate,
+        };
+        let curve = match (has(Phase::Curve), curve_base_rate) {
+            (true, Some(rate)) => Some(self.in_scope(|s| self.curve(s, rate)).await?),
+            _ => None,
+        };
+        let startup = match has(Phase::Startup) {
+            true => Some(self.in_scope(|s| self.startup(s)).await?),
+            false => None,
+        };
         Ok(Report {
+            phases,
+            probe,
+            curve_base_rate,
+            startup,
             args: self.args.clone(),
             max_batch: self.max_batch,
             partitions: self.partitions,
@@ -726,13 +823,65 @@ impl Bench {
 
     // -- phases --------------------------------------------------------------------------------
 
-    async fn drain_and_pass_through(&self, scope: Scope) -> anyhow::Result<(Drain, f64)> {
+    /// The first drain, then (`with_pass_through`) the pass-through of its backlog.
+    async fn drain_and_pass_through(
+        &self,
+        scope: Scope,
+        with_pass_through: bool,
+    ) -> anyhow::Result<(Drain, Option<PassThrough>)> {
         let n = self.args.commands;
         let drain = self
             .drain(&scope, n, self.max_batch, Feed::On, DRAIN_LABEL, None)
             .await?;
-        let pass_through = self.pass_through(&scope, n).await?;
+        let pass_through = match with_pass_through {
+            true => Some(self.pass_through(&scope, n).await?),
+            false => None,
+        };
         Ok((drain, pass_through))
+    }
+
+    /// The pass-through without a drain before it: its backlog is produced first.
+    async fn pass_through_alone(&self, scope: Scope) -> anyhow::Result<PassThrough> {
+        let n = self.args.commands;
+        create_topics(&self.cfg, &[&scope.commands], self.partitions).await?;
+        self.progress(format_args!("pass-through (b): producing {n} commands"));
+        self.produce_backlog(&scope.commands, n, None).await?;
+        self.pass_through(&scope, n).await
+    }
+
+    /// PostgreSQL's postmaster (the parent of a session's backend) and the broker's JVM (the
+    /// `kafka.Kafka` process listening on the bootstrap server's port), where they run on this
+    /// machine; what is not found is "not measured".
+    async fn find_processes(&self) -> Probe {
+        let postmaster = match self.admin_connection().await {
+            Ok(mut c) => sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()")
+                .fetch_one(&mut c)
+                .await
+                .ok()
+                .and_then(|pid| u32::try_from(pid).ok())
+                .and_then(procstat::postmaster_of),
+            Err(_) => None,
+        };
+        let kafka = procstat::local_port(&self.cfg.kafka_bootstrap_servers)
+            .and_then(procstat::kafka_broker);
+        let show =
+            |p: Option<u32>| p.map_or("not found: not measured".into(), |p| format!("pid {p}"));
+        self.progress(format_args!(
+            "CPU read from /proc: PostgreSQL's postmaster {}, Kafka's broker {}",
+            show(postmaster),
+            show(kafka)
+        ));
+        Probe {
+            processor: None,
+            postmaster,
+            kafka,
+            this: false,
+        }
+    }
+
+    /// The processes found when the run started.
+    fn probe(&self) -> Probe {
+        self.probe.get().copied().unwrap_or_default()
     }
 
     /// `--feed-rounds` pairs of drains on an empty log, (feed on, feed off), the first on
@@ -821,8 +970,14 @@ impl Bench {
         ));
         self.checkpoint().await;
         let collector = Collector::start(reader(&self.cfg, &scope.replies, self.partitions)?);
+        // The window: the WAL position before the spawn, every process's CPU right after it
+        // (the processor's is nil then), to the last command answered.
+        let wal = cost::wal_position(&self.admin_url).await;
         let mut child = ChildProcessor::spawn(&self.cfg, scope, max_batch, feed)?;
+        let probe = self.probe().with_processor(Some(child.child.pid()));
+        let mark = Mark::with_wal(&probe, wal);
         self.await_answers(&mut child, &collector, n, label).await?;
+        let cost = mark.cost(&probe, &self.admin_url, n).await;
         let Stopped {
             peak_rss,
             cpu_seconds,
@@ -841,13 +996,14 @@ impl Bench {
         let span_ms = drain_span(&replies, feed.and_then(|f| f.last_ms()));
         let throughput = throughput(&replies, span_ms);
         self.progress(format_args!(
-            "{label}: {} cmd/s, {} answered, {} duplicates, {} missing, peak RSS {}, CPU {:.1} s",
+            "{label}: {} cmd/s, {} answered, {} duplicates, {} missing, peak RSS {}, CPU {:.1} s; per command: {}",
             throughput.map_or("-".into(), fmt_count),
             replies.answered,
             replies.duplicates,
             replies.missing,
             fmt_mib(peak_rss),
-            cpu_seconds
+            cpu_seconds,
+            show_cost(&cost)
         ));
         Ok(Drain {
             commands: n,
@@ -859,6 +1015,7 @@ impl Bench {
             feed,
             peak_rss,
             cpu_seconds,
+            cost,
         })
     }
 
@@ -884,13 +1041,20 @@ impl Bench {
     }
 
     /// (b): consume the backlog topic and produce every record to a scratch topic.
-    async fn pass_through(&self, scope: &Scope, n: u64) -> anyhow::Result<f64> {
+    async fn pass_through(&self, scope: &Scope, n: u64) -> anyhow::Result<PassThrough> {
         create_topics(&self.cfg, &[&scope.scratch], self.partitions).await?;
         self.progress("pass-through (b): consuming the backlog, producing it again");
         let consumer = reader(&self.cfg, &scope.commands, self.partitions)?;
         let producer = kafka::producer(&self.cfg)?;
         let mut pipe = Pipeline::new(&producer);
         let mut started = None;
+        // Kafka and its client (this process); PostgreSQL has no part in it.
+        let probe = Probe {
+            this: true,
+            kafka: self.probe().kafka,
+            ..Probe::default()
+        };
+        let mark = Mark::with_wal(&probe, None);
         for _ in 0..n {
             let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
                 .await
@@ -908,9 +1072,15 @@ impl Bench {
         }
         pipe.finish().await?;
         let seconds = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+        let cost = mark.cost(&probe, &self.admin_url, n).await;
         let rate = n as f64 / seconds.max(1e-9);
-        self.progress(format_args!("pass-through (b): {} cmd/s", fmt_count(rate)));
-        Ok(rate)
+        self.progress(format_args!(
+            "pass-through (b): {} cmd/s; Kafka's CPU per record {}, the benchmark's (the client) {}",
+            fmt_count(rate),
+            or_not_measured(cost.kafka_us, |us| format!("{us:.1} µs")),
+            or_not_measured(cost.bench_us, |us| format!("{us:.1} µs"))
+        ));
+        Ok(PassThrough { rate, cost })
     }
 
     /// (c): PostgreSQL's limit for the same rows: the log rows, views and stored replies of the
@@ -934,7 +1104,14 @@ impl Bench {
             log_rows: 0,
             view_upserts: 0,
             reply_rows: 0,
+            cost: Cost::default(),
         };
+        // PostgreSQL alone: no processor, and Kafka has no part in it.
+        let probe = Probe {
+            postmaster: self.probe().postmaster,
+            ..Probe::default()
+        };
+        let mark = Mark::now(&probe, &self.admin_url, true).await;
         let mut i = 0;
         while i < n {
             let end = n.min(i + INGEST_CHUNK);
@@ -952,14 +1129,16 @@ impl Bench {
             out.reply_rows += replies as u64;
             i = end;
         }
+        out.cost = mark.cost(&probe, &self.admin_url, n).await;
         pool.close().await;
         out.rate = n as f64 / db_time.as_secs_f64().max(1e-9);
         self.progress(format_args!(
-            "PostgreSQL ingest (c): {} cmd/s ({} log rows, {} view upserts, {} replies)",
+            "PostgreSQL ingest (c): {} cmd/s ({} log rows, {} view upserts, {} replies); per command: {}",
             fmt_count(out.rate),
             out.log_rows,
             out.view_upserts,
-            out.reply_rows
+            out.reply_rows,
+            show_cost(&out.cost)
         ));
         Ok(out)
     }
@@ -1067,12 +1246,11 @@ impl Bench {
         Ok(())
     }
 
-    /// The latency–load curve: commands at 10%, 25%, 50% and 75% of the drain rate, each
+    /// The latency–load curve: commands at [`LOADS`] of the drain rate, each
     /// timed from being handed to the producer to its reply being read, through the processor
     /// and, at the same rate, through the broker's own echo (the floor). One processor and one
     /// echo serve every point, each warmed up first; the points use distinct commands.
     async fn curve(&self, scope: Scope, drain_rate: f64) -> anyhow::Result<Curve> {
-        const LOADS: [f64; 4] = [0.10, 0.25, 0.50, 0.75];
         let (pool, authorization) = self.prepare_database(&scope).await?;
         pool.close().await;
         create_topics(
@@ -1130,6 +1308,8 @@ impl Bench {
                 fmt_count(rate),
             ));
             let before = scrape_histograms(child.http_addr).await?;
+            let probe = self.probe().with_processor(Some(child.child.pid()));
+            let mark = Mark::now(&probe, &self.admin_url, true).await;
             let run = self
                 .timed_run(
                     &producer,
@@ -1141,6 +1321,7 @@ impl Bench {
                     total,
                 )
                 .await?;
+            let cost = mark.cost(&probe, &self.admin_url, total).await;
             let after = scrape_histograms(child.http_addr).await?;
             child.ensure_running()?;
             base += total;
@@ -1162,10 +1343,14 @@ impl Bench {
             base += total;
             let inside =
                 series_percentiles(&before, &after, event_updater::metrics::COMMAND_LATENCY);
-            let stages = ["queue", "apply", "publish"].map(|stage| {
-                let series = format!("{}{{stage=\"{stage}\"}}", event_updater::metrics::STAGE);
-                (stage, series_percentiles(&before, &after, &series))
-            });
+            let stages = stage_names(&after)
+                .into_iter()
+                .map(|stage| {
+                    let series = stage_series(&stage);
+                    let p = series_percentiles(&before, &after, &series);
+                    (stage, p)
+                })
+                .collect();
             let point = LoadPoint {
                 load,
                 target_rate: rate,
@@ -1177,9 +1362,15 @@ impl Bench {
                 floor: floor.percentiles,
                 floor_answered: floor.answered,
                 stages,
+                cost,
             };
             self.progress(format_args!(
-                "latency at {:.0}% (p50 / p99 / max): end to end {}; inside {}; floor {}; {} of {} answered",
+                "latency at {:.0}%: per command {}",
+                load * 100.0,
+                show_cost(&point.cost)
+            ));
+            self.progress(format_args!(
+                "latency at {:.0}% (p50 / p99 / p99.9): end to end {}; inside {}; floor {}; {} of {} answered",
                 load * 100.0,
                 point.end_to_end.show(),
                 point.inside.show_p50_p99(),
@@ -1249,6 +1440,7 @@ impl Bench {
             percentiles: Percentiles {
                 p50: percentile(&ms, 0.50),
                 p99: percentile(&ms, 0.99),
+                p999: percentile(&ms, 0.999),
                 max: ms.last().copied().unwrap_or(f64::NAN),
             },
         })
@@ -1849,6 +2041,44 @@ impl Drop for Echo {
     }
 }
 
+/// The curve's points, as shares of the drain rate.
+const LOADS: [f64; 5] = [0.10, 0.25, 0.50, 0.75, 0.90];
+
+/// The series of stage `stage` in the processor's stage histogram.
+fn stage_series(stage: &str) -> String {
+    format!("{}{{stage=\"{stage}\"}}", event_updater::metrics::STAGE)
+}
+
+/// Where a stage comes in a batch's life, for the tables' order: the stages this benchmark
+/// knows by name in the order they run (queued first, published and committed last), any
+/// other between them by name.
+fn stage_rank(stage: &str) -> (u8, String) {
+    const FIRST: [&str; 3] = ["queue", "read", "apply"];
+    const LAST: [&str; 3] = ["write", "publish", "commit"];
+    let rank = match (
+        FIRST.iter().position(|s| *s == stage),
+        LAST.iter().position(|s| *s == stage),
+    ) {
+        (Some(i), _) => i as u8,
+        (None, Some(i)) => (FIRST.len() + 1 + i) as u8,
+        (None, None) => FIRST.len() as u8,
+    };
+    (rank, stage.to_string())
+}
+
+/// Every stage of the processor's stage histogram in a scrape, in [`stage_rank`] order.
+fn stage_names(scrape: &Histograms) -> Vec<String> {
+    let prefix = format!("{}{{stage=\"", event_updater::metrics::STAGE);
+    let mut names: Vec<String> = scrape
+        .keys()
+        .filter_map(|k| k.strip_prefix(&prefix)?.strip_suffix("\"}"))
+        .map(str::to_string)
+        .collect();
+    names.sort_by_key(|s| stage_rank(s));
+    names.dedup();
+    names
+}
+
 /// The processor's histograms, read from its `/metrics`: for each series (the metric's name
 /// with its labels but `le`, e.g. `event_updater_stage_seconds{stage="apply"}`), its buckets as
 /// (upper bound in seconds, cumulative count).
@@ -1949,6 +2179,7 @@ fn histogram_percentiles(before: &[(f64, f64)], after: &[(f64, f64)]) -> Percent
     Percentiles {
         p50: quantile(0.50),
         p99: quantile(0.99),
+        p999: quantile(0.999),
         max,
     }
 }
@@ -2075,26 +2306,6 @@ fn load_average() -> Option<f64> {
         .ok()
 }
 
-/// The CPU time (user and system, every thread) process `pid` has used so far, in seconds.
-/// Linux only.
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    /// The unit of `/proc/<pid>/stat`'s times: `USER_HZ`, 100 on every Linux ABI.
-    const USER_HZ: f64 = 100.0;
-    let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    let ticks = cpu_ticks(&stat).with_context(|| format!("no utime and stime in {path}"))?;
-    Ok(ticks as f64 / USER_HZ)
-}
-
-/// `utime + stime` of a `/proc/<pid>/stat` line: fields 14 and 15, counted after the command
-/// name (in parentheses, and free to hold spaces or parentheses itself), whose next field is
-/// the third.
-fn cpu_ticks(stat: &str) -> Option<u64> {
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
-    Some(field(14)? + field(15)?)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Output
 
@@ -2139,451 +2350,16 @@ fn fmt_mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / MIB)
 }
 
-fn yes(ok: bool) -> &'static str {
-    if ok {
-        "yes"
-    } else {
-        "**no**"
-    }
-}
-
-impl Report {
-    fn rate(&self) -> f64 {
-        self.drain.throughput.unwrap_or(f64::NAN)
-    }
-    fn naive_rate(&self) -> f64 {
-        self.naive.throughput.unwrap_or(f64::NAN)
-    }
-    fn floor(&self) -> f64 {
-        self.pass_through.min(self.ingest.rate)
-    }
-    fn peak_rss(&self) -> u64 {
-        let mut peak = self
-            .drain
-            .peak_rss
-            .max(self.drain_feed_off.peak_rss)
-            .max(self.curve.peak_rss);
-        if let Some(p) = &self.preloaded {
-            peak = peak.max(p.drain.peak_rss);
-        }
-        peak
-    }
-    /// The share of the drain's rate (empty log) the feed costs: 1 - on / off.
-    fn feed_cost(&self) -> Option<f64> {
-        Some(1.0 - self.drain.throughput? / self.drain_feed_off.throughput?)
-    }
-    /// Which feed topics the drains with the feed on published to.
-    fn feed_topics(&self) -> &'static str {
-        match (self.config_feed.0, self.config_feed.1) {
-            (true, true) => "changes and view topics",
-            (true, false) => "changes topic only (VIEW_TOPIC empty)",
-            (false, true) => "view topic only (CHANGES_TOPIC empty)",
-            (false, false) => "off (CHANGES_TOPIC and VIEW_TOPIC empty)",
-        }
-    }
-    fn preload_ratio(&self) -> Option<f64> {
-        let p = self.preloaded.as_ref()?;
-        Some(p.drain.throughput? / self.drain.throughput?)
-    }
-    fn replies_ok(&self) -> bool {
-        self.drains().iter().all(|(_, d)| {
-            d.replies.missing == 0 && d.replies.duplicates == 0 && d.replies.foreign == 0
-        })
-    }
-    /// Every drain with the feed on published a change per applied command.
-    fn feeds_ok(&self) -> bool {
-        self.drains()
-            .iter()
-            .all(|(_, d)| d.feed.is_none_or(|f| f.complete()))
-    }
-
-    /// The curve's point at `load` (a share of the drain rate).
-    fn point(&self, load: f64) -> Option<&LoadPoint> {
-        self.curve
-            .points
-            .iter()
-            .find(|p| (p.load - load).abs() < 1e-9)
-    }
-
-    fn targets(&self) -> BTreeMap<&'static str, bool> {
-        let mut t = BTreeMap::new();
-        t.insert("ten_times_naive", self.rate() >= 10.0 * self.naive_rate());
-        t.insert(
-            "drain_at_least_60pct_of_min_b_c",
-            self.rate() >= 0.6 * self.floor(),
-        );
-        t.insert(
-            "p99_within_floor_plus_15ms_10_to_50pct",
-            self.curve
-                .points
-                .iter()
-                .filter(|p| p.load <= 0.5 + 1e-9)
-                .all(|p| p.end_to_end.p99 <= p.floor.p99 + 15.0),
-        );
-        t.insert(
-            "p99_below_50ms_at_50pct",
-            self.point(0.5).is_some_and(|p| p.end_to_end.p99 < 50.0),
-        );
-        t.insert(
-            "peak_rss_below_150mib",
-            (self.peak_rss() as f64) < 150.0 * MIB,
-        );
-        if let Some(r) = self.preload_ratio() {
-            t.insert("full_log_within_20pct", r >= 0.8);
-        }
-        t.insert("every_drained_command_answered_once", self.replies_ok());
-        t.insert(
-            "feed_costs_at_most_20pct",
-            self.feed_cost().is_some_and(|c| c <= FEED_COST_BOUND),
-        );
-        t.insert("feed_has_a_change_per_applied_command", self.feeds_ok());
-        t
-    }
-
-    /// The latency–load curve as a Markdown table.
-    fn curve_table(&self) -> String {
-        let mut rows = vec![
-            "| Load | Rate (achieved) | End to end p50 / p99 / max | Inside the processor p50 / p99 | Floor: broker echo p50 / p99 / max | p99 over the floor | Answered |".to_string(),
-            "|---|---|---|---|---|---|---|".to_string(),
-        ];
-        for p in &self.curve.points {
-            rows.push(format!(
-                "| {:.0}% | {} cmd/s ({}) | {} | {} | {} | {} | {} of {} |",
-                p.load * 100.0,
-                fmt_count(p.target_rate),
-                fmt_count(p.achieved_rate),
-                p.end_to_end.show(),
-                p.inside.show_p50_p99(),
-                p.floor.show(),
-                fmt_ms(p.end_to_end.p99 - p.floor.p99),
-                p.answered,
-                p.sent,
-            ));
-        }
-        rows.push(String::new());
-        rows.push(
-            "Per batch, inside the processor (its `event_updater_stage_seconds` histogram):".into(),
-        );
-        rows.push(String::new());
-        rows.push("| Load | queue p50 / p99 | apply p50 / p99 | publish p50 / p99 |".into());
-        rows.push("|---|---|---|---|".into());
-        for p in &self.curve.points {
-            let cells: Vec<String> = p.stages.iter().map(|(_, s)| s.show_p50_p99()).collect();
-            rows.push(format!(
-                "| {:.0}% | {} |",
-                p.load * 100.0,
-                cells.join(" | ")
-            ));
-        }
-        rows.join("\n")
-    }
-
-    fn table(&self) -> String {
-        let targets = self.targets();
-        let (a, b, c) = (self.naive_rate(), self.pass_through, self.ingest.rate);
-        let ratios = |x: f64| {
-            format!(
-                "{:.1}x | {:.0}% | {:.0}%",
-                x / a,
-                100.0 * x / b,
-                100.0 * x / c
-            )
-        };
-        let rate = |x: f64| format!("{} cmd/s", fmt_count(x));
-        let mut rows = vec![
-            "| Figure | Value | vs (a) naive | vs (b) broker | vs (c) PostgreSQL | Target | Met |".to_string(),
-            "|---|---|---|---|---|---|---|".to_string(),
-            format!(
-                "| Throughput, backlog drain, empty log (feed on) | {} | {} | >= 10x (a); >= 60% of min(b, c) | {} |",
-                rate(self.rate()),
-                ratios(self.rate()),
-                yes(targets["ten_times_naive"] && targets["drain_at_least_60pct_of_min_b_c"])
-            ),
-        ];
-        let off = self.drain_feed_off.throughput.unwrap_or(f64::NAN);
-        rows.push(format!(
-            "| Throughput, backlog drain, empty log, feed off (no changes or view topic) | {} | {} | | |",
-            rate(off),
-            ratios(off),
-        ));
-        rows.push(format!(
-            "| The feed's cost: the drain's rate it takes (1 - on / off) | {:.1}% | | | | at most {:.0}% | {} |",
-            100.0 * self.feed_cost().unwrap_or(f64::NAN),
-            100.0 * FEED_COST_BOUND,
-            yes(targets["feed_costs_at_most_20pct"])
-        ));
-        let (cpu_on, cpu_off) = (
-            self.drain.cpu_us_per_command(),
-            self.drain_feed_off.cpu_us_per_command(),
-        );
-        rows.push(format!(
-            "| The feed's cost in the processor's CPU time per command (on against off) | {:+.0}% ({:.0} µs against {:.0} µs) | | | | | |",
-            100.0 * (cpu_on / cpu_off - 1.0),
-            cpu_on,
-            cpu_off
-        ));
-        if let Some(p) = &self.preloaded {
-            let x = p.drain.throughput.unwrap_or(f64::NAN);
-            rows.push(format!(
-                "| Throughput, backlog drain, {} changes already in the log | {} | {} | within 20% of the empty log (is {:.0}%) | {} |",
-                fmt_count(p.changes as f64),
-                rate(x),
-                ratios(x),
-                100.0 * self.preload_ratio().unwrap_or(f64::NAN),
-                yes(targets.get("full_log_within_20pct").copied().unwrap_or(false))
-            ));
-        }
-        rows.push(format!(
-            "| Latency: p99 end to end within the floor's p99 + 15 ms, 10% to 50% load | see the curve | | | | | {} |",
-            yes(targets["p99_within_floor_plus_15ms_10_to_50pct"])
-        ));
-        if let Some(p) = self.point(0.5) {
-            rows.push(format!(
-                "| Latency p50 / p99 / max end to end at 50% load ({}) | {} / {} / {} | | | | p99 < 50 ms | {} |",
-                rate(p.target_rate),
-                fmt_ms(p.end_to_end.p50),
-                fmt_ms(p.end_to_end.p99),
-                fmt_ms(p.end_to_end.max),
-                yes(targets["p99_below_50ms_at_50pct"])
-            ));
-        }
-        rows.push(format!(
-            "| Peak RSS of the processor | {} | | | | < 150 MiB | {} |",
-            fmt_mib(self.peak_rss()),
-            yes(targets["peak_rss_below_150mib"])
-        ));
-        rows.push(format!(
-            "| (a) Naive baseline: MAX_BATCH=1, first {} commands | {} | 1.0x | | | | |",
-            fmt_count(self.naive.commands as f64),
-            rate(a)
-        ));
-        rows.push(format!(
-            "| (b) Broker pass-through: consume N, produce N, no database | {} | | 100% | | | |",
-            rate(b)
-        ));
-        rows.push(format!(
-            "| (c) PostgreSQL limit: the same rows by unnest, {} commands per transaction, no Kafka | {} | | | 100% | | |",
-            fmt_count(INGEST_CHUNK as f64),
-            rate(c)
-        ));
-
-        let s = &self.settings;
-        let setting = |k: &str| s.get(k).map_or("?", String::as_str);
-        let mut out = format!(
-            "\nevent-updater bench: {} commands over {} events, {}% invalid; MAX_BATCH {}; {} partitions; auth {}; feed {}\n\n",
-            fmt_count(self.args.commands as f64),
-            fmt_count(self.args.events as f64),
-            self.args.invalid_percent,
-            self.max_batch,
-            self.partitions,
-            if self.auth { "required (bearer token on every command)" } else { "disabled" },
-            self.feed_topics()
-        );
-        out.push_str(&rows.join("\n"));
-        out.push_str(&format!(
-            "\n\nPostgreSQL {}: synchronous_commit={}, fsync={}, full_page_writes={}, wal_level={}, shared_buffers={}, max_wal_size={}, checkpoint_timeout={}, wal_compression={}, autovacuum={}, plan_cache_mode={}\n",
-            setting("server_version"),
-            setting("synchronous_commit"),
-            setting("fsync"),
-            setting("full_page_writes"),
-            setting("wal_level"),
-            setting("shared_buffers"),
-            setting("max_wal_size"),
-            setting("checkpoint_timeout"),
-            setting("wal_compression"),
-            setting("autovacuum"),
-            setting("plan_cache_mode"),
-        ));
-        if self.feed_rounds.len() > 1 {
-            let rounds: Vec<String> = self
-                .feed_rounds
-                .iter()
-                .map(|(on, off)| {
-                    let (on, off) = (
-                        on.throughput.unwrap_or(f64::NAN),
-                        off.throughput.unwrap_or(f64::NAN),
-                    );
-                    format!(
-                        "{} / {} ({:.1}%)",
-                        fmt_count(on),
-                        fmt_count(off),
-                        100.0 * (1.0 - on / off)
-                    )
-                })
-                .collect();
-            out.push_str(&format!(
-                "The feed's rounds, drain with the feed on / off in cmd/s (its cost); the table has the medians: {}\n",
-                rounds.join("; ")
-            ));
-        }
-        let load = |l: Option<f64>| l.map_or("?".to_string(), |l| format!("{l:.2}"));
-        out.push_str(&format!(
-            "The machine's 1-minute load average: {} at the start, {} at the end ({} cores)\n",
-            load(self.load_average.0),
-            load(self.load_average.1),
-            std::thread::available_parallelism().map_or(0, |n| n.get())
-        ));
-        for (name, d) in self.drains() {
-            let r = &d.replies;
-            let statuses: Vec<String> = r
-                .statuses
-                .iter()
-                .map(|(k, v)| format!("{k}: {v}"))
-                .collect();
-            let feed = d.feed.map_or("feed off".to_string(), |f| f.show());
-            out.push_str(&format!(
-                "{name}: {} of {} commands answered, {} duplicates, {} missing, {} foreign; statuses {{{}}}; {feed}; backlog produced at {}; the processor's CPU {:.1} s ({:.0} µs per command)\n",
-                r.answered,
-                d.commands,
-                r.duplicates,
-                r.missing,
-                r.foreign,
-                statuses.join(", "),
-                rate(d.produce_rate),
-                d.cpu_seconds,
-                d.cpu_us_per_command()
-            ));
-        }
-        out.push_str(&format!(
-            "\nLatency against load (each point {} s, the processor and then the broker's echo at the same rate):\n\n{}\n\n",
-            self.args.latency_seconds,
-            self.curve_table()
-        ));
-        out.push_str(&format!(
-            "every command of the drains answered exactly once: {}\nevery drain with the feed on published a change per applied command: {}",
-            yes(targets["every_drained_command_answered_once"]),
-            yes(targets["feed_has_a_change_per_applied_command"])
-        ));
-        out
-    }
-
-    /// Every drain of the run, named.
-    fn drains(&self) -> Vec<(String, &Drain)> {
-        let rounds = self.feed_rounds.len();
-        let mut d = Vec::new();
-        for (i, (on, off)) in self.feed_rounds.iter().enumerate() {
-            let name = |base: &str| match rounds {
-                1 => base.to_string(),
-                _ => format!("{base} (round {} of {rounds})", i + 1),
-            };
-            d.push((name(DRAIN_LABEL), on));
-            d.push((name(DRAIN_FEED_OFF_LABEL), off));
-        }
-        d.push((NAIVE_LABEL.to_string(), &self.naive));
-        if let Some(p) = &self.preloaded {
-            d.push(("drain, full log".to_string(), &p.drain));
-        }
-        d
-    }
-
-    fn to_json(&self) -> Value {
-        let drain = |d: &Drain| {
-            let r = &d.replies;
-            json!({
-                "commands": d.commands,
-                "max_batch": d.max_batch,
-                "throughput_per_s": d.throughput,
-                "backlog_produce_per_s": d.produce_rate,
-                "reply_records": r.records,
-                "answered": r.answered,
-                "duplicates": r.duplicates,
-                "missing": r.missing,
-                "foreign": r.foreign,
-                "statuses": r.statuses.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
-                "reply_span_ms": r.span_ms,
-                "drain_span_ms": d.span_ms,
-                "feed": d.feed.map(|f| {
-                    let topic = |t: Option<TopicTally>| t.map(|t| json!({"records": t.records, "last_record_ms": t.last_ms}));
-                    json!({
-                        "applied": f.applied,
-                        "changes": topic(f.changes),
-                        "views": topic(f.views),
-                        "complete": f.complete(),
-                    })
-                }),
-                "peak_rss_bytes": d.peak_rss,
-                "cpu_seconds": d.cpu_seconds,
-                "cpu_us_per_command": d.cpu_us_per_command(),
-            })
-        };
-        let pct = |p: &Percentiles| json!({"p50_ms": p.p50, "p99_ms": p.p99, "max_ms": p.max});
-        let curve: Vec<Value> = self
-            .curve
-            .points
-            .iter()
-            .map(|p| {
-                json!({
-                    "load": p.load,
-                    "target_rate_per_s": p.target_rate,
-                    "achieved_rate_per_s": p.achieved_rate,
-                    "sent": p.sent,
-                    "answered": p.answered,
-                    "end_to_end": pct(&p.end_to_end),
-                    "inside": pct(&p.inside),
-                    "floor": pct(&p.floor),
-                    "floor_answered": p.floor_answered,
-                    "stages": p.stages.iter().map(|(n, s)| (n.to_string(), pct(s))).collect::<serde_json::Map<_, _>>(),
-                })
-            })
-            .collect();
-        let (a, floor) = (self.naive_rate(), self.floor());
-        json!({
-            "commands": self.args.commands,
-            "events": self.args.events,
-            "invalid_percent": self.args.invalid_percent,
-            "max_batch": self.max_batch,
-            "partitions": self.partitions,
-            "auth_required": self.auth,
-            "postgres": self.settings,
-            "load_average_1m": {"start": self.load_average.0, "end": self.load_average.1},
-            "throughput_per_s": self.drain.throughput,
-            "throughput_feed_off_per_s": self.drain_feed_off.throughput,
-            "feed_cost_percent": self.feed_cost().map(|c| 100.0 * c),
-            "feed": {"changes_topic": self.config_feed.0, "view_topic": self.config_feed.1},
-            "throughput_full_log_per_s": self.preloaded.as_ref().and_then(|p| p.drain.throughput),
-            "peak_rss_bytes": self.peak_rss(),
-            "naive_per_s": a,
-            "pass_through_per_s": self.pass_through,
-            "pg_ingest_per_s": self.ingest.rate,
-            "ratios": {
-                "to_naive": self.rate() / a,
-                "to_pass_through": self.rate() / self.pass_through,
-                "to_pg_ingest": self.rate() / self.ingest.rate,
-                "to_min_b_c": self.rate() / floor,
-                "full_log_to_empty_log": self.preload_ratio(),
-                "feed_on_to_feed_off": self.feed_cost().map(|c| 1.0 - c),
-                "feed_on_to_feed_off_cpu_per_command": self.drain.cpu_us_per_command() / self.drain_feed_off.cpu_us_per_command(),
-            },
-            "targets_met": self.targets(),
-            "drain": drain(&self.drain),
-            "drain_feed_off": drain(&self.drain_feed_off),
-            "feed_rounds": self.feed_rounds.iter().map(|(on, off)| json!({
-                "on_per_s": on.throughput,
-                "off_per_s": off.throughput,
-                "on_cpu_us_per_command": on.cpu_us_per_command(),
-                "off_cpu_us_per_command": off.cpu_us_per_command(),
-            })).collect::<Vec<_>>(),
-            "naive": drain(&self.naive),
-            "full_log": self.preloaded.as_ref().map(|p| json!({
-                "preload_changes": p.changes,
-                "preload_seconds": p.fill_seconds,
-                "drain": drain(&p.drain),
-            })),
-            "latency_curve": {
-                "seconds_per_point": self.args.latency_seconds,
-                "points": curve,
-                "peak_rss_bytes": self.curve.peak_rss,
-            },
-            "pg_ingest": {
-                "commands": self.ingest.commands,
-                "per_s": self.ingest.rate,
-                "transactions": self.ingest.transactions,
-                "log_rows": self.ingest.log_rows,
-                "view_upserts": self.ingest.view_upserts,
-                "reply_rows": self.ingest.reply_rows,
-            },
-        })
-    }
+/// A cost's figures on one line, "not measured" where not.
+fn show_cost(c: &Cost) -> String {
+    let us = |x: Option<f64>| or_not_measured(x, |v| format!("{v:.1} µs"));
+    format!(
+        "event-updater CPU {}, PostgreSQL CPU {}, Kafka CPU {}, WAL {}",
+        us(c.processor_us),
+        us(c.postgres_us),
+        us(c.kafka_us),
+        or_not_measured(c.wal_bytes, |v| format!("{v:.0} B"))
+    )
 }
 
 #[cfg(test)]
@@ -2647,11 +2423,7 @@ mod tests {
     }
 
     #[test]
-    fn cpu_time_is_read_after_a_command_name_with_spaces_and_parentheses() {
-        let stat = "4242 (event updater (x)) S 1 4242 4242 0 -1 4194560 5 0 0 0 1234 56 0 0 20 0 9 0 100 0 0";
-        assert_eq!(cpu_ticks(stat), Some(1290));
-        assert_eq!(cpu_ticks("4242 (x) S 1"), None);
-        assert!(cpu_seconds(std::process::id()).unwrap() >= 0.0);
+    fn the_load_average_is_read() {
         assert!(load_average().is_some_and(|l| l >= 0.0));
     }
 
@@ -2667,6 +2439,7 @@ mod tests {
             feed: None,
             peak_rss: 0,
             cpu_seconds: 0.0,
+            cost: Cost::default(),
         };
         let rates = |d: Drain| d.throughput;
         let three = [drain(Some(3.0)), drain(None), drain(Some(1.0))];
