@@ -2428,6 +2428,34 @@ mod tests {
     }
 
     #[test]
+    fn histogram_percentiles_reach_p99_9_and_stages_come_in_running_order() {
+        // 1000 observations: 990 up to 10 ms, 9 more up to 20 ms, the last up to 40 ms.
+        let before = [(0.01, 0.0), (0.02, 0.0), (0.04, 0.0), (f64::INFINITY, 0.0)];
+        let after = [
+            (0.01, 990.0),
+            (0.02, 999.0),
+            (0.04, 1000.0),
+            (f64::INFINITY, 1000.0),
+        ];
+        let p = histogram_percentiles(&before, &after);
+        assert!((p.p99 - 10.0).abs() < 1e-9, "{p:?}");
+        assert!((p.p999 - 20.0).abs() < 1e-9, "{p:?}");
+        assert_eq!(p.max, 40.0);
+        let series = |stage: &str| (stage_series(stage), after.to_vec());
+        let scrape: Histograms = [
+            "publish", "commit", "queue", "write", "read", "zeta", "alpha",
+        ]
+        .into_iter()
+        .map(series)
+        .chain([("event_updater_command_latency_seconds".to_string(), vec![])])
+        .collect();
+        assert_eq!(
+            stage_names(&scrape),
+            ["queue", "read", "alpha", "zeta", "write", "publish", "commit"]
+        );
+    }
+
+    #[test]
     fn the_median_drain_is_the_middle_one_by_rate() {
         let drain = |rate: Option<f64>| Drain {
             commands: 1,
@@ -2531,6 +2559,10 @@ mod tests {
         assert_eq!(drain_span(&ReplyTally::default(), Some(12_000)), 0);
         assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0], 0.5), 2.0);
         assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0], 0.99), 4.0);
+        let thousand: Vec<f64> = (1..=1000).map(f64::from).collect();
+        assert_eq!(percentile(&thousand, 0.99), 990.0);
+        assert_eq!(percentile(&thousand, 0.999), 999.0);
+        assert_eq!(percentile(&thousand[..100], 0.999), 100.0);
         assert!(percentile(&[1.0, f64::INFINITY], 0.99).is_infinite());
         assert_eq!(fmt_ms(f64::INFINITY), "unanswered");
         assert_eq!(fmt_count(1234567.4), "1,234,567");
