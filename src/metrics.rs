@@ -100,17 +100,72 @@ pub fn record_producer_fatal() {
     counter!(PRODUCER_FATAL).increment(1);
 }
 
-/// One batch committed to PostgreSQL.
-pub fn record_batch(size: usize, transaction: Duration) {
+/// One batch committed to PostgreSQL: its size, the time of its attempt, and that time's
+/// parts (read, decide, write: see [`Stage`]).
+pub fn record_batch(size: usize, transaction: Duration, parts: Option<BatchParts>) {
     histogram!(BATCH_SIZE).record(size as f64);
     histogram!(DB_TRANSACTION).record(transaction.as_secs_f64());
+    if let Some(p) = parts {
+        record_stage(Stage::Read, p.read);
+        record_stage(Stage::Decide, p.decide);
+        record_stage(Stage::Write, p.write);
+    }
 }
 
-/// Time a batch spent in one stage of the pipeline: `queue` (its first record fetched to the
-/// batch started), `apply` (the database, retries included), `publish` (replies handed to the
-/// producer to all acknowledged).
-pub fn record_stage(stage: &'static str, d: Duration) {
-    histogram!(STAGE, "stage" => stage).record(d.as_secs_f64());
+/// The parts of one attempt at a batch in the database (see [`Stage`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchParts {
+    pub read: Duration,
+    pub decide: Duration,
+    pub write: Duration,
+}
+
+/// A stage of the pipeline a batch passes through, in order; the `stage` label of
+/// [`STAGE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Its first record fetched to the batch started (waiting for its lane).
+    Queue,
+    /// The database, retries included: the sum of `read`, `decide` and `write` when the first
+    /// attempt passes.
+    Apply,
+    /// Reading what the batch needs (applied offsets, stored replies, grants, views, sizes).
+    Read,
+    /// Deciding the batch in memory.
+    Decide,
+    /// Writing its effects, the commit included (and reading back what the feed needs).
+    Write,
+    /// Its records handed to the producer to all acknowledged.
+    Publish,
+}
+
+impl Stage {
+    /// Every stage, in the order a batch passes them.
+    pub const ALL: [Stage; 6] = [
+        Stage::Queue,
+        Stage::Apply,
+        Stage::Read,
+        Stage::Decide,
+        Stage::Write,
+        Stage::Publish,
+    ];
+
+    /// The `stage` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Queue => "queue",
+            Stage::Apply => "apply",
+            Stage::Read => "read",
+            Stage::Decide => "decide",
+            Stage::Write => "write",
+            Stage::Publish => "publish",
+        }
+    }
+}
+
+/// Time a batch spent in one [`Stage`] of the pipeline.
+pub fn record_stage(stage: Stage, d: Duration) {
+    histogram!(STAGE, "stage" => stage.as_str()).record(d.as_secs_f64());
 }
 
 /// A transaction failed; `kind` is `unavailable`, `conflict` or `refused`.

@@ -1357,7 +1357,7 @@ fn exported_series() -> BTreeMap<String, BTreeSet<String>> {
     use event_updater::metrics;
     let handle = metrics::install().expect("the recorder installs");
     metrics::record_command(201, OutcomeKind::New, Some(Duration::from_millis(3)));
-    metrics::record_batch(5, Duration::from_millis(2));
+    metrics::record_batch(5, Duration::from_millis(2), None);
     metrics::record_db_error("unavailable");
     metrics::record_published(Destination::Reply);
     metrics::record_published(Destination::DeadLetter);

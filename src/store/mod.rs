@@ -44,6 +44,7 @@ pub mod tokens;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -58,6 +59,7 @@ use crate::domain::decide::{
 };
 use crate::domain::projection::{truncate_to_micros, EventState};
 use crate::drf::pyjson;
+use crate::metrics::BatchParts;
 
 pub use feed::Feed;
 
@@ -386,6 +388,8 @@ pub async fn apply_batch(
 pub struct Applied {
     pub outcomes: Vec<Outcome>,
     pub feed: Feed,
+    /// How long the attempt that applied it took, by part (reading, deciding, writing).
+    pub parts: BatchParts,
 }
 
 /// As [`apply_batch`], also returning the batch's part of the change feed ([`feed::collect`]):
@@ -401,6 +405,18 @@ pub async fn apply_batch_with_feed(
     apply(pool, commands, rules, now, true).await
 }
 
+/// As [`apply_batch_with_feed`] where `with_feed`, else as [`apply_batch`] (an empty feed):
+/// the processor's call, which also reports how long the attempt's parts took.
+pub async fn apply_batch_timed(
+    pool: &PgPool,
+    commands: &[(Command, Source)],
+    rules: Rules,
+    now: DateTime<Utc>,
+    with_feed: bool,
+) -> Result<Applied, StoreError> {
+    apply(pool, commands, rules, now, with_feed).await
+}
+
 async fn apply(
     pool: &PgPool,
     commands: &[(Command, Source)],
@@ -410,17 +426,29 @@ async fn apply(
 ) -> Result<Applied, StoreError> {
     // As PostgreSQL keeps it, so that a change's time reads back the same.
     let now = truncate_to_micros(now);
+    let started = Instant::now();
     let mut conn = pool.acquire().await?;
     // The applied offsets first, then the stored replies: see `read_applied_then_known`.
     let known = read_applied_then_known(&mut conn, commands, rules.auth_mode).await?;
+    let read = started.elapsed();
     let (outcomes, effects) = decide_batch(commands, known, rules, now);
+    let decided = started.elapsed();
     match Writes::of(&effects).write(&mut conn, now).await {
         Ok(()) => {
             let feed = match with_feed {
                 true => feed::collect(&mut conn, commands, &outcomes, effects, now).await?,
                 false => Feed::default(),
             };
-            Ok(Applied { outcomes, feed })
+            let parts = BatchParts {
+                read,
+                decide: decided - read,
+                write: started.elapsed() - decided,
+            };
+            Ok(Applied {
+                outcomes,
+                feed,
+                parts,
+            })
         }
         Err(StoreError::Conflict(e)) => {
             tracing::debug!(error = %e, "a write fence tripped; deciding the batch again under row locks");
@@ -454,6 +482,7 @@ async fn apply_locked(
     with_feed: bool,
 ) -> Result<Applied, StoreError> {
     let auth_mode = rules.auth_mode;
+    let started = Instant::now();
     let mut tx = pool.begin().await?;
     // The grants and stored answers as on the common path; the views again, under row locks.
     let mut known = read_applied_then_known(&mut tx, commands, auth_mode).await?;
@@ -465,14 +494,25 @@ async fn apply_locked(
     uuids.sort_unstable();
     uuids.dedup();
     known.states = load_for_update(&mut tx, &uuids).await?;
+    let read = started.elapsed();
     let (outcomes, effects) = decide_batch(commands, known, rules, now);
+    let decided = started.elapsed();
     Writes::of(&effects).write(&mut tx, now).await?;
     let feed = match with_feed {
         true => feed::collect(&mut tx, commands, &outcomes, effects, now).await?,
         false => Feed::default(),
     };
     tx.commit().await?;
-    Ok(Applied { outcomes, feed })
+    let parts = BatchParts {
+        read,
+        decide: decided - read,
+        write: started.elapsed() - decided,
+    };
+    Ok(Applied {
+        outcomes,
+        feed,
+        parts,
+    })
 }
 
 /// The partitions' applied offsets ([`offsets::read_applied`]), then [`read_known`], in that

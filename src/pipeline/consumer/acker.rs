@@ -12,7 +12,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
 use crate::domain::decide::{Outcome, OutcomeKind};
-use crate::metrics;
+use crate::metrics::{self, Stage};
 use crate::pipeline::trace;
 
 use super::lane::release;
@@ -44,7 +44,7 @@ pub(super) async fn run_acker(
         } = d;
         let published = shared.publisher.settle(enqueued, &mut shutdown).await;
         shared.feed_lag.done(feed_ticket);
-        metrics::record_stage("publish", published_at.elapsed());
+        metrics::record_stage(Stage::Publish, published_at.elapsed());
         stored = finish(&shared, &batch, &outcomes, &traces, published);
         release(&shared, &batch);
     }

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use crate::domain::reply::{header, Destination};
-use crate::metrics;
+use crate::metrics::{self, Stage};
 use crate::pipeline::trace;
 use crate::store::sizes::{self, Probe};
 
@@ -94,7 +94,7 @@ pub(super) async fn run_lane(
             break;
         }
         let started = Instant::now();
-        metrics::record_stage("queue", started - batch[0].fetched_at);
+        metrics::record_stage(Stage::Queue, started - batch[0].fetched_at);
         let span = tracing::debug_span!("batch", size = batch.len());
         let Some((outcomes, feed)) = persist_batch(&shared, &batch, &mut shutdown)
             .instrument(span)
@@ -104,7 +104,7 @@ pub(super) async fn run_lane(
             release(&shared, &batch);
             break;
         };
-        metrics::record_stage("apply", started.elapsed());
+        metrics::record_stage(Stage::Apply, started.elapsed());
         // The decided replies are held until the batch is finished: charged until then.
         let mut replies = 0;
         for (f, o) in batch.iter_mut().zip(&outcomes) {

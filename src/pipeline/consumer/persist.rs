@@ -219,19 +219,11 @@ pub(super) async fn persist_retrying(
     loop {
         let started = Instant::now();
         let (rules, now) = (shared.cfg.rules(), Utc::now());
-        let applied = if shared.cfg.feed_enabled() {
-            store::apply_batch_with_feed(&shared.pool, commands, rules, now).await
-        } else {
-            store::apply_batch(&shared.pool, commands, rules, now)
-                .await
-                .map(|outcomes| Applied {
-                    outcomes,
-                    feed: Feed::default(),
-                })
-        };
+        let feed = shared.cfg.feed_enabled();
+        let applied = store::apply_batch_timed(&shared.pool, commands, rules, now, feed).await;
         let wait = match applied {
             Ok(o) => {
-                metrics::record_batch(commands.len(), started.elapsed());
+                metrics::record_batch(commands.len(), started.elapsed(), Some(o.parts));
                 shared.health.database_ok.store(true, Ordering::Relaxed);
                 return Some(Ok(o));
             }
