@@ -647,6 +647,9 @@ impl Bench {
         if has(Phase::Curve) && !has(Phase::Drain) && a.drain_rate.is_none() {
             bail!("the curve's loads are shares of the drain rate: run the drain phase too, or give --drain-rate");
         }
+        if a.drain_rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+            bail!("--drain-rate must be a positive number of commands per second");
+        }
         let names: Vec<String> = phases.iter().map(|p| p.name()).collect();
         self.progress(format_args!("phases: {}", names.join(", ")));
         let settings = self.postgres_settings().await?;
