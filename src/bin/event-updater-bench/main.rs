@@ -2052,20 +2052,14 @@ fn stage_series(stage: &str) -> String {
     format!("{}{{stage=\"{stage}\"}}", event_updater::metrics::STAGE)
 }
 
-/// Where a stage comes in a batch's life, for the tables' order: the stages this benchmark
-/// knows by name in the order they run (queued first, published and committed last), any
-/// other between them by name.
-fn stage_rank(stage: &str) -> (u8, String) {
-    const FIRST: [&str; 3] = ["queue", "read", "apply"];
-    const LAST: [&str; 3] = ["write", "publish", "commit"];
-    let rank = match (
-        FIRST.iter().position(|s| *s == stage),
-        LAST.iter().position(|s| *s == stage),
-    ) {
-        (Some(i), _) => i as u8,
-        (None, Some(i)) => (FIRST.len() + 1 + i) as u8,
-        (None, None) => FIRST.len() as u8,
-    };
+/// Where a stage comes in a batch's life, for the tables' order: the processor's own order
+/// ([`event_updater::metrics::Stage::ALL`]); a stage it does not name there comes after, by name.
+fn stage_rank(stage: &str) -> (usize, String) {
+    let all = event_updater::metrics::Stage::ALL;
+    let rank = all
+        .iter()
+        .position(|s| s.as_str() == stage)
+        .unwrap_or(all.len());
     (rank, stage.to_string())
 }
 
@@ -2446,7 +2440,7 @@ mod tests {
         assert_eq!(p.max, 40.0);
         let series = |stage: &str| (stage_series(stage), after.to_vec());
         let scrape: Histograms = [
-            "publish", "commit", "queue", "write", "read", "zeta", "alpha",
+            "publish", "zeta", "queue", "write", "read", "alpha", "apply",
         ]
         .into_iter()
         .map(series)
@@ -2454,7 +2448,7 @@ mod tests {
         .collect();
         assert_eq!(
             stage_names(&scrape),
-            ["queue", "read", "alpha", "zeta", "write", "publish", "commit"]
+            ["queue", "apply", "read", "write", "publish", "alpha", "zeta"]
         );
     }
 
