@@ -12,3 +12,6 @@ pub mod decide;
 pub mod feed;
 pub mod projection;
 pub mod reply;
+
+#[cfg(test)]
+mod bench;
