@@ -65,7 +65,73 @@ fn to_utc(parsed: Parsed) -> Result<DateTime<Utc>, DateTimeError> {
 
 /// DRF's `DateTimeField.to_representation`: `value.isoformat()` in UTC with a trailing '+00:00' written as 'Z'
 /// (microseconds shown only when non-zero, as 6 digits; year zero-padded to 4 digits). Input is always UTC with microsecond precision.
+///
+/// Written digit by digit (it runs for every reply and view record); a value outside what
+/// Python's datetime holds (a year outside 0..=9999) or in a leap second goes through chrono's
+/// strftime instead, so the text is the same for every input.
 pub fn to_representation(value: DateTime<Utc>) -> String {
+    let mut out = Vec::with_capacity(ISO_MICROS_LEN);
+    write_representation(&mut out, value);
+    // Only ASCII digits and punctuation were written.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// [`to_representation`], appended to `out`.
+pub fn write_representation(out: &mut Vec<u8>, value: DateTime<Utc>) {
+    match iso_micros(value) {
+        Some(text) if text[20..26] == *b"000000" => {
+            out.extend_from_slice(&text[..19]);
+            out.push(b'Z');
+        }
+        Some(text) => out.extend_from_slice(&text),
+        None => out.extend_from_slice(strftime_representation(value).as_bytes()),
+    }
+}
+
+/// RFC 3339 in UTC with six fraction digits (`2026-12-07T20:31:26.123456Z`), as chrono's
+/// `to_rfc3339_opts(SecondsFormat::Micros, true)` writes it, appended to `out`.
+pub fn write_rfc3339_micros(out: &mut Vec<u8>, value: DateTime<Utc>) {
+    match iso_micros(value) {
+        Some(text) => out.extend_from_slice(&text),
+        None => out.extend_from_slice(
+            value
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                .as_bytes(),
+        ),
+    }
+}
+
+/// Length of `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+const ISO_MICROS_LEN: usize = 27;
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (microseconds truncated), for a year in 0..=9999 outside a
+/// leap second; `None` otherwise (the callers then ask chrono).
+fn iso_micros(value: DateTime<Utc>) -> Option<[u8; ISO_MICROS_LEN]> {
+    let nanos = value.nanosecond();
+    let year = u32::try_from(value.year()).ok().filter(|y| *y <= 9999)?;
+    if nanos >= 1_000_000_000 {
+        return None;
+    }
+    let mut b = *b"0000-00-00T00:00:00.000000Z";
+    let mut put = |at: usize, width: usize, mut n: u32| {
+        for i in (at..at + width).rev() {
+            b[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    };
+    put(0, 4, year);
+    put(5, 2, value.month());
+    put(8, 2, value.day());
+    put(11, 2, value.hour());
+    put(14, 2, value.minute());
+    put(17, 2, value.second());
+    put(20, 6, nanos / 1_000);
+    Some(b)
+}
+
+/// [`to_representation`] through chrono's strftime: for the values [`iso_micros`] leaves out
+/// (and, in tests, the oracle of the written form).
+fn strftime_representation(value: DateTime<Utc>) -> String {
     // `% 1e9` folds chrono's leap-second representation back into 0..1s.
     let fraction = match value.nanosecond() % 1_000_000_000 / 1_000 {
         0 => String::new(),
@@ -383,6 +449,66 @@ fn strptime_iso_8601_literal(s: &str) -> Option<Parsed> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    mod written {
+        //! The digit-by-digit forms against chrono's formatting, over the whole range.
+        use super::*;
+        use chrono::TimeZone;
+        use proptest::prelude::*;
+        use proptest::test_runner::Config;
+
+        fn rfc3339(value: DateTime<Utc>) -> String {
+            let mut out = Vec::new();
+            write_rfc3339_micros(&mut out, value);
+            String::from_utf8(out).unwrap()
+        }
+
+        proptest! {
+            #![proptest_config(Config { cases: 5000, failure_persistence: None, ..Config::default() })]
+
+            #[test]
+            fn every_timestamp_is_written_as_strftime_writes_it(
+                // Years -300..=10300 (Python's 1..=9999 and both sides of it).
+                secs in -71_000_000_000i64..263_000_000_000,
+                micros in prop_oneof![Just(0u32), Just(999_999u32), 0u32..1_000_000],
+                nanos in prop_oneof![Just(0u32), 0u32..1_000],
+            ) {
+                let value = Utc.timestamp_opt(secs, micros * 1_000 + nanos).unwrap();
+                prop_assert_eq!(to_representation(value), strftime_representation(value));
+                prop_assert_eq!(
+                    rfc3339(value),
+                    value.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                );
+            }
+        }
+
+        #[test]
+        fn small_years_leap_seconds_and_whole_seconds() {
+            for (y, nanos) in [(1, 0), (9, 5_000), (999, 0), (1000, 1), (9999, 999_999_999)] {
+                let value = Utc.with_ymd_and_hms(y, 1, 2, 3, 4, 5).unwrap()
+                    + chrono::Duration::nanoseconds(nanos);
+                assert_eq!(to_representation(value), strftime_representation(value));
+                assert_eq!(
+                    rfc3339(value),
+                    value.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                );
+            }
+            assert_eq!(
+                to_representation(Utc.with_ymd_and_hms(7, 1, 2, 3, 4, 5).unwrap()),
+                "0007-01-02T03:04:05Z"
+            );
+            let leap = NaiveDate::from_ymd_opt(2016, 12, 31)
+                .unwrap()
+                .and_hms_nano_opt(23, 59, 59, 1_500_000_000)
+                .unwrap()
+                .and_utc();
+            assert_eq!(to_representation(leap), strftime_representation(leap));
+            assert_eq!(
+                rfc3339(leap),
+                leap.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+            );
+        }
+    }
 
     const INVALID: &str = "invalid";
     const OVERFLOW: &str = "overflow";
