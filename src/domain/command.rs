@@ -245,7 +245,8 @@ impl Action {
 /// of commands without a bearer token where `auth_mode` requires one.
 pub fn decode(msg: &Incoming, max_bytes: usize, auth_mode: AuthMode) -> Command {
     let payload = msg.payload.as_deref().unwrap_or_default();
-    let fallback_id = header_request_id(msg).unwrap_or_else(|| fallback_request_id(msg));
+    // Made only for a command whose value names no usable request id.
+    let fallback_id = || header_request_id(msg).unwrap_or_else(|| fallback_request_id(msg));
     if let Some(overflow) = msg.headers_refused {
         // Nothing of the headers was read: no credentials, no request id, no reply-to.
         let text = overflow.text();
@@ -275,7 +276,7 @@ pub fn decode(msg: &Incoming, max_bytes: usize, auth_mode: AuthMode) -> Command 
             // The store answers it with this same 403 before looking at anything else; the
             // value is neither parsed nor hashed.
             return Command {
-                request_id: fallback_id,
+                request_id: fallback_id(),
                 fingerprint: [0; 32],
                 reply_key: echoed_key(msg),
                 action: Action::Reject {
@@ -294,7 +295,7 @@ pub fn decode(msg: &Incoming, max_bytes: usize, auth_mode: AuthMode) -> Command 
         request_id,
         fingerprint,
         reply_key: match event_uuid {
-            Some(u) => Some(Uuid::to_string(&u).into_bytes()),
+            Some(u) => Some(canonical_key(u)),
             None => echoed_key(msg),
         },
         action: Action::Reject {
@@ -315,7 +316,7 @@ pub fn decode(msg: &Incoming, max_bytes: usize, auth_mode: AuthMode) -> Command 
         return Command {
             refused: Some("too_large"),
             ..reject(
-                fallback_id,
+                fallback_id(),
                 raw_fingerprint(),
                 400,
                 detail(text.clone()),
@@ -329,7 +330,7 @@ pub fn decode(msg: &Incoming, max_bytes: usize, auth_mode: AuthMode) -> Command 
         Err(e) => {
             let text = format!("JSON parse error - {}", e.message);
             return reject(
-                fallback_id,
+                fallback_id(),
                 raw_fingerprint(),
                 400,
                 detail(text.clone()),
@@ -348,7 +349,7 @@ pub fn decode(msg: &Incoming, max_bytes: usize, auth_mode: AuthMode) -> Command 
             ),
         };
         return reject(
-            fallback_id,
+            fallback_id(),
             fingerprint,
             400,
             errors("non_field_errors", vec![message.clone()]),
@@ -358,10 +359,10 @@ pub fn decode(msg: &Incoming, max_bytes: usize, auth_mode: AuthMode) -> Command 
     };
 
     let (request_id, request_id_errors) = match obj.get("request_id") {
-        None | Some(Value::Null) => (fallback_id, None),
+        None | Some(Value::Null) => (fallback_id(), None),
         Some(v) => match validate::validate_request_id_of(v, surrogates) {
             Ok(id) => (id, None),
-            Err(messages) => (fallback_id, Some(messages)),
+            Err(messages) => (fallback_id(), Some(messages)),
         },
     };
     let Some(event_uuid) = obj.get("event_uuid").and_then(validate::parse_event_uuid) else {
@@ -418,7 +419,7 @@ pub fn decode(msg: &Incoming, max_bytes: usize, auth_mode: AuthMode) -> Command 
         Ok(body) => Command {
             request_id,
             fingerprint,
-            reply_key: Some(event_uuid.to_string().into_bytes()),
+            reply_key: Some(canonical_key(event_uuid)),
             action: Action::Apply {
                 event_uuid,
                 expected_version,
@@ -437,6 +438,16 @@ pub fn decode(msg: &Incoming, max_bytes: usize, auth_mode: AuthMode) -> Command 
             None,
         ),
     }
+}
+
+/// The reply key of a command on `event_uuid`: its canonical form.
+fn canonical_key(event_uuid: Uuid) -> Vec<u8> {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    event_uuid
+        .hyphenated()
+        .encode_lower(&mut buf)
+        .as_bytes()
+        .to_vec()
 }
 
 /// The command's own key, as the key of a reply that has no event UUID to carry; a key longer
@@ -475,6 +486,14 @@ fn header_request_id(msg: &Incoming) -> Option<String> {
 
 /// SHA-256 of the value with object keys sorted: two serialisations of one command match.
 fn fingerprint(v: &Value) -> [u8; 32] {
+    let mut out = Vec::with_capacity(256);
+    write_sorted(v, &mut out);
+    Sha256::digest(&out).into()
+}
+
+/// What [`fingerprint`] hashes: `v` as compact JSON with object keys sorted.
+fn write_sorted(v: &Value, out: &mut Vec<u8>) {
+    // Serialising a string or a scalar into a Vec cannot fail.
     fn write(v: &Value, out: &mut Vec<u8>) {
         match v {
             Value::Object(m) => {
@@ -485,7 +504,7 @@ fn fingerprint(v: &Value) -> [u8; 32] {
                     if i > 0 {
                         out.push(b',');
                     }
-                    out.extend(serde_json::to_vec(k).unwrap_or_default());
+                    let _ = serde_json::to_writer(&mut *out, k);
                     out.push(b':');
                     write(v, out);
                 }
@@ -501,12 +520,12 @@ fn fingerprint(v: &Value) -> [u8; 32] {
                 }
                 out.push(b']');
             }
-            scalar => out.extend(serde_json::to_vec(scalar).unwrap_or_default()),
+            scalar => {
+                let _ = serde_json::to_writer(&mut *out, scalar);
+            }
         }
     }
-    let mut out = Vec::new();
-    write(v, &mut out);
-    Sha256::digest(&out).into()
+    write(v, out)
 }
 
 /// Python's `type(data).__name__` for a parsed JSON value.
@@ -696,7 +715,7 @@ mod tests {
             assert!(matches!(cmd.action, Action::Apply { .. }), "{:?}", cmd.dead_letter);
             let (reply, applied) = crate::domain::decide::decide(&cmd, None, chrono::Utc::now());
             assert_eq!(reply.status, 201);
-            let text = String::from_utf8(reply.to_bytes()).unwrap();
+            let text = String::from_utf8(reply.bytes.clone()).unwrap();
             assert!(text.contains(&format!("{}1.5{}", "[".repeat(n), "]".repeat(n))));
             let applied = applied.expect("applied");
             assert_eq!(applied.state.version, 1);

@@ -15,7 +15,7 @@
 //!   with those bytes.
 //! - An event touched by the batch has one view row, with the version it was read at (0: absent).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -25,7 +25,7 @@ use uuid::Uuid;
 use crate::domain::auth::{self, AuthMode, Credentials, TokenGrant};
 use crate::domain::command::{Action, Command};
 use crate::domain::projection::{self, EventState};
-use crate::domain::reply::{detail, Reply};
+use crate::domain::reply::{detail, envelope_bytes, Reply};
 
 /// Where a command came from; written to the log and to the stored reply.
 #[derive(Debug, Clone, Default)]
@@ -208,13 +208,20 @@ pub fn decide_batch(
 
     // The version each event was read at (0: absent): the view's write guard.
     let read_versions: HashMap<Uuid, i64> = states.iter().map(|(u, s)| (*u, s.version)).collect();
+    // The applied offsets looked up without copying a topic name per command.
+    let applied_at: HashMap<(&str, i32), i64> = applied
+        .iter()
+        .map(|((t, p), o)| ((t.as_str(), *p), *o))
+        .collect();
     let mut outcomes = Vec::with_capacity(commands.len());
     let mut effects = Effects::default();
+    // The events the batch changed, in the order it first changed them (and as a set).
     let mut touched: Vec<Uuid> = Vec::new();
-    let mut highest: std::collections::BTreeMap<(String, i32), i64> = Default::default();
+    let mut touched_set: HashSet<Uuid> = HashSet::new();
+    let mut highest: std::collections::BTreeMap<(&str, i32), i64> = Default::default();
     for (cmd, source) in commands {
         let top = highest
-            .entry((source.topic.clone(), source.partition))
+            .entry((source.topic.as_str(), source.partition))
             .or_insert(source.offset);
         *top = (*top).max(source.offset);
         let scope = cmd.scope(auth_mode);
@@ -272,7 +279,11 @@ pub fn decide_batch(
             ));
             continue;
         }
-        if let Some(at) = covering(&applied, source) {
+        if let Some(at) = applied_at
+            .get(&(source.topic.as_str(), source.partition))
+            .copied()
+            .filter(|&a| source.offset <= a)
+        {
             let current = cmd
                 .action
                 .event_uuid_to_apply()
@@ -285,25 +296,24 @@ pub fn decide_batch(
             .event_uuid_to_apply()
             .and_then(|u| states.get(&u));
         let (mut reply, mut applied) = decide(cmd, current, now);
-        let mut bytes = reply.to_bytes();
         let mut refused = cmd.refused;
-        if bytes.len() > rules.max_reply_bytes {
+        if reply.bytes.len() > rules.max_reply_bytes {
             let text = format!(
                 "The reply to this command would be {} bytes, over the limit of {} bytes; the command was not applied.",
-                bytes.len(),
+                reply.bytes.len(),
                 rules.max_reply_bytes
             );
-            reply = Reply {
+            reply = Answer::of(Reply {
                 request_id: cmd.request_id.clone(),
                 event_uuid: cmd.action.event_uuid(),
                 status: 400,
                 version: None,
                 body: detail(text),
-            };
+            });
             applied = None;
             refused = Some("reply_too_large");
-            bytes = reply.to_bytes();
         }
+        let bytes = reply.bytes;
         let change = applied
             .as_ref()
             .map(|a| (a.state.event_uuid, a.state.version));
@@ -317,7 +327,7 @@ pub fn decide_batch(
                 source: source.clone(),
                 scope: scope.to_vec(),
             });
-            if !touched.contains(&u) {
+            if touched_set.insert(u) {
                 touched.push(u);
             }
             states.insert(u, applied.state);
@@ -333,15 +343,24 @@ pub fn decide_batch(
             reply: bytes.clone(),
             source: source.clone(),
         });
-        handled.entry(scope.to_vec()).or_default().insert(
-            cmd.request_id.clone(),
-            Handled {
-                fingerprint: cmd.fingerprint.to_vec(),
-                status: reply.status,
-                reply: bytes.clone(),
-                change,
-            },
-        );
+        let answer = Handled {
+            fingerprint: cmd.fingerprint.to_vec(),
+            status: reply.status,
+            reply: bytes.clone(),
+            change,
+        };
+        // The scope's map exists after its first command: no copy of the scope per command.
+        match handled.get_mut(scope) {
+            Some(ids) => {
+                ids.insert(cmd.request_id.clone(), answer);
+            }
+            None => {
+                handled
+                    .entry(scope.to_vec())
+                    .or_default()
+                    .insert(cmd.request_id.clone(), answer);
+            }
+        }
         outcomes.push(Outcome {
             status: reply.status,
             reply: bytes,
@@ -353,9 +372,9 @@ pub fn decide_batch(
     }
     effects.offsets = highest
         .into_iter()
-        .filter(|((t, p), o)| applied.get(&(t.clone(), *p)).is_none_or(|a| o > a))
+        .filter(|(key, o)| applied_at.get(key).is_none_or(|a| o > a))
         .map(|((topic, partition), offset)| Source {
-            topic,
+            topic: topic.to_string(),
             partition,
             offset,
         })
@@ -371,19 +390,44 @@ pub fn decide_batch(
     (outcomes, effects)
 }
 
+/// A reply as decided: its envelope's fields and its record value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub event_uuid: Option<Uuid>,
+    pub status: u16,
+    pub version: Option<i64>,
+    /// The reply's value ([`Reply::to_bytes`]).
+    pub bytes: Vec<u8>,
+}
+
+impl Answer {
+    fn of(reply: Reply) -> Answer {
+        Answer {
+            bytes: reply.to_bytes(),
+            event_uuid: reply.event_uuid,
+            status: reply.status,
+            version: reply.version,
+        }
+    }
+}
+
 /// Decides a new, authenticated command against its event's current state (`None`: the event
 /// does not exist): the reply, and for an accepted command what it did. Pure; the caller writes.
+/// An accepted command's reply is written straight from the event
+/// ([`projection::Applied::response`]), never built as a `Value`.
 pub fn decide(
     cmd: &Command,
     current: Option<&EventState>,
     now: DateTime<Utc>,
-) -> (Reply, Option<projection::Applied>) {
-    let reply = |event_uuid, status, version, body| Reply {
-        request_id: cmd.request_id.clone(),
-        event_uuid,
-        status,
-        version,
-        body,
+) -> (Answer, Option<projection::Applied>) {
+    let reply = |event_uuid, status, version, body| {
+        Answer::of(Reply {
+            request_id: cmd.request_id.clone(),
+            event_uuid,
+            status,
+            version,
+            body,
+        })
     };
     match &cmd.action {
         Action::Reject {
@@ -411,10 +455,21 @@ pub fn decide(
                     let mut applied = projection::apply(*event_uuid, current, body, now);
                     let status = if applied.created { 201 } else { 200 };
                     let body = std::mem::take(&mut applied.response);
-                    (
-                        reply(Some(*event_uuid), status, Some(applied.state.version), body),
-                        Some(applied),
-                    )
+                    let version = Some(applied.state.version);
+                    let bytes = envelope_bytes(
+                        &cmd.request_id,
+                        Some(*event_uuid),
+                        status,
+                        version,
+                        |out| out.extend_from_slice(&body),
+                    );
+                    let answer = Answer {
+                        event_uuid: Some(*event_uuid),
+                        status,
+                        version,
+                        bytes,
+                    };
+                    (answer, Some(applied))
                 }
             }
         }

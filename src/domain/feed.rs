@@ -12,14 +12,16 @@
 //! The view record is the Event as a GET reads it plus its `version`: what a downstream cache
 //! keeps per event. It is not required to be byte-stable (a compacted topic keeps the last).
 
+use std::io::Write as _;
 use std::sync::Arc;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::projection::{representation, EventState};
-use super::reply::{header, scope_tag, Destination, Outgoing};
+use super::projection::{write_representation, EventState};
+use super::reply::{header, scope_tag_bytes, write_uuid, Destination, Outgoing};
+use crate::drf::isodate;
 
 /// The `schema-version` header of both feed records: the version of their JSON Schemas
 /// (`docs/schema/change.schema.json`, `docs/schema/view.schema.json`). A reader that does not
@@ -52,16 +54,17 @@ pub struct LogChange {
 /// with six fraction digits; `scope` is the reply's `command-scope` tag of the command's token,
 /// or null where authentication is disabled or the scope was not recorded.
 pub fn change_record(c: &LogChange) -> Vec<u8> {
-    // Written piece by piece rather than built as a `Value`: the change is not copied.
-    let mut out = Vec::with_capacity(256);
+    // Written piece by piece rather than built as a `Value`: the change is not copied, and
+    // no number, UUID or time goes through a String of its own.
+    let mut out = Vec::with_capacity(320 + c.request_id.len() + c.topic.len());
     let text = |out: &mut Vec<u8>, s: &str| {
         // Serialising a string or a parsed value into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut *out, s);
     };
-    out.extend_from_slice(b"{\"event_uuid\":\"");
-    out.extend_from_slice(c.event_uuid.to_string().as_bytes());
-    out.extend_from_slice(b"\",\"version\":");
-    out.extend_from_slice(c.version.to_string().as_bytes());
+    out.extend_from_slice(b"{\"event_uuid\":");
+    write_uuid(&mut out, c.event_uuid);
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, ",\"version\":{}", c.version);
     out.extend_from_slice(b",\"changes\":");
     match &c.change {
         Value::Object(map) => {
@@ -83,36 +86,36 @@ pub fn change_record(c: &LogChange) -> Vec<u8> {
         }
     }
     out.extend_from_slice(b",\"applied_at\":\"");
-    out.extend_from_slice(timestamp(c.applied_at).as_bytes());
+    isodate::write_rfc3339_micros(&mut out, c.applied_at);
     out.extend_from_slice(b"\",\"request_id\":");
     text(&mut out, &c.request_id);
     out.extend_from_slice(b",\"scope\":");
     match c.scope.as_deref() {
         Some(s) if !s.is_empty() => {
             out.push(b'"');
-            out.extend_from_slice(scope_tag(s).as_bytes());
+            out.extend_from_slice(&scope_tag_bytes(s));
             out.push(b'"');
         }
         _ => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"command\":{\"topic\":");
     text(&mut out, &c.topic);
-    out.extend_from_slice(b",\"partition\":");
-    out.extend_from_slice(c.partition.to_string().as_bytes());
-    out.extend_from_slice(b",\"offset\":");
-    out.extend_from_slice(c.offset.to_string().as_bytes());
-    out.extend_from_slice(b"}}");
+    let _ = write!(
+        out,
+        ",\"partition\":{},\"offset\":{}}}}}",
+        c.partition, c.offset
+    );
     out
 }
 
 /// The value of a view record: the Event as the REST endpoint renders it (`pk`, `user`,
 /// `action`, `app`, `context`, `client_ip`, `created`, `expires`, `brand`), then `version`.
 pub fn view_record(s: &EventState) -> Vec<u8> {
-    let mut v = representation(s);
-    if let Value::Object(m) = &mut v {
-        m.insert("version".into(), Value::from(s.version));
-    }
-    serde_json::to_vec(&v).unwrap_or_default()
+    let mut out = Vec::with_capacity(384);
+    write_representation(&mut out, s, None);
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, ",\"version\":{}}}", s.version);
+    out
 }
 
 /// A change's record for the changes topic: keyed by its event, [`change_record`], the
@@ -151,19 +154,138 @@ fn schema_header() -> (String, Vec<u8>) {
 
 /// The key of both records: the event's canonical UUID.
 pub fn key(event_uuid: Uuid) -> Vec<u8> {
-    event_uuid.to_string().into_bytes()
-}
-
-/// RFC 3339, UTC, microseconds: `2026-12-07T20:31:26.123456Z`.
-fn timestamp(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    event_uuid
+        .hyphenated()
+        .encode_lower(&mut buf)
+        .as_bytes()
+        .to_vec()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::projection::representation;
+    use crate::domain::reply::scope_tag;
     use crate::drf::pyjson;
     use chrono::TimeZone;
+
+    mod written {
+        //! The records against the forms they had when every number, UUID and time went
+        //! through a String of its own and the view through a `Value` (kept as the oracle).
+        use super::*;
+        use chrono::SecondsFormat;
+        use proptest::prelude::*;
+        use proptest::test_runner::Config;
+
+        fn change_record_by_strings(c: &LogChange) -> Vec<u8> {
+            let mut out = Vec::new();
+            let text = |out: &mut Vec<u8>, s: &str| {
+                let _ = serde_json::to_writer(&mut *out, s);
+            };
+            out.extend_from_slice(b"{\"event_uuid\":\"");
+            out.extend_from_slice(c.event_uuid.to_string().as_bytes());
+            out.extend_from_slice(b"\",\"version\":");
+            out.extend_from_slice(c.version.to_string().as_bytes());
+            out.extend_from_slice(b",\"changes\":");
+            match &c.change {
+                Value::Object(map) => {
+                    let mut entries: Vec<_> = map.iter().collect();
+                    entries.sort_by(|(a, _), (b, _)| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
+                    out.push(b'{');
+                    for (n, (k, v)) in entries.into_iter().enumerate() {
+                        if n > 0 {
+                            out.push(b',');
+                        }
+                        text(&mut out, k);
+                        out.push(b':');
+                        let _ = serde_json::to_writer(&mut out, v);
+                    }
+                    out.push(b'}');
+                }
+                other => {
+                    let _ = serde_json::to_writer(&mut out, other);
+                }
+            }
+            out.extend_from_slice(b",\"applied_at\":\"");
+            out.extend_from_slice(
+                c.applied_at
+                    .to_rfc3339_opts(SecondsFormat::Micros, true)
+                    .as_bytes(),
+            );
+            out.extend_from_slice(b"\",\"request_id\":");
+            text(&mut out, &c.request_id);
+            out.extend_from_slice(b",\"scope\":");
+            match c.scope.as_deref() {
+                Some(s) if !s.is_empty() => {
+                    out.push(b'"');
+                    out.extend_from_slice(scope_tag(s).as_bytes());
+                    out.push(b'"');
+                }
+                _ => out.extend_from_slice(b"null"),
+            }
+            out.extend_from_slice(b",\"command\":{\"topic\":");
+            text(&mut out, &c.topic);
+            out.extend_from_slice(b",\"partition\":");
+            out.extend_from_slice(c.partition.to_string().as_bytes());
+            out.extend_from_slice(b",\"offset\":");
+            out.extend_from_slice(c.offset.to_string().as_bytes());
+            out.extend_from_slice(b"}}");
+            out
+        }
+
+        proptest! {
+            #![proptest_config(Config { cases: 2000, failure_persistence: None, ..Config::default() })]
+
+            #[test]
+            fn records_are_written_as_before(
+                uuid in any::<u128>(),
+                version in any::<i64>(),
+                secs in -60_000_000_000i64..250_000_000_000,
+                nanos in prop_oneof![Just(0u32), 0u32..1_000_000_000],
+                request_id in "\\PC{0,10}|[\"\\\\\u{0}-\u{1f}é]{0,4}",
+                scope in proptest::option::of(prop_oneof![
+                    Just(Vec::new()),
+                    Just(vec![7u8; 32]),
+                    prop::collection::vec(any::<u8>(), 0..40),
+                ]),
+                topic in "[a-z.\"\\\\-]{0,12}",
+                partition in any::<i32>(),
+                offset in any::<i64>(),
+            ) {
+                let c = LogChange {
+                    event_uuid: Uuid::from_u128(uuid),
+                    version,
+                    change: pyjson::parse_str(r#"{"user": {"pk": 1}, "app": "a\"", "brand": {}, "action": "é"}"#).unwrap(),
+                    applied_at: Utc.timestamp_opt(secs, nanos).unwrap(),
+                    request_id,
+                    scope,
+                    topic,
+                    partition,
+                    offset,
+                };
+                prop_assert_eq!(change_record(&c), change_record_by_strings(&c));
+                prop_assert_eq!(key(c.event_uuid), c.event_uuid.to_string().into_bytes());
+                let s = EventState {
+                    event_uuid: c.event_uuid,
+                    version,
+                    user: c.change["user"].clone(),
+                    action: c.request_id.clone(),
+                    app: c.topic.clone(),
+                    context: c.change.clone(),
+                    client_ip: c.scope.as_ref().map(|_| "::1.2.3.4".to_string()),
+                    created: c.applied_at,
+                    expires: Utc.timestamp_opt(secs / 2, nanos / 3).unwrap(),
+                    brand: Value::Null,
+                };
+                let mut v = representation(&s);
+                if let Value::Object(m) = &mut v {
+                    m.insert("version".into(), Value::from(s.version));
+                }
+                prop_assert_eq!(view_record(&s), serde_json::to_vec(&v).unwrap());
+            }
+        }
+    }
 
     fn change(json: &str) -> LogChange {
         LogChange {

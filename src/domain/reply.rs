@@ -113,12 +113,41 @@ pub const REPLY_REFUSED_REASON: &str = "reply refused by the broker";
 /// scope (the SHA-256 of its token). A reader holding the token computes the same tag; the tag
 /// is neither the token nor the hash `api_tokens` stores, so it reveals neither.
 pub fn scope_tag(scope: &[u8]) -> String {
+    // Lower-case hex digits only.
+    String::from_utf8(scope_tag_bytes(scope).to_vec()).unwrap_or_default()
+}
+
+/// [`scope_tag`] as its 16 ASCII bytes. A batch's commands share a few tokens, so the last
+/// token's tag is kept per thread and a run of commands with one token hashes it once.
+pub fn scope_tag_bytes(scope: &[u8]) -> [u8; SCOPE_TAG_LEN] {
+    thread_local! {
+        static LAST: std::cell::Cell<Option<([u8; 32], [u8; SCOPE_TAG_LEN])>> =
+            const { std::cell::Cell::new(None) };
+    }
+    let key: Option<[u8; 32]> = scope.try_into().ok();
+    if let Some((k, tag)) = LAST.get() {
+        if Some(k) == key {
+            return tag;
+        }
+    }
     let digest = Sha256::new()
         .chain_update(b"event-updater command-scope\0")
         .chain_update(scope)
         .finalize();
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut tag = [0u8; SCOPE_TAG_LEN];
+    for (i, b) in digest[..SCOPE_TAG_LEN / 2].iter().enumerate() {
+        tag[2 * i] = HEX[usize::from(b >> 4)];
+        tag[2 * i + 1] = HEX[usize::from(b & 0xf)];
+    }
+    if let Some(k) = key {
+        LAST.set(Some((k, tag)));
+    }
+    tag
 }
+
+/// Length of a [`scope_tag`]: 16 hex digits.
+pub const SCOPE_TAG_LEN: usize = 16;
 
 /// The reply envelope of the contract: `{request_id, event_uuid, status, version?, body}`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -136,9 +165,55 @@ pub struct Reply {
 impl Reply {
     /// The reply's record value (compact JSON, as DRF's JSONRenderer writes bodies).
     pub fn to_bytes(&self) -> Vec<u8> {
-        // Serialising a struct of strings, integers and a `Value` cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
+        envelope_bytes(
+            &self.request_id,
+            self.event_uuid,
+            self.status,
+            self.version,
+            |out| {
+                // Serialising a `Value` into a Vec cannot fail.
+                let _ = serde_json::to_writer(out, &self.body);
+            },
+        )
     }
+}
+
+/// A reply's record value written field by field, in the contract's order (as [`Reply`]'s
+/// serialisation writes it), `body` writing the body's JSON: the decision writes an applied
+/// command's body straight from the event, without building it as a `Value` first.
+pub fn envelope_bytes(
+    request_id: &str,
+    event_uuid: Option<Uuid>,
+    status: u16,
+    version: Option<i64>,
+    body: impl FnOnce(&mut Vec<u8>),
+) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut out = Vec::with_capacity(256 + request_id.len());
+    out.extend_from_slice(b"{\"request_id\":");
+    // Serialising a string into a Vec cannot fail; nor can writing into one.
+    let _ = serde_json::to_writer(&mut out, request_id);
+    out.extend_from_slice(b",\"event_uuid\":");
+    match event_uuid {
+        Some(u) => write_uuid(&mut out, u),
+        None => out.extend_from_slice(b"null"),
+    }
+    let _ = write!(out, ",\"status\":{status}");
+    if let Some(v) = version {
+        let _ = write!(out, ",\"version\":{v}");
+    }
+    out.extend_from_slice(b",\"body\":");
+    body(&mut out);
+    out.push(b'}');
+    out
+}
+
+/// `u` as a JSON string, in its canonical (hyphenated, lower-case) form.
+pub fn write_uuid(out: &mut Vec<u8>, u: Uuid) {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    out.push(b'"');
+    out.extend_from_slice(u.hyphenated().encode_lower(&mut buf).as_bytes());
+    out.push(b'"');
 }
 
 /// Longest command key or `correlation-id` that a reply echoes (so that a reply's key and
@@ -239,6 +314,59 @@ mod tests {
         assert_ne!(tag, scope_tag(&crate::domain::auth::hash("eut_other")));
         let stored: String = scope.iter().map(|b| format!("{b:02x}")).collect();
         assert!(!stored.starts_with(&tag));
+    }
+
+    mod written {
+        //! The envelope written field by field against serde's serialisation of [`Reply`].
+        use super::*;
+        use proptest::prelude::*;
+        use proptest::test_runner::Config;
+
+        proptest! {
+            #![proptest_config(Config { cases: 2000, failure_persistence: None, ..Config::default() })]
+
+            #[test]
+            fn an_envelope_is_written_as_serde_writes_it(
+                request_id in "\\PC{0,12}|[\"\\\\\u{0}-\u{1f}\u{7f}\u{2028}é]{0,6}",
+                event_uuid in proptest::option::of(any::<u128>()),
+                status in any::<u16>(),
+                version in proptest::option::of(any::<i64>()),
+                text in "\\PC{0,8}",
+            ) {
+                let r = Reply {
+                    request_id,
+                    event_uuid: event_uuid.map(Uuid::from_u128),
+                    status,
+                    version,
+                    body: detail(text),
+                };
+                prop_assert_eq!(r.to_bytes(), serde_json::to_vec(&r).unwrap());
+            }
+        }
+
+        #[test]
+        fn a_scope_tag_is_the_same_whether_kept_or_computed() {
+            let a = crate::domain::auth::hash("eut_a");
+            let b = crate::domain::auth::hash("eut_b");
+            let digest = |s: &[u8]| -> String {
+                let d = Sha256::new()
+                    .chain_update(b"event-updater command-scope\0")
+                    .chain_update(s)
+                    .finalize();
+                d[..8].iter().map(|b| format!("{b:02x}")).collect()
+            };
+            for s in [
+                &a[..],
+                &a[..],
+                &b[..],
+                &a[..],
+                &[][..],
+                &[7u8; 5][..],
+                &b[..],
+            ] {
+                assert_eq!(scope_tag(s), digest(s));
+            }
+        }
     }
 
     #[test]
