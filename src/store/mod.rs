@@ -24,10 +24,10 @@
 //!   committed batch handled, raised in the same statement as the batch's rows (never lowered:
 //!   `GREATEST`), so every applied command's offset is at or below it. A record at or below it is
 //!   never applied again, whatever the retention of stored replies: it gets its stored reply
-//!   while one is kept, else a 409 ([`offsets`]). The offsets are read before the stored
-//!   replies (`read_applied_then_known`), so a record they cover has its reply visible to the
-//!   batch unless the retention pruned it. A command topic deleted and created again restarts
-//!   at offset 0: its stored offsets must be reset ([`offsets::reset`]).
+//!   while one is kept, else a 409 ([`offsets`]). The offsets are read in the same statement
+//!   (one snapshot) as the stored replies (`read_batch`), so a record they cover has its reply
+//!   visible to the batch unless the retention pruned it. A command topic deleted and created
+//!   again restarts at offset 0: its stored offsets must be reset ([`offsets::reset`]).
 //! - Schema changes are expand/contract (`migrations/README.md`): the write function the
 //!   previous release calls keeps its signature and keeps working; a new signature is a new
 //!   name. The migrator tolerates migrations newer than the binary ([`migrate_with`]), so the
@@ -62,6 +62,7 @@ use crate::drf::pyjson;
 use crate::metrics::BatchParts;
 
 pub use feed::Feed;
+pub use sizes::Fit;
 
 /// Errors from the store, sorted by what the caller should do about them.
 #[derive(Debug, thiserror::Error)]
@@ -361,7 +362,7 @@ async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), St
 /// committed atomically before it returns.
 ///
 /// The common case takes two round trips and no row locks: one statement reads what the batch
-/// needs (`read_known`), the decisions are made in memory ([`decide_batch`]), and one call of
+/// needs (`read_batch`), the decisions are made in memory ([`decide_batch`]), and one call of
 /// the `event_updater_write_batch` function writes the log rows, the views and the stored replies
 /// as a single implicit transaction. That is safe without locks because the write is fenced:
 /// - versions are contiguous, so any change committed to an event after it was read includes
@@ -380,7 +381,7 @@ pub async fn apply_batch(
     rules: Rules,
     now: DateTime<Utc>,
 ) -> Result<Vec<Outcome>, StoreError> {
-    Ok(apply(pool, commands, rules, now, false).await?.outcomes)
+    Ok(apply(pool, commands, rules, now, false, None).await?.outcomes)
 }
 
 /// A batch's outcomes, one per command, and its part of the change feed.
@@ -390,6 +391,9 @@ pub struct Applied {
     pub feed: Feed,
     /// How long the attempt that applied it took, by part (reading, deciding, writing).
     pub parts: BatchParts,
+    /// How many of the commands given were applied: all of them, or where a [`Fit`] cut the
+    /// batch, its leading ones (the outcomes are theirs).
+    pub taken: usize,
 }
 
 /// As [`apply_batch`], also returning the batch's part of the change feed ([`feed::collect`]):
@@ -402,19 +406,22 @@ pub async fn apply_batch_with_feed(
     rules: Rules,
     now: DateTime<Utc>,
 ) -> Result<Applied, StoreError> {
-    apply(pool, commands, rules, now, true).await
+    apply(pool, commands, rules, now, true, None).await
 }
 
 /// As [`apply_batch_with_feed`] where `with_feed`, else as [`apply_batch`] (an empty feed):
-/// the processor's call, which also reports how long the attempt's parts took.
+/// the processor's call, which also reports how long the attempt's parts took. With `fit`,
+/// only the leading commands whose loads and replies fit its bound are applied
+/// ([`sizes::fitting_prefix`], at least one): [`Applied::taken`] says how many.
 pub async fn apply_batch_timed(
     pool: &PgPool,
     commands: &[(Command, Source)],
     rules: Rules,
     now: DateTime<Utc>,
     with_feed: bool,
+    fit: Option<Fit<'_>>,
 ) -> Result<Applied, StoreError> {
-    apply(pool, commands, rules, now, with_feed).await
+    apply(pool, commands, rules, now, with_feed, fit).await
 }
 
 async fn apply(
@@ -423,13 +430,32 @@ async fn apply(
     rules: Rules,
     now: DateTime<Utc>,
     with_feed: bool,
+    fit: Option<Fit<'_>>,
 ) -> Result<Applied, StoreError> {
     // As PostgreSQL keeps it, so that a change's time reads back the same.
     let now = truncate_to_micros(now);
     let started = Instant::now();
     let mut conn = pool.acquire().await?;
-    // The applied offsets first, then the stored replies: see `read_applied_then_known`.
-    let known = read_applied_then_known(&mut conn, commands, rules.auth_mode).await?;
+    let auth_mode = rules.auth_mode;
+    let fit = fit.filter(|_| commands.len() > 1);
+    let cap = fit.map_or(UNCAPPED, |f| sizes::value_cap(f.bound, commands.len()));
+    let mut read = read_batch(&mut conn, commands, auth_mode, true, cap).await?;
+    let taken = match fit {
+        Some(f) => sizes::fitting_prefix(
+            &sizes::probes(commands, f.own_bytes, auth_mode),
+            &read.sizes(commands, auth_mode),
+            f.charged,
+            f.bound,
+        ),
+        None => commands.len(),
+    };
+    let commands = &commands[..taken];
+    if read.withholds_any_of(commands, auth_mode) {
+        // A value over the cap is needed after all (the batch was cut to what fits): read the
+        // part that is applied again, whole, in one statement.
+        read = read_batch(&mut conn, commands, auth_mode, true, UNCAPPED).await?;
+    }
+    let known = read.known;
     let read = started.elapsed();
     let (outcomes, effects) = decide_batch(commands, known, rules, now);
     let decided = started.elapsed();
@@ -448,6 +474,7 @@ async fn apply(
                 outcomes,
                 feed,
                 parts,
+                taken,
             })
         }
         Err(StoreError::Conflict(e)) => {
@@ -484,8 +511,10 @@ async fn apply_locked(
     let auth_mode = rules.auth_mode;
     let started = Instant::now();
     let mut tx = pool.begin().await?;
-    // The grants and stored answers as on the common path; the views again, under row locks.
-    let mut known = read_applied_then_known(&mut tx, commands, auth_mode).await?;
+    // The offsets, grants and stored answers as on the common path; the views under row locks.
+    let mut known = read_batch(&mut tx, commands, auth_mode, false, UNCAPPED)
+        .await?
+        .known;
     let mut uuids: Vec<Uuid> = commands
         .iter()
         .filter(|(c, s)| known.handled(c, auth_mode).is_none() && !known.already_applied(s))
@@ -512,67 +541,151 @@ async fn apply_locked(
         outcomes,
         feed,
         parts,
+        taken: commands.len(),
     })
 }
 
-/// The partitions' applied offsets ([`offsets::read_applied`]), then [`read_known`], in that
-/// order: a record the offsets read covers was handled by a batch that committed before that
-/// read, so its stored reply (if the retention kept it) is visible to the later read of stored
-/// replies. Read the other way round, a writer holding stale stored replies (a zombie) could see
-/// newer offsets and answer "already applied" where another writer stored a reply meanwhile.
-async fn read_applied_then_known(
-    conn: &mut PgConnection,
-    commands: &[(Command, Source)],
-    auth_mode: AuthMode,
-) -> Result<Known, StoreError> {
-    let applied = offsets::read_applied(conn, commands.iter().map(|(_, s)| s)).await?;
-    let mut known = read_known(conn, commands, auth_mode).await?;
-    known.applied = applied;
-    Ok(known)
+/// No value is withheld from a read ([`read_batch`]).
+const UNCAPPED: i64 = i64::MAX;
+
+/// What one read of a batch found ([`read_batch`]): what deciding it needs, and the sizes of the
+/// stored replies and views, including those withheld for being over the read's cap.
+#[derive(Debug, Default)]
+struct BatchRead {
+    known: Known,
+    /// Stored replies' lengths, by scope and request id.
+    reply_sizes: HashMap<(Vec<u8>, String), usize>,
+    /// Views' lengths (see [`sizes::Sizes::view`]), by event.
+    view_sizes: HashMap<Uuid, usize>,
+    /// Stored replies over the cap, read without their bytes (not in `known`).
+    withheld_replies: Vec<(Vec<u8>, String)>,
+    /// Views over the cap, read without their JSON columns (not in `known`).
+    withheld_views: Vec<Uuid>,
 }
 
-/// One statement, no locks: the grants of the batch's tokens, the stored answers of its request
-/// ids and the views of its events.
-async fn read_known(
+impl BatchRead {
+    /// The sizes of what each of `commands` would load and answer, in their order.
+    fn sizes(&self, commands: &[(Command, Source)], auth_mode: AuthMode) -> Vec<sizes::Sizes> {
+        commands
+            .iter()
+            .map(|(c, _)| sizes::Sizes {
+                stored_reply: c.scope(auth_mode).and_then(|scope| {
+                    self.reply_sizes
+                        .get(&(scope.to_vec(), c.request_id.clone()))
+                        .copied()
+                }),
+                view: c
+                    .action
+                    .event_uuid_to_apply()
+                    .and_then(|u| self.view_sizes.get(&u).copied()),
+            })
+            .collect()
+    }
+
+    /// Whether a value `commands` need was withheld.
+    fn withholds_any_of(&self, commands: &[(Command, Source)], auth_mode: AuthMode) -> bool {
+        if self.withheld_replies.is_empty() && self.withheld_views.is_empty() {
+            return false;
+        }
+        commands.iter().any(|(c, _)| {
+            let reply = c.scope(auth_mode).is_some_and(|scope| {
+                self.withheld_replies
+                    .iter()
+                    .any(|(s, r)| s.as_slice() == scope && *r == c.request_id)
+            });
+            let view = c
+                .action
+                .event_uuid_to_apply()
+                .is_some_and(|u| self.withheld_views.contains(&u));
+            reply || view
+        })
+    }
+}
+
+/// One statement, no locks, for everything deciding `commands` needs: the applied offsets of
+/// their partitions, the grants of their tokens, the stored answers of their request ids and
+/// (with `views`) the views of their events, each a lookup by primary or unique key, and the
+/// sizes of the stored replies and views. A stored reply or view whose size is over `cap` is
+/// withheld (its size only), so that one read of a batch that will be cut
+/// ([`sizes::fitting_prefix`]) does not load what is beyond the cut.
+///
+/// One statement is one snapshot: a record at or below the applied offsets read was handled by
+/// a batch that committed before it, so its stored reply (if the retention kept it) is read
+/// too. (Read separately, the offsets would have to be read first: a writer holding stale
+/// stored replies, a zombie, could otherwise see newer offsets and answer "already applied"
+/// where another writer stored a reply meanwhile.)
+async fn read_batch(
     conn: &mut PgConnection,
     commands: &[(Command, Source)],
     auth_mode: AuthMode,
-) -> Result<Known, StoreError> {
+    views: bool,
+    cap: i64,
+) -> Result<BatchRead, StoreError> {
     // The (scope, request id) pairs to look up; a command without a scope (no usable
     // credentials) has nothing stored.
     let (scopes, ids): (Vec<&[u8]>, Vec<&str>) = commands
         .iter()
         .filter_map(|(c, _)| Some((c.scope(auth_mode)?, c.request_id.as_str())))
         .unzip();
-    let mut uuids: Vec<Uuid> = commands
-        .iter()
-        .filter_map(|(c, _)| c.action.event_uuid_to_apply())
-        .collect();
+    let mut uuids: Vec<Uuid> = match views {
+        true => commands
+            .iter()
+            .filter_map(|(c, _)| c.action.event_uuid_to_apply())
+            .collect(),
+        false => Vec::new(),
+    };
     uuids.sort_unstable();
     uuids.dedup();
     let hashes = match auth_mode {
         AuthMode::Required => token_hashes(commands),
         AuthMode::Disabled => Vec::new(),
     };
-    let rows = sqlx::query(READ_KNOWN)
+    let mut partitions: Vec<(&str, i32)> = commands
+        .iter()
+        .map(|(_, s)| (s.topic.as_str(), s.partition))
+        .collect();
+    partitions.sort_unstable();
+    partitions.dedup();
+    let (topics, partitions): (Vec<&str>, Vec<i32>) = partitions.into_iter().unzip();
+    let rows = sqlx::query(READ_BATCH)
         .bind(&uuids)
         .bind(&scopes)
         .bind(&ids)
         .bind(&hashes)
+        .bind(&topics)
+        .bind(&partitions)
+        .bind(cap)
         .fetch_all(&mut *conn)
         .await?;
-    let mut known = Known::default();
+    let mut read = BatchRead::default();
+    let size = |r: &sqlx::postgres::PgRow| -> Result<usize, StoreError> {
+        Ok(usize::try_from(r.try_get::<i64, _>("size")?).unwrap_or(usize::MAX))
+    };
     for r in &rows {
         match r.try_get::<i32, _>("kind")? {
             1 => {
+                let (uuid, size) = (r.try_get::<Uuid, _>("event_uuid")?, size(r)?);
+                read.view_sizes.insert(uuid, size);
+                if i64::try_from(size).unwrap_or(i64::MAX) > cap {
+                    read.withheld_views.push(uuid);
+                    continue;
+                }
                 let s = view_from_row(r)?;
-                known.states.insert(s.event_uuid, s);
+                read.known.states.insert(s.event_uuid, s);
             }
             2 => {
-                let status: i16 = r.try_get("status")?;
                 let scope: Vec<u8> = r.try_get("scope")?;
-                known.handled.entry(scope).or_default().insert(
-                    r.try_get("request_id")?,
+                let request_id: String = r.try_get("request_id")?;
+                let size = size(r)?;
+                read.reply_sizes
+                    .insert((scope.clone(), request_id.clone()), size);
+                if i64::try_from(size).unwrap_or(i64::MAX) > cap {
+                    read.withheld_replies.push((scope, request_id));
+                    continue;
+                }
+                let status: i32 = r.try_get("status")?;
+                read.known.handled.entry(scope).or_default().insert(
+                    request_id,
                     Handled {
                         fingerprint: r.try_get("fingerprint")?,
                         status: u16::try_from(status).unwrap_or_default(),
@@ -583,10 +696,10 @@ async fn read_known(
                     },
                 );
             }
-            _ => {
+            3 => {
                 let h: Vec<u8> = r.try_get("scope")?;
                 if let Ok(h) = <[u8; 32]>::try_from(h.as_slice()) {
-                    known.grants.insert(
+                    read.known.grants.insert(
                         h,
                         TokenGrant {
                             usable: r.try_get("usable")?,
@@ -595,28 +708,59 @@ async fn read_known(
                     );
                 }
             }
+            _ => {
+                read.known.applied.insert(
+                    (r.try_get("request_id")?, r.try_get("status")?),
+                    r.try_get("version")?,
+                );
+            }
         }
     }
-    Ok(known)
+    Ok(read)
 }
 
-/// [`read_known`]'s statement: views (kind 1), stored answers by (scope, request id) (kind 2,
-/// with the event and version they appended, if any) and tokens by hash (kind 3, the hash in `scope`), each a lookup by primary or unique key.
-const READ_KNOWN: &str = r#"
-SELECT 1 AS kind, event_uuid, version, "user"::text AS "user", action, app, context::text AS context,
-       client_ip, created, expires, brand::text AS brand,
-       NULL::text AS request_id, NULL::bytea AS fingerprint, NULL::int2 AS status, NULL::bytea AS reply,
-       NULL::bytea AS scope, NULL::bool AS can_change_event, NULL::bool AS usable
-FROM events WHERE event_uuid = ANY($1)
+/// [`read_batch`]'s statement, one lookup by primary or unique key per row:
+/// - kind 1: views ($1), with their size (as [`sizes::Sizes::view`] measures it), the JSON
+///   columns withheld over the cap ($7);
+/// - kind 2: stored answers by (scope, request id) ($2, $3), with the event and version they
+///   appended, if any, and the reply's length, the reply withheld over the cap;
+/// - kind 3: tokens by hash ($4; the hash in `scope`);
+/// - kind 4: applied offsets by (topic, partition) ($5, $6): the topic in `request_id`, the
+///   partition in `status`, the offset in `version`.
+const READ_BATCH: &str = r#"
+SELECT 1 AS kind, e.event_uuid, e.version,
+       CASE WHEN z.size <= $7 THEN e."user"::text END AS "user", e.action, e.app,
+       CASE WHEN z.size <= $7 THEN e.context::text END AS context,
+       e.client_ip, e.created, e.expires,
+       CASE WHEN z.size <= $7 THEN e.brand::text END AS brand,
+       NULL::text AS request_id, NULL::bytea AS fingerprint, NULL::int4 AS status, NULL::bytea AS reply,
+       NULL::bytea AS scope, NULL::bool AS can_change_event, NULL::bool AS usable, z.size
+FROM events e
+CROSS JOIN LATERAL (
+    SELECT CASE
+        WHEN pg_column_size(e."user") + pg_column_size(e.context) + pg_column_size(e.brand) < 2000
+            THEN (pg_column_size(e."user") + pg_column_size(e.context) + pg_column_size(e.brand))::int8
+        ELSE (octet_length(e."user"::text) + octet_length(e.context::text) + octet_length(e.brand::text))::int8
+    END AS size
+) z
+WHERE e.event_uuid = ANY($1)
 UNION ALL
 SELECT 2, c.event_uuid, c.version, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-       c.request_id, c.fingerprint, c.status, c.reply, c.scope, NULL, NULL
+       c.request_id, c.fingerprint, c.status::int4,
+       CASE WHEN octet_length(c.reply) <= $7 THEN c.reply END, c.scope, NULL, NULL,
+       octet_length(c.reply)::int8
 FROM unnest($2::bytea[], $3::text[]) AS k(scope, request_id)
 JOIN command_replies c ON c.scope = k.scope AND c.request_id = k.request_id
 UNION ALL
 SELECT 3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-       token_hash, can_change_event, revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
+       token_hash, can_change_event, revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now()),
+       0
 FROM api_tokens WHERE token_hash = ANY($4)
+UNION ALL
+SELECT 4, NULL, a.applied_offset, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       a.topic, NULL, a.partition, NULL, NULL, NULL, NULL, 0
+FROM unnest($5::text[], $6::int4[]) AS k(topic, partition)
+JOIN applied_offsets a ON a.topic = k.topic AND a.partition = k.partition
 "#;
 
 /// The distinct token hashes a batch's commands present.

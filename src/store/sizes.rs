@@ -1,16 +1,18 @@
-//! What a batch would load and answer, in bytes, before it is loaded: the size of each command's
-//! stored reply (a redelivery is answered with it) and of the view of the event it names (a new
-//! reply carries the event). The consumer cuts a batch where these add up past its byte bound
-//! ([`fitting_prefix`]) and decides the rest in the next batch, so that neither the stored
-//! replies a redelivered batch loads nor the replies a batch produces are ever held by the
-//! hundred (a reply can be up to `MAX_REPLY_BYTES`, about 1 MB).
+//! What a batch would load and answer, in bytes, before it is decided: the size of each
+//! command's stored reply (a redelivery is answered with it) and of the view of the event it
+//! names (a new reply carries the event), read with the batch (the store's one read measures
+//! them, and withholds a value over [`value_cap`]). The batch is cut where these add up past
+//! its byte bound ([`fitting_prefix`]) and the consumer decides the rest in the next batch, so
+//! that neither the stored replies a redelivered batch loads nor the replies a batch produces
+//! are ever held by the hundred (a reply can be up to `MAX_REPLY_BYTES`, about 1 MB).
 
 use std::collections::HashSet;
 
-use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use super::StoreError;
+use crate::domain::auth::AuthMode;
+use crate::domain::command::Command;
+use crate::domain::decide::Source;
 
 /// One command of a batch, as the size estimate needs it.
 #[derive(Debug, Clone, Copy)]
@@ -37,50 +39,43 @@ pub struct Sizes {
 /// what the command brings.
 const SMALL_REPLY: usize = 1024;
 
-/// The sizes of `probes`, in their order; one statement, lookups by primary key. A column of
-/// under 2,000 bytes is measured by its stored size (PostgreSQL compresses and moves out of
-/// line only larger ones); a larger one by its text, which is what a reply carries.
-pub async fn sizes(pool: &PgPool, probes: &[Probe<'_>]) -> Result<Vec<Sizes>, StoreError> {
-    let scopes: Vec<Option<&[u8]>> = probes.iter().map(|p| p.scope).collect();
-    let ids: Vec<&str> = probes.iter().map(|p| p.request_id).collect();
-    let uuids: Vec<Option<Uuid>> = probes.iter().map(|p| p.event_uuid).collect();
-    let rows = sqlx::query(SIZES)
-        .bind(&scopes)
-        .bind(&ids)
-        .bind(&uuids)
-        .fetch_all(pool)
-        .await?;
-    let mut out = vec![Sizes::default(); probes.len()];
-    for r in &rows {
-        let i: i64 = r.try_get("i")?;
-        let Some(s) = usize::try_from(i - 1).ok().and_then(|i| out.get_mut(i)) else {
-            continue;
-        };
-        let size = |col: &str| -> Result<Option<usize>, StoreError> {
-            Ok(r.try_get::<Option<i64>, _>(col)?
-                .map(|n| usize::try_from(n).unwrap_or(0)))
-        };
-        s.stored_reply = size("stored_reply")?;
-        s.view = size("view")?;
-    }
-    Ok(out)
+/// How a batch is fitted to its byte bound when it is read ([`crate::store::apply_batch_timed`]):
+/// the bound (`MAX_BATCH_BYTES`), and per command, in the batch's order, what the consumer
+/// charges for it already and the bytes it brings to its reply (its value's length).
+#[derive(Debug, Clone, Copy)]
+pub struct Fit<'a> {
+    pub bound: usize,
+    pub charged: &'a [usize],
+    pub own_bytes: &'a [usize],
 }
 
-const SIZES: &str = r#"
-WITH k AS (
-    SELECT * FROM unnest($1::bytea[], $2::text[], $3::uuid[]) WITH ORDINALITY AS k(scope, request_id, event_uuid, i)
-)
-SELECT k.i,
-       octet_length(c.reply)::int8 AS stored_reply,
-       CASE WHEN e.event_uuid IS NULL THEN NULL
-            WHEN pg_column_size(e."user") + pg_column_size(e.context) + pg_column_size(e.brand) < 2000
-                THEN (pg_column_size(e."user") + pg_column_size(e.context) + pg_column_size(e.brand))::int8
-            ELSE (octet_length(e."user"::text) + octet_length(e.context::text) + octet_length(e.brand::text))::int8
-       END AS view
-FROM k
-LEFT JOIN command_replies c ON c.scope = k.scope AND c.request_id = k.request_id
-LEFT JOIN events e ON e.event_uuid = k.event_uuid
-"#;
+/// The largest stored reply or view one read of a batch of `commands` loads whole, for a batch
+/// bound of `bound` bytes: its share of the bound (half of it for the replies, half for the
+/// views), at least 8 KiB. A larger one is read by its size only, and read whole only when the
+/// batch, cut to what fits, needs it: so one read loads at most about the bound (or 16 KiB a
+/// command), whatever is stored.
+pub fn value_cap(bound: usize, commands: usize) -> i64 {
+    let share = bound / (2 * commands.max(1));
+    i64::try_from(share.max(8 * 1024)).unwrap_or(i64::MAX)
+}
+
+/// The probes of `commands`, for [`fitting_prefix`]: `own_bytes` in the same order.
+pub fn probes<'a>(
+    commands: &'a [(Command, Source)],
+    own_bytes: &[usize],
+    auth_mode: AuthMode,
+) -> Vec<Probe<'a>> {
+    commands
+        .iter()
+        .zip(own_bytes)
+        .map(|((c, _), own)| Probe {
+            scope: c.scope(auth_mode),
+            request_id: &c.request_id,
+            event_uuid: c.action.event_uuid_to_apply(),
+            own_bytes: *own,
+        })
+        .collect()
+}
 
 /// How many of `probes` (a prefix, at least one) fit in `bound` bytes, counting for each its
 /// `extra` bytes (what the consumer already charges for it), its reply (the stored one, else

@@ -2,13 +2,14 @@
 //! producer and the batch to its acker.
 //!
 //! A batch is bounded by commands (`MAX_BATCH`) and by bytes (`MAX_BATCH_BYTES`): the
-//! commands' own, and what the batch would load and answer, estimated before it is loaded
-//! ([`store::sizes`]: stored replies of a redelivery, the views of its events, the replies
-//! carrying them). Where the estimate passes the bound the batch is cut, and the rest is kept,
-//! in order, at the head of the lane's queue for the next batch: the partition's order and its
-//! one writer are kept. A batch starts only while the replies in flight leave room for its own
-//! ([`Budget::reply_room`](super::budget::Budget::reply_room)); its decided replies, and its
-//! change feed records, are then charged to the budget until its acker finishes it.
+//! commands' own, and what the batch would load and answer, measured by the batch's one read
+//! before it is decided ([`crate::store::sizes`]: stored replies of a redelivery, the views of
+//! its events, the replies carrying them). Where they pass the bound the batch is cut, and the
+//! rest is kept, in order, at the head of the lane's queue for the next batch: the partition's
+//! order and its one writer are kept. A decided batch's replies are handed to the producer only
+//! while the replies in flight leave room for them
+//! ([`Budget::reply_room`](super::budget::Budget::reply_room)); they, and its change feed
+//! records, are then charged to the budget until its acker finishes it.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use tracing::Instrument;
 use crate::domain::reply::{header, Destination};
 use crate::metrics::{self, Stage};
 use crate::pipeline::trace;
-use crate::store::sizes::{self, Probe};
+use crate::store::Fit;
 
 use super::budget::REPLY_COPIES;
 use super::feed::feed_records;
@@ -82,21 +83,25 @@ pub(super) async fn run_lane(
                 Err(_) => break,
             }
         }
-        let batch = current_only(&shared, batch);
+        let mut batch = current_only(&shared, batch);
         if batch.is_empty() {
             behind = !rx.is_empty() || !carry.is_empty();
             continue;
         }
-        let (mut batch, estimate) = fit(&shared, batch, &mut carry).await;
-        behind = !rx.is_empty() || !carry.is_empty();
-        if !reply_room(&shared, estimate, &mut shutdown).await {
-            release(&shared, &batch);
-            break;
-        }
         let started = Instant::now();
         metrics::record_stage(Stage::Queue, started - batch[0].fetched_at);
+        let charged: Vec<usize> = batch.iter().map(|f| f.cost).collect();
+        let own_bytes: Vec<usize> = batch
+            .iter()
+            .map(|f| f.incoming.payload.as_ref().map_or(0, Vec::len))
+            .collect();
+        let fit = Fit {
+            bound: max_bytes,
+            charged: &charged,
+            own_bytes: &own_bytes,
+        };
         let span = tracing::debug_span!("batch", size = batch.len());
-        let Some((outcomes, feed)) = persist_batch(&shared, &batch, &mut shutdown)
+        let Some((outcomes, feed, taken)) = persist_batch(&shared, &batch, fit, &mut shutdown)
             .instrument(span)
             .await
         else {
@@ -105,6 +110,25 @@ pub(super) async fn run_lane(
             break;
         };
         metrics::record_stage(Stage::Apply, started.elapsed());
+        if taken < batch.len() {
+            tracing::debug!(
+                kept = taken,
+                cut = batch.len() - taken,
+                "batch cut by the bytes it would load and answer"
+            );
+            for f in batch.drain(taken..).rev() {
+                carry.push_front(f);
+            }
+        }
+        behind = !rx.is_empty() || !carry.is_empty();
+        // Its replies are handed over only while the replies in flight leave room for them.
+        let reply_bytes = REPLY_COPIES * outcomes.iter().map(|o| o.reply.len()).sum::<usize>();
+        if !reply_room(&shared, reply_bytes, &mut shutdown).await {
+            // Committed and not answered: offsets not stored, so it is redelivered and
+            // answered from its stored replies.
+            release(&shared, &batch);
+            break;
+        }
         // The decided replies are held until the batch is finished: charged until then.
         let mut replies = 0;
         for (f, o) in batch.iter_mut().zip(&outcomes) {
@@ -175,69 +199,16 @@ fn taken(shared: &Shared, mut f: Fetched) -> Fetched {
     f
 }
 
-/// The part of `batch` that fits `MAX_BATCH_BYTES` with what it would load and answer (at least
-/// its first command), and that estimate; the rest goes back to the head of `carry`, in order.
-/// A batch of one, or one whose sizes cannot be read (the database is away: applying it waits
-/// for the database anyway), is cut to its first command without asking.
-async fn fit(
-    shared: &Shared,
-    mut batch: Vec<Fetched>,
-    carry: &mut VecDeque<Fetched>,
-) -> (Vec<Fetched>, usize) {
-    let auth_mode = shared.cfg.auth_mode;
-    let probes: Vec<Probe<'_>> = batch
-        .iter()
-        .map(|f| Probe {
-            scope: f.command.scope(auth_mode),
-            request_id: &f.command.request_id,
-            event_uuid: f.command.action.event_uuid_to_apply(),
-            own_bytes: f.incoming.payload.as_ref().map_or(0, Vec::len),
-        })
-        .collect();
-    let (keep, estimate) = if batch.len() == 1 {
-        (1, 0)
-    } else {
-        match sizes::sizes(&shared.pool, &probes).await {
-            Ok(s) => {
-                let extra: Vec<usize> = batch.iter().map(|f| f.cost).collect();
-                let keep = sizes::fitting_prefix(&probes, &s, &extra, shared.cfg.max_batch_bytes);
-                let estimate = s[..keep]
-                    .iter()
-                    .zip(&probes)
-                    .map(|(s, p)| s.stored_reply.unwrap_or(s.view.unwrap_or(0) + p.own_bytes))
-                    .sum::<usize>();
-                (keep, REPLY_COPIES * estimate)
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "batch sizes unknown; applying one command");
-                (1, 0)
-            }
-        }
-    };
-    drop(probes);
-    if keep < batch.len() {
-        tracing::debug!(
-            kept = keep,
-            cut = batch.len() - keep,
-            "batch cut by the bytes it would load and answer"
-        );
-        for f in batch.drain(keep..).rev() {
-            carry.push_front(f);
-        }
-    }
-    (batch, estimate)
-}
-
 /// How often a lane looks again for room for its batch's replies.
 const REPLY_ROOM_POLL: Duration = Duration::from_millis(5);
 
-/// Waits until the replies in flight leave room for `estimate` more; false on shutdown.
+/// Waits until the replies in flight leave room for `bytes` more; false on shutdown.
 async fn reply_room(
     shared: &Shared,
-    estimate: usize,
+    bytes: usize,
     shutdown: &mut watch::Receiver<bool>,
 ) -> bool {
-    while !shared.budget.reply_room(estimate) {
+    while !shared.budget.reply_room(bytes) {
         tokio::select! {
             _ = tokio::time::sleep(REPLY_ROOM_POLL) => {}
             _ = shutdown.wait_for(|s| *s) => return false,

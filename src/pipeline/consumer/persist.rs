@@ -25,7 +25,7 @@ use crate::domain::command::{Action, Command};
 use crate::domain::decide::{unstored, Outcome, OutcomeKind, Source};
 use crate::domain::reply::detail;
 use crate::metrics;
-use crate::store::{self, Applied, Feed, StoreError};
+use crate::store::{self, Applied, Feed, Fit, StoreError};
 
 use super::processor::{Fetched, Shared};
 
@@ -76,12 +76,16 @@ pub const DATABASE_REFUSED: &str = "The database cannot store this command:";
 ///   refused data, 409 [`KEPT_CONFLICTING`], 500 [`DATABASE_FAILED`] (dead-lettered).
 ///
 /// With the outcomes, the batch's part of the change feed (see [`store::feed`]), its pieces'
-/// parts in the order they were applied. `None`: shutdown came first.
+/// parts in the order they were applied, and how many of the batch's commands were handled: the
+/// first attempt at the whole batch reads it with `fit` and applies only the leading commands
+/// whose loads and replies fit (at least one; the caller takes the rest up again). A batch
+/// that is split for failing is applied whole, its pieces uncut. `None`: shutdown came first.
 pub(super) async fn persist_batch(
     shared: &Shared,
     batch: &[Fetched],
+    fit: Fit<'_>,
     shutdown: &mut watch::Receiver<bool>,
-) -> Option<(Vec<Outcome>, Feed)> {
+) -> Option<(Vec<Outcome>, Feed, usize)> {
     let commands: Vec<(Command, Source)> = batch
         .iter()
         .map(|f| {
@@ -93,6 +97,8 @@ pub(super) async fn persist_batch(
             (f.command.clone(), s)
         })
         .collect();
+    let mut taken = commands.len();
+    let mut fit = Some(fit);
     let mut out = Vec::with_capacity(commands.len());
     let mut feed = Feed::default();
     // Pieces still to apply, in the batch's order, each with the attempts a failing statement
@@ -105,8 +111,14 @@ pub(super) async fn persist_batch(
         } else {
             attempts
         };
-        let e = match persist_retrying(shared, &piece, attempts, shutdown).await? {
+        // Only the first attempt at the whole batch is fitted (and cut).
+        let piece_fit = fit.take();
+        let e = match persist_retrying(shared, &piece, piece_fit, attempts, shutdown).await? {
             Ok(a) => {
+                if a.taken < piece.len() {
+                    // The whole batch, cut: nothing else is pending.
+                    taken = a.taken;
+                }
                 feed.extend(a.feed, out.len());
                 out.extend(a.outcomes);
                 continue;
@@ -133,7 +145,7 @@ pub(super) async fn persist_batch(
             pending.push_front((vec![c], FAILURE_ATTEMPTS));
         }
     }
-    Some((out, feed))
+    Some((out, feed, taken))
 }
 
 /// Answers a command that could not be applied, without applying it: a 400 when the database
@@ -181,7 +193,7 @@ pub(super) async fn answer_unapplied(
         ..cmd
     };
     let single = [(rejected, source)];
-    let mut outcome = match persist_retrying(shared, &single, FAILURE_ATTEMPTS, shutdown).await? {
+    let mut outcome = match persist_retrying(shared, &single, None, FAILURE_ATTEMPTS, shutdown).await? {
         Ok(mut a) => a.outcomes.pop()?,
         Err(e) => {
             // Even the answer cannot be stored: answer without storing it.
@@ -210,6 +222,7 @@ pub(super) async fn answer_unapplied(
 pub(super) async fn persist_retrying(
     shared: &Shared,
     commands: &[(Command, Source)],
+    fit: Option<Fit<'_>>,
     failures: u32,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Option<Result<Applied, StoreError>> {
@@ -220,10 +233,11 @@ pub(super) async fn persist_retrying(
         let started = Instant::now();
         let (rules, now) = (shared.cfg.rules(), Utc::now());
         let feed = shared.cfg.feed_enabled();
-        let applied = store::apply_batch_timed(&shared.pool, commands, rules, now, feed).await;
+        let applied =
+            store::apply_batch_timed(&shared.pool, commands, rules, now, feed, fit).await;
         let wait = match applied {
             Ok(o) => {
-                metrics::record_batch(commands.len(), started.elapsed(), Some(o.parts));
+                metrics::record_batch(o.taken, started.elapsed(), Some(o.parts));
                 shared.health.database_ok.store(true, Ordering::Relaxed);
                 return Some(Ok(o));
             }
