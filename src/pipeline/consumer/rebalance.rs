@@ -176,10 +176,14 @@ pub fn create_consumer(
         // answered.
         .set("queued.max.messages.kbytes", prefetch_kib.to_string())
         .set("fetch.max.bytes", FETCH_MAX_BYTES.to_string())
-        // How long a fetch may wait at the broker for data. Kafka answers as soon as data
-        // arrives; some Kafka-protocol brokers wait the whole time, which then bounds the
-        // latency of a quiet partition. Overridable with KAFKA_PROPERTIES.
-        .set("fetch.wait.max.ms", "10");
+        // How long a fetch may wait at the broker for data. Apache Kafka answers as soon as
+        // data arrives on any partition of the fetch, so this costs a new command no latency;
+        // it bounds how often an idle consumer asks (each ask costs the broker a request), and
+        // how long a partition resumed or newly assigned waits for the fetch in flight to
+        // return before it is fetched too. (librdkafka's default, 500 ms, would make that wait
+        // long; 10 ms, for brokers that hold a fetch the whole time, had an idle consumer ask
+        // 100 times a second.) Overridable with KAFKA_PROPERTIES.
+        .set("fetch.wait.max.ms", "100");
     for (k, v) in &cfg.kafka_properties {
         c.set(k, v);
     }
