@@ -381,7 +381,9 @@ pub async fn apply_batch(
     rules: Rules,
     now: DateTime<Utc>,
 ) -> Result<Vec<Outcome>, StoreError> {
-    Ok(apply(pool, commands, rules, now, false, None).await?.outcomes)
+    Ok(apply(pool, commands, rules, now, false, None)
+        .await?
+        .outcomes)
 }
 
 /// A batch's outcomes, one per command, and its part of the change feed.

@@ -203,11 +203,7 @@ fn taken(shared: &Shared, mut f: Fetched) -> Fetched {
 const REPLY_ROOM_POLL: Duration = Duration::from_millis(5);
 
 /// Waits until the replies in flight leave room for `bytes` more; false on shutdown.
-async fn reply_room(
-    shared: &Shared,
-    bytes: usize,
-    shutdown: &mut watch::Receiver<bool>,
-) -> bool {
+async fn reply_room(shared: &Shared, bytes: usize, shutdown: &mut watch::Receiver<bool>) -> bool {
     while !shared.budget.reply_room(bytes) {
         tokio::select! {
             _ = tokio::time::sleep(REPLY_ROOM_POLL) => {}

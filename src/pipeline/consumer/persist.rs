@@ -193,15 +193,16 @@ pub(super) async fn answer_unapplied(
         ..cmd
     };
     let single = [(rejected, source)];
-    let mut outcome = match persist_retrying(shared, &single, None, FAILURE_ATTEMPTS, shutdown).await? {
-        Ok(mut a) => a.outcomes.pop()?,
-        Err(e) => {
-            // Even the answer cannot be stored: answer without storing it.
-            tracing::error!(error = %e, status, "could not store an error reply");
-            let [(cmd, _)] = single;
-            unstored(&cmd, status, detail(text), OutcomeKind::New)
-        }
-    };
+    let mut outcome =
+        match persist_retrying(shared, &single, None, FAILURE_ATTEMPTS, shutdown).await? {
+            Ok(mut a) => a.outcomes.pop()?,
+            Err(e) => {
+                // Even the answer cannot be stored: answer without storing it.
+                tracing::error!(error = %e, status, "could not store an error reply");
+                let [(cmd, _)] = single;
+                unstored(&cmd, status, detail(text), OutcomeKind::New)
+            }
+        };
     outcome.dead_letter = dead_letter.filter(|_| outcome.kind == OutcomeKind::New);
     Some(outcome)
 }
@@ -233,8 +234,7 @@ pub(super) async fn persist_retrying(
         let started = Instant::now();
         let (rules, now) = (shared.cfg.rules(), Utc::now());
         let feed = shared.cfg.feed_enabled();
-        let applied =
-            store::apply_batch_timed(&shared.pool, commands, rules, now, feed, fit).await;
+        let applied = store::apply_batch_timed(&shared.pool, commands, rules, now, feed, fit).await;
         let wait = match applied {
             Ok(o) => {
                 metrics::record_batch(o.taken, started.elapsed(), Some(o.parts));
