@@ -340,22 +340,25 @@ pub fn decode(msg: &Incoming, max_bytes: usize, auth_mode: AuthMode) -> Command 
         }
     };
     let fingerprint = fingerprint(&value);
-    let Value::Object(obj) = &value else {
-        let message = match &value {
-            Value::Null => "No data provided".to_string(),
-            other => format!(
-                "Invalid data. Expected a dictionary, but got {}.",
-                python_type(other)
-            ),
-        };
-        return reject(
-            fallback_id(),
-            fingerprint,
-            400,
-            errors("non_field_errors", vec![message.clone()]),
-            None,
-            Some(message),
-        );
+    let mut obj = match value {
+        Value::Object(obj) => obj,
+        other => {
+            let message = match &other {
+                Value::Null => "No data provided".to_string(),
+                other => format!(
+                    "Invalid data. Expected a dictionary, but got {}.",
+                    python_type(other)
+                ),
+            };
+            return reject(
+                fallback_id(),
+                fingerprint,
+                400,
+                errors("non_field_errors", vec![message.clone()]),
+                None,
+                Some(message),
+            );
+        }
     };
 
     let (request_id, request_id_errors) = match obj.get("request_id") {
@@ -415,7 +418,8 @@ pub fn decode(msg: &Incoming, max_bytes: usize, auth_mode: AuthMode) -> Command 
             dead_letter,
         );
     }
-    match validate::validate_body_of(obj.get("body"), surrogates) {
+    // The body is moved out of the parsed value: its JSON fields are not copied.
+    match validate::validate_body_owned(obj.swap_remove("body"), surrogates) {
         Ok(body) => Command {
             request_id,
             fingerprint,
@@ -462,7 +466,8 @@ fn echoed_key(msg: &Incoming) -> Option<Vec<u8>> {
 /// the UUID as sent, or in its canonical form. Partitions are chosen by the key's bytes, so only
 /// one spelling per event keeps its commands in one partition, in order.
 fn key_mismatch(key: Option<&[u8]>, sent: Option<&Value>, event_uuid: Uuid) -> Option<String> {
-    let canonical = event_uuid.to_string();
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let canonical: &str = event_uuid.hyphenated().encode_lower(&mut buf);
     let as_sent = sent.and_then(Value::as_str);
     match key {
         Some(k) if k == canonical.as_bytes() || Some(k) == as_sent.map(str::as_bytes) => None,

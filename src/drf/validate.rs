@@ -83,40 +83,94 @@ pub fn validate_body(body: Option<&Value>) -> Result<ValidBody, ErrorBody> {
 /// [`validate_body`] for a body from a [`pyjson::Document`] that may hold lone surrogates.
 pub fn validate_body_of(body: Option<&Value>, surrogates: bool) -> Result<ValidBody, ErrorBody> {
     let empty = Map::new();
-    let data = match body {
-        None => &empty,
-        Some(Value::Object(map)) => map,
-        Some(Value::Null) => return Err(non_field_error("No data provided".to_owned())),
-        Some(other) => {
-            return Err(non_field_error(format!(
-                "Invalid data. Expected a dictionary, but got {}.",
-                py_type_name(other)
-            )))
-        }
-    };
+    let data = body_map(body, &empty)?;
+    let (mut valid, kept) = check_body(data, surrogates)?;
+    let copy = |name: &str, kept: bool| kept.then(|| data.get(name).cloned()).flatten();
+    valid.user = copy(USER, kept.user);
+    valid.context = copy(CONTEXT, kept.context);
+    valid.brand = copy(BRAND, kept.brand);
+    Ok(valid)
+}
+
+/// [`validate_body_of`] for a body the caller owns: the JSON fields (`user`, `context`,
+/// `brand`) are moved into the [`ValidBody`], not copied. Same answers.
+pub fn validate_body_owned(body: Option<Value>, surrogates: bool) -> Result<ValidBody, ErrorBody> {
+    let empty = Map::new();
+    let (mut valid, kept) = check_body(body_map(body.as_ref(), &empty)?, surrogates)?;
+    if let Some(Value::Object(mut data)) = body {
+        let mut take = |name: &str, kept: bool| kept.then(|| data.swap_remove(name)).flatten();
+        valid.user = take(USER, kept.user);
+        valid.context = take(CONTEXT, kept.context);
+        valid.brand = take(BRAND, kept.brand);
+    }
+    Ok(valid)
+}
+
+/// The names of the JSON fields of a body.
+const USER: &str = "user";
+const CONTEXT: &str = "context";
+const BRAND: &str = "brand";
+
+/// The body's members (none for an absent body), or DRF's error for a body that is no object.
+fn body_map<'a>(
+    body: Option<&'a Value>,
+    empty: &'a Map<String, Value>,
+) -> Result<&'a Map<String, Value>, ErrorBody> {
+    match body {
+        None => Ok(empty),
+        Some(Value::Object(map)) => Ok(map),
+        Some(Value::Null) => Err(non_field_error("No data provided".to_owned())),
+        Some(other) => Err(non_field_error(format!(
+            "Invalid data. Expected a dictionary, but got {}.",
+            py_type_name(other)
+        ))),
+    }
+}
+
+/// Which JSON fields a valid body sets (their values are left where they are).
+#[derive(Debug, Clone, Copy)]
+struct KeptJson {
+    user: bool,
+    context: bool,
+    brand: bool,
+}
+
+/// Every field's checks, in DRF's field order: the valid body without its JSON fields, and
+/// which of those it sets; else every field's messages.
+fn check_body(
+    data: &Map<String, Value>,
+    surrogates: bool,
+) -> Result<(ValidBody, KeptJson), ErrorBody> {
     let (mut errors, get) = (ErrorBody::new(), |key| data.get(key));
     let sur = surrogates;
-    let user = collect(&mut errors, "user", json_field(get("user"), sur));
+    let user = collect(&mut errors, USER, json_field(get(USER), sur));
     let action = collect(&mut errors, "action", action_field(get("action"), sur));
     let app = collect(&mut errors, "app", app_field(get("app"), sur));
-    let context = collect(&mut errors, "context", json_field(get("context"), sur));
+    let context = collect(&mut errors, CONTEXT, json_field(get(CONTEXT), sur));
     let client_ip = collect(
         &mut errors,
         "client_ip",
         client_ip_field(get("client_ip"), sur),
     );
     let expires = collect(&mut errors, "expires", expires_field(get("expires"), sur));
-    let brand = collect(&mut errors, "brand", json_field(get("brand"), sur));
+    let brand = collect(&mut errors, BRAND, json_field(get(BRAND), sur));
     match (action, app) {
-        (Some(action), Some(app)) if errors.is_empty() => Ok(ValidBody {
-            user: user.flatten(),
-            action,
-            app,
-            context: context.flatten(),
-            client_ip: client_ip.flatten(),
-            expires: expires.flatten(),
-            brand: brand.flatten(),
-        }),
+        (Some(action), Some(app)) if errors.is_empty() => Ok((
+            ValidBody {
+                user: None,
+                action,
+                app,
+                context: None,
+                client_ip: client_ip.flatten(),
+                expires: expires.flatten(),
+                brand: None,
+            },
+            KeptJson {
+                user: user.unwrap_or(false),
+                context: context.unwrap_or(false),
+                brand: brand.unwrap_or(false),
+            },
+        )),
         _ => Err(errors),
     }
 }
@@ -160,12 +214,14 @@ fn is_py_int(text: &str) -> bool {
 /// skipped. Beyond DRF: jsonb cannot hold `\u0000` or a lone surrogate in a string or key
 /// (authentik answers 500 at `save()`), so those are refused here with a message for the
 /// field, in this order.
-fn json_field(v: Option<&Value>, surrogates: bool) -> FieldResult<Option<Value>> {
+///
+/// `Ok(true)`: the value is set as sent (the caller takes it from the body).
+fn json_field(v: Option<&Value>, surrogates: bool) -> FieldResult<bool> {
     match v {
-        None => Ok(None),
+        None => Ok(false),
         Some(Value::Null) => fail(NOT_NULL),
         Some(v) if has_infinity(v) => fail(INVALID_JSON),
-        Some(v) => validated(Some(v.clone()), jsonb_problems(v, surrogates)),
+        Some(v) => validated(true, jsonb_problems(v, surrogates)),
     }
 }
 
@@ -781,10 +837,45 @@ mod tests {
     /// DRF's answer for a body (JSON text, `\udXXX` escapes allowed) parsed as a command's.
     fn answer(body: &str) -> String {
         let doc = crate::drf::pyjson::parse_document(body.as_bytes()).expect(body);
-        match validate_body_of(Some(&doc.value), doc.surrogates) {
+        let by_ref = validate_body_of(Some(&doc.value), doc.surrogates);
+        // The owned path answers the same, with the same fields.
+        assert_eq!(
+            validate_body_owned(Some(doc.value.clone()), doc.surrogates),
+            by_ref
+        );
+        match by_ref {
             Ok(b) => format!("ok {} {}", b.action, b.app),
             Err(e) => Value::Object(e).to_string(),
         }
+    }
+
+    #[test]
+    fn an_owned_body_gives_the_same_answer_with_its_json_fields_moved() {
+        let bodies = [
+            r#"{"action": "login", "app": "a", "user": {"pk": 1, "a": [1.0]}, "context": {}, "brand": {"z": "\u0001"}}"#,
+            r#"{"action": "login", "app": "a", "context": null}"#,
+            r#"{"action": "login", "app": " a ", "brand": [], "client_ip": "::1.2.3.4", "expires": "2027-01-01T00:00:00Z"}"#,
+            r#"{"action": "nope", "app": "", "user": "x"}"#,
+            r#"{"user": {"k": "\u0000"}}"#,
+            r#"[1]"#,
+            r#"null"#,
+        ];
+        for body in bodies {
+            let v = crate::drf::pyjson::parse(body.as_bytes()).unwrap();
+            assert_eq!(
+                validate_body_owned(Some(v.clone()), false),
+                validate_body_of(Some(&v), false),
+                "{body}"
+            );
+        }
+        assert_eq!(
+            validate_body_owned(None, false),
+            validate_body_of(None, false)
+        );
+        let v = crate::drf::pyjson::parse(bodies[0].as_bytes()).unwrap();
+        let b = validate_body_owned(Some(v.clone()), false).unwrap();
+        assert_eq!(b.user.as_ref(), v.get("user"));
+        assert_eq!(b.brand.as_ref(), v.get("brand"));
     }
 
     /// Rows `body => answer`: DRF 3.16 on CPython 3.13 (a lone surrogate is a Python str's own
