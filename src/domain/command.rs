@@ -953,6 +953,21 @@ mod tests {
         assert_ne!(a.fingerprint, c.fingerprint);
     }
 
+    /// Stored answers keep their fingerprints across releases: what is hashed is pinned here,
+    /// compact JSON with every object's keys sorted, strings escaped as serde_json escapes them.
+    #[test]
+    fn the_fingerprinted_text_is_compact_json_with_sorted_keys() {
+        let v = pyjson::parse_str(
+            r#"{"b": 1.50, "a": {"d": "x\u0001\"", "c": [1e5, "é\n", null, true, {}]}, "": []}"#,
+        )
+        .unwrap();
+        let text = r#"{"":[],"a":{"c":[100000.0,"é\n",null,true,{}],"d":"x\u0001\""},"b":1.5}"#;
+        let mut written = Vec::new();
+        write_sorted(&v, &mut written);
+        assert_eq!(String::from_utf8(written).unwrap(), text);
+        assert_eq!(fingerprint(&v), <[u8; 32]>::from(Sha256::digest(text)));
+    }
+
     mod fuzz {
         //! Property tests over the decoder and the validator: whatever a producer sends, decoding
         //! returns a command (never a panic), and every rejection has a JSON object body.
