@@ -227,11 +227,27 @@ pub fn feed_producer(
     c.set("message.timeout.ms", "0")
         .set("enable.gapless.guarantee", "true")
         .set("statistics.interval.ms", "1000");
+    if !cfg.kafka_properties.iter().any(|(k, _)| is_linger(k)) {
+        c.set("linger.ms", FEED_LINGER_MS);
+    }
     c.create_with_context(PublisherContext {
         health,
         name: "change feed",
     })
     .map(Some)
+}
+
+/// How long the change feed's producer waits for more records of a partition before it sends
+/// them (unless `KAFKA_PROPERTIES` sets `linger.ms`). A feed record is not on a command's round
+/// trip (its reply is), so it waits longer than a reply: librdkafka sends one request per
+/// partition, and at a few thousand commands a second a change and a view per command sent
+/// alone would cost the broker a request each. Its acknowledgement still comes before the
+/// command's offset is stored; the feed's readers see a change up to this much later.
+const FEED_LINGER_MS: &str = "20";
+
+/// Whether a librdkafka property name is the producer's linger (or its older name).
+fn is_linger(key: &str) -> bool {
+    matches!(key, "linger.ms" | "queue.buffering.max.ms")
 }
 
 /// A producer's callbacks (the reply producer's, the feed's): whether it reaches a broker and
@@ -278,7 +294,9 @@ fn producer_config(cfg: &Config) -> ClientConfig {
             "topic.metadata.propagation.max.ms",
             TOPIC_PROPAGATION_MAX.as_millis().to_string(),
         )
-        .set("linger.ms", "2")
+        // A reply is on its command's round trip: sent within a millisecond. A batch hands all
+        // its replies over at once, so they still go out together, one request per partition.
+        .set("linger.ms", "1")
         .set("compression.type", "lz4")
         .set("message.max.bytes", max_bytes.to_string());
     // The operator's properties win over the defaults above.
