@@ -206,8 +206,6 @@ pub fn decide_batch(
         applied,
     } = known;
 
-    // The version each event was read at (0: absent): the view's write guard.
-    let read_versions: HashMap<Uuid, i64> = states.iter().map(|(u, s)| (*u, s.version)).collect();
     // The applied offsets looked up without copying a topic name per command.
     let applied_at: HashMap<(&str, i32), i64> = applied
         .iter()
@@ -215,8 +213,9 @@ pub fn decide_batch(
         .collect();
     let mut outcomes = Vec::with_capacity(commands.len());
     let mut effects = Effects::default();
-    // The events the batch changed, in the order it first changed them (and as a set).
-    let mut touched: Vec<Uuid> = Vec::new();
+    // The events the batch changed, in the order it first changed them, each with the version
+    // it was read at (0: absent), the view's write guard (and the events as a set).
+    let mut touched: Vec<(Uuid, i64)> = Vec::new();
     let mut touched_set: HashSet<Uuid> = HashSet::new();
     let mut highest: std::collections::BTreeMap<(&str, i32), i64> = Default::default();
     for (cmd, source) in commands {
@@ -328,7 +327,8 @@ pub fn decide_batch(
                 scope: scope.to_vec(),
             });
             if touched_set.insert(u) {
-                touched.push(u);
+                // Its first change in the batch: applied to the version read, one above it.
+                touched.push((u, applied.state.version - 1));
             }
             states.insert(u, applied.state);
         }
@@ -379,11 +379,11 @@ pub fn decide_batch(
             offset,
         })
         .collect();
-    for u in &touched {
-        if let Some(state) = states.remove(u) {
+    for (u, read_version) in touched {
+        if let Some(state) = states.remove(&u) {
             effects.views.push(ViewRow {
                 state,
-                read_version: read_versions.get(u).copied().unwrap_or(0),
+                read_version,
             });
         }
     }
