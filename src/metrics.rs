@@ -70,21 +70,43 @@ pub fn install() -> Result<PrometheusHandle, String> {
 
 /// One command answered: its status, whether it was new, and how long since it was produced.
 pub fn record_command(status: u16, kind: OutcomeKind, latency: Option<Duration>) {
-    let outcome = match kind {
-        OutcomeKind::New => "new",
-        OutcomeKind::Duplicate => "duplicate",
-        OutcomeKind::ReusedRequestId => "reused_request_id",
-        OutcomeKind::Forbidden => "forbidden",
-        OutcomeKind::AlreadyApplied => "already_applied",
-    };
-    counter!(COMMANDS, "status" => status.to_string(), "outcome" => outcome).increment(1);
-    match (status, kind) {
-        (409, OutcomeKind::New) => counter!(VERSION_CONFLICTS).increment(1),
-        (_, OutcomeKind::Duplicate) => counter!(DUPLICATES).increment(1),
-        _ => {}
+    record_commands(std::iter::once((status, kind, latency, None)));
+}
+
+/// A batch's commands answered: for each, its status, whether it was new, how long since it
+/// was produced, and the envelope rule a new one broke (see [`record_refused`]). The counters
+/// are looked up once per (status, outcome) of the batch, not once per command.
+pub fn record_commands(
+    answered: impl Iterator<Item = (u16, OutcomeKind, Option<Duration>, Option<&'static str>)>,
+) {
+    let mut counts: Vec<((u16, OutcomeKind), u64)> = Vec::new();
+    let latency = histogram!(COMMAND_LATENCY);
+    for (status, kind, l, refused) in answered {
+        match counts.iter_mut().find(|(k, _)| *k == (status, kind)) {
+            Some((_, n)) => *n += 1,
+            None => counts.push(((status, kind), 1)),
+        }
+        if let Some(l) = l {
+            latency.record(l.as_secs_f64());
+        }
+        if let Some(reason) = refused {
+            record_refused(reason);
+        }
     }
-    if let Some(l) = latency {
-        histogram!(COMMAND_LATENCY).record(l.as_secs_f64());
+    for ((status, kind), n) in counts {
+        let outcome = match kind {
+            OutcomeKind::New => "new",
+            OutcomeKind::Duplicate => "duplicate",
+            OutcomeKind::ReusedRequestId => "reused_request_id",
+            OutcomeKind::Forbidden => "forbidden",
+            OutcomeKind::AlreadyApplied => "already_applied",
+        };
+        counter!(COMMANDS, "status" => status.to_string(), "outcome" => outcome).increment(n);
+        match (status, kind) {
+            (409, OutcomeKind::New) => counter!(VERSION_CONFLICTS).increment(n),
+            (_, OutcomeKind::Duplicate) => counter!(DUPLICATES).increment(n),
+            _ => {}
+        }
     }
 }
 

@@ -64,30 +64,33 @@ pub(super) fn finish(
         return false;
     }
     let now = Utc::now();
-    for ((f, o), t) in batch.iter().zip(outcomes).zip(traces) {
-        let (m, c) = (&f.incoming, &f.command);
-        let latency = m.timestamp_ms.and_then(|t| {
+    metrics::record_commands(batch.iter().zip(outcomes).map(|(f, o)| {
+        let latency = f.incoming.timestamp_ms.and_then(|t| {
             (now.timestamp_millis() - t)
                 .try_into()
                 .ok()
                 .map(Duration::from_millis)
         });
-        metrics::record_command(o.status, o.kind, latency);
-        if let (Some(reason), OutcomeKind::New) = (o.refused, o.kind) {
-            metrics::record_refused(reason);
+        let refused = o.refused.filter(|_| o.kind == OutcomeKind::New);
+        (o.status, o.kind, latency, refused)
+    }));
+    // A line per command at debug level only: its span is not even made otherwise.
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        for ((f, o), t) in batch.iter().zip(outcomes).zip(traces) {
+            let (m, c) = (&f.incoming, &f.command);
+            let span = tracing::info_span!(
+                "command",
+                request_id = %c.request_id,
+                event_uuid = c.action.event_uuid().map(tracing::field::display),
+                partition = m.partition,
+                offset = m.offset,
+                trace_id = t.as_ref().map(|t| tracing::field::display(&t.trace_id)),
+                span_id = t.as_ref().map(|t| tracing::field::display(&t.span_id)),
+            );
+            span.in_scope(|| {
+                tracing::debug!(status = o.status, outcome = ?o.kind, "answered");
+            });
         }
-        let span = tracing::info_span!(
-            "command",
-            request_id = %c.request_id,
-            event_uuid = c.action.event_uuid().map(tracing::field::display),
-            partition = m.partition,
-            offset = m.offset,
-            trace_id = t.as_ref().map(|t| tracing::field::display(&t.trace_id)),
-            span_id = t.as_ref().map(|t| tracing::field::display(&t.span_id)),
-        );
-        span.in_scope(|| {
-            tracing::debug!(status = o.status, outcome = ?o.kind, "answered");
-        });
     }
     store_offsets(&shared.consumer, batch);
     true
