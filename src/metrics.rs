@@ -208,8 +208,9 @@ pub fn record_db_failed_command(sqlstate: Option<&str>) {
     counter!(DB_FAILED_COMMANDS, "sqlstate" => sqlstate.unwrap_or("none").to_string()).increment(1);
 }
 
-pub fn record_published(d: Destination) {
-    counter!(PUBLISHED, "topic" => topic_label(d)).increment(1);
+/// `n` records to `d` acknowledged by the broker.
+pub fn record_published(d: Destination, n: u64) {
+    counter!(PUBLISHED, "topic" => topic_label(d)).increment(n);
 }
 
 pub fn record_publish_failed(d: Destination, permanent: bool) {

@@ -1359,13 +1359,13 @@ fn exported_series() -> BTreeMap<String, BTreeSet<String>> {
     metrics::record_command(201, OutcomeKind::New, Some(Duration::from_millis(3)));
     metrics::record_batch(5, Duration::from_millis(2), None);
     metrics::record_db_error("unavailable");
-    metrics::record_published(Destination::Reply);
-    metrics::record_published(Destination::DeadLetter);
+    metrics::record_published(Destination::Reply, 1);
+    metrics::record_published(Destination::DeadLetter, 1);
     metrics::record_publish_failed(Destination::Reply, false);
     metrics::record_rebalance(3);
     metrics::record_consumer_lag("commands", 0, 7);
-    metrics::record_published(Destination::Changes);
-    metrics::record_published(Destination::View);
+    metrics::record_published(Destination::Changes, 1);
+    metrics::record_published(Destination::View, 1);
     metrics::record_publish_failed(Destination::Changes, false);
     metrics::record_topic_unusable(Destination::Changes, "changes", false);
     metrics::record_feed_lag(3, Duration::from_millis(40));

@@ -418,6 +418,7 @@ impl Publisher {
     /// [`publish_all`]: Publisher::publish_all
     pub async fn settle(&self, e: Enqueued, shutdown: &mut watch::Receiver<bool>) -> bool {
         let mut retry = Vec::new();
+        let mut published = Published::default();
         for (record, pending) in e.records.into_iter().zip(e.pending) {
             let result = match pending {
                 Ok(f) => match f.await {
@@ -427,8 +428,9 @@ impl Publisher {
                 },
                 Err(e) => Err(e),
             };
-            self.sort(record, result, &mut retry, 1);
+            self.sort(record, result, &mut retry, 1, &mut published);
         }
+        published.record();
         if retry.is_empty() {
             return true;
         }
@@ -465,9 +467,11 @@ impl Publisher {
         loop {
             let results = join_all(pending.iter().map(|r| self.send(r))).await;
             let mut retry = Vec::new();
+            let mut published = Published::default();
             for (record, result) in pending.into_iter().zip(results) {
-                self.sort(record, result, &mut retry, attempt);
+                self.sort(record, result, &mut retry, attempt, &mut published);
             }
+            published.record();
             attempt = attempt.saturating_add(1);
             if retry.is_empty() {
                 return true;
@@ -481,18 +485,19 @@ impl Publisher {
         }
     }
 
-    /// Counts and logs one record's delivery result, its `attempt`th; what should be sent again
-    /// goes to `retry`.
+    /// Counts (in `published`) and logs one record's delivery result, its `attempt`th; what
+    /// should be sent again goes to `retry`.
     fn sort(
         &self,
         mut record: Outgoing,
         result: Result<(), KafkaError>,
         retry: &mut Vec<Outgoing>,
         attempt: u32,
+        published: &mut Published,
     ) {
         match result {
             Ok(()) => {
-                metrics::record_published(record.destination);
+                published.add(record.destination);
                 if record.topic.is_none() {
                     self.topic_usable(record.destination);
                 }
@@ -646,6 +651,40 @@ impl Publisher {
     }
 }
 
+/// Records delivered, by destination, counted over a batch and recorded once.
+#[derive(Debug, Default)]
+struct Published([u64; 4]);
+
+impl Published {
+    fn add(&mut self, d: Destination) {
+        self.0[Self::slot(d)] += 1;
+    }
+
+    fn slot(d: Destination) -> usize {
+        match d {
+            Destination::Reply => 0,
+            Destination::DeadLetter => 1,
+            Destination::Changes => 2,
+            Destination::View => 3,
+        }
+    }
+
+    /// Records the counts ([`metrics::record_published`]).
+    fn record(&self) {
+        for d in [
+            Destination::Reply,
+            Destination::DeadLetter,
+            Destination::Changes,
+            Destination::View,
+        ] {
+            let n = self.0[Self::slot(d)];
+            if n > 0 {
+                metrics::record_published(d, n);
+            }
+        }
+    }
+}
+
 /// `r` (its key, value and headers) as a record to `topic`.
 pub fn future_record<'a>(topic: &'a str, r: &'a Outgoing) -> FutureRecord<'a, [u8], [u8]> {
     let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
@@ -702,7 +741,9 @@ pub const UNUSABLE_TOPIC_PROBE: Duration = Duration::from_secs(2);
 
 /// Leaves the unusable state for `d`'s `topic`, if it was in it: the gauge, a log line.
 fn leave_unusable(health: &Health, d: Destination, topic: &str) {
-    if health.topic_unusable(d).swap(false, Ordering::Relaxed) {
+    // Read first: called for every record delivered, and a write would contend for the flag.
+    let unusable = health.topic_unusable(d);
+    if unusable.load(Ordering::Relaxed) && unusable.swap(false, Ordering::Relaxed) {
         metrics::record_topic_unusable(d, topic, false);
         tracing::info!(topic, destination = ?d, "the topic is usable again");
     }
