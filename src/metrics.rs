@@ -157,19 +157,23 @@ pub enum Stage {
     Decide,
     /// Writing its effects, the commit included (and reading back what the feed needs).
     Write,
-    /// Its records handed to the producer to all acknowledged.
+    /// Its replies (and dead letters) handed to the producer to acknowledged.
     Publish,
+    /// Its change feed records handed to the producer to acknowledged (they linger longer
+    /// than replies); then its offsets are stored.
+    Feed,
 }
 
 impl Stage {
     /// Every stage, in the order a batch passes them.
-    pub const ALL: [Stage; 6] = [
+    pub const ALL: [Stage; 7] = [
         Stage::Queue,
         Stage::Apply,
         Stage::Read,
         Stage::Decide,
         Stage::Write,
         Stage::Publish,
+        Stage::Feed,
     ];
 
     /// The `stage` label.
@@ -181,6 +185,7 @@ impl Stage {
             Stage::Decide => "decide",
             Stage::Write => "write",
             Stage::Publish => "publish",
+            Stage::Feed => "feed",
         }
     }
 }

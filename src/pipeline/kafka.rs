@@ -26,7 +26,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -317,6 +317,16 @@ fn producer_config(cfg: &Config) -> ClientConfig {
     c
 }
 
+/// What [`Publisher::settle`] found.
+#[derive(Debug, Clone, Copy)]
+pub struct Settled {
+    /// Every record acknowledged (false: shutdown came first).
+    pub published: bool,
+    /// When the batch's replies (and dead letters) were acknowledged: before its change feed
+    /// records, which linger longer.
+    pub answered_at: Instant,
+}
+
 /// A batch's records handed to the producer, with their pending acknowledgements.
 pub struct Enqueued {
     records: Vec<Outgoing>,
@@ -416,10 +426,15 @@ impl Publisher {
     /// [`publish_all`]); records that failed are sent again. False: shutdown came first.
     ///
     /// [`publish_all`]: Publisher::publish_all
-    pub async fn settle(&self, e: Enqueued, shutdown: &mut watch::Receiver<bool>) -> bool {
+    pub async fn settle(&self, e: Enqueued, shutdown: &mut watch::Receiver<bool>) -> Settled {
         let mut retry = Vec::new();
         let mut published = Published::default();
+        // The records are in order: the replies (and dead letters), then the feed's.
+        let mut answered_at = None;
         for (record, pending) in e.records.into_iter().zip(e.pending) {
+            if record.destination.is_feed() && answered_at.is_none() {
+                answered_at = Some(Instant::now());
+            }
             let result = match pending {
                 Ok(f) => match f.await {
                     Ok(Ok(_)) => Ok(()),
@@ -431,14 +446,23 @@ impl Publisher {
             self.sort(record, result, &mut retry, 1, &mut published);
         }
         published.record();
+        let settled = |published: bool, answered_at: Option<Instant>| Settled {
+            published,
+            answered_at: answered_at.unwrap_or_else(Instant::now),
+        };
+        // A reply sent again was not answered before.
+        if retry.iter().any(|r| !r.destination.is_feed()) {
+            answered_at = None;
+        }
         if retry.is_empty() {
-            return true;
+            return settled(true, answered_at);
         }
         let wait = tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(100)) => true,
             _ = shutdown.wait_for(|s| *s) => false,
         };
-        wait && self.publish_from(retry, shutdown, 2).await
+        let published = wait && self.publish_from(retry, shutdown, 2).await;
+        settled(published, answered_at)
     }
 
     /// Sends all `records` and returns once each is acknowledged, or refused for good (a

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::domain::decide::{Outcome, OutcomeKind};
 use crate::metrics::{self, Stage};
+use crate::pipeline::kafka::Settled;
 use crate::pipeline::trace;
 
 use super::lane::release;
@@ -42,10 +43,11 @@ pub(super) async fn run_acker(
             published_at,
             feed_ticket,
         } = d;
-        let published = shared.publisher.settle(enqueued, &mut shutdown).await;
+        let settled = shared.publisher.settle(enqueued, &mut shutdown).await;
         shared.feed_lag.done(feed_ticket);
-        metrics::record_stage(Stage::Publish, published_at.elapsed());
-        stored = finish(&shared, &batch, &outcomes, &traces, published);
+        metrics::record_stage(Stage::Publish, settled.answered_at - published_at);
+        metrics::record_stage(Stage::Feed, published_at.elapsed());
+        stored = finish(&shared, &batch, &outcomes, &traces, settled);
         release(&shared, &batch);
     }
 }
@@ -57,13 +59,15 @@ pub(super) fn finish(
     batch: &[Fetched],
     outcomes: &[Outcome],
     traces: &[Option<trace::Continued>],
-    published: bool,
+    settled: Settled,
 ) -> bool {
-    if !published {
+    if !settled.published {
         tracing::warn!("shutdown before every reply was acknowledged; offsets not stored");
         return false;
     }
-    let now = Utc::now();
+    // A command's latency ends when its reply was acknowledged (not its feed records).
+    let now =
+        Utc::now() - chrono::Duration::from_std(settled.answered_at.elapsed()).unwrap_or_default();
     metrics::record_commands(batch.iter().zip(outcomes).map(|(f, o)| {
         let latency = f.incoming.timestamp_ms.and_then(|t| {
             (now.timestamp_millis() - t)
