@@ -107,8 +107,9 @@ pub struct Config {
 
     /// Longest wait for more commands once a batch has its first, in milliseconds; only when
     /// the lane was behind (its queue was not empty after its last batch). An idle lane never
-    /// waits: a batch is what has arrived.
-    #[arg(long, env = "BATCH_LINGER_MS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=1_000))]
+    /// waits. 0, the default: a batch is what has arrived (what arrived while the lane applied
+    /// its last batch), so batches grow with the load without a wait that only adds latency.
+    #[arg(long, env = "BATCH_LINGER_MS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1_000))]
     pub batch_linger_ms: u64,
 
     /// Most bytes in one batch (with MAX_BATCH, whichever comes first): its commands', and the
