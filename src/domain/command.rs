@@ -446,12 +446,7 @@ pub fn decode(msg: &Incoming, max_bytes: usize, auth_mode: AuthMode) -> Command 
 
 /// The reply key of a command on `event_uuid`: its canonical form.
 fn canonical_key(event_uuid: Uuid) -> Vec<u8> {
-    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    event_uuid
-        .hyphenated()
-        .encode_lower(&mut buf)
-        .as_bytes()
-        .to_vec()
+    crate::domain::reply::uuid_key(event_uuid)
 }
 
 /// The command's own key, as the key of a reply that has no event UUID to carry; a key longer

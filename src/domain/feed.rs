@@ -20,7 +20,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::projection::{write_representation, EventState};
-use super::reply::{header, scope_tag_bytes, write_uuid, Destination, Outgoing};
+use super::reply::{header, scope_tag_bytes, uuid_key, write_uuid, Destination, Outgoing};
 use crate::drf::isodate;
 
 /// The `schema-version` header of both feed records: the version of their JSON Schemas
@@ -154,12 +154,7 @@ fn schema_header() -> (String, Vec<u8>) {
 
 /// The key of both records: the event's canonical UUID.
 pub fn key(event_uuid: Uuid) -> Vec<u8> {
-    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    event_uuid
-        .hyphenated()
-        .encode_lower(&mut buf)
-        .as_bytes()
-        .to_vec()
+    uuid_key(event_uuid)
 }
 
 #[cfg(test)]

@@ -216,6 +216,13 @@ pub fn write_uuid(out: &mut Vec<u8>, u: Uuid) {
     out.push(b'"');
 }
 
+/// `u`'s canonical text (hyphenated, lower-case) as bytes: the key of a reply to a command on
+/// an event, and of the event's change and view records.
+pub fn uuid_key(u: Uuid) -> Vec<u8> {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    u.hyphenated().encode_lower(&mut buf).as_bytes().to_vec()
+}
+
 /// Longest command key or `correlation-id` that a reply echoes (so that a reply's key and
 /// headers stay small beside its value).
 pub const MAX_ECHOED_BYTES: usize = 1024;

@@ -405,6 +405,31 @@ pub struct Applied {
     pub taken: usize,
 }
 
+impl Applied {
+    /// An attempt that began at `started`, had read what it needed `read` after and decided
+    /// `decided` after, and has just written (and committed).
+    fn timed(
+        outcomes: Vec<Outcome>,
+        feed: Feed,
+        taken: usize,
+        started: Instant,
+        read: std::time::Duration,
+        decided: std::time::Duration,
+    ) -> Applied {
+        let parts = BatchParts {
+            read,
+            decide: decided - read,
+            write: started.elapsed() - decided,
+        };
+        Applied {
+            outcomes,
+            feed,
+            parts,
+            taken,
+        }
+    }
+}
+
 /// As [`apply_batch`], also returning the batch's part of the change feed ([`feed::collect`]):
 /// the changes it appended, the changes of commands it saw again that were applied before, and
 /// their events' views. Read in the batch's connection after its write (and in its transaction
@@ -474,17 +499,9 @@ async fn apply(
                 true => feed::collect(&mut conn, commands, &outcomes, effects, now).await?,
                 false => Feed::default(),
             };
-            let parts = BatchParts {
-                read,
-                decide: decided - read,
-                write: started.elapsed() - decided,
-            };
-            Ok(Applied {
-                outcomes,
-                feed,
-                parts,
-                taken,
-            })
+            Ok(Applied::timed(
+                outcomes, feed, taken, started, read, decided,
+            ))
         }
         Err(StoreError::Conflict(e)) => {
             tracing::debug!(error = %e, "a write fence tripped; deciding the batch again under row locks");
@@ -541,17 +558,14 @@ async fn apply_locked(
         false => Feed::default(),
     };
     tx.commit().await?;
-    let parts = BatchParts {
-        read,
-        decide: decided - read,
-        write: started.elapsed() - decided,
-    };
-    Ok(Applied {
+    Ok(Applied::timed(
         outcomes,
         feed,
-        parts,
-        taken: commands.len(),
-    })
+        commands.len(),
+        started,
+        read,
+        decided,
+    ))
 }
 
 /// No value is withheld from a read ([`read_batch`]).
