@@ -390,13 +390,7 @@ async fn metrics_count_what_happened() {
     app.call(&json!({"request_id": "m2", "event_uuid": event, "expected_version": 0, "body": {"action": "login", "app": "a"}}))
         .await;
     let addr = app.app.as_ref().unwrap().http_addr();
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).await.unwrap();
-    for name in [
+    let names = [
         "event_updater_commands_total{",
         "event_updater_command_latency_seconds_bucket{",
         "event_updater_batch_size_bucket{",
@@ -405,8 +399,30 @@ async fn metrics_count_what_happened() {
         "event_updater_version_conflicts_total",
         "event_updater_duplicates_total",
         "event_updater_assigned_partitions",
-    ] {
-        assert!(text.contains(name), "{name} missing from /metrics");
+    ];
+    // A batch is counted once its acker has every acknowledgement (its change feed records
+    // too), which may be just after its reply was read.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).await.unwrap();
+        let missing: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| !text.contains(n))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{missing:?} missing from /metrics"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     app.finish().await;
 }
