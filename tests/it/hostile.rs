@@ -186,14 +186,25 @@ async fn odd_but_decodable_input_is_answered_as_the_rest_endpoint_would() {
 }
 
 /// `event_updater_commands_refused_total{reason}` as the in-process processor's `/metrics`
-/// shows it (the recorder is the test process's: other tests' processors count there too).
-async fn refused(app: &TestApp, reason: &str) -> u64 {
-    let text = crate::support::http_get(app.app.as_ref().unwrap().http_addr(), "/metrics").await;
+/// shows it (the recorder is the test process's: other tests' processors count there too),
+/// once it reaches `at_least` or 30 s passed: a batch is counted once its acker has every
+/// acknowledgement, which may be just after its replies were read.
+async fn refused(app: &TestApp, reason: &str, at_least: u64) -> u64 {
     let series = format!("event_updater_commands_refused_total{{reason=\"{reason}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&series))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let text =
+            crate::support::http_get(app.app.as_ref().unwrap().http_addr(), "/metrics").await;
+        let n = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        if n >= at_least || std::time::Instant::now() >= deadline {
+            return n;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
@@ -232,7 +243,7 @@ async fn a_record_key_other_than_the_event_uuid_is_a_400_and_changes_nothing() {
         assert_eq!(r.key.as_deref(), Some(canonical.as_str()));
     }
     assert_eq!(app.log_len(event).await, 0);
-    assert!(refused(&app, "key_mismatch").await >= 3);
+    assert!(refused(&app, "key_mismatch", 3).await >= 3);
     // The UUID as sent, and its canonical form, are both fine as keys.
     app.send_raw(Some(&upper), Some(&cmd("k4", &upper)), &[])
         .await;
@@ -319,7 +330,7 @@ async fn commands_and_replies_just_under_and_just_over_their_limits() {
         );
     }
     assert_eq!(app.log_len(event.parse().unwrap()).await, 2);
-    assert!(refused(&app, "reply_too_large").await >= 1);
+    assert!(refused(&app, "reply_too_large", 1).await >= 1);
     app.finish().await;
 }
 
