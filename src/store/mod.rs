@@ -388,7 +388,7 @@ pub async fn apply_batch(
     rules: Rules,
     now: DateTime<Utc>,
 ) -> Result<Vec<Outcome>, StoreError> {
-    Ok(apply(pool, commands, rules, now, false, None)
+    Ok(apply_batch_timed(pool, commands, rules, now, false, None)
         .await?
         .outcomes)
 }
@@ -430,35 +430,14 @@ impl Applied {
     }
 }
 
-/// As [`apply_batch`], also returning the batch's part of the change feed ([`feed::collect`]):
-/// the changes it appended, the changes of commands it saw again that were applied before, and
-/// their events' views. Read in the batch's connection after its write (and in its transaction
-/// on the locking path), so the views are at least as new as the batch's changes.
-pub async fn apply_batch_with_feed(
-    pool: &PgPool,
-    commands: &[(Command, Source)],
-    rules: Rules,
-    now: DateTime<Utc>,
-) -> Result<Applied, StoreError> {
-    apply(pool, commands, rules, now, true, None).await
-}
-
-/// As [`apply_batch_with_feed`] where `with_feed`, else as [`apply_batch`] (an empty feed):
-/// the processor's call, which also reports how long the attempt's parts took. With `fit`,
-/// only the leading commands whose loads and replies fit its bound are applied
-/// ([`sizes::fitting_prefix`], at least one): [`Applied::taken`] says how many.
+/// As [`apply_batch`], for the processor: with `with_feed`, also the batch's part of the change
+/// feed ([`feed::collect`]): the changes it appended, the changes of commands it saw again that
+/// were applied before, and their events' views, read in the batch's connection after its write
+/// (and in its transaction on the locking path), so the views are at least as new as the
+/// batch's changes. It reports how long the attempt's parts took, and with `fit` applies only
+/// the leading commands whose loads and replies fit its bound ([`sizes::fitting_prefix`], at
+/// least one): [`Applied::taken`] says how many.
 pub async fn apply_batch_timed(
-    pool: &PgPool,
-    commands: &[(Command, Source)],
-    rules: Rules,
-    now: DateTime<Utc>,
-    with_feed: bool,
-    fit: Option<Fit<'_>>,
-) -> Result<Applied, StoreError> {
-    apply(pool, commands, rules, now, with_feed, fit).await
-}
-
-async fn apply(
     pool: &PgPool,
     commands: &[(Command, Source)],
     rules: Rules,
