@@ -144,6 +144,20 @@ pub struct BenchArgs {
     /// is not run (with it, the drain's measured rate is used and this is ignored).
     #[arg(long)]
     pub drain_rate: Option<f64>,
+    /// The latency curve's loads, as shares of the drain rate, comma-separated (by default
+    /// 0.1, 0.25, 0.5, 0.75 and 0.9, the points the targets and the picture are read at).
+    #[arg(long, value_delimiter = ',', value_parser = load_share)]
+    pub loads: Vec<f64>,
+}
+
+/// A load of the curve: a share of the drain rate above 0 and at most 2.
+fn load_share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 2.0 => Ok(v),
+        _ => Err(format!(
+            "{s}: a share of the drain rate, above 0 and at most 2"
+        )),
+    }
 }
 
 /// The same allocator as the serving binary, so that the in-process baselines (the echo, the
@@ -1249,9 +1263,9 @@ impl Bench {
         Ok(())
     }
 
-    /// The latency–load curve: commands at [`LOADS`] of the drain rate, each
-    /// timed from being handed to the producer to its reply being read, through the processor
-    /// and, at the same rate, through the broker's own echo (the floor). One processor and one
+    /// The latency–load curve: commands at `--loads` (by default [`LOADS`]) of the drain rate,
+    /// each timed from being handed to the producer to its reply being read, through the
+    /// processor and, at the same rate, through the broker's own echo (the floor). One processor and one
     /// echo serve every point, each warmed up first; the points use distinct commands.
     async fn curve(&self, scope: Scope, drain_rate: f64) -> anyhow::Result<Curve> {
         let (pool, authorization) = self.prepare_database(&scope).await?;
@@ -1302,7 +1316,11 @@ impl Bench {
 
         let mut points = Vec::new();
         let mut base = 0;
-        for load in LOADS {
+        let loads = match self.args.loads.is_empty() {
+            true => LOADS.to_vec(),
+            false => self.args.loads.clone(),
+        };
+        for load in loads {
             let rate = drain_rate * load;
             let total = ((rate * self.args.latency_seconds as f64).round() as u64).max(1);
             self.progress(format_args!(
