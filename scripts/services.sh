@@ -114,7 +114,9 @@ KAFKA_CLASSPATH="$classpath" KAFKA_DATA="$PWD/$KAFKA_DIR/data" KAFKA_LISTEN="$HO
 echo $! > "$PIDFILE"
 for _ in $(seq 1 120); do
   grep -q 'BrokerServer id=1\] Transition from STARTING to STARTED' "$KAFKA_DIR/kafka.log" && break
-  kafka_pid > /dev/null || { tail -20 "$KAFKA_DIR/kafka.log" >&2; die "Kafka exited; see $KAFKA_DIR/kafka.log"; }
+  # Alive, by its pid (just started here): its command line is briefly unreadable while the
+  # script execs java, so kafka_pid's check of it would read a live broker as gone.
+  kill -0 "$(cat "$PIDFILE")" 2>/dev/null || { tail -20 "$KAFKA_DIR/kafka.log" >&2; die "Kafka exited; see $KAFKA_DIR/kafka.log"; }
   sleep 0.5
 done
 listening "$HOST" "$PORT" || die "Kafka did not start in 60 s; see $KAFKA_DIR/kafka.log"
