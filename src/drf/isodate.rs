@@ -13,11 +13,16 @@
 
 use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, TimeDelta, Timelike, Utc, Weekday};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+use crate::drf::pychar::{py_decimal, py_isspace};
+
+/// Why a text is not a datetime DRF accepts: DRF's two error codes for a string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum DateTimeError {
     /// DRF 'invalid' (wrong format)
+    #[error("the datetime has the wrong format")]
     Invalid,
     /// DRF 'overflow' ("Datetime value out of range.")
+    #[error("the datetime is out of range once in UTC")]
     Overflow,
 }
 
@@ -348,15 +353,9 @@ fn parse_hh_mm_ss_ff(b: &[u8], start: usize, end: usize) -> Option<([u32; 3], u3
 // Every `\d{m,n}` is followed by a non-digit token, so greedy matching without
 // backtracking decides the same strings.
 
-/// Python's `\s` / `str.isspace()`: Unicode White_Space plus U+001C..U+001F.
-fn is_py_space(c: char) -> bool {
-    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
-}
-
 /// Python's `\d` and `int()` for one char: an ASCII digit or any Unicode `Nd` digit.
 fn re_digit(c: char) -> Option<u32> {
-    c.to_digit(10)
-        .or_else(|| crate::drf::validate::py_decimal(c).map(u32::from))
+    c.to_digit(10).or_else(|| py_decimal(c).map(u32::from))
 }
 
 /// Greedy `\d{min,max}` (Unicode digits) at `*i`: (value, digits consumed).
@@ -400,7 +399,7 @@ fn django_datetime_re(s: &str) -> Option<Parsed> {
             re_digits(&c, i, 0, 6)?;
         }
     }
-    while c.get(*i).copied().is_some_and(is_py_space) {
+    while c.get(*i).copied().is_some_and(py_isspace) {
         *i += 1;
     }
     let mut offset_minutes: i64 = 0;

@@ -7,5 +7,6 @@
 
 pub mod ipaddr;
 pub mod isodate;
+pub mod pychar;
 pub mod pyjson;
 pub mod validate;
