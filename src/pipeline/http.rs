@@ -20,7 +20,7 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::pipeline::consumer::Health;
+use crate::pipeline::health::Health;
 
 #[derive(Clone)]
 struct AppState {

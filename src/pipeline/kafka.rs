@@ -46,7 +46,7 @@ use crate::config::{
 };
 use crate::domain::reply::{header, Destination, Outgoing, Reply};
 use crate::metrics;
-use crate::pipeline::consumer::Health;
+use crate::pipeline::health::Health;
 
 /// The base configuration of every client: bootstrap servers plus the pass-through properties.
 pub fn client_config(cfg: &Config) -> ClientConfig {

@@ -14,6 +14,7 @@ use tracing::Instrument;
 use crate::config::Config;
 use crate::domain::command::{Command, Incoming};
 use crate::domain::decide::Outcome;
+use crate::pipeline::health::Health;
 use crate::pipeline::kafka::{Enqueued, Publisher};
 use crate::pipeline::trace;
 
@@ -21,7 +22,7 @@ use super::acker::run_acker;
 use super::feed::{FeedLag, LAG_REPORT_EVERY};
 use super::fetch::fetch;
 use super::lane::run_lane;
-use super::{Budget, CommandConsumer, Health};
+use super::{Budget, CommandConsumer};
 
 /// The processor: owns the consumer, the publisher and the pool.
 pub struct Processor {

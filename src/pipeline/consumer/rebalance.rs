@@ -12,11 +12,12 @@ use rdkafka::ClientContext;
 
 use crate::config::{Config, ConfigError, GroupProtocol};
 use crate::metrics;
-use crate::pipeline::kafka::{self};
+use crate::pipeline::health::Health;
+use crate::pipeline::kafka;
 
 use super::assignment::Assignment;
 use super::fetch::set_paused;
-use super::{Budget, Health};
+use super::Budget;
 
 /// The longest a revocation waits for what is in flight, whatever the consumer's settings.
 const DRAIN_BOUND_MAX: Duration = Duration::from_secs(10);
