@@ -3,7 +3,7 @@
 //! readers of the reply topic, the exactly-once checks, the repository's files). They talk to a
 //! real PostgreSQL and a real broker (`KAFKA_BOOTSTRAP_SERVERS`, `TEST_DATABASE_URL`; see
 //! `scripts/test.sh`). Run one module with `cargo test --test it <module>::`, e.g.
-//! `cargo test --test it security::`. `tests/deploy_files.rs`, which needs no services, is a
+//! `cargo test --test it security::`. `tests/deploy_files/`, which needs no services, is a
 //! crate of its own.
 
 mod backfill;

@@ -1,6 +1,6 @@
 //! Reading the repository's files: its root, and YAML turned into JSON values (for the
 //! AsyncAPI document, the compose files, the Kubernetes manifests). Shared by the integration
-//! tests and `tests/deploy_files.rs`.
+//! tests and `tests/deploy_files/`.
 
 use std::path::PathBuf;
 
