@@ -51,6 +51,11 @@ pub mod header {
     pub const DLQ_SOURCE_PARTITION: &str = "dlq-source-partition";
     /// On a command's dead letter: its offset, in decimal.
     pub const DLQ_SOURCE_OFFSET: &str = "dlq-source-offset";
+    /// On a dead letter the broker refused with its value: the value's length, in decimal (the
+    /// dead letter went out with its headers only).
+    pub const DLQ_VALUE_DROPPED: &str = "dlq-value-dropped";
+    /// On the short error reply that stands in for a reply the broker refused: why.
+    pub const REPLY_REFUSED: &str = "reply-refused";
     /// The prefix shared by the `dlq-*` headers (a replayed command carries none of them).
     pub const DLQ_PREFIX: &str = "dlq-";
     /// On a change feed record: the version of its JSON Schema
