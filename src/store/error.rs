@@ -5,26 +5,29 @@
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be reached or is shutting down: back off and retry the same batch.
-    #[error("database unavailable: {0}")]
+    #[error("the database is unavailable")]
     Unavailable(#[source] sqlx::Error),
     /// A concurrent writer got there first (unique violation, serialization failure,
     /// deadlock): retry the same batch after a short back-off; it will see the other writer's
     /// work. The consumer bounds these retries (`consumer::CONFLICT_ATTEMPTS`).
-    #[error("conflict with a concurrent writer: {0}")]
+    #[error("a concurrent writer got there first")]
     Conflict(#[source] sqlx::Error),
     /// The database refused the data itself: isolate the command that carries it.
-    #[error("the database refused the data: {0}")]
+    #[error("the database refused the data")]
     Refused(#[source] sqlx::Error),
     /// The statement failed for a reason that may well repeat with the same commands (a
     /// statement or lock timeout, out of memory, a missing function, any SQLSTATE not sorted
     /// elsewhere): retry a bounded number of times, then split the batch; a command that still
     /// fails alone is not applied (the consumer answers it 500 and dead-letters it).
-    #[error("the database failed the statement: {0}")]
+    #[error("the database failed the statement")]
     Failed(#[source] sqlx::Error),
-    #[error("migration failed: {0}")]
+    /// The migrations could not run, or a migration applied before changed since.
+    #[error("the migrations failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("invalid database URL: {0}")]
+    /// `DATABASE_URL` is not a PostgreSQL URL.
+    #[error("the database URL is invalid")]
     Url(#[source] sqlx::Error),
+    /// A stored value cannot be read back (what and why in the text).
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
 }
@@ -36,6 +39,12 @@ impl From<sqlx::Error> for StoreError {
 }
 
 impl StoreError {
+    /// The error and its causes, for a log line: the error says what failed, its source
+    /// (PostgreSQL's own message) says why.
+    pub fn chain(&self) -> Chain<'_> {
+        Chain(self)
+    }
+
     /// PostgreSQL's SQLSTATE of the error, where the database sent one.
     pub fn sqlstate(&self) -> Option<String> {
         match self {
@@ -46,6 +55,28 @@ impl StoreError {
             | StoreError::Url(sqlx::Error::Database(db)) => db.code().map(|c| c.into_owned()),
             _ => None,
         }
+    }
+}
+
+/// An error and its sources, each after a `: ` (a source whose text ends its error's is not
+/// repeated), as a log line shows it; see [`StoreError::chain`].
+#[derive(Debug, Clone, Copy)]
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut said = self.0.to_string();
+        f.write_str(&said)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            let text = s.to_string();
+            if !said.ends_with(&text) {
+                write!(f, ": {text}")?;
+            }
+            said = text;
+            source = s.source();
+        }
+        Ok(())
     }
 }
 
@@ -121,6 +152,16 @@ fn sort_sqlstate(code: &str) -> Sorted {
 #[cfg(test)]
 mod sqlstate_tests {
     use super::*;
+
+    #[test]
+    fn a_chain_says_each_cause_once() {
+        let io = std::io::Error::other("connection reset");
+        let e = StoreError::Unavailable(sqlx::Error::Io(io));
+        assert_eq!(
+            e.chain().to_string(),
+            "the database is unavailable: error communicating with database: connection reset"
+        );
+    }
 
     #[test]
     fn only_an_unreachable_database_is_unavailable_and_repeating_failures_are_failed() {

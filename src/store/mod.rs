@@ -59,7 +59,7 @@ mod write;
 
 pub use apply::{apply_batch, apply_batch_locked, apply_batch_timed, Applied};
 pub use connect::{connect, connect_for_processing, migrate, migrate_with, SessionTimeouts};
-pub use error::StoreError;
+pub use error::{Chain, StoreError};
 pub use feed::Feed;
 pub use sizes::Fit;
 pub use view::{load_history, load_view, LogEntry};

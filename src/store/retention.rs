@@ -203,12 +203,12 @@ pub async fn run(pool: PgPool, retention: Retention, mut shutdown: watch::Receiv
                 }
                 Ok(Pass { end, .. }) => tracing::debug!(%cutoff, ?end, "nothing to prune"),
                 Err(e) => {
-                    tracing::warn!(error = %e, "pruning stored replies failed; trying again after the interval");
+                    tracing::warn!(error = %e.chain(), "pruning stored replies failed; trying again after the interval");
                 }
             }
         }
         if let Err(e) = refresh_sizes(&pool).await {
-            tracing::warn!(error = %e, "reading the tables' sizes failed");
+            tracing::warn!(error = %e.chain(), "reading the tables' sizes failed");
         }
         tokio::select! {
             _ = tokio::time::sleep(retention.interval) => {}

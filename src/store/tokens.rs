@@ -2,13 +2,16 @@
 //!
 //! Only a SHA-256 hash of each token is stored ([`crate::domain::auth::hash`]); the secret is
 //! shown once, when it is created. Checking a command's token is the batch decision's
-//! ([`crate::domain::decide`]), on grants read with the batch.
+//! ([`crate::domain::decide`]), on grants read with the batch. A database error here is sorted
+//! as any of the store's ([`StoreError`]).
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use crate::domain::auth::{hash, TOKEN_PREFIX};
+
+use super::StoreError;
 
 /// Errors of the token tools.
 #[derive(Debug, thiserror::Error)]
@@ -17,8 +20,15 @@ pub enum TokenError {
     NameTaken(String),
     #[error("no token named {0:?}")]
     NotFound(String),
-    #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
+    /// The database failed, sorted as any store error is ([`StoreError`]).
+    #[error("the token's statement failed")]
+    Database(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for TokenError {
+    fn from(e: sqlx::Error) -> Self {
+        TokenError::Database(e.into())
+    }
 }
 
 /// Creates a token and returns its secret (shown once; only its hash is kept).

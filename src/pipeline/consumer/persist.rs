@@ -132,7 +132,7 @@ pub(super) async fn persist_batch(
         }
         if matches!(e, StoreError::Failed(_) | StoreError::Corrupt(_)) {
             let second = piece.split_off(piece.len() / 2);
-            tracing::warn!(error = %e, size = piece.len() + second.len(), "the database kept failing a batch; applying its halves in turn");
+            tracing::warn!(error = %e.chain(), size = piece.len() + second.len(), "the database kept failing a batch; applying its halves in turn");
             pending.push_front((second, 1));
             pending.push_front((piece, 1));
             continue;
@@ -140,7 +140,7 @@ pub(super) async fn persist_batch(
         if matches!(e, StoreError::Conflict(_)) {
             metrics::record_kept_conflicting("batch");
         }
-        tracing::warn!(error = %e, size = piece.len(), "batch not applied; applying its commands one by one");
+        tracing::warn!(error = %e.chain(), size = piece.len(), "batch not applied; applying its commands one by one");
         for c in piece.into_iter().rev() {
             pending.push_front((vec![c], FAILURE_ATTEMPTS));
         }
@@ -165,17 +165,17 @@ pub(super) async fn answer_unapplied(
     let (status, text, dead_letter) = match e {
         StoreError::Conflict(_) => {
             metrics::record_kept_conflicting("command");
-            tracing::warn!(request_id = %cmd.request_id, error = %e, attempts = CONFLICT_ATTEMPTS, "the event kept changing under concurrent writers; the command is not applied and answered 409");
+            tracing::warn!(request_id = %cmd.request_id, error = %e.chain(), attempts = CONFLICT_ATTEMPTS, "the event kept changing under concurrent writers; the command is not applied and answered 409");
             (409, KEPT_CONFLICTING.to_string(), None)
         }
         StoreError::Refused(_) => {
-            tracing::warn!(request_id = %cmd.request_id, error = %e, "the database refused a command; answering 400");
+            tracing::warn!(request_id = %cmd.request_id, error = %e.chain(), "the database refused a command; answering 400");
             (400, refusal_text(e), None)
         }
         _ => {
             let sqlstate = e.sqlstate();
             metrics::record_db_failed_command(sqlstate.as_deref());
-            tracing::error!(request_id = %cmd.request_id, error = %e, sqlstate = sqlstate.as_deref().unwrap_or("none"), attempts = FAILURE_ATTEMPTS, "the database kept failing a command; it is not applied, answered 500 and dead-lettered");
+            tracing::error!(request_id = %cmd.request_id, error = %e.chain(), sqlstate = sqlstate.as_deref().unwrap_or("none"), attempts = FAILURE_ATTEMPTS, "the database kept failing a command; it is not applied, answered 500 and dead-lettered");
             (
                 500,
                 failure_text(sqlstate.as_deref()),
@@ -198,7 +198,7 @@ pub(super) async fn answer_unapplied(
             Ok(mut a) => a.outcomes.pop()?,
             Err(e) => {
                 // Even the answer cannot be stored: answer without storing it.
-                tracing::error!(error = %e, status, "could not store an error reply");
+                tracing::error!(error = %e.chain(), status, "could not store an error reply");
                 let [(cmd, _)] = single;
                 unstored(&cmd, status, detail(text), OutcomeKind::New)
             }
@@ -249,13 +249,13 @@ pub(super) async fn persist_retrying(
                     return Some(Err(e));
                 }
                 let wait = conflict_backoff(conflicts);
-                tracing::debug!(error = %e, attempt = conflicts, retry_in = ?wait, "concurrent writer; retrying the batch");
+                tracing::debug!(error = %e.chain(), attempt = conflicts, retry_in = ?wait, "concurrent writer; retrying the batch");
                 wait
             }
             Err(e @ (StoreError::Unavailable(_) | StoreError::Url(_) | StoreError::Migrate(_))) => {
                 metrics::record_db_error("unavailable");
                 shared.health.database_ok.store(false, Ordering::Relaxed);
-                tracing::warn!(error = %e, retry_in = ?backoff, "database unavailable; retrying the batch");
+                tracing::warn!(error = %e.chain(), retry_in = ?backoff, "database unavailable; retrying the batch");
                 let b = backoff;
                 backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
                 b
@@ -268,7 +268,7 @@ pub(super) async fn persist_retrying(
                 if failed >= failures {
                     return Some(Err(e));
                 }
-                tracing::warn!(error = %e, sqlstate = e.sqlstate().as_deref().unwrap_or("none"), attempt = failed, retry_in = ?backoff, "the database failed the batch's statement; retrying it");
+                tracing::warn!(error = %e.chain(), sqlstate = e.sqlstate().as_deref().unwrap_or("none"), attempt = failed, retry_in = ?backoff, "the database failed the batch's statement; retrying it");
                 let b = backoff;
                 backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
                 b
