@@ -10,6 +10,7 @@ use std::time::Duration;
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::domain::command::Refusal;
 use crate::domain::decide::OutcomeKind;
 use crate::domain::reply::Destination;
 
@@ -77,7 +78,7 @@ pub fn record_command(status: u16, kind: OutcomeKind, latency: Option<Duration>)
 /// was produced, and the envelope rule a new one broke (see [`record_refused`]). The counters
 /// are looked up once per (status, outcome) of the batch, not once per command.
 pub fn record_commands(
-    answered: impl Iterator<Item = (u16, OutcomeKind, Option<Duration>, Option<&'static str>)>,
+    answered: impl Iterator<Item = (u16, OutcomeKind, Option<Duration>, Option<Refusal>)>,
 ) {
     let mut counts: Vec<((u16, OutcomeKind), u64)> = Vec::new();
     let latency = histogram!(COMMAND_LATENCY);
@@ -110,11 +111,10 @@ pub fn record_commands(
     }
 }
 
-/// A command answered with a 400 because it broke an envelope rule: `key_mismatch` (its record
-/// key is not its event's UUID), `too_large` (its value is over MAX_MESSAGE_BYTES),
-/// `reply_too_large` (its reply would be over MAX_REPLY_BYTES).
-pub fn record_refused(reason: &'static str) {
-    counter!(REFUSED, "reason" => reason).increment(1);
+/// A command answered with a 400 because it broke an envelope rule, counted under the rule's
+/// label ([`Refusal::as_str`]).
+pub fn record_refused(reason: Refusal) {
+    counter!(REFUSED, "reason" => reason.as_str()).increment(1);
 }
 
 /// The reply producer failed for good (librdkafka's fatal error).

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::domain::auth::{self, AuthMode, TokenGrant};
 use crate::domain::command::{decode, Command, Incoming};
-use crate::domain::decide::{decide_batch, Known, Rules, Source};
+use crate::domain::decide::{decide_batch, BatchSettings, Source, StoredState};
 use crate::domain::feed::{change_record, view_record, LogChange};
 use crate::domain::projection::EventState;
 use crate::domain::reply::scope_tag;
@@ -70,7 +70,7 @@ fn batch(range: std::ops::Range<u64>, states: &mut HashMap<Uuid, EventState>, sp
     spent.decode += t.elapsed();
 
     // What the store would read (not the domain's cost).
-    let mut known = Known::default();
+    let mut known = StoredState::default();
     known.grants.insert(
         auth::hash(TOKEN),
         TokenGrant {
@@ -85,7 +85,7 @@ fn batch(range: std::ops::Range<u64>, states: &mut HashMap<Uuid, EventState>, sp
             }
         }
     }
-    let rules = Rules {
+    let rules = BatchSettings {
         auth_mode: AuthMode::Required,
         max_reply_bytes: 1 << 20,
     };

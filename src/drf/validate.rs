@@ -4,13 +4,14 @@
 //! (`event_uuid`, `request_id`, `expected_version`) and `py_str`, Python's `str()` of a parsed
 //! JSON value as DRF prints it in messages. Pure functions: no I/O, no panics, no recursion.
 //! Beyond DRF, values PostgreSQL cannot store (`\u0000`, lone surrogates and non-finite
-//! numbers in jsonb) are 400s. Lone surrogates and `inf` arrive as [`pyjson`] carries them
-//! (`surrogates`: the document holds some, see [`pyjson::Document`]).
+//! numbers in jsonb) are 400s. Lone surrogates and `inf` arrive as [`pyjson`] carries them: every
+//! rule reads a [`DocValue`], which says whether its document holds lone surrogates; a plain
+//! `&Value` holds none.
 
 use serde_json::{Map, Value};
 
 use crate::drf::pychar::{py_decimal, py_isprintable, py_isspace, py_strip};
-use crate::drf::pyjson;
+use crate::drf::pyjson::{self, DocValue, Document};
 
 /// The validated body: DRF's `validated_data`. A field is `Some` only when the body carried it
 /// (on an update, absent fields keep their old values; on a create they take the model defaults).
@@ -76,28 +77,22 @@ fn validated<T>(value: T, msgs: Vec<String>) -> FieldResult<T> {
 /// writable ones of `Meta.fields` in order (`pk` and `created` are read-only, unknown keys
 /// are never looked at), and every failing field is reported, not just the first.
 /// This is a full (non-partial) update: `partial=False`, so `action` and `app` are required.
-pub fn validate_body(body: Option<&Value>) -> Result<ValidBody, ErrorBody> {
-    validate_body_of(body, false)
-}
-
-/// [`validate_body`] for a body from a [`pyjson::Document`] that may hold lone surrogates.
-pub fn validate_body_of(body: Option<&Value>, surrogates: bool) -> Result<ValidBody, ErrorBody> {
-    let empty = Map::new();
-    let data = body_map(body, &empty)?;
-    let (mut valid, kept) = check_body(data, surrogates)?;
-    let copy = |name: &str, kept: bool| kept.then(|| data.get(name).cloned()).flatten();
+pub fn validate_body<'a>(body: Option<impl Into<DocValue<'a>>>) -> Result<ValidBody, ErrorBody> {
+    let body = body.map(Into::into);
+    let (mut valid, kept) = check_body(body)?;
+    let data = body.and_then(|b| b.value.as_object());
+    let copy = |name: &str, kept: bool| kept.then(|| data?.get(name).cloned()).flatten();
     valid.user = copy(USER, kept.user);
     valid.context = copy(CONTEXT, kept.context);
     valid.brand = copy(BRAND, kept.brand);
     Ok(valid)
 }
 
-/// [`validate_body_of`] for a body the caller owns: the JSON fields (`user`, `context`,
-/// `brand`) are moved into the [`ValidBody`], not copied. Same answers.
-pub fn validate_body_owned(body: Option<Value>, surrogates: bool) -> Result<ValidBody, ErrorBody> {
-    let empty = Map::new();
-    let (mut valid, kept) = check_body(body_map(body.as_ref(), &empty)?, surrogates)?;
-    if let Some(Value::Object(mut data)) = body {
+/// [`validate_body`] for a body the caller owns: the JSON fields (`user`, `context`, `brand`)
+/// are moved into the [`ValidBody`], not copied. Same answers.
+pub fn validate_body_owned(body: Option<Document>) -> Result<ValidBody, ErrorBody> {
+    let (mut valid, kept) = check_body(body.as_ref().map(Document::as_value))?;
+    if let Some(Value::Object(mut data)) = body.map(|b| b.value) {
         let mut take = |name: &str, kept: bool| kept.then(|| data.swap_remove(name)).flatten();
         valid.user = take(USER, kept.user);
         valid.context = take(CONTEXT, kept.context);
@@ -111,19 +106,16 @@ const USER: &str = "user";
 const CONTEXT: &str = "context";
 const BRAND: &str = "brand";
 
-/// The body's members (none for an absent body), or DRF's error for a body that is no object.
-fn body_map<'a>(
-    body: Option<&'a Value>,
-    empty: &'a Map<String, Value>,
-) -> Result<&'a Map<String, Value>, ErrorBody> {
-    match body {
-        None => Ok(empty),
-        Some(Value::Object(map)) => Ok(map),
-        Some(Value::Null) => Err(non_field_error("No data provided".to_owned())),
-        Some(other) => Err(non_field_error(format!(
+/// DRF's `non_field_errors` message for data that is not a dictionary (`Serializer.errors`
+/// for a null body, else `to_internal_value`'s type check); `None` for a dictionary.
+pub fn not_a_dictionary(data: &Value) -> Option<String> {
+    match data {
+        Value::Object(_) => None,
+        Value::Null => Some("No data provided".to_owned()),
+        other => Some(format!(
             "Invalid data. Expected a dictionary, but got {}.",
             py_type_name(other)
-        ))),
+        )),
     }
 }
 
@@ -136,24 +128,20 @@ struct KeptJson {
 }
 
 /// Every field's checks, in DRF's field order: the valid body without its JSON fields, and
-/// which of those it sets; else every field's messages.
-fn check_body(
-    data: &Map<String, Value>,
-    surrogates: bool,
-) -> Result<(ValidBody, KeptJson), ErrorBody> {
-    let (mut errors, get) = (ErrorBody::new(), |key| data.get(key));
-    let sur = surrogates;
-    let user = collect(&mut errors, USER, json_field(get(USER), sur));
-    let action = collect(&mut errors, "action", action_field(get("action"), sur));
-    let app = collect(&mut errors, "app", app_field(get("app"), sur));
-    let context = collect(&mut errors, CONTEXT, json_field(get(CONTEXT), sur));
-    let client_ip = collect(
-        &mut errors,
-        "client_ip",
-        client_ip_field(get("client_ip"), sur),
-    );
-    let expires = collect(&mut errors, "expires", expires_field(get("expires"), sur));
-    let brand = collect(&mut errors, BRAND, json_field(get(BRAND), sur));
+/// which of those it sets; else every field's messages, or DRF's error for a body that is no
+/// object (an absent body has no fields).
+fn check_body(body: Option<DocValue>) -> Result<(ValidBody, KeptJson), ErrorBody> {
+    if let Some(message) = body.and_then(|b| not_a_dictionary(b.value)) {
+        return Err(non_field_error(message));
+    }
+    let (mut errors, get) = (ErrorBody::new(), |key| body?.get(key));
+    let user = collect(&mut errors, USER, json_field(get(USER)));
+    let action = collect(&mut errors, "action", action_field(get("action")));
+    let app = collect(&mut errors, "app", app_field(get("app")));
+    let context = collect(&mut errors, CONTEXT, json_field(get(CONTEXT)));
+    let client_ip = collect(&mut errors, "client_ip", client_ip_field(get("client_ip")));
+    let expires = collect(&mut errors, "expires", expires_field(get("expires")));
+    let brand = collect(&mut errors, BRAND, json_field(get(BRAND)));
     match (action, app) {
         (Some(action), Some(app)) if errors.is_empty() => Ok((
             ValidBody {
@@ -175,7 +163,8 @@ fn check_body(
     }
 }
 
-fn non_field_error(msg: String) -> ErrorBody {
+/// DRF's error body for a message about the data as a whole.
+pub fn non_field_error(msg: String) -> ErrorBody {
     ErrorBody::from_iter([("non_field_errors".to_owned(), Value::from(vec![msg]))])
 }
 
@@ -189,7 +178,7 @@ fn collect<T>(errors: &mut ErrorBody, name: &str, result: FieldResult<T>) -> Opt
 }
 
 /// Python's `type(v).__name__` for a value `json.loads` produced.
-fn py_type_name(v: &Value) -> &'static str {
+pub fn py_type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "NoneType",
         Value::Bool(_) => "bool",
@@ -216,12 +205,12 @@ fn is_py_int(text: &str) -> bool {
 /// field, in this order.
 ///
 /// `Ok(true)`: the value is set as sent (the caller takes it from the body).
-fn json_field(v: Option<&Value>, surrogates: bool) -> FieldResult<bool> {
+fn json_field(v: Option<DocValue>) -> FieldResult<bool> {
     match v {
         None => Ok(false),
-        Some(Value::Null) => fail(NOT_NULL),
-        Some(v) if has_infinity(v) => fail(INVALID_JSON),
-        Some(v) => validated(true, jsonb_problems(v, surrogates)),
+        Some(v) if v.value.is_null() => fail(NOT_NULL),
+        Some(v) if has_infinity(v.value) => fail(INVALID_JSON),
+        Some(v) => validated(true, jsonb_problems(v)),
     }
 }
 
@@ -239,30 +228,24 @@ fn has_infinity(root: &Value) -> bool {
     false
 }
 
-/// The first lone surrogate in `s` (a [`pyjson::Document`]'s string with `surrogates`).
-fn first_surrogate(s: &str, surrogates: bool) -> Option<u32> {
-    s.chars()
-        .find_map(pyjson::surrogate_of)
-        .filter(|_| surrogates)
-}
-
-/// DRF's `ProhibitSurrogateCharactersValidator` text for the first lone surrogate.
-fn surrogate_message(s: &str, surrogates: bool) -> Option<String> {
-    first_surrogate(s, surrogates)
+/// DRF's `ProhibitSurrogateCharactersValidator` text for the first lone surrogate in `s`, a
+/// string of `doc`.
+fn surrogate_message(doc: DocValue, s: &str) -> Option<String> {
+    doc.first_surrogate(s)
         .map(|cp| format!("Surrogate characters are not allowed: U+{cp:X}."))
 }
 
 /// Walks the whole value in document order with an explicit stack (any depth) for what jsonb
 /// cannot store: NUL, lone surrogates (the first one is named).
-fn jsonb_problems(root: &Value, surrogates: bool) -> Vec<String> {
+fn jsonb_problems(root: DocValue) -> Vec<String> {
     let (mut nul, mut surrogate) = (false, None);
     let mut text = |s: &str| {
         nul |= s.contains('\0');
         if surrogate.is_none() {
-            surrogate = surrogate_message(s, surrogates);
+            surrogate = surrogate_message(root, s);
         }
     };
-    let mut stack = vec![(None, root)];
+    let mut stack = vec![(None, root.value)];
     while let Some((key, v)) = stack.pop() {
         if let Some(k) = key {
             text(k);
@@ -292,16 +275,16 @@ fn jsonb_problems(root: &Value, surrogates: bool) -> Vec<String> {
 ///
 /// A string with a lone surrogate: DRF's message would quote it, and `JSONRenderer` cannot
 /// encode that (authentik answers 500); the contract answers DRF's surrogate text instead.
-fn action_field(v: Option<&Value>, surrogates: bool) -> FieldResult<String> {
+fn action_field(v: Option<DocValue>) -> FieldResult<String> {
     let v = match v {
         None => return fail(REQUIRED),
-        Some(Value::Null) => return fail(NOT_NULL),
+        Some(v) if v.value.is_null() => return fail(NOT_NULL),
         Some(v) => v,
     };
-    if let Some(msg) = v.as_str().and_then(|s| surrogate_message(s, surrogates)) {
+    if let Some(msg) = v.value.as_str().and_then(|s| surrogate_message(v, s)) {
         return Err(vec![msg]);
     }
-    let s = py_str_of(v, surrogates);
+    let s = py_str(v);
     if EVENT_ACTIONS.split_ascii_whitespace().any(|a| a == s) {
         Ok(s)
     } else {
@@ -316,20 +299,22 @@ fn action_field(v: Option<&Value>, surrogates: bool) -> FieldResult<String> {
 /// string."; numbers become their `str()`), then the validators, all messages collected:
 /// `ProhibitNullCharactersValidator` and `ProhibitSurrogateCharactersValidator`. `1e400` is
 /// Python's `inf`, whose `str()` is a valid app (`"inf"`).
-fn app_field(v: Option<&Value>, surrogates: bool) -> FieldResult<String> {
-    let value = match v {
-        None => return fail(REQUIRED),
-        Some(Value::String(s)) if py_strip(s).is_empty() => return fail(BLANK),
-        Some(Value::Null) => return fail(NOT_NULL),
-        Some(Value::String(s)) => py_strip(s).to_owned(),
-        Some(Value::Number(n)) => pyjson::number_str(n),
-        Some(_) => return fail(NOT_A_STRING),
+fn app_field(v: Option<DocValue>) -> FieldResult<String> {
+    let Some(doc) = v else {
+        return fail(REQUIRED);
+    };
+    let value = match doc.value {
+        Value::String(s) if py_strip(s).is_empty() => return fail(BLANK),
+        Value::Null => return fail(NOT_NULL),
+        Value::String(s) => py_strip(s).to_owned(),
+        Value::Number(n) => pyjson::number_str(n),
+        _ => return fail(NOT_A_STRING),
     };
     let mut msgs = Vec::new();
     if value.contains('\0') {
         msgs.push(NULL_CHARS.to_owned());
     }
-    msgs.extend(surrogate_message(&value, surrogates));
+    msgs.extend(surrogate_message(doc, &value));
     validated(value, msgs)
 }
 
@@ -340,13 +325,13 @@ fn app_field(v: Option<&Value>, surrogates: bool) -> FieldResult<String> {
 /// filter), so the IP message appears at most once. Flow: blank test (CharField), null ->
 /// `None`, non-str -> invalid, `':' in data` -> `clean_ipv6_address(data)` (unstripped; failure
 /// is raised at once, no validators), else `str.strip()`; then validators, messages collected.
-fn client_ip_field(v: Option<&Value>, surrogates: bool) -> FieldResult<Option<Option<String>>> {
-    let s = match v {
-        None => return Ok(None),
-        Some(Value::String(s)) if py_strip(s).is_empty() => return fail(BLANK),
-        Some(Value::Null) => return Ok(Some(None)),
-        Some(Value::String(s)) => s,
-        Some(_) => return fail(INVALID_IP),
+fn client_ip_field(v: Option<DocValue>) -> FieldResult<Option<Option<String>>> {
+    let Some(doc) = v else { return Ok(None) };
+    let s = match doc.value {
+        Value::String(s) if py_strip(s).is_empty() => return fail(BLANK),
+        Value::Null => return Ok(Some(None)),
+        Value::String(s) => s,
+        _ => return fail(INVALID_IP),
     };
     let value = if s.contains(':') {
         match crate::drf::ipaddr::clean_ipv6_address(s) {
@@ -360,7 +345,7 @@ fn client_ip_field(v: Option<&Value>, surrogates: bool) -> FieldResult<Option<Op
     if value.contains('\0') {
         msgs.push(NULL_CHARS.to_owned());
     }
-    msgs.extend(surrogate_message(&value, surrogates));
+    msgs.extend(surrogate_message(doc, &value));
     if !crate::drf::ipaddr::validate_ipv46_address(&value) {
         msgs.push(INVALID_IP.to_owned());
     }
@@ -370,24 +355,21 @@ fn client_ip_field(v: Option<&Value>, surrogates: bool) -> FieldResult<Option<Op
 /// `expires`: `DateTimeField(default=default_event_duration)` -> DRF `DateTimeField(required=False)`.
 /// Null is refused (the model column is NOT NULL). A non-str makes Django's `parse_datetime`
 /// raise TypeError, which DRF turns into the same "wrong format" message as a bad string.
-fn expires_field(
-    v: Option<&Value>,
-    surrogates: bool,
-) -> FieldResult<Option<chrono::DateTime<chrono::Utc>>> {
+fn expires_field(v: Option<DocValue>) -> FieldResult<Option<chrono::DateTime<chrono::Utc>>> {
     use crate::drf::isodate::DateTimeError;
-    let parse = |s: &str| match first_surrogate(s, surrogates) {
+    let Some(doc) = v else { return Ok(None) };
+    let parse = |s: &str| match doc.first_surrogate(s) {
         Some(_) => crate::drf::isodate::parse_datetime_with_surrogates(s),
         None => crate::drf::isodate::parse_datetime(s),
     };
-    match v {
-        None => Ok(None),
-        Some(Value::Null) => fail(NOT_NULL),
-        Some(Value::String(s)) => match parse(s) {
+    match doc.value {
+        Value::Null => fail(NOT_NULL),
+        Value::String(s) => match parse(s) {
             Ok(dt) => Ok(Some(dt)),
             Err(DateTimeError::Overflow) => fail(DATETIME_OVERFLOW),
             Err(DateTimeError::Invalid) => fail(DATETIME_FORMAT),
         },
-        Some(_) => fail(DATETIME_FORMAT),
+        _ => fail(DATETIME_FORMAT),
     }
 }
 
@@ -457,15 +439,10 @@ fn python_int_base16(s: &str) -> Option<u128> {
 /// `1.0` vs `"1"` would be ambiguous); null is "This field may not be null." (a caller that
 /// wants null to mean "absent" checks before calling); only `""` is blank, since nothing is
 /// trimmed; length counts characters (code points) as Python's `len`; the max-length and NUL
-/// messages are collected in DRF's validator order.
-pub fn validate_request_id(v: &Value) -> Result<String, Vec<String>> {
-    validate_request_id_of(v, false)
-}
-
-/// [`validate_request_id`] for a value from a [`pyjson::Document`] that may hold lone
-/// surrogates: one is DRF's surrogate message, after the NUL one.
-pub fn validate_request_id_of(v: &Value, surrogates: bool) -> Result<String, Vec<String>> {
-    let s = match v {
+/// messages are collected in DRF's validator order, then a lone surrogate's.
+pub fn validate_request_id<'a>(v: impl Into<DocValue<'a>>) -> Result<String, Vec<String>> {
+    let doc = v.into();
+    let s = match doc.value {
         Value::Null => return fail(NOT_NULL),
         Value::String(s) if s.is_empty() => return fail(BLANK),
         Value::String(s) => s,
@@ -478,7 +455,7 @@ pub fn validate_request_id_of(v: &Value, surrogates: bool) -> Result<String, Vec
     if s.contains('\0') {
         msgs.push(NULL_CHARS.to_owned());
     }
-    msgs.extend(surrogate_message(s, surrogates));
+    msgs.extend(surrogate_message(doc, s));
     validated(s.clone(), msgs)
 }
 
@@ -509,35 +486,31 @@ pub fn validate_expected_version(v: &Value) -> Result<i64, Vec<String>> {
 /// Python's `str()` of a parsed JSON value, as DRF puts it in messages ('"{input}" is not a valid choice.'): a str is itself; containers use repr of their items (dict `{'a': 1, 'b': [True, None]}`, str repr with Python's quote choice and escapes incl. non-printable characters as \xNN/\uNNNN/\UNNNNNNNN per str.isprintable, bool True/False, None, numbers as their text).
 ///
 /// Iterative (explicit stack), so any nesting depth is safe. `str.isprintable` follows
-/// Unicode 15.1 (Python 3.13), from the table below.
-pub fn py_str(v: &Value) -> String {
-    py_str_of(v, false)
-}
-
-/// [`py_str`] for a value of a [`pyjson::Document`] with `surrogates`: a lone surrogate in a
-/// repr is written `\ud800`; `inf` is written `inf`.
-pub fn py_str_of(v: &Value, surrogates: bool) -> String {
+/// Unicode 15.1 (Python 3.13), from [`py_isprintable`]'s table. A lone surrogate of the
+/// document in a repr is written `\ud800`; `inf` is written `inf`.
+pub fn py_str<'a>(v: impl Into<DocValue<'a>>) -> String {
+    let doc = v.into();
     enum Tok<'a> {
         Val(&'a Value),
         Key(&'a str),
         Lit(&'static str),
     }
-    if let Value::String(s) = v {
+    if let Value::String(s) = doc.value {
         return s.clone();
     }
     let mut out = String::new();
-    let mut stack = vec![Tok::Val(v)];
+    let mut stack = vec![Tok::Val(doc.value)];
     while let Some(tok) = stack.pop() {
         match tok {
             Tok::Lit(s) => out.push_str(s),
             Tok::Key(k) => {
-                push_str_repr(&mut out, k, surrogates);
+                push_str_repr(&mut out, doc, k);
                 out.push_str(": ");
             }
             Tok::Val(Value::Null) => out.push_str("None"),
             Tok::Val(Value::Bool(b)) => out.push_str(if *b { "True" } else { "False" }),
             Tok::Val(Value::Number(n)) => out.push_str(&pyjson::number_str(n)),
-            Tok::Val(Value::String(s)) => push_str_repr(&mut out, s, surrogates),
+            Tok::Val(Value::String(s)) => push_str_repr(&mut out, doc, s),
             Tok::Val(Value::Array(items)) => {
                 out.push('[');
                 stack.push(Tok::Lit("]"));
@@ -564,8 +537,9 @@ pub fn py_str_of(v: &Value, surrogates: bool) -> String {
     out
 }
 
-/// CPython `unicode_repr`: `"` quotes only when the text has `'` and no `"`.
-fn push_str_repr(out: &mut String, s: &str, surrogates: bool) {
+/// CPython `unicode_repr` of `s`, a string of `doc`: `"` quotes only when the text has `'` and
+/// no `"`.
+fn push_str_repr(out: &mut String, doc: DocValue, s: &str) {
     use std::fmt::Write;
     let quote = if s.contains('\'') && !s.contains('"') {
         '"'
@@ -582,7 +556,7 @@ fn push_str_repr(out: &mut String, s: &str, surrogates: bool) {
             '\n' => write!(out, "\\n"),
             '\r' => write!(out, "\\r"),
             _ if c == quote => write!(out, "\\{c}"),
-            _ if surrogates && pyjson::surrogate_of(c).is_some() => {
+            _ if doc.surrogates && pyjson::surrogate_of(c).is_some() => {
                 write!(
                     out,
                     "\\u{:04x}",
@@ -707,7 +681,7 @@ mod tests {
 
     #[test]
     fn missing_body_and_non_object_bodies() {
-        let no_body = Value::Object(validate_body(None).expect_err("no body"));
+        let no_body = Value::Object(validate_body(None::<&Value>).expect_err("no body"));
         let required = serde_json::json!({"action": [REQUIRED], "app": [REQUIRED]});
         assert_eq!(no_body, required);
         let non_field = |msg: &str| one_error("non_field_errors", vec![msg]);
@@ -734,7 +708,7 @@ mod tests {
     fn json_fields_refuse_non_finite_and_walk_deep_values() {
         let inf = crate::drf::pyjson::parse(b"[-1e400]").unwrap();
         assert_eq!(
-            json_field(Some(&inf), false),
+            json_field(Some((&inf).into())),
             Err(vec![INVALID_JSON.to_owned()])
         );
         let mut deep = v(r#""\u0000""#);
@@ -742,7 +716,7 @@ mod tests {
             deep = Value::Array(vec![deep]);
         }
         assert_eq!(
-            json_field(Some(&deep), false),
+            json_field(Some((&deep).into())),
             Err(vec![NULL_CHARS.to_owned()])
         );
         let (open, close) = ("[".repeat(1000), "]".repeat(1000));
@@ -752,12 +726,9 @@ mod tests {
     /// DRF's answer for a body (JSON text, `\udXXX` escapes allowed) parsed as a command's.
     fn answer(body: &str) -> String {
         let doc = crate::drf::pyjson::parse_document(body.as_bytes()).expect(body);
-        let by_ref = validate_body_of(Some(&doc.value), doc.surrogates);
+        let by_ref = validate_body(Some(doc.as_value()));
         // The owned path answers the same, with the same fields.
-        assert_eq!(
-            validate_body_owned(Some(doc.value.clone()), doc.surrogates),
-            by_ref
-        );
+        assert_eq!(validate_body_owned(Some(doc.clone())), by_ref);
         match by_ref {
             Ok(b) => format!("ok {} {}", b.action, b.app),
             Err(e) => Value::Object(e).to_string(),
@@ -778,17 +749,14 @@ mod tests {
         for body in bodies {
             let v = crate::drf::pyjson::parse(body.as_bytes()).unwrap();
             assert_eq!(
-                validate_body_owned(Some(v.clone()), false),
-                validate_body_of(Some(&v), false),
+                validate_body_owned(Some(v.clone().into())),
+                validate_body(Some(&v)),
                 "{body}"
             );
         }
-        assert_eq!(
-            validate_body_owned(None, false),
-            validate_body_of(None, false)
-        );
+        assert_eq!(validate_body_owned(None), validate_body(None::<&Value>));
         let v = crate::drf::pyjson::parse(bodies[0].as_bytes()).unwrap();
-        let b = validate_body_owned(Some(v.clone()), false).unwrap();
+        let b = validate_body_owned(Some(v.clone().into())).unwrap();
         assert_eq!(b.user.as_ref(), v.get("user"));
         assert_eq!(b.brand.as_ref(), v.get("brand"));
     }
@@ -843,7 +811,7 @@ mod tests {
         }
         let doc = crate::drf::pyjson::parse_document(br#"["a\ud800"]"#).unwrap();
         assert_eq!(
-            validate_request_id_of(&doc.value[0], doc.surrogates),
+            validate_request_id(doc.as_value().with(&doc.value[0])),
             Err(vec![
                 "Surrogate characters are not allowed: U+D800.".to_owned()
             ])

@@ -10,7 +10,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::domain::command::Command;
-use crate::domain::decide::{decide_batch, Outcome, Rules, Source};
+use crate::domain::decide::{decide_batch, BatchSettings, Outcome, Source};
 use crate::domain::projection::{truncate_to_micros, EventState};
 use crate::metrics::BatchParts;
 
@@ -37,7 +37,7 @@ use super::{feed, sizes, view_from_row, Feed, Fit, StoreError, Writes, VIEW_COLU
 pub async fn apply_batch(
     pool: &PgPool,
     commands: &[(Command, Source)],
-    rules: Rules,
+    rules: BatchSettings,
     now: DateTime<Utc>,
 ) -> Result<Vec<Outcome>, StoreError> {
     Ok(apply_batch_timed(pool, commands, rules, now, false, None)
@@ -92,7 +92,7 @@ impl Applied {
 pub async fn apply_batch_timed(
     pool: &PgPool,
     commands: &[(Command, Source)],
-    rules: Rules,
+    rules: BatchSettings,
     now: DateTime<Utc>,
     with_feed: bool,
     fit: Option<Fit<'_>>,
@@ -148,7 +148,7 @@ pub async fn apply_batch_timed(
 pub async fn apply_batch_locked(
     pool: &PgPool,
     commands: &[(Command, Source)],
-    rules: Rules,
+    rules: BatchSettings,
     now: DateTime<Utc>,
 ) -> Result<Vec<Outcome>, StoreError> {
     Ok(
@@ -161,7 +161,7 @@ pub async fn apply_batch_locked(
 async fn apply_locked(
     pool: &PgPool,
     commands: &[(Command, Source)],
-    rules: Rules,
+    rules: BatchSettings,
     now: DateTime<Utc>,
     with_feed: bool,
 ) -> Result<Applied, StoreError> {

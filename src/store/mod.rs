@@ -1,6 +1,6 @@
 //! PostgreSQL: the event log, the projection and the stored replies, written one batch per
 //! transaction (one fenced statement, see [`apply_batch`]): load what the batch needs
-//! ([`Known`](crate::domain::decide::Known), `read.rs`), decide it
+//! ([`StoredState`](crate::domain::decide::StoredState), `read.rs`), decide it
 //! ([`decide_batch`](crate::domain::decide::decide_batch), pure), write its
 //! [`Effects`](crate::domain::decide::Effects) ([`Writes`]). What may import sqlx lives under
 //! `store/` and `pipeline/`.

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::domain::auth::{AuthMode, Credentials, TokenGrant};
 use crate::domain::command::Command;
-use crate::domain::decide::{Handled, Known, Source};
+use crate::domain::decide::{Source, StoredAnswer, StoredState};
 
 use super::{sizes, view_from_row, StoreError};
 
@@ -20,7 +20,7 @@ pub(super) const UNCAPPED: i64 = i64::MAX;
 /// stored replies and views, including those withheld for being over the read's cap.
 #[derive(Debug, Default)]
 pub(super) struct BatchRead {
-    pub(super) known: Known,
+    pub(super) known: StoredState,
     /// Stored replies' lengths, by scope and request id.
     reply_sizes: HashMap<(Vec<u8>, String), usize>,
     /// Views' lengths (see [`sizes::Sizes::view`]), by event.
@@ -162,7 +162,7 @@ pub(super) async fn read_batch(
                 let status: i32 = r.try_get("status")?;
                 read.known.handled.entry(scope).or_default().insert(
                     request_id,
-                    Handled {
+                    StoredAnswer {
                         fingerprint: r.try_get("fingerprint")?,
                         status: u16::try_from(status).unwrap_or_default(),
                         reply: Arc::new(r.try_get("reply")?),

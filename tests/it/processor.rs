@@ -434,7 +434,7 @@ async fn metrics_count_what_happened() {
 async fn racing_writers_on_the_same_events_are_fenced_and_apply_each_command_once() {
     use event_updater::domain::auth::AuthMode;
     use event_updater::domain::command::{decode, Incoming};
-    use event_updater::domain::decide::{OutcomeKind, Rules, Source};
+    use event_updater::domain::decide::{BatchSettings, OutcomeKind, Source};
     use event_updater::store;
 
     let app = TestApp::resources_with(|_| {}).await;
@@ -474,7 +474,7 @@ async fn racing_writers_on_the_same_events_are_fenced_and_apply_each_command_onc
                     match store::apply_batch(
                         &pool,
                         &commands,
-                        Rules {
+                        BatchSettings {
                             auth_mode: AuthMode::Disabled,
                             max_reply_bytes: 1_000_000,
                         },

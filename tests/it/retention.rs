@@ -164,7 +164,7 @@ async fn replies_past_the_window_are_pruned_and_younger_ones_still_answer_redeli
 async fn bytes_stored_per_million_commands() {
     use event_updater::domain::auth::AuthMode;
     use event_updater::domain::command::{self, Incoming};
-    use event_updater::domain::decide::{Rules, Source};
+    use event_updater::domain::decide::{BatchSettings, Source};
     use event_updater::store;
 
     const N: u64 = 100_000;
@@ -215,7 +215,7 @@ async fn bytes_stored_per_million_commands() {
         let outcomes = store::apply_batch(
             &pool,
             &batch,
-            Rules {
+            BatchSettings {
                 auth_mode: AuthMode::Disabled,
                 max_reply_bytes: 1_000_000,
             },
