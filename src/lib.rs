@@ -22,4 +22,4 @@ pub mod startup;
 pub mod store;
 
 pub use config::Config;
-pub use startup::{Application, ShutdownHandle, StartupError};
+pub use startup::{Application, ServeError, ShutdownHandle, StartupError};

@@ -1,13 +1,16 @@
 //! `Application::build`: everything the service needs, started in order, on ports that tests
-//! can choose (`HTTP_ADDR=127.0.0.1:0`).
+//! can choose (`HTTP_ADDR=127.0.0.1:0`); [`serve`]: the service as the binary runs it, until
+//! SIGTERM or Ctrl-C ([`Application::run_until_signal`]), with its logging ([`init_tracing`]).
 //!
 //! Start-up order: the Prometheus recorder, the database (created if missing, migrated), the
 //! topics (created if missing), the HTTP server, then the processor and the pruner of stored
-//! replies ([`retention`]). A failure in any step is an error from `build`; nothing is left running.
+//! replies ([`retention`]). A failure in any step is an error from `build`; nothing is left
+//! running.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rdkafka::error::KafkaError;
 use sqlx::PgPool;
@@ -24,23 +27,64 @@ use crate::store::retention::{self, Retention};
 use crate::store::{self, StoreError};
 
 /// How long shutdown waits for the pruner of stored replies to end its batch.
-const PRUNER_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const PRUNER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the service could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("database: {0}")]
+    #[error("database")]
     Store(#[from] StoreError),
-    #[error("kafka: {0}")]
+    #[error("kafka")]
     Kafka(#[from] KafkaError),
-    #[error("consumer: {0}")]
+    #[error("consumer")]
     Consumer(#[from] consumer::ConsumerError),
-    #[error("http server: {0}")]
+    #[error("http server")]
     Http(#[from] std::io::Error),
-    #[error("configuration: {0}")]
+    #[error("configuration")]
     Config(#[from] crate::config::ConfigError),
-    #[error("a task panicked: {0}")]
+    #[error("a task panicked")]
     Join(#[from] tokio::task::JoinError),
+}
+
+/// Why [`serve`] ended with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("start-up failed")]
+    Start(#[source] StartupError),
+    #[error("the processor stopped")]
+    Stopped(#[source] StartupError),
+    #[error("the processor stopped without being asked to")]
+    StoppedUnasked,
+    #[error("error while stopping")]
+    Stopping(#[source] StartupError),
+    #[error("did not stop within {0:?}; uncommitted commands will be redelivered")]
+    StopTimeout(Duration),
+}
+
+/// The service as the binary runs it: logs the configuration, starts it, and runs it until
+/// SIGTERM or Ctrl-C ([`Application::run_until_signal`]).
+pub async fn serve(cfg: Config) -> Result<(), ServeError> {
+    cfg.log();
+    let bound = cfg.shutdown_timeout;
+    let app = Application::build(cfg).await.map_err(ServeError::Start)?;
+    app.run_until_signal(bound).await
+}
+
+/// Logs go to stderr: readable by default, JSON with `LOG_FORMAT=json`; `RUST_LOG` filters.
+/// Colours only on a terminal (not in `docker logs` or a log file).
+pub fn init_tracing() {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    if std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
 }
 
 /// A running service.
@@ -164,6 +208,52 @@ impl Application {
         self.pool.close().await;
         result??;
         Ok(())
+    }
+
+    /// Runs until SIGTERM or Ctrl-C, then lets the processor finish its batch within `bound`.
+    pub async fn run_until_signal(self, bound: Duration) -> Result<(), ServeError> {
+        let handle = self.shutdown_handle();
+        let stopped = self.run_until_stopped();
+        tokio::pin!(stopped);
+        tokio::select! {
+            r = &mut stopped => {
+                r.map_err(ServeError::Stopped)?;
+                return Err(ServeError::StoppedUnasked);
+            }
+            _ = shutdown_signal() => {
+                tracing::info!(bound = ?bound, "stop requested; finishing the batch in hand");
+                handle.shutdown();
+            }
+        }
+        match tokio::time::timeout(bound, stopped).await {
+            Ok(r) => r.map_err(ServeError::Stopping)?,
+            Err(_) => return Err(ServeError::StopTimeout(bound)),
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on SIGTERM (where there is one) or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

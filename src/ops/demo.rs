@@ -8,19 +8,21 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context};
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use anyhow::Context;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
-use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
 use uuid::Uuid;
 
+use event_updater::domain::reply::header;
 use event_updater::pipeline::kafka;
 use event_updater::store::tokens;
 use event_updater::{Application, Config};
+
+use super::kafka::reply_reader;
 
 pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
     let _cluster = if broker_answers(&cfg) {
@@ -40,15 +42,15 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
         );
         Some(cluster)
     };
-    crate::log_config(&cfg);
-    let bound = cfg.shutdown_timeout();
+    cfg.log();
+    let bound = cfg.shutdown_timeout;
     let app = Application::build(cfg.clone()).await?;
     println!(
         "Processor running: metrics and health at http://{}/metrics, /healthz, /readyz",
         app.http_addr()
     );
 
-    let replies = reply_reader(&cfg)?;
+    let replies = reply_reader(&cfg, "demo")?;
     let token = tokens::create_token(
         app.pool(),
         &format!("demo-{}", Uuid::new_v4().simple()),
@@ -89,11 +91,11 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
                     .headers(
                         OwnedHeaders::new()
                             .insert(Header {
-                                key: "request-id",
+                                key: header::REQUEST_ID,
                                 value: Some(header.as_bytes()),
                             })
                             .insert(Header {
-                                key: "authorization",
+                                key: header::AUTHORIZATION,
                                 value: Some(authorization.as_bytes()),
                             }),
                     ),
@@ -111,7 +113,7 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
         );
     }
     println!("\nThe event's history: event-updater show {event}\nServing; Ctrl-C to stop.");
-    crate::run_until_signal(app, bound).await
+    Ok(app.run_until_signal(bound).await?)
 }
 
 /// True when a broker answers a metadata request within 3 seconds.
@@ -122,30 +124,4 @@ fn broker_answers(cfg: &Config) -> bool {
         c.fetch_metadata(None, Timeout::After(Duration::from_secs(3)))
             .is_ok()
     })
-}
-
-/// A consumer of the reply topic positioned at its current end, so it sees this run's replies.
-fn reply_reader(cfg: &Config) -> anyhow::Result<StreamConsumer> {
-    let consumer: StreamConsumer = kafka::client_config(cfg)
-        .set("group.id", format!("event-updater-demo-{}", Uuid::new_v4()))
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let metadata = consumer.fetch_metadata(
-        Some(&cfg.reply_topic),
-        Timeout::After(Duration::from_secs(10)),
-    )?;
-    let Some(topic) = metadata.topics().first() else {
-        bail!("reply topic {} not found", cfg.reply_topic);
-    };
-    let mut tpl = TopicPartitionList::new();
-    for p in topic.partitions() {
-        let (_, high) = consumer.fetch_watermarks(
-            &cfg.reply_topic,
-            p.id(),
-            Timeout::After(Duration::from_secs(10)),
-        )?;
-        tpl.add_partition_offset(&cfg.reply_topic, p.id(), Offset::Offset(high))?;
-    }
-    consumer.assign(&tpl)?;
-    Ok(consumer)
 }

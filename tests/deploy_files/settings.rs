@@ -4,11 +4,12 @@
 
 use serde_json::Value;
 
+use event_updater::config::parse_duration;
+
 use crate::binary::{config_from_env, known_env};
 use crate::compose::{compose, compose_env, compose_service};
 use crate::dockerfile::dockerfile_env;
 use crate::k8s::{k8s_env, k8s_env_names, k8s_files};
-use crate::support::parse_duration;
 
 #[test]
 fn every_environment_variable_set_for_event_updater_is_one_the_binary_reads() {
@@ -62,11 +63,12 @@ fn the_grace_periods_outlast_the_shutdown_timeout() {
         svc["stop_grace_period"]
             .as_str()
             .expect("stop_grace_period"),
-    );
+    )
+    .expect("stop_grace_period is a duration");
     assert!(
-        grace > cfg.shutdown_timeout(),
+        grace > cfg.shutdown_timeout,
         "compose stop_grace_period {grace:?} <= SHUTDOWN_TIMEOUT_SECS {}",
-        cfg.shutdown_timeout_secs
+        cfg.shutdown_timeout.as_secs()
     );
 
     let (deployment, configmap, _, _) = k8s_files();
@@ -76,8 +78,8 @@ fn the_grace_periods_outlast_the_shutdown_timeout() {
         .and_then(Value::as_u64)
         .expect("terminationGracePeriodSeconds");
     assert!(
-        grace > cfg.shutdown_timeout_secs,
+        grace > cfg.shutdown_timeout.as_secs(),
         "terminationGracePeriodSeconds {grace} <= SHUTDOWN_TIMEOUT_SECS {}",
-        cfg.shutdown_timeout_secs
+        cfg.shutdown_timeout.as_secs()
     );
 }

@@ -1,9 +1,8 @@
 //! Reading the repository's files for the deploy checks: text, YAML and JSON documents,
 //! scalars and strings inside them, Java properties, README sections, and the small parsers
-//! (ports, durations) the checks share.
+//! (ports) the checks share; durations are read by the library's `parse_duration`.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use serde_json::Value;
 use yaml_rust2::YamlLoader;
@@ -80,30 +79,4 @@ pub(crate) fn port_of(addr: &str) -> u16 {
         .next()
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("{addr}: no port"))
-}
-
-pub(crate) fn parse_duration(s: &str) -> Duration {
-    let mut total = Duration::ZERO;
-    let mut number = String::new();
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c.is_ascii_digit() {
-            number.push(c);
-            continue;
-        }
-        let n: u64 = number.parse().unwrap_or_else(|_| panic!("duration {s}"));
-        number.clear();
-        total += match c {
-            'h' => Duration::from_secs(n * 3600),
-            'm' if chars.peek() == Some(&'s') => {
-                chars.next();
-                Duration::from_millis(n)
-            }
-            'm' => Duration::from_secs(n * 60),
-            's' => Duration::from_secs(n),
-            _ => panic!("duration {s}"),
-        };
-    }
-    assert!(number.is_empty(), "duration {s} lacks a unit");
-    total
 }

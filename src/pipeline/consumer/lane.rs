@@ -59,7 +59,7 @@ pub(super) async fn run_lane(
         let mut bytes = first.cost;
         let mut batch = vec![first];
         // Natural batching: what is already here, and a linger only when the lane is behind.
-        let linger_until = tokio::time::Instant::now() + shared.cfg.batch_linger();
+        let linger_until = tokio::time::Instant::now() + shared.cfg.batch_linger;
         while batch.len() < max_batch && bytes < max_bytes {
             if let Some(f) = carry.pop_front() {
                 bytes += f.cost;

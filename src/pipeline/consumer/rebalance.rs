@@ -220,7 +220,7 @@ pub fn create_consumer(
     }
     let millis = |key: &str| c.get(key).and_then(|v| v.parse::<u64>().ok());
     let drain_bound = drain_bound(
-        cfg.shutdown_timeout(),
+        cfg.shutdown_timeout,
         millis("max.poll.interval.ms").unwrap_or(DEFAULT_MAX_POLL_INTERVAL_MS),
         // Under the consumer protocol the session is the broker's setting, not known here;
         // `max.poll.interval.ms` (the rebalance timeout) still bounds the wait.

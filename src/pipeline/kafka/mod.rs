@@ -35,7 +35,7 @@ pub mod refused;
 pub mod topics;
 pub mod unusable;
 
-pub use config::{client_config, masked_properties};
+pub use config::client_config;
 pub use producers::{
     feed_producer, producer, producer_config, producer_max_bytes, reply_producer, PublisherContext,
     RECORD_OVERHEAD_BYTES,

@@ -249,7 +249,7 @@ impl TestApp {
         cfg.topic_partitions = PARTITIONS;
         cfg.http_addr = "127.0.0.1:0".parse().expect("addr");
         cfg.database_max_connections = 2;
-        cfg.shutdown_timeout_secs = 20;
+        cfg.shutdown_timeout = Duration::from_secs(20);
         tweak(&mut cfg);
         let (app, pool) = if in_process {
             let app = Application::build(cfg.clone())
