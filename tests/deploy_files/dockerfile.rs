@@ -199,7 +199,7 @@ fn the_dockerfile_builds_the_binary_and_runs_it_unprivileged() {
     assert_eq!(cmd, ["serve"]);
     assert!(binary_subcommands().contains("serve"));
 
-    // The health check is an exec-form command that asks /readyz for a 200 (tests/it/containers.rs
+    // The health check is an exec-form command that asks /readyz for a 200 (tests/it/containers/
     // runs it: healthy once serving, unhealthy when the database is gone).
     let health = dockerfile_args("HEALTHCHECK").pop().expect("HEALTHCHECK");
     let exec = &health[health.find("CMD").expect("HEALTHCHECK ... CMD") + 3..];

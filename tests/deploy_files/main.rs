@@ -8,7 +8,7 @@
 //! or database is needed.
 //!
 //! These are the checks only this repository can make. Syntax is left to the real tools, run by
-//! `tests/it/containers.rs` where Docker is: docker-compose reads the compose files and starts
+//! `tests/it/containers/` where Docker is: docker-compose reads the compose files and starts
 //! the stack, Prometheus loads `prometheus.yml` and evaluates every expression of the dashboard.
 //!
 //! One module per thing checked; each holds the readers of its files beside its tests.

@@ -1,7 +1,7 @@
-//! What the fault tests (tests/it/faults.rs, tests/it/containers.rs) share: a seeded load of valid and
-//! invalid commands over a set of events, sending it paced so that faults land while it flows,
-//! and the promise checked afterwards (nothing lost, nothing doubled, every command answered,
-//! versions 1..n per event in production order, the view a fold of the log).
+//! What the fault tests (tests/it/faults.rs, tests/it/containers/) share: a seeded load of valid
+//! and invalid commands over a set of events, sending it paced so that faults land while it
+//! flows, and the promise checked afterwards (nothing lost, nothing doubled, every command
+//! answered, versions 1..n per event in production order, the view a fold of the log).
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;

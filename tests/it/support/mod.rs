@@ -216,7 +216,7 @@ impl TestApp {
     }
 
     /// Like [`TestApp::resources_with`], on `services` instead of the usual ones: for tests whose
-    /// processors run elsewhere (in containers, tests/it/containers.rs).
+    /// processors run elsewhere (in containers, tests/it/containers/).
     pub async fn resources_on(services: Services, tweak: impl FnOnce(&mut Config)) -> TestApp {
         TestApp::build(tweak, false, Some(services)).await
     }
