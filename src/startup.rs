@@ -111,7 +111,10 @@ impl Application {
             }
         };
         if cfg.auth_mode == crate::domain::auth::AuthMode::Disabled {
-            tracing::warn!("AUTH_MODE=disabled: commands are NOT authenticated; any producer may change events. For local development only.");
+            tracing::warn!(
+                "AUTH_MODE=disabled: commands are NOT authenticated; any producer may \
+                change events. For local development only."
+            );
         }
         // A configuration that contradicts itself is refused before anything connects.
         cfg.group_settings()

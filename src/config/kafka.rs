@@ -44,7 +44,10 @@ pub struct GroupSettings {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     /// `KAFKA_PROPERTIES` names a group protocol other than `KAFKA_GROUP_PROTOCOL`.
-    #[error("KAFKA_PROPERTIES sets group.protocol={asked}, but KAFKA_GROUP_PROTOCOL is {chosen}: choose the group protocol with KAFKA_GROUP_PROTOCOL (--kafka-group-protocol) alone")]
+    #[error(
+        "KAFKA_PROPERTIES sets group.protocol={asked}, but KAFKA_GROUP_PROTOCOL is {chosen}: \
+        choose the group protocol with KAFKA_GROUP_PROTOCOL (--kafka-group-protocol) alone"
+    )]
     GroupProtocolConflict {
         /// What `KAFKA_PROPERTIES` asks for.
         asked: String,
@@ -52,10 +55,18 @@ pub enum ConfigError {
         chosen: GroupProtocol,
     },
     /// `KAFKA_PROPERTIES` turns the reply producer's idempotence off.
-    #[error("KAFKA_PROPERTIES sets enable.idempotence={0}: the reply producer must be idempotent (a retried reply is never written twice, and the replies of one event stay in order); remove the property")]
+    #[error(
+        "KAFKA_PROPERTIES sets enable.idempotence={0}: the reply producer must be idempotent \
+        (a retried reply is never written twice, and the replies of one event stay in order); \
+        remove the property"
+    )]
     IdempotenceOff(String),
     /// `KAFKA_PROPERTIES` asks for fewer acknowledgements than every in-sync replica's.
-    #[error("KAFKA_PROPERTIES sets {key}={value}: a reply counts as delivered (and its command's offset moves on) only once every in-sync replica has it; remove the property or set it to all")]
+    #[error(
+        "KAFKA_PROPERTIES sets {key}={value}: a reply counts as delivered (and its command's \
+        offset moves on) only once every in-sync replica has it; remove the property or set it to \
+        all"
+    )]
     AcksNotAll {
         /// `acks` or its alias `request.required.acks`.
         key: String,
@@ -64,7 +75,9 @@ pub enum ConfigError {
     },
     /// `KAFKA_PROPERTIES` allows more requests in flight than the idempotent producer keeps in
     /// order.
-    #[error("KAFKA_PROPERTIES sets {key}={value}: the idempotent producer keeps records in order with at most {max} requests in flight per connection; remove the property or set 1 to {max}", max = MAX_IN_FLIGHT_IDEMPOTENT)]
+    #[error("KAFKA_PROPERTIES sets {key}={value}: the idempotent producer keeps records in order \
+        with at most {max} requests in flight per connection; remove the property or set 1 to \
+        {max}", max = MAX_IN_FLIGHT_IDEMPOTENT)]
     TooManyInFlight {
         /// `max.in.flight.requests.per.connection` or its alias `max.in.flight`.
         key: String,

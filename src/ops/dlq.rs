@@ -73,7 +73,10 @@ async fn dlq_replay(cfg: &Config, args: ReplayArgs) -> anyhow::Result<()> {
 
     let authorization = args.authorization.as_deref().map(authorization_header);
     if authorization.is_none() && !args.dry_run {
-        eprintln!("No --authorization (REPLAY_AUTHORIZATION): the replayed commands carry no credentials and are refused (403) unless AUTH_MODE=disabled.");
+        eprintln!(
+            "No --authorization (REPLAY_AUTHORIZATION): the replayed commands carry no \
+            credentials and are refused (403) unless AUTH_MODE=disabled."
+        );
     }
     let mut out = (!args.dry_run)
         .then(|| Replayer::new(cfg, authorization))
@@ -292,7 +295,11 @@ fn replayable(headers: &[HeaderPair], value: Option<&[u8]>) -> Result<(), String
     match last_header(headers, header::DLQ_KIND).map(|k| (k, DeadLetterKind::parse(k))) {
         Some((_, Some(DeadLetterKind::Command))) => return Ok(()),
         Some((_, Some(DeadLetterKind::Reply))) => {
-            return Err("a reply the broker refused (dlq-kind: reply), not a command; replayed, it would apply an old snapshot of its event".into())
+            return Err(
+                "a reply the broker refused (dlq-kind: reply), not a command; replayed, it \
+                would apply an old snapshot of its event"
+                    .into(),
+            )
         }
         Some((k, None)) => {
             return Err(format!(
@@ -318,7 +325,8 @@ fn replayable(headers: &[HeaderPair], value: Option<&[u8]>) -> Result<(), String
     .find(|h| last_header(headers, h).is_none())
     {
         return Err(format!(
-            "unmarked, and without the {missing} header of a command's dead letter: not known to be a command"
+            "unmarked, and without the {missing} header of a command's dead letter: not known to \
+                be a command"
         ));
     }
     let looks_like_reply = value
@@ -442,51 +450,54 @@ mod tests {
     #[test]
     fn replayed_headers_drop_dlq_ones_and_keep_the_filed_request_id() {
         let dead = vec![
-            h("request-id", "too-long-or-whatever"),
-            h("correlation-id", "c1"),
-            h("dlq-reason", "JSON parse error"),
+            h(header::REQUEST_ID, "too-long-or-whatever"),
+            h(header::CORRELATION_ID, "c1"),
+            h(header::DLQ_REASON, "JSON parse error"),
             h("DLQ-Status", "400"),
-            h("request-id", "cmds/1/7"),
+            h(header::REQUEST_ID, "cmds/1/7"),
         ];
         assert_eq!(
             replay_headers(&dead, Some("Bearer t")),
             vec![
-                h("correlation-id", "c1"),
-                h("request-id", "cmds/1/7"),
-                h("authorization", "Bearer t")
+                h(header::CORRELATION_ID, "c1"),
+                h(header::REQUEST_ID, "cmds/1/7"),
+                h(header::AUTHORIZATION, "Bearer t")
             ]
         );
-        assert_eq!(replay_headers(&[h("authorization", "x")], None), Vec::new());
+        assert_eq!(
+            replay_headers(&[h(header::AUTHORIZATION, "x")], None),
+            Vec::new()
+        );
     }
 
     #[test]
     fn only_dead_letters_that_were_commands_are_replayed() {
         let command = vec![
-            h("correlation-id", "c1"),
-            h("dlq-reason", "JSON parse error"),
-            h("dlq-status", "400"),
-            h("dlq-source-topic", "cmds"),
-            h("dlq-source-partition", "1"),
-            h("dlq-source-offset", "7"),
-            h("request-id", "r1"),
+            h(header::CORRELATION_ID, "c1"),
+            h(header::DLQ_REASON, "JSON parse error"),
+            h(header::DLQ_STATUS, "400"),
+            h(header::DLQ_SOURCE_TOPIC, "cmds"),
+            h(header::DLQ_SOURCE_PARTITION, "1"),
+            h(header::DLQ_SOURCE_OFFSET, "7"),
+            h(header::REQUEST_ID, "r1"),
         ];
         // Written before dead letters were marked: told apart by their dlq-source-* headers.
         assert_eq!(replayable(&command, Some(b"{oops")), Ok(()));
         let mut marked = command.clone();
-        marked.push(h("dlq-kind", "command"));
+        marked.push(h(header::DLQ_KIND, "command"));
         assert_eq!(replayable(&marked, Some(b"{oops")), Ok(()));
 
         let reply_value =
             br#"{"request_id":"r1","event_uuid":null,"status":201,"version":1,"body":{}}"#;
         let refused = vec![
-            h("request-id", "r1"),
-            h("command-topic", "cmds"),
-            h("dlq-kind", "reply"),
+            h(header::REQUEST_ID, "r1"),
+            h(header::COMMAND_TOPIC, "cmds"),
+            h(header::DLQ_KIND, "reply"),
             h(
-                "dlq-reason",
+                header::DLQ_REASON,
                 "reply refused by the broker: Broker: Message size too large",
             ),
-            h("dlq-status", "201"),
+            h(header::DLQ_STATUS, "201"),
         ];
         let why = replayable(&refused, Some(reply_value)).unwrap_err();
         assert!(why.contains("dlq-kind: reply"), "{why}");
@@ -495,18 +506,18 @@ mod tests {
         assert!(replayable(&unmarked, Some(reply_value))
             .unwrap_err()
             .contains("reply the broker refused"));
-        let no_reason = vec![h("request-id", "r1"), h("dlq-status", "201")];
+        let no_reason = vec![h(header::REQUEST_ID, "r1"), h(header::DLQ_STATUS, "201")];
         assert!(replayable(&no_reason, None)
             .unwrap_err()
-            .contains("dlq-source-topic"));
+            .contains(header::DLQ_SOURCE_TOPIC));
         let mut sourced_reply = command.clone();
-        sourced_reply.retain(|(k, _)| k != "dlq-reason");
+        sourced_reply.retain(|(k, _)| k != header::DLQ_REASON);
         assert!(replayable(&sourced_reply, Some(reply_value))
             .unwrap_err()
             .contains("its value is a reply"));
         // A kind this version does not know is not replayed either.
         let mut unknown = command.clone();
-        unknown.push(h("dlq-kind", "something"));
+        unknown.push(h(header::DLQ_KIND, "something"));
         assert!(replayable(&unknown, None)
             .unwrap_err()
             .contains("something"));

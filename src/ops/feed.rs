@@ -156,7 +156,8 @@ async fn run_backfill(cfg: &Config, args: BackfillArgs) -> anyhow::Result<()> {
     let (changes, events) = backfill::remaining(&mut conn, &job, cursor.after).await?;
     if cursor.resumed {
         eprintln!(
-            "Resuming the backfill started {} after event {} version {} ({} changes published by the earlier run); --restart starts over.",
+            "Resuming the backfill started {} after event {} version {} ({} changes published by \
+                the earlier run); --restart starts over.",
             isodate::to_representation(cursor.started_at),
             cursor.after.event_uuid,
             cursor.after.version,
@@ -191,7 +192,8 @@ async fn run_backfill(cfg: &Config, args: BackfillArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| {
                 format!(
-                    "stopped after {} changes; the cursor stays after event {} version {}: run the same command again to resume",
+                    "stopped after {} changes; the cursor stays after event {} version {}: run the \
+                        same command again to resume",
                     run.progress.changes, after.event_uuid, after.version
                 )
             })?;
@@ -257,8 +259,8 @@ struct Run<'a> {
 
 impl Run<'_> {
     /// Publishes one page: its change records in log order, then the current views of `events`
-    /// (those whose changes the page ends), and waits until the broker has acknowledged every one; then sends again the views
-    /// that moved meanwhile (see the module doc).
+    /// (those whose changes the page ends), and waits until the broker has acknowledged every
+    /// one; then sends again the views that moved meanwhile (see the module doc).
     async fn publish_page(
         &mut self,
         conn: &mut sqlx::PgConnection,
@@ -297,7 +299,11 @@ impl Run<'_> {
             self.progress.views += pending.len() as u64;
             acknowledged(pending).await?;
         }
-        tracing::warn!(events = sent.len(), "views kept moving while the backfill sent them; the processors publish their newer versions");
+        tracing::warn!(
+            events = sent.len(),
+            "views kept moving while the backfill sent them; the processors publish their newer \
+            versions"
+        );
         Ok(())
     }
 

@@ -71,7 +71,8 @@ pub async fn run(cfg: &Config, args: RebuildArgs) -> anyhow::Result<()> {
 
 fn progress_line(r: &Report) -> String {
     format!(
-        "{} events, {} changes, {} differences ({} repaired) in {:.1} s: {:.0} events/s, {:.0} changes/s",
+        "{} events, {} changes, {} differences ({} repaired) in {:.1} s: {:.0} events/s, {:.0} \
+            changes/s",
         r.events,
         r.changes,
         r.differences(),
@@ -84,7 +85,8 @@ fn progress_line(r: &Report) -> String {
 
 fn print_report(r: &Report, write: bool) {
     println!(
-        "events: {}, changes: {}, differing: {}, missing from the view: {}, without a log: {}, unfoldable: {}{}",
+        "events: {}, changes: {}, differing: {}, missing from the view: {}, without a log: {}, \
+            unfoldable: {}{}",
         r.events,
         r.changes,
         r.differing,

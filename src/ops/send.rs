@@ -271,7 +271,8 @@ async fn wait_for_reply(replies: &StreamConsumer, expected: &Expected) -> anyhow
         match judge_reply(&headers_of(&m), expected) {
             Judged::Ours => return Ok(m.payload().unwrap_or_default().to_vec()),
             Judged::Spoofed(why) => eprintln!(
-                "Ignoring a spoofed reply (at {}/{}) under request id {:?}: {why}, not this command ({}/{}/{}).",
+                "Ignoring a spoofed reply (at {}/{}) under request id {:?}: {why}, not this \
+                    command ({}/{}/{}).",
                 m.partition(),
                 m.offset(),
                 expected.request_id,
@@ -309,10 +310,10 @@ mod tests {
         offset: &str,
     ) -> Vec<(String, Option<Vec<u8>>)> {
         vec![
-            h("request-id", request_id),
-            h("command-topic", "cmds"),
-            h("command-partition", partition),
-            h("command-offset", offset),
+            h(header::REQUEST_ID, request_id),
+            h(header::COMMAND_TOPIC, "cmds"),
+            h(header::COMMAND_PARTITION, partition),
+            h(header::COMMAND_OFFSET, offset),
         ]
     }
 
@@ -324,7 +325,7 @@ mod tests {
             Judged::Ours
         );
         let mut scoped = reply_headers("r1", "2", "41");
-        scoped.push(h("command-scope", &scope_tag(&auth::hash("t"))));
+        scoped.push(h(header::COMMAND_SCOPE, &scope_tag(&auth::hash("t"))));
         assert_eq!(judge_reply(&scoped, &e), Judged::Ours);
         assert_eq!(
             judge_reply(&reply_headers("r2", "2", "41"), &e),
@@ -339,11 +340,11 @@ mod tests {
             Judged::Spoofed(_)
         ));
         assert!(matches!(
-            judge_reply(&[h("request-id", "r1")], &e),
+            judge_reply(&[h(header::REQUEST_ID, "r1")], &e),
             Judged::Spoofed(why) if why.contains("no command record")
         ));
         let mut other_scope = reply_headers("r1", "2", "41");
-        other_scope.push(h("command-scope", &scope_tag(&auth::hash("u"))));
+        other_scope.push(h(header::COMMAND_SCOPE, &scope_tag(&auth::hash("u"))));
         assert!(matches!(judge_reply(&other_scope, &e), Judged::Spoofed(_)));
         // Matched by correlation id where the request id is unusable.
         let by_correlation = Expected {
@@ -351,7 +352,7 @@ mod tests {
             ..expected()
         };
         let mut headers = reply_headers("fallback", "2", "41");
-        headers.push(h("correlation-id", "c1"));
+        headers.push(h(header::CORRELATION_ID, "c1"));
         assert_eq!(judge_reply(&headers, &by_correlation), Judged::Ours);
     }
 
