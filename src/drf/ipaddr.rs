@@ -15,10 +15,12 @@
 /// before parsing. Python's `len()` counts code points, not bytes.
 const MAX_IPV6_ADDRESS_LENGTH: usize = 39;
 
-/// Django 5.1's `clean_ipv6_address(ip_str, unpack_ipv4=True)` (with the 39-character MAX_IPV6_ADDRESS_LENGTH guard added in 5.1.5):
-/// Some(normalised text) when `ipaddress.IPv6Address(int(ipaddress.IPv6Address(ip_str)))` succeeds
-/// (scope ids like `%eth0` are accepted by IPv6Address and dropped by the int round-trip), IPv4-mapped addresses unpacked to dotted IPv4,
-/// output exactly as Python's `str(IPv6Address)` (RFC 5952 compression as Python does it: only runs of 2+ zero hextets, the first longest run), None when invalid.
+/// Django 5.1's `clean_ipv6_address(ip_str, unpack_ipv4=True)` (with the 39-character
+/// MAX_IPV6_ADDRESS_LENGTH guard added in 5.1.5): Some(normalised text) when
+/// `ipaddress.IPv6Address(int(ipaddress.IPv6Address(ip_str)))` succeeds (scope ids like `%eth0` are
+/// accepted by IPv6Address and dropped by the int round-trip), IPv4-mapped addresses unpacked to
+/// dotted IPv4, output exactly as Python's `str(IPv6Address)` (RFC 5952 compression as Python does
+/// it: only runs of 2+ zero hextets, the first longest run), None when invalid.
 pub fn clean_ipv6_address(s: &str) -> Option<String> {
     let ip = ipv6_address_from_str(s)?;
     if ip >> 32 == 0xffff {
@@ -28,7 +30,8 @@ pub fn clean_ipv6_address(s: &str) -> Option<String> {
     Some(ipv6_to_string(ip))
 }
 
-/// Django's `validate_ipv46_address(value)` passes: Python 3.13 `ipaddress.IPv4Address(value)` accepts it, or Django's `is_valid_ipv6_address(value)` does.
+/// Django's `validate_ipv46_address(value)` passes: Python 3.13 `ipaddress.IPv4Address(value)`
+/// accepts it, or Django's `is_valid_ipv6_address(value)` does.
 pub fn validate_ipv46_address(s: &str) -> bool {
     parse_ipv4(s).is_some() || ipv6_address_from_str(s).is_some()
 }

@@ -26,10 +26,12 @@ pub enum DateTimeError {
     Overflow,
 }
 
-/// DRF `DateTimeField.to_internal_value` for a string input, with `input_formats = [ISO_8601]`, USE_TZ=True, TIME_ZONE='UTC':
-/// `parse_datetime(value)` from Django 5.1 (first `datetime.fromisoformat(value)` as Python 3.13 implements it, then on ValueError the `datetime_re` regex fallback, whose `datetime(**kw)` ValueErrors also mean Invalid),
-/// then `enforce_timezone`: naive -> UTC; aware -> `astimezone(UTC)`, where an OverflowError (result outside year 1..9999) is Overflow.
-/// Any result must also be in Python's datetime range.
+/// DRF `DateTimeField.to_internal_value` for a string input, with `input_formats = [ISO_8601]`,
+/// USE_TZ=True, TIME_ZONE='UTC': `parse_datetime(value)` from Django 5.1 (first
+/// `datetime.fromisoformat(value)` as Python 3.13 implements it, then on ValueError the
+/// `datetime_re` regex fallback, whose `datetime(**kw)` ValueErrors also mean Invalid), then
+/// `enforce_timezone`: naive -> UTC; aware -> `astimezone(UTC)`, where an OverflowError (result
+/// outside year 1..9999) is Overflow. Any result must also be in Python's datetime range.
 pub fn parse_datetime(value: &str) -> Result<DateTime<Utc>, DateTimeError> {
     let parsed = from_isoformat(value)
         .or_else(|| django_datetime_re(value))
@@ -68,8 +70,9 @@ fn to_utc(parsed: Parsed) -> Result<DateTime<Utc>, DateTimeError> {
     Ok(utc.and_utc())
 }
 
-/// DRF's `DateTimeField.to_representation`: `value.isoformat()` in UTC with a trailing '+00:00' written as 'Z'
-/// (microseconds shown only when non-zero, as 6 digits; year zero-padded to 4 digits). Input is always UTC with microsecond precision.
+/// DRF's `DateTimeField.to_representation`: `value.isoformat()` in UTC with a trailing '+00:00'
+/// written as 'Z' (microseconds shown only when non-zero, as 6 digits; year zero-padded to 4
+/// digits). Input is always UTC with microsecond precision.
 ///
 /// Written digit by digit (it runs for every reply and view record); a value outside what
 /// Python's datetime holds (a year outside 0..=9999) or in a leap second goes through chrono's
@@ -349,7 +352,8 @@ fn parse_hh_mm_ss_ff(b: &[u8], start: usize, end: usize) -> Option<([u32; 3], u3
 // ---------------------------------------------------------------------------
 // Django's fallback `datetime_re.match(value)`:
 // (?P<year>\d{4})-(?P<month>\d{1,2})-(?P<day>\d{1,2})[T ](?P<hour>\d{1,2}):(?P<minute>\d{1,2})
-// (?::(?P<second>\d{1,2})(?:[.,](?P<microsecond>\d{1,6})\d{0,6})?)?\s*(?P<tzinfo>Z|[+-]\d{2}(?::?\d{2})?)?$
+// (?::(?P<second>\d{1,2})(?:[.,](?P<microsecond>\d{1,6})\d{0,6})?)?
+// \s*(?P<tzinfo>Z|[+-]\d{2}(?::?\d{2})?)?$
 // Every `\d{m,n}` is followed by a non-digit token, so greedy matching without
 // backtracking decides the same strings.
 

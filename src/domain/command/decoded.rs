@@ -11,7 +11,8 @@ use crate::drf::validate::ValidBody;
 #[derive(Debug, Clone)]
 pub struct Command {
     /// The idempotency key, within the command's [`scope`](Command::scope): the value's
-    /// `request_id`, else the `request-id` header, else [`fallback_request_id`](super::fallback_request_id).
+    /// `request_id`, else the `request-id` header, else
+    /// [`fallback_request_id`](super::fallback_request_id).
     pub request_id: String,
     /// SHA-256 of the command's content, to tell a redelivery from a reused request id.
     pub fingerprint: [u8; 32],

@@ -1,16 +1,16 @@
 //! The batch decision, pure: given a batch's commands and what the database knows of them (the
 //! grants of their tokens, the stored answers of their request ids, the current state of their
-//! events), the outcome of every command and the rows to write ([`Effects`]). No I/O: the
-//! store loads [`StoredState`], calls [`decide_batch`] and writes the [`Effects`]; the benchmark calls
+//! events), the outcome of every command and the rows to write ([`Effects`]). No I/O: the store
+//! loads [`StoredState`], calls [`decide_batch`] and writes the [`Effects`]; the benchmark calls
 //! the same function.
 //!
 //! Invariants the store relies on:
 //! - Commands are decided in the order given, each seeing the effects of earlier ones, so
 //!   per-partition order holds.
-//! - A record at or below its partition's applied offset ([`StoredState::applied`]) is never applied
-//!   again: it gets its stored reply when one is kept, else the 409 [`ALREADY_APPLIED`] (not
-//!   stored). [`Effects::offsets`] carries, per partition, the batch's highest offset where it is
-//!   above the stored one, so the store raises it in the same write as the batch's rows.
+//! - A record at or below its partition's applied offset ([`StoredState::applied`]) is never
+//!   applied again: it gets its stored reply when one is kept, else the 409 [`ALREADY_APPLIED`]
+//!   (not stored). [`Effects::offsets`] carries, per partition, the batch's highest offset where it
+//!   is above the stored one, so the store raises it in the same write as the batch's rows.
 //! - Every new outcome except 403 and 422 has exactly one stored reply; a redelivery is answered
 //!   with those bytes.
 //! - An event touched by the batch has one view row, with the version it was read at (0: absent).

@@ -53,7 +53,8 @@ pub enum OutcomeKind {
 }
 
 /// The start of the `detail` of the 409 a record gets when it is at or below its partition's
-/// applied offset and its stored reply is no longer kept (see [`already_applied`](super::already_applied)).
+/// applied offset and its stored reply is no longer kept (see
+/// [`already_applied`](super::already_applied)).
 pub const ALREADY_APPLIED: &str = "This record was handled before and its stored reply is no longer kept; it was not applied again.";
 
 /// `cmd`'s answer as an outcome whose reply is not stored with the request id (403, 422; and

@@ -62,9 +62,7 @@ impl<'a> DocValue<'a> {
 
     /// The first lone surrogate in `s`, a string of this document.
     pub fn first_surrogate(self, s: &str) -> Option<u32> {
-        s.chars()
-            .find_map(surrogate_of)
-            .filter(|_| self.surrogates)
+        s.chars().find_map(surrogate_of).filter(|_| self.surrogates)
     }
 }
 

@@ -21,7 +21,8 @@ pub struct ValidBody {
     pub brand: Option<Value>,
 }
 
-/// `None` = the command carried no `body` key: treat as an empty PUT body (`{}`), i.e. required-field errors.
+/// `None` = the command carried no `body` key: treat as an empty PUT body (`{}`), i.e.
+/// required-field errors.
 ///
 /// Mirrors `Serializer.run_validation` + `to_internal_value`: a null body is DRF's
 /// `validate_empty_values` "null" failure, which `Serializer.errors` rewrites to
@@ -264,9 +265,10 @@ fn client_ip_field(v: Option<DocValue>) -> FieldResult<Option<Option<String>>> {
     validated(Some(Some(value)), msgs)
 }
 
-/// `expires`: `DateTimeField(default=default_event_duration)` -> DRF `DateTimeField(required=False)`.
-/// Null is refused (the model column is NOT NULL). A non-str makes Django's `parse_datetime`
-/// raise TypeError, which DRF turns into the same "wrong format" message as a bad string.
+/// `expires`: `DateTimeField(default=default_event_duration)` -> DRF
+/// `DateTimeField(required=False)`. Null is refused (the model column is NOT NULL). A non-str makes
+/// Django's `parse_datetime` raise TypeError, which DRF turns into the same "wrong format" message
+/// as a bad string.
 fn expires_field(v: Option<DocValue>) -> FieldResult<Option<chrono::DateTime<chrono::Utc>>> {
     use crate::drf::isodate::DateTimeError;
     let Some(doc) = v else { return Ok(None) };

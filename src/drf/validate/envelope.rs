@@ -8,7 +8,10 @@ use super::pystr::is_py_int;
 use crate::drf::pychar::{py_decimal, py_isspace};
 use crate::drf::pyjson::DocValue;
 
-/// Python `uuid.UUID(hex=...)` acceptance (via Django UUIDField.to_python): strings only; remove every 'urn:' and 'uuid:', strip '{' '}' from both ends, remove '-', require len 32, then Python `int(hex, 16)` rules (surrounding whitespace, a sign, '0x' prefix, single underscores between digits are accepted by int()). Non-strings -> None.
+/// Python `uuid.UUID(hex=...)` acceptance (via Django UUIDField.to_python): strings only; remove
+/// every 'urn:' and 'uuid:', strip '{' '}' from both ends, remove '-', require len 32, then Python
+/// `int(hex, 16)` rules (surrounding whitespace, a sign, '0x' prefix, single underscores between
+/// digits are accepted by int()). Non-strings -> None.
 ///
 /// `int()` details reproduced (CPython `PyLong_FromUnicodeObject`): each non-ASCII char is
 /// first mapped to ASCII, Unicode whitespace to a space and a Unicode decimal digit (`Nd`,
@@ -67,8 +70,10 @@ fn python_int_base16(s: &str) -> Option<u128> {
     Some(value)
 }
 
-/// Envelope field `request_id`: a string of 1..=200 characters without NUL; DRF CharField(max_length=200) messages on failure
-/// ("Not a valid string.", "This field may not be blank.", "Ensure this field has no more than 200 characters.", "Null characters are not allowed.", ...). No trimming for the id.
+/// Envelope field `request_id`: a string of 1..=200 characters without NUL; DRF
+/// CharField(max_length=200) messages on failure ("Not a valid string.", "This field may not be
+/// blank.", "Ensure this field has no more than 200 characters.", "Null characters are not
+/// allowed.", ...). No trimming for the id.
 ///
 /// Choices: numbers are refused ("Not a valid string.", an id is compared as text so `1` vs
 /// `1.0` vs `"1"` would be ambiguous); null is "This field may not be null." (a caller that
@@ -94,7 +99,10 @@ pub fn validate_request_id<'a>(v: impl Into<DocValue<'a>>) -> Result<String, Vec
     validated(s.clone(), msgs)
 }
 
-/// Envelope field `expected_version`: DRF IntegerField(min_value=0) semantics but JSON integers only (document): "A valid integer is required.", "Ensure this value is greater than or equal to 0.", and for a value beyond i64 "Ensure this value is less than or equal to 9223372036854775807." (document your choice).
+/// Envelope field `expected_version`: DRF IntegerField(min_value=0) semantics but JSON integers
+/// only (document): "A valid integer is required.", "Ensure this value is greater than or equal to
+/// 0.", and for a value beyond i64 "Ensure this value is less than or equal to
+/// 9223372036854775807." (document your choice).
 ///
 /// Choices: only a JSON integer is accepted; DRF would also take `"3"` and `3.0`, which are
 /// "A valid integer is required." here (as are bools, strings, containers). The upper bound

@@ -26,7 +26,10 @@ pub(super) fn is_py_int(text: &str) -> bool {
     !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// Python's `str()` of a parsed JSON value, as DRF puts it in messages ('"{input}" is not a valid choice.'): a str is itself; containers use repr of their items (dict `{'a': 1, 'b': [True, None]}`, str repr with Python's quote choice and escapes incl. non-printable characters as \xNN/\uNNNN/\UNNNNNNNN per str.isprintable, bool True/False, None, numbers as their text).
+/// Python's `str()` of a parsed JSON value, as DRF puts it in messages ('"{input}" is not a valid
+/// choice.'): a str is itself; containers use repr of their items (dict `{'a': 1, 'b': [True,
+/// None]}`, str repr with Python's quote choice and escapes incl. non-printable characters as
+/// \xNN/\uNNNN/\UNNNNNNNN per str.isprintable, bool True/False, None, numbers as their text).
 ///
 /// Iterative (explicit stack), so any nesting depth is safe. `str.isprintable` follows
 /// Unicode 15.1 (Python 3.13), from [`py_isprintable`]'s table. A lone surrogate of the
