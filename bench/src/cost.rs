@@ -204,6 +204,18 @@ pub fn table(drain: Option<&Cost>, at_50: Option<&Cost>, ingest: Option<&Cost>) 
     rows.join("\n")
 }
 
+/// A cost's figures on one line, "not measured" where not.
+pub fn show_cost(c: &Cost) -> String {
+    let us = |x: Option<f64>| or_not_measured(x, |v| format!("{v:.1} µs"));
+    format!(
+        "event-updater CPU {}, PostgreSQL CPU {}, Kafka CPU {}, WAL {}",
+        us(c.processor_us),
+        us(c.postgres_us),
+        us(c.kafka_us),
+        or_not_measured(c.wal_bytes, |v| format!("{v:.0} B"))
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

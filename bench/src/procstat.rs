@@ -241,9 +241,24 @@ impl Sample {
     }
 }
 
+/// The machine's 1-minute load average (`/proc/loadavg`), where it can be read.
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_load_average_is_read() {
+        assert!(load_average().is_some_and(|l| l >= 0.0));
+    }
 
     #[test]
     fn stat_fields_are_read_after_a_command_name_with_spaces_and_parentheses() {

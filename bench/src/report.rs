@@ -6,12 +6,20 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use super::{
-    fmt_count, fmt_mib, fmt_ms, Drain, LoadPoint, Percentiles, Report, TopicTally,
-    DRAIN_FEED_OFF_LABEL, DRAIN_LABEL, FEED_COST_BOUND, INGEST_CHUNK, MIB, NAIVE_LABEL,
-};
-use crate::cost::{self, met, or_not_measured, Cost};
+use crate::cost::{self, met, or_not_measured, show_cost, Cost};
+use crate::curve::{Curve, LoadPoint, Percentiles};
+use crate::drain::{Drain, DRAIN_FEED_OFF_LABEL, DRAIN_LABEL, NAIVE_LABEL};
+use crate::echo::PassThrough;
+use crate::full_log::Preloaded;
+use crate::ingest::{Ingest, INGEST_CHUNK};
+use crate::phases::Phase;
+use crate::procstat::Probe;
+use crate::scrape::stage_rank;
 use crate::startup;
+use crate::startup::Startup;
+use crate::tally::TopicTally;
+use crate::units::{fmt_count, fmt_mib, fmt_ms, MIB};
+use crate::BenchArgs;
 
 /// The most the processor may add to the floor's p50 and p99 from 10% to 50% load, in ms.
 const OVER_FLOOR_P50_MS: f64 = 5.0;
@@ -26,6 +34,44 @@ const DRAIN_TO_MIN_B_C: f64 = 0.6;
 const FULL_LOG_TO_EMPTY: f64 = 0.8;
 /// The processor's peak RSS allowed.
 const PEAK_RSS_MIB: f64 = 150.0;
+/// The feed's cost the drain may bear: the drain with the feed on is at least this share of
+/// the drain with it off, less one.
+const FEED_COST_BOUND: f64 = 0.20;
+
+/// Everything the run measured (`None`: its phase was not run), read by the tables and the
+/// JSON.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub args: BenchArgs,
+    pub max_batch: u32,
+    pub partitions: i32,
+    pub auth: bool,
+    pub settings: BTreeMap<String, String>,
+    /// The machine's 1-minute load average when the run started and when it ended: the
+    /// benchmark alone keeps it at about the core count; much more says something else ran.
+    pub load_average: (Option<f64>, Option<f64>),
+    /// The phases run.
+    pub phases: Vec<Phase>,
+    /// The processes whose CPU was read (the processor's pid is each phase's).
+    pub probe: Probe,
+    /// The drain on an empty log, the feed on (the processor's default).
+    pub drain: Option<Drain>,
+    /// The same drain with the feed off.
+    pub drain_feed_off: Option<Drain>,
+    /// Every round's drains (feed on, feed off); `drain` and `drain_feed_off` are the medians.
+    pub feed_rounds: Vec<(Drain, Drain)>,
+    /// Whether the drains with the feed on had a changes topic and a view topic
+    /// (`CHANGES_TOPIC`, `VIEW_TOPIC` not empty).
+    pub config_feed: (bool, bool),
+    pub pass_through: Option<PassThrough>,
+    pub naive: Option<Drain>,
+    pub ingest: Option<Ingest>,
+    pub preloaded: Option<Preloaded>,
+    /// The rate the curve's loads are shares of: the drain's, else `--drain-rate`.
+    pub curve_base_rate: Option<f64>,
+    pub curve: Option<Curve>,
+    pub startup: Option<Startup>,
+}
 
 /// A rate in cmd/s, or "not measured".
 fn show_rate(x: Option<f64>) -> String {
@@ -239,7 +285,7 @@ impl Report {
             .flat_map(|c| c.points.iter())
             .flat_map(|p| p.stages.iter().map(|(n, _)| n.clone()))
             .collect();
-        names.sort_by_key(|s| super::stage_rank(s));
+        names.sort_by_key(|s| stage_rank(s));
         names.dedup();
         names
     }
@@ -527,7 +573,7 @@ impl Report {
                 show_rate(Some(d.produce_rate)),
                 d.cpu_seconds,
                 d.cpu_us_per_command(),
-                super::show_cost(&d.cost)
+                show_cost(&d.cost)
             ));
         }
         out.push_str(&format!(

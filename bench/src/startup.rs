@@ -12,10 +12,12 @@ use anyhow::{bail, Context};
 use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
 
-use super::{
-    command_headers, create_topics, envelope, latency_producer, reader, Bench, ChildProcessor,
-    Collector, Feed, Scope,
-};
+use crate::child::ChildProcessor;
+use crate::clients::{create_topics, latency_producer, reader};
+use crate::drain::Feed;
+use crate::run::{Bench, Scope};
+use crate::workload::{command_headers, envelope};
+use event_updater_harness::replies::Collector;
 
 /// Timed starts.
 pub const RUNS: usize = 5;
@@ -52,7 +54,7 @@ impl Startup {
 
 impl Bench {
     /// The start-up phase on `scope` (see the module's documentation).
-    pub(super) async fn startup(&self, scope: Scope) -> anyhow::Result<Startup> {
+    pub async fn startup(&self, scope: Scope) -> anyhow::Result<Startup> {
         let (pool, authorization) = self.prepare_database(&scope).await?;
         pool.close().await;
         create_topics(

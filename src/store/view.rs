@@ -47,9 +47,9 @@ pub(crate) async fn upsert_views<'a>(
     upsert_columns(tx, &c, now).await
 }
 
-/// Inserts or replaces the view rows `c` (no version guard: for repairs and the benchmark's
-/// limit, never for the processor's writes).
-pub(super) async fn upsert_columns(
+/// Inserts or replaces the view rows `c` (no version guard: for repairs, never for the
+/// processor's writes).
+async fn upsert_columns(
     tx: &mut Transaction<'_, Postgres>,
     c: &ViewColumns,
     now: DateTime<Utc>,

@@ -2,12 +2,12 @@
 //! function ([`Writes`]).
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, Postgres, Transaction};
+use sqlx::{PgConnection, Postgres};
 use uuid::Uuid;
 
 use crate::domain::decide::{Effects, LogRow, Source, StoredReply, ViewRow};
 
-use super::view::{upsert_columns, ViewColumns};
+use super::view::ViewColumns;
 use super::StoreError;
 
 /// What one batch writes: log rows, the final view row of each event it touched (with the
@@ -45,15 +45,6 @@ impl Writes {
         w
     }
 
-    /// (log rows, view rows, stored replies).
-    pub fn counts(&self) -> (usize, usize, usize) {
-        (
-            self.log.uuid.len(),
-            self.views.columns.uuid.len(),
-            self.replies.request_id.len(),
-        )
-    }
-
     /// Writes everything in one statement: atomically on its own, or as part of the caller's
     /// transaction (the applied offsets with the rows they cover). A tripped fence is
     /// [`StoreError::Conflict`]. Nothing to write (every command answered from what is stored,
@@ -76,38 +67,6 @@ impl Writes {
             .bind(now)
             .execute(conn)
             .await?;
-        Ok(())
-    }
-}
-
-impl Writes {
-    /// The same rows by three plain `INSERT … SELECT FROM unnest` statements, unfenced (views
-    /// upserted): what PostgreSQL ingests at best, for the benchmark's limit. Not for the
-    /// processor, whose writes must be fenced.
-    pub async fn write_unfenced(
-        &self,
-        tx: &mut Transaction<'_, Postgres>,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        let q = sqlx::query(
-            "INSERT INTO event_log (event_uuid, version, request_id, change, recorded_at, source_topic, source_partition, source_offset)
-             SELECT u, v, r, c::jsonb, $8, t, p, o
-             FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::int4[], $7::int8[]) AS x(u, v, r, c, t, p, o)",
-        );
-        self.log
-            .bind_unscoped(q)
-            .bind(now)
-            .execute(&mut **tx)
-            .await?;
-        upsert_columns(tx, &self.views.columns, now).await?;
-        let q = sqlx::query(
-            "INSERT INTO command_replies (scope, request_id, fingerprint, event_uuid, status, version, reply, handled_at, source_topic, source_partition, source_offset)
-             SELECT sc, r, f, u, s, v, b, $11, t, p, o
-             FROM UNNEST($1::bytea[], $2::text[], $3::bytea[], $4::uuid[], $5::int2[], $6::int8[], $7::bytea[], $8::text[], $9::int4[], $10::int8[]) AS x(sc, r, f, u, s, v, b, t, p, o)",
-        );
-        self.replies.bind(q).bind(now).execute(&mut **tx).await?;
-        let q = sqlx::query("SELECT event_updater_record_offsets($1, $2, $3, $4)");
-        self.offsets.bind(q).bind(now).execute(&mut **tx).await?;
         Ok(())
     }
 }
@@ -150,11 +109,6 @@ type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>
 impl LogRows {
     /// Binds the columns, in the function's order, as the next eight parameters.
     fn bind<'q>(&'q self, q: PgQuery<'q>) -> PgQuery<'q> {
-        self.bind_unscoped(q).bind(&self.scope)
-    }
-
-    /// The first seven columns, without the scopes (the unfenced write's statement).
-    fn bind_unscoped<'q>(&'q self, q: PgQuery<'q>) -> PgQuery<'q> {
         q.bind(&self.uuid)
             .bind(&self.version)
             .bind(&self.request_id)
@@ -162,6 +116,7 @@ impl LogRows {
             .bind(&self.topic)
             .bind(&self.partition)
             .bind(&self.offset)
+            .bind(&self.scope)
     }
 
     fn push(&mut self, l: &LogRow) {
