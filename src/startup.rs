@@ -124,7 +124,7 @@ impl Application {
         let pool = store::connect_for_processing(
             &cfg.database_url,
             cfg.database_max_connections.max(cfg.apply_concurrency),
-            cfg.database_timeouts(),
+            store::SessionTimeouts::from_config(&cfg),
         )
         .await?;
         health.migrated.store(true, Ordering::Relaxed);

@@ -206,15 +206,6 @@ impl Config {
         }
     }
 
-    /// The timeouts every session of the processor sets.
-    pub fn database_timeouts(&self) -> crate::store::SessionTimeouts {
-        crate::store::SessionTimeouts {
-            statement: self.database_statement_timeout,
-            lock: self.database_lock_timeout,
-            idle_in_transaction: self.database_idle_in_transaction_timeout,
-        }
-    }
-
     /// The configuration with every default, as `event-updater` with no flags and no
     /// environment would have it.
     pub fn defaults() -> Config {
@@ -442,10 +433,12 @@ mod tests {
     #[test]
     fn database_timeouts_are_bounded_and_default_to_30s_5s_10s() {
         let c = Config::defaults();
-        let t = c.database_timeouts();
-        assert_eq!(t.statement, Duration::from_secs(30));
-        assert_eq!(t.lock, Duration::from_secs(5));
-        assert_eq!(t.idle_in_transaction, Duration::from_secs(10));
+        assert_eq!(c.database_statement_timeout, Duration::from_secs(30));
+        assert_eq!(c.database_lock_timeout, Duration::from_secs(5));
+        assert_eq!(
+            c.database_idle_in_transaction_timeout,
+            Duration::from_secs(10)
+        );
         let c = Config::try_parse_from([
             "event-updater",
             "--database-statement-timeout",

@@ -5,6 +5,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
 
 use super::StoreError;
+use crate::config::Config;
 
 /// Creates the database named in `url` when it does not exist, connects a pool, and runs the
 /// migrations. For tools; the processor's pool is [`connect_for_processing`].
@@ -30,6 +31,16 @@ pub struct SessionTimeouts {
 }
 
 impl SessionTimeouts {
+    /// The timeouts `DATABASE_STATEMENT_TIMEOUT`, `DATABASE_LOCK_TIMEOUT` and
+    /// `DATABASE_IDLE_IN_TRANSACTION_TIMEOUT` configure.
+    pub fn from_config(cfg: &Config) -> SessionTimeouts {
+        SessionTimeouts {
+            statement: cfg.database_statement_timeout,
+            lock: cfg.database_lock_timeout,
+            idle_in_transaction: cfg.database_idle_in_transaction_timeout,
+        }
+    }
+
     /// The session parameters, in milliseconds (PostgreSQL's unit for these).
     fn parameters(&self) -> [(&'static str, String); 3] {
         let ms = |d: std::time::Duration| d.as_millis().max(1).to_string();

@@ -438,9 +438,13 @@ async fn racing_writers_on_the_same_events_are_fenced_and_apply_each_command_onc
     use event_updater::store;
 
     let app = TestApp::resources_with(|_| {}).await;
-    let pool = store::connect_for_processing(&app.cfg.database_url, 4, app.cfg.database_timeouts())
-        .await
-        .expect("pool");
+    let pool = store::connect_for_processing(
+        &app.cfg.database_url,
+        4,
+        store::SessionTimeouts::from_config(&app.cfg),
+    )
+    .await
+    .expect("pool");
     let events: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
     const WRITERS: usize = 4;
     const BATCHES: usize = 15;
