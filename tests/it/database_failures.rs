@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use event_updater::domain::reply::header;
 use event_updater::pipeline::consumer::{
     DATABASE_FAILED, DATABASE_FAILED_REASON, DATABASE_REFUSED,
 };
@@ -71,13 +72,13 @@ fn assert_database_failed(r: &Received, event: Uuid, sqlstate: &str) {
 /// Asserts that `d` is the dead letter of the command `sent`, answered 500 for `sqlstate`.
 fn assert_dead_letter(d: &Received, sent: &Value, sqlstate: &str) {
     let id = sent["request_id"].as_str().expect("id");
-    assert_eq!(d.header("request-id"), Some(id), "{:?}", d.headers);
-    assert_eq!(d.header("dlq-status"), Some("500"), "{:?}", d.headers);
-    let reason = d.header("dlq-reason").expect("dlq-reason");
+    assert_eq!(d.header(header::REQUEST_ID), Some(id), "{:?}", d.headers);
+    assert_eq!(d.header(header::DLQ_STATUS), Some("500"), "{:?}", d.headers);
+    let reason = d.header(header::DLQ_REASON).expect("dlq-reason");
     assert!(reason.starts_with(DATABASE_FAILED_REASON), "{reason}");
     assert!(reason.contains(&format!("SQLSTATE {sqlstate}")), "{reason}");
     assert!(!reason.contains(RAW_TEXT), "{reason}");
-    assert_eq!(d.header("authorization"), None);
+    assert_eq!(d.header(header::AUTHORIZATION), None);
     assert_eq!(
         serde_json::from_slice::<Value>(&d.raw).expect("the command"),
         *sent

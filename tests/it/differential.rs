@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::support::TestApp;
+use event_updater::domain::reply::header;
 use event_updater::drf::pyjson;
 use futures::StreamExt;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
@@ -217,7 +218,7 @@ async fn run() {
             let Ok(m) = m else { continue };
             let case = m.headers().and_then(|h| {
                 h.iter()
-                    .find(|h| h.key == "correlation-id")
+                    .find(|h| h.key == header::CORRELATION_ID)
                     .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse::<usize>().ok())
             });
             if let Some(i) = case {
@@ -234,15 +235,15 @@ async fn run() {
             let correlation = c.i.to_string();
             let headers = OwnedHeaders::new()
                 .insert(Header {
-                    key: "authorization",
+                    key: header::AUTHORIZATION,
                     value: Some(app.authorization.as_bytes()),
                 })
                 .insert(Header {
-                    key: "request-id",
+                    key: header::REQUEST_ID,
                     value: Some(c.request_id_header.as_bytes()),
                 })
                 .insert(Header {
-                    key: "correlation-id",
+                    key: header::CORRELATION_ID,
                     value: Some(correlation.as_bytes()),
                 });
             let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&app.cfg.command_topic)

@@ -3,6 +3,7 @@
 //! (The differential test, `differential.rs`, compares such input with DRF itself.)
 
 use crate::support::TestApp;
+use event_updater::domain::reply::header;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -33,7 +34,7 @@ async fn undecodable_records_get_a_400_and_a_dead_letter_and_the_partition_flows
         app.send_raw(
             Some(&key),
             value.as_deref(),
-            &[("request-id", id.as_bytes())],
+            &[(header::REQUEST_ID, id.as_bytes())],
         )
         .await;
     }
@@ -51,11 +52,11 @@ async fn undecodable_records_get_a_400_and_a_dead_letter_and_the_partition_flows
             value.clone().unwrap_or_default(),
             "case {i}: the dead letter carries the record as received"
         );
-        assert_eq!(d.header("dlq-reason"), Some(detail.as_str()));
-        assert_eq!(d.header("dlq-status"), Some("400"));
+        assert_eq!(d.header(header::DLQ_REASON), Some(detail.as_str()));
+        assert_eq!(d.header(header::DLQ_STATUS), Some("400"));
         assert_eq!(d.key.as_deref(), Some(key.as_str()));
         assert_eq!(
-            d.header("authorization"),
+            d.header(header::AUTHORIZATION),
             None,
             "credentials never reach the DLQ"
         );
@@ -142,7 +143,7 @@ async fn odd_but_decodable_input_is_answered_as_the_rest_endpoint_would() {
     app.send_raw(
         Some(&event),
         Some(json!({"request_id": long, "event_uuid": event, "body": {"action": "login", "app": "a"}}).to_string().as_bytes()),
-        &[("request-id", b"fallback-id")],
+        &[(header::REQUEST_ID, b"fallback-id")],
     )
     .await;
     let r = app.reply().await;
@@ -154,7 +155,7 @@ async fn odd_but_decodable_input_is_answered_as_the_rest_endpoint_would() {
     assert!(app
         .dead_letter()
         .await
-        .header("dlq-reason")
+        .header(header::DLQ_REASON)
         .unwrap()
         .starts_with("request_id"));
 
@@ -165,8 +166,8 @@ async fn odd_but_decodable_input_is_answered_as_the_rest_endpoint_would() {
         Some(&event),
         Some(cmd.as_bytes()),
         &[
-            ("request-id", b"\xff\x00"),
-            ("correlation-id", b"\xc3\x28\x00"),
+            (header::REQUEST_ID, b"\xff\x00"),
+            (header::CORRELATION_ID, b"\xc3\x28\x00"),
         ],
     )
     .await;
@@ -178,7 +179,7 @@ async fn odd_but_decodable_input_is_answered_as_the_rest_endpoint_would() {
         "{id}"
     );
     assert_eq!(
-        r.header("correlation-id"),
+        r.header(header::CORRELATION_ID),
         Some(String::from_utf8_lossy(b"\xc3\x28\x00").as_ref())
     );
     assert_eq!(r.key.as_deref(), Some(event.as_str()));
@@ -357,18 +358,18 @@ async fn a_reply_the_broker_refuses_goes_to_the_dlq_and_a_short_error_reply_answ
         ),
         (Some(201), Some(1))
     );
-    assert!(r.header("reply-refused").is_some());
+    assert!(r.header(header::REPLY_REFUSED).is_some());
     // The command was applied once; its reply is on the dead-letter topic (here without its
     // value, which the same limit refuses too), with the reason.
     assert_eq!(app.log_len(event.parse().unwrap()).await, 1);
     let d = app.dead_letter().await;
-    assert_eq!(d.header("request-id"), Some("big"));
+    assert_eq!(d.header(header::REQUEST_ID), Some("big"));
     assert!(d
-        .header("dlq-reason")
+        .header(header::DLQ_REASON)
         .unwrap()
         .starts_with("reply refused by the broker: "));
-    assert_eq!(d.header("dlq-status"), Some("201"));
-    assert!(d.header("dlq-value-dropped").is_some());
+    assert_eq!(d.header(header::DLQ_STATUS), Some("201"));
+    assert!(d.header(header::DLQ_VALUE_DROPPED).is_some());
     // The partition flows on (a PUT keeps fields it leaves out: this one empties the context).
     let r = app.call(&json!({"request_id": "small", "event_uuid": event, "body": {"action": "login", "app": "a", "context": {}}})).await;
     assert_eq!((r.status(), r.value["version"].as_u64()), (200, Some(2)));

@@ -10,6 +10,7 @@
 
 use std::time::{Duration, Instant};
 
+use event_updater::domain::reply::header;
 use event_updater_harness::process::Processor;
 use event_updater_harness::replies::Collector;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -305,7 +306,7 @@ async fn a_made_up_token_is_refused_before_its_value_is_parsed_in_bounded_memory
                 .payload(named.as_str())
                 .timestamp(TIMESTAMP)
                 .headers(OwnedHeaders::new().insert(Header {
-                    key: "authorization",
+                    key: header::AUTHORIZATION,
                     value: Some("Bearer x"),
                 })),
             Timeout::After(Duration::from_secs(30)),
@@ -347,11 +348,11 @@ async fn a_made_up_token_is_refused_before_its_value_is_parsed_in_bounded_memory
         let sends = chunk.iter().map(|id| {
             let headers = OwnedHeaders::new()
                 .insert(Header {
-                    key: "authorization",
+                    key: header::AUTHORIZATION,
                     value: Some("Bearer x"),
                 })
                 .insert(Header {
-                    key: "request-id",
+                    key: header::REQUEST_ID,
                     value: Some(id.as_str()),
                 });
             app.producer.send(
@@ -397,7 +398,7 @@ async fn a_made_up_token_is_refused_before_its_value_is_parsed_in_bounded_memory
     app.send_raw(
         Some(&event),
         Some(named.replace("in-the-value", "shaped").as_bytes()),
-        &[("authorization", unknown.as_bytes())],
+        &[(header::AUTHORIZATION, unknown.as_bytes())],
     )
     .await;
     // Parsed: its 403 is filed under the id its value names.

@@ -3,6 +3,7 @@
 
 use crate::support::{http_status, wait_for_status, TestApp};
 use chrono::{DateTime, Duration, Utc};
+use event_updater::domain::reply::header;
 use event_updater_harness::kafka::Broker;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -223,7 +224,10 @@ async fn a_value_that_is_not_json_gets_a_parse_error_and_a_dead_letter() {
     app.send_raw(
         Some("k1"),
         Some(b"{\"request_id\": oops"),
-        &[("request-id", b"hdr-1"), ("correlation-id", b"corr")],
+        &[
+            (header::REQUEST_ID, b"hdr-1"),
+            (header::CORRELATION_ID, b"corr"),
+        ],
     )
     .await;
     let r = app.reply().await;
@@ -234,17 +238,17 @@ async fn a_value_that_is_not_json_gets_a_parse_error_and_a_dead_letter() {
     );
     assert_eq!(r.value["request_id"], "hdr-1");
     assert_eq!(r.key.as_deref(), Some("k1"));
-    assert_eq!(r.header("request-id"), Some("hdr-1"));
-    assert_eq!(r.header("correlation-id"), Some("corr"));
+    assert_eq!(r.header(header::REQUEST_ID), Some("hdr-1"));
+    assert_eq!(r.header(header::CORRELATION_ID), Some("corr"));
     let d = app.dead_letter().await;
     assert_eq!(d.raw, b"{\"request_id\": oops");
     assert_eq!(d.key.as_deref(), Some("k1"));
     assert!(d
-        .header("dlq-reason")
+        .header(header::DLQ_REASON)
         .unwrap()
         .starts_with("JSON parse error"));
     assert_eq!(
-        d.header("dlq-source-topic"),
+        d.header(header::DLQ_SOURCE_TOPIC),
         Some(app.cfg.command_topic.as_str())
     );
     app.finish().await;
@@ -334,15 +338,18 @@ async fn replies_echo_correlation_id_and_traceparent_and_health_is_served() {
     app.send_raw(
         Some(&event),
         Some(cmd.to_string().as_bytes()),
-        &[("correlation-id", b"c-42"), ("traceparent", tp.as_bytes())],
+        &[
+            (header::CORRELATION_ID, b"c-42"),
+            (header::TRACEPARENT, tp.as_bytes()),
+        ],
     )
     .await;
     let r = app.reply().await;
     assert_eq!(r.status(), 201);
-    assert_eq!(r.header("request-id"), Some("h1"));
-    assert_eq!(r.header("correlation-id"), Some("c-42"));
+    assert_eq!(r.header(header::REQUEST_ID), Some("h1"));
+    assert_eq!(r.header(header::CORRELATION_ID), Some("c-42"));
     // The trace is continued: same trace id and flags, the processor's span as the parent.
-    let continued = r.header("traceparent").unwrap();
+    let continued = r.header(header::TRACEPARENT).unwrap();
     assert_eq!(&continued[..36], &tp[..36]);
     assert_eq!(&continued[52..], "-01");
     assert_eq!(continued.len(), tp.len());

@@ -8,6 +8,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use event_updater::domain::auth;
+use event_updater::domain::reply::header;
 use event_updater::domain::reply::scope_tag;
 use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
@@ -107,19 +108,19 @@ async fn replies_name_the_command_record_they_answer_and_the_credentials_scope()
     let (partition, offset, _) = next_record(&commands).await;
     let token = app.authorization.strip_prefix("Bearer ").expect("bearer");
     assert_eq!(
-        created.header("command-topic"),
+        created.header(header::COMMAND_TOPIC),
         Some(app.cfg.command_topic.as_str())
     );
     assert_eq!(
-        created.header("command-partition"),
+        created.header(header::COMMAND_PARTITION),
         Some(partition.to_string().as_str())
     );
     assert_eq!(
-        created.header("command-offset"),
+        created.header(header::COMMAND_OFFSET),
         Some(offset.to_string().as_str())
     );
     let tag = scope_tag(&auth::hash(token));
-    assert_eq!(created.header("command-scope"), Some(tag.as_str()));
+    assert_eq!(created.header(header::COMMAND_SCOPE), Some(tag.as_str()));
     assert!(
         created.headers.iter().all(|(_, v)| !v.contains(token)),
         "the token is on no header: {:?}",
@@ -131,25 +132,25 @@ async fn replies_name_the_command_record_they_answer_and_the_credentials_scope()
     app.send_raw_with(
         Some(&event.to_string()),
         Some(b"{}"),
-        &[("request-id", b"scoped")],
+        &[(header::REQUEST_ID, b"scoped")],
         false,
     )
     .await;
     let forbidden = app.reply().await;
     assert_eq!(forbidden.status(), 403);
-    assert_eq!(forbidden.header("request-id"), Some("scoped"));
+    assert_eq!(forbidden.header(header::REQUEST_ID), Some("scoped"));
     let (partition, offset, _) = next_record(&commands).await;
     assert_eq!(
         (
-            forbidden.header("command-partition"),
-            forbidden.header("command-offset")
+            forbidden.header(header::COMMAND_PARTITION),
+            forbidden.header(header::COMMAND_OFFSET)
         ),
         (
             Some(partition.to_string().as_str()),
             Some(offset.to_string().as_str())
         )
     );
-    assert_eq!(forbidden.header("command-scope"), None);
+    assert_eq!(forbidden.header(header::COMMAND_SCOPE), None);
 
     // A redelivery's stored reply names the record it now answers.
     app.send(&json!({"request_id": "scoped", "event_uuid": event,
@@ -159,7 +160,7 @@ async fn replies_name_the_command_record_they_answer_and_the_credentials_scope()
     assert_eq!(again.raw, created.raw);
     let (_, offset, _) = next_record(&commands).await;
     assert_eq!(
-        again.header("command-offset"),
+        again.header(header::COMMAND_OFFSET),
         Some(offset.to_string().as_str())
     );
     drop(commands);
@@ -178,7 +179,7 @@ async fn send_ignores_replies_that_only_claim_its_request_id() {
     app.send_raw_with(
         Some(&event.to_string()),
         Some(b"{}"),
-        &[("request-id", id.as_bytes())],
+        &[(header::REQUEST_ID, id.as_bytes())],
         false,
     )
     .await;
@@ -227,7 +228,7 @@ async fn send_ignores_replies_that_only_claim_its_request_id() {
                 .key(&event.to_string())
                 .payload(&forged.to_string())
                 .headers(OwnedHeaders::new().insert(Header {
-                    key: "request-id",
+                    key: header::REQUEST_ID,
                     value: Some(id.as_bytes()),
                 })),
             Timeout::After(Duration::from_secs(30)),
@@ -318,8 +319,8 @@ async fn dlq_replay_republishes_command_dead_letters_and_never_a_refused_reply()
     assert_eq!(big.status(), 500, "{:?}", big.value);
     assert_eq!(big.body()["reply_status"], 201);
     let refused = app.dead_letter().await;
-    assert_eq!(refused.header("dlq-kind"), Some("reply"));
-    assert_eq!(refused.header("dlq-source-topic"), None);
+    assert_eq!(refused.header(header::DLQ_KIND), Some("reply"));
+    assert_eq!(refused.header(header::DLQ_SOURCE_TOPIC), None);
     assert_eq!(refused.value["status"], 201, "the whole reply is kept");
     assert_eq!(refused.value["body"]["app"], "stale");
 
@@ -338,12 +339,12 @@ async fn dlq_replay_republishes_command_dead_letters_and_never_a_refused_reply()
     app.send_raw(
         Some("some-key"),
         Some(b"{\"request_id\": oops"),
-        &[("request-id", b"dead-1")],
+        &[(header::REQUEST_ID, b"dead-1")],
     )
     .await;
     assert_eq!(app.reply().await.status(), 400);
     let command = app.dead_letter().await;
-    assert_eq!(command.header("dlq-kind"), Some("command"));
+    assert_eq!(command.header(header::DLQ_KIND), Some("command"));
 
     let listed = run_tool(&app, &["dlq", "replay", "--dry-run"], &[]).await;
     assert!(listed.status.success(), "{}", explain(&listed));
@@ -410,7 +411,7 @@ async fn dlq_replay_republishes_command_dead_letters_and_never_a_refused_reply()
     // Only the command went back onto the command topic, and it was answered.
     assert_eq!(records_in(&app, &app.cfg.command_topic), 4);
     let answer = app.reply().await;
-    assert_eq!(answer.header("request-id"), Some("dead-1"));
+    assert_eq!(answer.header(header::REQUEST_ID), Some("dead-1"));
     assert_eq!(answer.status(), 400);
     // The event is where the last command left it: the refused reply's snapshot was not
     // applied over it.
@@ -428,15 +429,15 @@ async fn dlq_replay_republishes_command_dead_letters_and_never_a_refused_reply()
 async fn a_dead_letter_carries_only_the_allowed_command_headers() {
     let app = TestApp::spawn().await;
     let allowed: [(&str, &[u8]); 6] = [
-        ("request-id", b"leaky"),
-        ("correlation-id", b"corr-7"),
+        (header::REQUEST_ID, b"leaky"),
+        (header::CORRELATION_ID, b"corr-7"),
         (
-            "traceparent",
+            header::TRACEPARENT,
             b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
         ),
-        ("tracestate", b"vendor=1"),
-        ("reply-to", b"nowhere-allowed"),
-        ("content-type", b"application/json"),
+        (header::TRACESTATE, b"vendor=1"),
+        (header::REPLY_TO, b"nowhere-allowed"),
+        (header::CONTENT_TYPE, b"application/json"),
     ];
     let secrets: [(&str, &[u8]); 6] = [
         ("cookie", b"sessionid=secret-cookie"),
@@ -444,7 +445,7 @@ async fn a_dead_letter_carries_only_the_allowed_command_headers() {
         ("x-api-key", b"secret-key"),
         ("X-Api-Key", b"secret-key-2"),
         ("x-custom", b"anything"),
-        ("dlq-kind", b"reply"),
+        (header::DLQ_KIND, b"reply"),
     ];
     let headers: Vec<(&str, &[u8])> = allowed.iter().chain(&secrets).copied().collect();
     app.send_raw(Some("k"), Some(b"not json"), &headers).await;
@@ -461,7 +462,7 @@ async fn a_dead_letter_carries_only_the_allowed_command_headers() {
         );
     }
     for leaked in [
-        "authorization",
+        header::AUTHORIZATION,
         "cookie",
         "proxy-authorization",
         "x-api-key",
@@ -477,12 +478,12 @@ async fn a_dead_letter_carries_only_the_allowed_command_headers() {
     let kinds: Vec<&str> = dead
         .headers
         .iter()
-        .filter(|(k, _)| k == "dlq-kind")
+        .filter(|(k, _)| k == header::DLQ_KIND)
         .map(|(_, v)| v.as_str())
         .collect();
     assert_eq!(kinds, ["command"]);
     assert_eq!(
-        dead.header("dlq-source-topic"),
+        dead.header(header::DLQ_SOURCE_TOPIC),
         Some(app.cfg.command_topic.as_str())
     );
     app.finish().await;

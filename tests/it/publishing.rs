@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use event_updater::domain::reply::header;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::Offset;
@@ -169,7 +170,7 @@ async fn a_missing_dead_letter_topic_never_holds_a_command_up() {
     app.send_raw(
         Some(&event),
         Some(b"not json"),
-        &[("request-id", b"undecodable")],
+        &[(header::REQUEST_ID, b"undecodable")],
     )
     .await;
     app.send(&command("valid", &event)).await;
@@ -195,7 +196,7 @@ async fn a_missing_dead_letter_topic_never_holds_a_command_up() {
     app.send_raw(
         Some(&event),
         Some(b"still not json"),
-        &[("request-id", b"after")],
+        &[(header::REQUEST_ID, b"after")],
     )
     .await;
     let reader = app.new_reader(&dlq);

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::support::TestApp;
 use event_updater::domain::auth;
+use event_updater::domain::reply::header;
 use event_updater::store::tokens;
 use event_updater_harness::kafka::Broker;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -64,8 +65,8 @@ async fn commands_without_a_usable_token_get_the_contracts_403s() {
             Some(&event),
             Some(&cmd(id, &event)),
             &[
-                ("authorization", header.as_bytes()),
-                ("request-id", id.as_bytes()),
+                (header::AUTHORIZATION, header.as_bytes()),
+                (header::REQUEST_ID, id.as_bytes()),
             ],
         )
         .await;
@@ -104,8 +105,13 @@ async fn authentication_comes_before_the_uuid_and_the_body_and_a_403_is_not_reme
         false,
     )
     .await;
-    app.send_raw_with(None, Some(b"not json"), &[("request-id", b"x2")], false)
-        .await;
+    app.send_raw_with(
+        None,
+        Some(b"not json"),
+        &[(header::REQUEST_ID, b"x2")],
+        false,
+    )
+    .await;
     for _ in 0..2 {
         let r = app.reply().await;
         assert_eq!(r.status(), 403, "{:?}", r.value);
@@ -140,7 +146,7 @@ async fn reply_to_is_honoured_only_for_allowed_topics() {
     app.send_raw(
         Some(&event),
         Some(&cmd("r1", &event)),
-        &[("reply-to", team_topic.as_bytes())],
+        &[(header::REPLY_TO, team_topic.as_bytes())],
     )
     .await;
     let r = TestApp::read_from(&team_reader).await;
@@ -152,7 +158,7 @@ async fn reply_to_is_honoured_only_for_allowed_topics() {
     app.send_raw(
         Some(&event),
         Some(&cmd("r2", &event)),
-        &[("reply-to", b"someone-elses-topic")],
+        &[(header::REPLY_TO, b"someone-elses-topic")],
     )
     .await;
     let r = app.reply().await;
@@ -168,9 +174,9 @@ async fn reply_to_is_honoured_only_for_allowed_topics() {
         Some(&event),
         Some(&cmd("r3", &event)),
         &[
-            ("reply-to", team_topic.as_bytes()),
-            ("authorization", b"Bearer not-a-token"),
-            ("request-id", b"r3"),
+            (header::REPLY_TO, team_topic.as_bytes()),
+            (header::AUTHORIZATION, b"Bearer not-a-token"),
+            (header::REQUEST_ID, b"r3"),
         ],
     )
     .await;
@@ -199,7 +205,7 @@ async fn request_ids_are_scoped_by_credential_and_a_redelivery_outlives_a_revoke
             .unwrap()
     );
     let (e1, e2) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
-    let as_ = |who: &str| vec![("authorization", who.as_bytes().to_vec())];
+    let as_ = |who: &str| vec![(header::AUTHORIZATION, who.as_bytes().to_vec())];
     let send = |event: &str, value: Vec<u8>, who: &str| {
         let (event, headers) = (event.to_string(), as_(who));
         let app = &app;
@@ -287,7 +293,7 @@ async fn a_flood_of_unauthenticated_one_mib_records_is_answered_in_bounded_memor
     for (c, chunk) in ids.chunks(50).enumerate() {
         let sends = chunk.iter().enumerate().map(|(i, id)| {
             let headers = OwnedHeaders::new().insert(Header {
-                key: "request-id",
+                key: header::REQUEST_ID,
                 value: Some(id.as_bytes()),
             });
             producer.send(

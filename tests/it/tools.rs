@@ -5,6 +5,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use crate::support::TestApp;
+use event_updater::domain::reply::header;
 use event_updater::store::rebuild::{self, FindingKind, Options};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde_json::{json, Value};
@@ -379,14 +380,17 @@ async fn dlq_replay_resubmits_a_dead_letter_which_gets_its_stored_reply_again() 
     app.send_raw(
         Some("some-key"),
         Some(b"{\"request_id\": oops"),
-        &[("request-id", b"dead-1"), ("correlation-id", b"corr-1")],
+        &[
+            (header::REQUEST_ID, b"dead-1"),
+            (header::CORRELATION_ID, b"corr-1"),
+        ],
     )
     .await;
     let first = app.reply().await;
     assert_eq!(first.status(), 400);
     let dead = app.dead_letter().await;
-    assert_eq!(dead.header("request-id"), Some("dead-1"));
-    assert_eq!(dead.header("authorization"), None);
+    assert_eq!(dead.header(header::REQUEST_ID), Some("dead-1"));
+    assert_eq!(dead.header(header::AUTHORIZATION), None);
 
     let listed = tool(&app, &["dlq", "replay", "--dry-run"], &[], None).await;
     assert!(listed.status.success(), "{}", explain(&listed));
@@ -451,20 +455,27 @@ async fn dlq_replay_resubmits_a_dead_letter_which_gets_its_stored_reply_again() 
 
     let again = app.reply().await;
     assert_eq!(again.raw, first.raw, "the stored reply, byte for byte");
-    assert_eq!(again.header("request-id"), Some("dead-1"));
-    assert_eq!(again.header("correlation-id"), Some("corr-1"));
+    assert_eq!(again.header(header::REQUEST_ID), Some("dead-1"));
+    assert_eq!(again.header(header::CORRELATION_ID), Some("corr-1"));
 
     // The re-published command: the original key, value and headers, credentials, no dlq-*.
     let commands = app.new_reader(&app.cfg.command_topic);
     let original = TestApp::read_from(&commands).await;
     let copy = TestApp::read_from(&commands).await;
-    assert_eq!(original.header("correlation-id"), Some("corr-1"));
+    assert_eq!(original.header(header::CORRELATION_ID), Some("corr-1"));
     assert_eq!((&copy.key, &copy.raw), (&dead.key, &dead.raw));
     let names: Vec<&str> = copy.headers.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(names, ["correlation-id", "request-id", "authorization"]);
-    assert_eq!(copy.header("request-id"), Some("dead-1"));
     assert_eq!(
-        copy.header("authorization"),
+        names,
+        [
+            header::CORRELATION_ID,
+            header::REQUEST_ID,
+            header::AUTHORIZATION
+        ]
+    );
+    assert_eq!(copy.header(header::REQUEST_ID), Some("dead-1"));
+    assert_eq!(
+        copy.header(header::AUTHORIZATION),
         Some(app.authorization.as_str())
     );
     drop(commands);

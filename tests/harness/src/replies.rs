@@ -17,6 +17,11 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::{Error, Result};
 
+/// The header that carries a command's request id onto its reply: the library's
+/// `event_updater::domain::reply::header::REQUEST_ID`, named here because this crate does not
+/// import the library (`tests/it` checks that the two agree).
+pub const REQUEST_ID_HEADER: &str = "request-id";
+
 /// A consumer of partitions `0..partitions` of `topic` from the beginning, outside any group
 /// (`group.id` only names it), taking each record as soon as the broker has it.
 pub fn reader(
@@ -43,7 +48,7 @@ pub fn reader(
 pub fn request_id(m: &BorrowedMessage<'_>) -> String {
     let header = m.headers().and_then(|h| {
         h.iter()
-            .find(|h| h.key == "request-id")
+            .find(|h| h.key == REQUEST_ID_HEADER)
             .and_then(|h| h.value)
             .map(|v| String::from_utf8_lossy(v).into_owned())
     });

@@ -99,23 +99,30 @@ fn asyncapi_parses_names_the_topics_and_references_schemas_that_exist() {
     has_all(
         "command",
         &[
-            "request-id",
-            "correlation-id",
-            "traceparent",
-            "authorization",
-            "reply-to",
+            header::REQUEST_ID,
+            header::CORRELATION_ID,
+            header::TRACEPARENT,
+            header::AUTHORIZATION,
+            header::REPLY_TO,
         ],
     );
-    has_all("reply", &["request-id", "correlation-id", "traceparent"]);
+    has_all(
+        "reply",
+        &[
+            header::REQUEST_ID,
+            header::CORRELATION_ID,
+            header::TRACEPARENT,
+        ],
+    );
     has_all(
         "deadLetter",
         &[
-            "dlq-reason",
-            "dlq-status",
-            "dlq-source-topic",
-            "dlq-source-partition",
-            "dlq-source-offset",
-            "request-id",
+            header::DLQ_REASON,
+            header::DLQ_STATUS,
+            header::DLQ_SOURCE_TOPIC,
+            header::DLQ_SOURCE_PARTITION,
+            header::DLQ_SOURCE_OFFSET,
+            header::REQUEST_ID,
         ],
     );
     assert_eq!(

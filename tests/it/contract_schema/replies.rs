@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use event_updater::domain::reply::header;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -179,9 +180,9 @@ async fn every_real_reply_validates_and_commands_are_judged_as_the_processor_jud
         true,
     );
     traced.headers = vec![
-        ("correlation-id", "corr-1".into()),
+        (header::CORRELATION_ID, "corr-1".into()),
         (
-            "traceparent",
+            header::TRACEPARENT,
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
         ),
     ];
@@ -198,14 +199,14 @@ async fn every_real_reply_validates_and_commands_are_judged_as_the_processor_jud
         403,
         true,
     );
-    basic.headers = vec![("authorization", "Basic dXNlcjpwYXNz".into())];
+    basic.headers = vec![(header::AUTHORIZATION, "Basic dXNlcjpwYXNz".into())];
     let mut unknown_token = case(
         "an unknown token",
         json!({"request_id": "badtoken", "event_uuid": e, "body": login}),
         403,
         true,
     );
-    unknown_token.headers = vec![("authorization", "Bearer not-a-token".into())];
+    unknown_token.headers = vec![(header::AUTHORIZATION, "Bearer not-a-token".into())];
 
     let create = json!({"request_id": "create", "event_uuid": event.simple().to_string().to_uppercase(),
         "expected_version": 0,
@@ -410,7 +411,7 @@ async fn every_real_reply_validates_and_commands_are_judged_as_the_processor_jud
         let reparsed: Value = serde_json::from_slice(&r.raw).expect("the reply is JSON");
         assert_eq!(reparsed, r.value);
         // Headers the AsyncAPI document promises on every reply.
-        assert!(r.header("request-id").is_some(), "{}", c.what);
+        assert!(r.header(header::REQUEST_ID).is_some(), "{}", c.what);
 
         match (c.schema_valid, serde_json::from_slice::<Value>(&c.value)) {
             (None, parsed) => assert!(parsed.is_err(), "{}: meant to be not JSON", c.what),
@@ -435,9 +436,9 @@ async fn every_real_reply_validates_and_commands_are_judged_as_the_processor_jud
                 "a redelivery gets the same bytes"
             );
         }
-        if !c.headers.is_empty() && c.headers[0].0 == "correlation-id" {
+        if !c.headers.is_empty() && c.headers[0].0 == header::CORRELATION_ID {
             for (k, v) in &c.headers {
-                if *k == "traceparent" {
+                if *k == header::TRACEPARENT {
                     // Continued: the same trace id and flags, the processor's span as parent.
                     let got = r.header(k).expect("traceparent continued");
                     assert_eq!(
@@ -511,9 +512,9 @@ async fn every_real_reply_validates_and_commands_are_judged_as_the_processor_jud
             .expect("the dead-letter header schema");
         let as_object = Value::Object(headers.into_iter().collect());
         assert!(header_v.is_valid(&as_object), "{as_object}");
-        assert_eq!(as_object["dlq-status"], "400");
+        assert_eq!(as_object[header::DLQ_STATUS], "400");
         assert_eq!(
-            as_object["dlq-source-topic"],
+            as_object[header::DLQ_SOURCE_TOPIC],
             app.cfg.command_topic.as_str()
         );
     }

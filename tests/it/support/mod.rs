@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use event_updater::config::Config;
 use event_updater::domain::projection;
+use event_updater::domain::reply::header;
 use event_updater::{store, Application};
 use event_updater_harness::http;
 use event_updater_harness::process::{Log, Processor};
@@ -321,10 +322,10 @@ impl TestApp {
         if default_auth
             && !headers
                 .iter()
-                .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+                .any(|(k, _)| k.eq_ignore_ascii_case(header::AUTHORIZATION))
         {
             h = h.insert(Header {
-                key: "authorization",
+                key: header::AUTHORIZATION,
                 value: Some(self.authorization.as_bytes()),
             });
         }
@@ -664,7 +665,7 @@ impl TestApp {
         for chunk in records.chunks(500) {
             let sends = chunk.iter().map(|(k, v)| {
                 let h = OwnedHeaders::new().insert(Header {
-                    key: "authorization",
+                    key: header::AUTHORIZATION,
                     value: Some(self.authorization.as_bytes()),
                 });
                 let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&self.cfg.command_topic)
@@ -705,4 +706,11 @@ pub async fn wait_for_status(addr: std::net::SocketAddr, path: &str, want: u16, 
 /// The body of a GET of `path`.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     http::get(addr, path).await.expect("GET").1
+}
+
+/// The harness names the request-id header itself (it does not import the library): the
+/// library's name.
+#[test]
+fn the_harness_reads_the_librarys_request_id_header() {
+    assert_eq!(replies::REQUEST_ID_HEADER, header::REQUEST_ID);
 }
