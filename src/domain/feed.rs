@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use super::projection::{write_representation, EventState};
 use super::reply::{header, scope_tag_bytes, uuid_key, write_uuid, Destination, Outgoing};
-use crate::drf::isodate;
+use crate::drf::{isodate, pyjson};
 
 /// The `schema-version` header of both feed records: the version of their JSON Schemas
 /// (`docs/schema/change.schema.json`, `docs/schema/view.schema.json`). A reader that does not
@@ -69,7 +69,7 @@ pub fn change_record(c: &LogChange) -> Vec<u8> {
     match &c.change {
         Value::Object(map) => {
             let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_by(|(a, _), (b, _)| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
+            entries.sort_by(|(a, _), (b, _)| pyjson::jsonb_key_order(a, b));
             out.push(b'{');
             for (n, (k, v)) in entries.into_iter().enumerate() {
                 if n > 0 {

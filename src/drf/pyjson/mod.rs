@@ -20,7 +20,7 @@ mod numbers;
 mod parse;
 
 pub use document::{is_infinite, number_str, surrogate_of, DocValue, Document, INF};
-pub use numbers::jsonb_normalize;
+pub use numbers::{jsonb_key_order, jsonb_normalize};
 pub use parse::{parse, parse_document, parse_str, ParseError, MAX_DEPTH, STACK_BYTES};
 
 #[cfg(test)]

@@ -61,6 +61,11 @@ pub(super) fn number(text: &str) -> Value {
     Value::Number(text.parse::<Number>().expect("valid JSON number text"))
 }
 
+/// The order of an object's keys in PostgreSQL `jsonb`: shorter keys first, then bytewise.
+pub fn jsonb_key_order(a: &str, b: &str) -> std::cmp::Ordering {
+    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+}
+
 /// Return the value as PostgreSQL `jsonb` would give it back (what Django reads after a save):
 /// object keys sorted the jsonb way (shorter keys first, then bytewise), numbers as PostgreSQL
 /// `numeric` prints them, re-read by Python (`1e+16` -> int `10000000000000000`, `1e-05` ->
@@ -71,7 +76,7 @@ pub fn jsonb_normalize(v: &Value) -> Value {
         Value::Array(items) => Value::Array(items.iter().map(jsonb_normalize).collect()),
         Value::Object(map) => {
             let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_by(|(a, _), (b, _)| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
+            entries.sort_by(|(a, _), (b, _)| jsonb_key_order(a, b));
             let normalized = entries
                 .into_iter()
                 .map(|(k, v)| (k.clone(), jsonb_normalize(v)));
