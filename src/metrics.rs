@@ -4,11 +4,11 @@
 //! process-wide (the `metrics` crate allows one), installed once by [`install`]; `/metrics`
 //! renders it.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::domain::command::Refusal;
 use crate::domain::decide::OutcomeKind;
@@ -40,10 +40,21 @@ pub const DEAD_LETTERS_DROPPED: &str = "event_updater_dead_letters_dropped_total
 pub const FEED_LAG_CHANGES: &str = "event_updater_feed_lag_changes";
 pub const FEED_LAG_SECONDS: &str = "event_updater_feed_lag_seconds";
 
-static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
+static HANDLE: OnceLock<Result<PrometheusHandle, InstallError>> = OnceLock::new();
+
+/// Why the Prometheus recorder could not be installed (the same error on every later call).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum InstallError {
+    /// The histograms' buckets were refused.
+    #[error("the histogram buckets are refused")]
+    Buckets(#[source] Arc<BuildError>),
+    /// The recorder could not be made the process's (another one is installed).
+    #[error("the recorder cannot be made the process-wide one")]
+    Recorder(#[source] Arc<BuildError>),
+}
 
 /// Installs the process-wide Prometheus recorder (once) and returns its handle.
-pub fn install() -> Result<PrometheusHandle, String> {
+pub fn install() -> Result<PrometheusHandle, InstallError> {
     HANDLE
         .get_or_init(|| {
             PrometheusBuilder::new()
@@ -62,9 +73,9 @@ pub fn install() -> Result<PrometheusHandle, String> {
                         ],
                     )
                 })
-                .map_err(|e| e.to_string())?
+                .map_err(|e| InstallError::Buckets(Arc::new(e)))?
                 .install_recorder()
-                .map_err(|e| e.to_string())
+                .map_err(|e| InstallError::Recorder(Arc::new(e)))
         })
         .clone()
 }
@@ -195,16 +206,59 @@ pub fn record_stage(stage: Stage, d: Duration) {
     histogram!(STAGE, "stage" => stage.as_str()).record(d.as_secs_f64());
 }
 
-/// A transaction failed; `kind` is `unavailable`, `conflict` or `refused`.
-pub fn record_db_error(kind: &'static str) {
-    counter!(DB_ERRORS, "kind" => kind).increment(1);
+/// What became of a failed transaction: the `kind` label of [`DB_ERRORS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbErrorKind {
+    /// The database is unreachable (or the pool or its URL is): retried without bound.
+    Unavailable,
+    /// A concurrent writer got there first: retried a bounded number of times.
+    Conflict,
+    /// The statement failed (a timeout, a missing function, corrupt data): retried a bounded
+    /// number of times.
+    Failed,
+    /// The database refused the data: its command is answered 400.
+    Refused,
 }
 
-/// Concurrent writers conflicted with a batch `CONFLICT_ATTEMPTS` times: `scope` is `batch` (its
-/// commands are then applied one by one) or `command` (that command was not applied and got a
-/// 409).
-pub fn record_kept_conflicting(scope: &'static str) {
-    counter!(KEPT_CONFLICTING, "scope" => scope).increment(1);
+impl DbErrorKind {
+    /// The `kind` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DbErrorKind::Unavailable => "unavailable",
+            DbErrorKind::Conflict => "conflict",
+            DbErrorKind::Failed => "failed",
+            DbErrorKind::Refused => "refused",
+        }
+    }
+}
+
+/// A transaction failed, as `kind` says.
+pub fn record_db_error(kind: DbErrorKind) {
+    counter!(DB_ERRORS, "kind" => kind.as_str()).increment(1);
+}
+
+/// What kept conflicting `CONFLICT_ATTEMPTS` times: the `scope` label of [`KEPT_CONFLICTING`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConflictScope {
+    /// A batch: its commands are then applied one by one.
+    Batch,
+    /// A command alone: it was not applied and got a 409.
+    Command,
+}
+
+impl ConflictScope {
+    /// The `scope` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConflictScope::Batch => "batch",
+            ConflictScope::Command => "command",
+        }
+    }
+}
+
+/// Concurrent writers conflicted with a batch or a command `CONFLICT_ATTEMPTS` times.
+pub fn record_kept_conflicting(scope: ConflictScope) {
+    counter!(KEPT_CONFLICTING, "scope" => scope.as_str()).increment(1);
 }
 
 /// The database kept failing a command alone: it was not applied, answered 500 and

@@ -121,7 +121,7 @@ pub(crate) fn exported_series() -> BTreeMap<String, BTreeSet<String>> {
     let handle = metrics::install().expect("the recorder installs");
     metrics::record_command(201, OutcomeKind::New, Some(Duration::from_millis(3)));
     metrics::record_batch(5, Duration::from_millis(2), None);
-    metrics::record_db_error("unavailable");
+    metrics::record_db_error(metrics::DbErrorKind::Unavailable);
     metrics::record_published(Destination::Reply, 1);
     metrics::record_published(Destination::DeadLetter, 1);
     metrics::record_publish_failed(Destination::Reply, false);

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use crate::domain::command::{Action, Command};
 use crate::domain::decide::{unstored, Outcome, OutcomeKind, Source};
 use crate::domain::reply::detail;
-use crate::metrics;
+use crate::metrics::{self, ConflictScope, DbErrorKind};
 use crate::store::{self, Applied, Feed, Fit, StoreError};
 
 use super::processor::{Fetched, Shared};
@@ -138,7 +138,7 @@ pub(super) async fn persist_batch(
             continue;
         }
         if matches!(e, StoreError::Conflict(_)) {
-            metrics::record_kept_conflicting("batch");
+            metrics::record_kept_conflicting(ConflictScope::Batch);
         }
         tracing::warn!(error = %e.chain(), size = piece.len(), "batch not applied; applying its commands one by one");
         for c in piece.into_iter().rev() {
@@ -164,7 +164,7 @@ pub(super) async fn answer_unapplied(
 ) -> Option<Outcome> {
     let (status, text, dead_letter) = match e {
         StoreError::Conflict(_) => {
-            metrics::record_kept_conflicting("command");
+            metrics::record_kept_conflicting(ConflictScope::Command);
             tracing::warn!(request_id = %cmd.request_id, error = %e.chain(), attempts = CONFLICT_ATTEMPTS, "the event kept changing under concurrent writers; the command is not applied and answered 409");
             (409, KEPT_CONFLICTING.to_string(), None)
         }
@@ -242,7 +242,7 @@ pub(super) async fn persist_retrying(
                 return Some(Ok(o));
             }
             Err(e @ StoreError::Conflict(_)) => {
-                metrics::record_db_error("conflict");
+                metrics::record_db_error(DbErrorKind::Conflict);
                 shared.health.database_ok.store(true, Ordering::Relaxed);
                 conflicts += 1;
                 if conflicts >= CONFLICT_ATTEMPTS {
@@ -253,7 +253,7 @@ pub(super) async fn persist_retrying(
                 wait
             }
             Err(e @ (StoreError::Unavailable(_) | StoreError::Url(_) | StoreError::Migrate(_))) => {
-                metrics::record_db_error("unavailable");
+                metrics::record_db_error(DbErrorKind::Unavailable);
                 shared.health.database_ok.store(false, Ordering::Relaxed);
                 tracing::warn!(error = %e.chain(), retry_in = ?backoff, "database unavailable; retrying the batch");
                 let b = backoff;
@@ -261,7 +261,7 @@ pub(super) async fn persist_retrying(
                 b
             }
             Err(e @ (StoreError::Failed(_) | StoreError::Corrupt(_))) => {
-                metrics::record_db_error("failed");
+                metrics::record_db_error(DbErrorKind::Failed);
                 // The database answered: it is there, the statement is what fails.
                 shared.health.database_ok.store(true, Ordering::Relaxed);
                 failed += 1;
@@ -274,7 +274,7 @@ pub(super) async fn persist_retrying(
                 b
             }
             Err(e) => {
-                metrics::record_db_error("refused");
+                metrics::record_db_error(DbErrorKind::Refused);
                 return Some(Err(e));
             }
         };
