@@ -19,7 +19,7 @@ pub fn decode(msg: &Incoming, max_bytes: usize, auth_mode: AuthMode) -> Command 
     let payload = msg.payload.as_deref().unwrap_or_default();
     if let Some(overflow) = msg.headers_refused {
         // Nothing of the headers was read: no credentials, no request id, no reply-to.
-        let unread = KnownSoFar {
+        let unread = AnswerKeys {
             msg,
             credentials: Credentials::Missing,
             request_id: Some(fallback_request_id(msg)),
@@ -31,22 +31,22 @@ pub fn decode(msg: &Incoming, max_bytes: usize, auth_mode: AuthMode) -> Command 
             ..Rejection::not_a_command(overflow.text())
         });
     }
-    let mut known = KnownSoFar {
+    let mut keys = AnswerKeys {
         msg,
         credentials: auth::credentials(msg.header(header::AUTHORIZATION)),
         request_id: None,
         fingerprint: [0; 32],
         event_uuid: None,
     };
-    match checked(&mut known, payload, max_bytes, auth_mode) {
+    match checked(&mut keys, payload, max_bytes, auth_mode) {
         Ok(command) => command,
-        Err(rejection) => known.answer(rejection),
+        Err(rejection) => keys.answer(rejection),
     }
 }
 
-/// What a record's command is known by once some checks have passed: what its answer is keyed
-/// and filed under when a later check fails.
-struct KnownSoFar<'a> {
+/// What a record's answer is keyed and filed under, as far as the checks that passed have
+/// found: a later check that fails answers under these.
+struct AnswerKeys<'a> {
     msg: &'a Incoming,
     credentials: Credentials,
     /// The value's usable `request_id` (`None`: the header's, else [`fallback_request_id`]).
@@ -57,7 +57,7 @@ struct KnownSoFar<'a> {
     event_uuid: Option<Uuid>,
 }
 
-impl KnownSoFar<'_> {
+impl AnswerKeys<'_> {
     /// The request id: the value's, else the `request-id` header's, else the coordinates.
     fn take_request_id(&mut self) -> String {
         self.request_id.take().unwrap_or_else(|| {
@@ -125,24 +125,24 @@ impl Rejection {
     }
 }
 
-/// The checks after the header caps, in the REST endpoint's order; `known` learns what the
+/// The checks after the header caps, in the REST endpoint's order; `keys` learns what the
 /// command is known by as they pass.
 fn checked(
-    known: &mut KnownSoFar,
+    keys: &mut AnswerKeys,
     payload: &[u8],
     max_bytes: usize,
     auth_mode: AuthMode,
 ) -> Result<Command, Rejection> {
-    authenticated(known.msg, &known.credentials, auth_mode)?;
-    known.fingerprint = Sha256::digest(payload).into();
+    authenticated(keys.msg, &keys.credentials, auth_mode)?;
+    keys.fingerprint = Sha256::digest(payload).into();
     let mut doc = parsed(payload, max_bytes)?;
-    known.fingerprint = fingerprint(&doc.value);
+    keys.fingerprint = fingerprint(&doc.value);
     dictionary(&doc.value)?;
     let (request_id, request_id_errors) = request_id(doc.as_value().get("request_id"));
-    known.request_id = request_id;
+    keys.request_id = request_id;
     let event_uuid = event_uuid(doc.value.get("event_uuid"))?;
-    known.event_uuid = Some(event_uuid);
-    keyed_by_event(known.msg, doc.value.get("event_uuid"), event_uuid)?;
+    keys.event_uuid = Some(event_uuid);
+    keyed_by_event(keys.msg, doc.value.get("event_uuid"), event_uuid)?;
     let expected_version = envelope(doc.value.get("expected_version"), request_id_errors)?;
     // The body is moved out of the parsed value: its JSON fields are not copied.
     let body = doc
@@ -155,15 +155,15 @@ fn checked(
     });
     let body = validate::validate_body_owned(body).map_err(Rejection::errors)?;
     Ok(Command {
-        request_id: known.take_request_id(),
-        fingerprint: known.fingerprint,
+        request_id: keys.take_request_id(),
+        fingerprint: keys.fingerprint,
         reply_key: Some(canonical_key(event_uuid)),
         action: Action::Apply {
             event_uuid,
             expected_version,
             body: std::sync::Arc::new(body),
         },
-        credentials: known.credentials.clone(),
+        credentials: keys.credentials.clone(),
         dead_letter: None,
         refused: None,
     })
@@ -303,16 +303,17 @@ fn key_mismatch(key: Option<&[u8]>, sent: Option<&Value>, event_uuid: Uuid) -> O
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
     let canonical: &str = event_uuid.hyphenated().encode_lower(&mut buf);
     let as_sent = sent.and_then(Value::as_str);
-    match key {
-        Some(k) if k == canonical.as_bytes() || Some(k) == as_sent.map(str::as_bytes) => None,
-        Some(k) => Some(format!(
-            "The record key must be the event's UUID (\"{canonical}\"), so that the commands of one event stay in order; it is {:?}.",
-            String::from_utf8_lossy(k)
-        )),
-        None => Some(format!(
-            "The record key must be the event's UUID (\"{canonical}\"), so that the commands of one event stay in order; the record has no key."
-        )),
-    }
+    let what_it_is = match key {
+        Some(k) if k == canonical.as_bytes() || Some(k) == as_sent.map(str::as_bytes) => {
+            return None
+        }
+        Some(k) => format!("it is {:?}", String::from_utf8_lossy(k)),
+        None => "the record has no key".to_owned(),
+    };
+    Some(format!(
+        "The record key must be the event's UUID (\"{canonical}\"), so that the commands of one \
+         event stay in order; {what_it_is}."
+    ))
 }
 
 /// The `request-id` header, when it is a usable id (UTF-8, 1..=200 characters, no NUL).
