@@ -9,7 +9,8 @@ use super::values::AUTO_REPLICATION_FACTOR;
 
 impl Config {
     /// Logs the effective configuration at `info`, one field per option: the database URL's
-    /// passwords and the secret Kafka properties masked ([`super::secrets`]).
+    /// passwords and the secret Kafka properties masked ([`mask_url_password`],
+    /// [`masked_properties`]).
     pub fn log(&self) {
         let Config {
             database_url,

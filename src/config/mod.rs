@@ -6,9 +6,9 @@
 //! except where they would contradict a typed option: the consumer group protocol is chosen by
 //! `KAFKA_GROUP_PROTOCOL` alone ([`Config::group_settings`]).
 //!
-//! [`settings`] holds the struct, [`values`] the parsers of its options' values, [`kafka`] the
-//! checks of what it means for the Kafka clients, [`secrets`] the masking of secrets for logs,
-//! and [`log`] its start-up log.
+//! `settings` holds the struct, `values` the parsers of its options' values, `kafka` the checks
+//! of what it means for the Kafka clients, `secrets` the masking of secrets for logs
+//! ([`mask_url_password`], [`masked_properties`]), and `log` its start-up log ([`Config::log`]).
 
 mod kafka;
 mod log;
