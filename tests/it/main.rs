@@ -4,7 +4,7 @@
 //! real PostgreSQL and a real broker (`KAFKA_BOOTSTRAP_SERVERS`, `TEST_DATABASE_URL`; see
 //! `scripts/test.sh`). Run one module with `cargo test --test it <module>::`, e.g.
 //! `cargo test --test it security::`. `tests/deploy_files/`, which needs no services, is a
-//! crate of its own.
+//! crate of its own. `tests/README.md` says which helper layer a new test should use.
 
 mod backfill;
 mod backpressure;
