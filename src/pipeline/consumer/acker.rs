@@ -17,18 +17,18 @@ use crate::pipeline::kafka::Settled;
 use crate::pipeline::trace;
 
 use super::lane::release;
-use super::processor::{Dispatched, Fetched, Shared};
+use super::processor::{Dispatched, Fetched, PipelineParts};
 use super::CommandConsumer;
 
 /// An acker: finishes its lane's batches in order once their records are acknowledged.
 pub(super) async fn run_acker(
-    shared: Arc<Shared>,
+    shared: Arc<PipelineParts>,
     mut rx: mpsc::UnboundedReceiver<Dispatched>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut stored = true;
+    let mut last = Finished::OffsetsStored;
     while let Some(d) = rx.recv().await {
-        if !stored {
+        if last == Finished::NotAcknowledged {
             // An earlier batch of this lane was not acknowledged before shutdown: later ones
             // must not store offsets past it.
             shared.feed_lag.done(d.feed_ticket);
@@ -47,23 +47,33 @@ pub(super) async fn run_acker(
         shared.feed_lag.done(feed_ticket);
         metrics::record_stage(Stage::Publish, settled.answered_at - published_at);
         metrics::record_stage(Stage::Feed, published_at.elapsed());
-        stored = finish(&shared, &batch, &outcomes, &traces, settled);
+        last = finish(&shared, &batch, &outcomes, &traces, settled);
         release(&shared, &batch);
     }
+}
+
+/// What [`finish`] did with a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Finished {
+    /// Every record was acknowledged: its metrics were recorded and its offsets stored.
+    OffsetsStored,
+    /// Shutdown came before every record was acknowledged: nothing was stored, and the lane's
+    /// later batches must not store offsets past it.
+    NotAcknowledged,
 }
 
 /// Records a published batch's metrics and logs and stores its offsets; a batch whose records
 /// were not all acknowledged (shutdown) stores nothing.
 pub(super) fn finish(
-    shared: &Shared,
+    shared: &PipelineParts,
     batch: &[Fetched],
     outcomes: &[Outcome],
     traces: &[Option<trace::Continued>],
     settled: Settled,
-) -> bool {
+) -> Finished {
     if !settled.published {
         tracing::warn!("shutdown before every reply was acknowledged; offsets not stored");
-        return false;
+        return Finished::NotAcknowledged;
     }
     // A command's latency ends when its reply was acknowledged (not its feed records).
     let now =
@@ -97,7 +107,7 @@ pub(super) fn finish(
         }
     }
     store_offsets(&shared.consumer, batch);
-    true
+    Finished::OffsetsStored
 }
 
 /// Stores the offsets after `batch`'s records, per partition, through the consumer's

@@ -15,7 +15,7 @@ use crate::domain::command::{self, HeaderOverflow, Incoming};
 
 use super::assignment::Partition;
 use super::budget::cost;
-use super::processor::{Fetched, Shared};
+use super::processor::{Fetched, PipelineParts};
 use super::CommandConsumer;
 
 /// How long one `poll` waits for a record, and how long the fetch thread waits for room in a
@@ -46,7 +46,7 @@ struct Waiting {
 /// the partitions are resumed. A kept record whose partition was revoked meanwhile is dropped:
 /// its next owner reads it from the committed offset.
 pub(super) fn fetch(
-    shared: &Shared,
+    shared: &PipelineParts,
     lanes: Vec<mpsc::UnboundedSender<Fetched>>,
     stop: &AtomicBool,
 ) {
@@ -123,7 +123,7 @@ pub(super) fn fetch(
 }
 
 /// Decodes an admitted record and hands it to its lane; false when the lane is gone.
-fn dispatch(shared: &Shared, lanes: &[mpsc::UnboundedSender<Fetched>], w: Waiting) -> bool {
+fn dispatch(shared: &PipelineParts, lanes: &[mpsc::UnboundedSender<Fetched>], w: Waiting) -> bool {
     let Waiting {
         incoming,
         cost,
@@ -181,7 +181,7 @@ pub(super) fn set_paused(consumer: &CommandConsumer, partitions: Vec<Partition>,
 /// (the partition was revoked, perhaps assigned again since), releasing their budget: their
 /// partition's owner reads them again from the committed offset, so they are neither applied
 /// nor stored here.
-pub(super) fn current_only(shared: &Shared, mut batch: Vec<Fetched>) -> Vec<Fetched> {
+pub(super) fn current_only(shared: &PipelineParts, mut batch: Vec<Fetched>) -> Vec<Fetched> {
     let assignment = &shared.consumer.context().assignment;
     let before = batch.len();
     let mut released = 0;

@@ -28,12 +28,12 @@ use super::feed::feed_records;
 use super::fetch::current_only;
 use super::outgoing::outgoing;
 use super::persist::persist_batch;
-use super::processor::{Dispatched, Fetched, Shared};
+use super::processor::{Dispatched, Fetched, PipelineParts};
 
 /// A lane: takes what its queue holds, applies it, hands the replies to the producer, passes
 /// the batch to its acker. On shutdown, finishes the batch in hand and releases the rest.
 pub(super) async fn run_lane(
-    shared: Arc<Shared>,
+    shared: Arc<PipelineParts>,
     mut rx: mpsc::UnboundedReceiver<Fetched>,
     acks: mpsc::UnboundedSender<Dispatched>,
     mut shutdown: watch::Receiver<bool>,
@@ -180,7 +180,7 @@ pub(super) async fn run_lane(
 }
 
 /// Releases a batch's records and the replies charged for them.
-pub(super) fn release(shared: &Shared, batch: &[Fetched]) {
+pub(super) fn release(shared: &PipelineParts, batch: &[Fetched]) {
     let bytes = batch.iter().map(|f| f.cost).sum();
     shared.budget.release(bytes, batch.len());
     let replies = batch.iter().map(|f| f.replies).sum();
@@ -191,7 +191,7 @@ pub(super) fn release(shared: &Shared, batch: &[Fetched]) {
 
 /// A record the lane takes from its queue: its decoded command is charged at its real size,
 /// beyond the value's bytes its admission counted for it.
-fn taken(shared: &Shared, mut f: Fetched) -> Fetched {
+fn taken(shared: &PipelineParts, mut f: Fetched) -> Fetched {
     let counted = f.incoming.payload.as_ref().map_or(0, Vec::len);
     let extra = f.command.retained_bytes().saturating_sub(counted);
     shared.budget.charge(extra);
@@ -203,7 +203,11 @@ fn taken(shared: &Shared, mut f: Fetched) -> Fetched {
 const REPLY_ROOM_POLL: Duration = Duration::from_millis(5);
 
 /// Waits until the replies in flight leave room for `bytes` more; false on shutdown.
-async fn reply_room(shared: &Shared, bytes: usize, shutdown: &mut watch::Receiver<bool>) -> bool {
+async fn reply_room(
+    shared: &PipelineParts,
+    bytes: usize,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
     while !shared.budget.reply_room(bytes) {
         tokio::select! {
             _ = tokio::time::sleep(REPLY_ROOM_POLL) => {}

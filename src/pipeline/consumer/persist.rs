@@ -27,7 +27,7 @@ use crate::domain::reply::detail;
 use crate::metrics::{self, ConflictScope, DbErrorKind};
 use crate::store::{self, Applied, Feed, Fit, StoreError};
 
-use super::processor::{Fetched, Shared};
+use super::processor::{Fetched, PipelineParts};
 
 /// Most attempts at one batch, and then at each of its commands alone, while concurrent writers
 /// keep conflicting with it (see `persist_retrying`).
@@ -81,7 +81,7 @@ pub const DATABASE_REFUSED: &str = "The database cannot store this command:";
 /// whose loads and replies fit (at least one; the caller takes the rest up again). A batch
 /// that is split for failing is applied whole, its pieces uncut. `None`: shutdown came first.
 pub(super) async fn persist_batch(
-    shared: &Shared,
+    shared: &PipelineParts,
     batch: &[Fetched],
     fit: Fit<'_>,
     shutdown: &mut watch::Receiver<bool>,
@@ -157,7 +157,7 @@ pub(super) async fn persist_batch(
 /// hold it up), so a redelivery gets the same bytes and never a late apply; only if even that
 /// cannot be stored is it answered unstored.
 pub(super) async fn answer_unapplied(
-    shared: &Shared,
+    shared: &PipelineParts,
     (cmd, source): (Command, Source),
     e: &StoreError,
     shutdown: &mut watch::Receiver<bool>,
@@ -221,7 +221,7 @@ pub(super) async fn answer_unapplied(
 /// its bound (never an unavailable database). The feed part is collected where the change
 /// feed is on (`CHANGES_TOPIC` or `VIEW_TOPIC` set).
 pub(super) async fn persist_retrying(
-    shared: &Shared,
+    shared: &PipelineParts,
     commands: &[(Command, Source)],
     fit: Option<Fit<'_>>,
     failures: u32,

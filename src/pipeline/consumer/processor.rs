@@ -65,8 +65,10 @@ pub(super) struct Dispatched {
     pub(super) feed_ticket: Option<u64>,
 }
 
-/// What the lanes and ackers share.
-pub(super) struct Shared {
+/// What the pipeline's stages (the fetch thread, the lanes and the ackers) share: the consumer,
+/// the byte budget, the publisher, the pool, the configuration, the health flags and the feed
+/// lag.
+pub(super) struct PipelineParts {
     pub(super) consumer: Arc<CommandConsumer>,
     pub(super) budget: Arc<Budget>,
     pub(super) publisher: Publisher,
@@ -83,7 +85,7 @@ impl Processor {
         self.consumer.subscribe(&[&self.cfg.command_topic])?;
         self.health.subscribed.store(true, Ordering::Relaxed);
         tracing::info!(topic = %self.cfg.command_topic, group = %self.cfg.kafka_group_id, "subscribed");
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(PipelineParts {
             consumer: Arc::new(self.consumer),
             budget: self.budget,
             publisher: self.publisher,
