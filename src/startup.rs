@@ -38,6 +38,8 @@ pub enum StartupError {
     Kafka(#[from] KafkaError),
     #[error("consumer")]
     Consumer(#[from] consumer::ConsumerError),
+    #[error("processor")]
+    Processor(#[from] consumer::ProcessorError),
     #[error("http server")]
     Http(#[from] std::io::Error),
     #[error("configuration")]
@@ -94,7 +96,7 @@ pub struct Application {
     pool: PgPool,
     health: Arc<Health>,
     shutdown: watch::Sender<bool>,
-    processor: JoinHandle<Result<(), KafkaError>>,
+    processor: JoinHandle<Result<(), consumer::ProcessorError>>,
     http: JoinHandle<std::io::Result<()>>,
     /// Deletes stored replies past the retention window; ends on shutdown.
     pruner: JoinHandle<()>,

@@ -96,5 +96,5 @@ pub use persist::{
     CONFLICT_ATTEMPTS, DATABASE_FAILED, DATABASE_FAILED_REASON, DATABASE_REFUSED, FAILURE_ATTEMPTS,
     KEPT_CONFLICTING,
 };
-pub use processor::Processor;
+pub use processor::{Processor, ProcessorError};
 pub use rebalance::{create_consumer, CommandConsumer, ConsumerError, ProcessorContext};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{CommitMode, Consumer};
-use rdkafka::error::KafkaResult;
+use rdkafka::error::KafkaError;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
@@ -38,6 +38,23 @@ impl std::fmt::Debug for Processor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Processor").finish_non_exhaustive()
     }
+}
+
+/// Why [`Processor::run`] stopped without being asked to.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessorError {
+    /// The consumer could not subscribe to the command topic.
+    #[error("could not subscribe to the command topic")]
+    Subscribe(#[source] KafkaError),
+    /// The fetch thread could not be started.
+    #[error("could not start the fetch thread")]
+    SpawnFetch(#[source] std::io::Error),
+    /// A lane or an acker panicked (the others drained what they held).
+    #[error("a lane or an acker task failed")]
+    Task(#[source] tokio::task::JoinError),
+    /// The fetch thread ended without being asked to: it panicked, or a lane it feeds was gone.
+    #[error("the fetch thread stopped without being asked to")]
+    FetchStopped,
 }
 
 /// A record, decoded, on its way through a lane.
@@ -81,8 +98,10 @@ pub(super) struct PipelineParts {
 impl Processor {
     /// Subscribes and runs until `shutdown` turns true; then finishes the batches in hand,
     /// commits the stored offsets and returns.
-    pub async fn run(self, shutdown: watch::Receiver<bool>) -> KafkaResult<()> {
-        self.consumer.subscribe(&[&self.cfg.command_topic])?;
+    pub async fn run(self, shutdown: watch::Receiver<bool>) -> Result<(), ProcessorError> {
+        self.consumer
+            .subscribe(&[&self.cfg.command_topic])
+            .map_err(ProcessorError::Subscribe)?;
         self.health.subscribed.store(true, Ordering::Relaxed);
         tracing::info!(topic = %self.cfg.command_topic, group = %self.cfg.kafka_group_id, "subscribed");
         let shared = Arc::new(PipelineParts {
@@ -136,7 +155,7 @@ impl Processor {
                 .spawn(move || fetch(&shared, senders, &stop))
                 .map_err(|e| {
                     tracing::error!(error = %e, "could not start the fetch thread");
-                    rdkafka::error::KafkaError::Canceled
+                    ProcessorError::SpawnFetch(e)
                 })?
         };
         // The fetch thread ends only when asked to, or when a lane is gone (a task panicked):
@@ -145,17 +164,20 @@ impl Processor {
         let mut fetched = tokio::task::spawn_blocking(move || fetcher.join());
         let mut wait = shutdown.clone();
         let mut failed = tokio::select! {
-            _ = wait.wait_for(|s| *s) => false,
-            _ = &mut fetched => true,
+            _ = wait.wait_for(|s| *s) => None,
+            _ = &mut fetched => Some(ProcessorError::FetchStopped),
         };
         stop.store(true, Ordering::Relaxed);
-        if !failed {
+        if failed.is_none() {
             let _ = fetched.await;
         }
         for t in tasks {
             if let Err(e) = t.await {
                 tracing::error!(error = %e, "a pipeline task failed");
-                failed = true;
+                // The task that failed says more than the fetch thread that saw its lane gone.
+                if !matches!(failed, Some(ProcessorError::Task(_))) {
+                    failed = Some(ProcessorError::Task(e));
+                }
             }
         }
         tracing::info!("shutting down: committing stored offsets");
@@ -169,11 +191,15 @@ impl Processor {
                 tracing::warn!(error = %e, "final commit failed; the last batch will be redelivered and answered from the stored replies")
             }
         }
-        if failed {
-            tracing::error!("a pipeline stage stopped without being asked to; the processor stops");
-            return Err(rdkafka::error::KafkaError::Canceled);
+        match failed {
+            Some(e) => {
+                tracing::error!(
+                    "a pipeline stage stopped without being asked to; the processor stops"
+                );
+                Err(e)
+            }
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 
