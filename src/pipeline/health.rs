@@ -79,9 +79,15 @@ impl Health {
         } else if self.dlq_unusable.load(Ordering::Relaxed) {
             Some("the dead-letter topic is unusable (deleted or denied); dead letters are dropped")
         } else if self.changes_topic_unusable.load(Ordering::Relaxed) {
-            Some("the changes topic is unusable (deleted, denied or refusing); changes and commands wait for it")
+            Some(
+                "the changes topic is unusable (deleted, denied or refusing); changes and \
+                commands wait for it",
+            )
         } else if self.view_topic_unusable.load(Ordering::Relaxed) {
-            Some("the view topic is unusable (deleted, denied or refusing); views and commands wait for it")
+            Some(
+                "the view topic is unusable (deleted, denied or refusing); views and commands \
+                wait for it",
+            )
         } else {
             None
         }

@@ -135,7 +135,10 @@ pub async fn apply_batch_timed(
             ))
         }
         Err(StoreError::Conflict(e)) => {
-            tracing::debug!(error = %e, "a write fence tripped; deciding the batch again under row locks");
+            tracing::debug!(
+                error = %e,
+                "a write fence tripped; deciding the batch again under row locks"
+            );
             drop(conn);
             apply_locked(pool, commands, rules, now, with_feed).await
         }

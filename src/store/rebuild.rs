@@ -150,7 +150,10 @@ pub enum RebuildError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// A batch kept conflicting with concurrent writers.
-    #[error("the batch after {after:?} still conflicted with concurrent writers after {attempts} attempts")]
+    #[error(
+        "the batch after {after:?} still conflicted with concurrent writers after {attempts} \
+        attempts"
+    )]
     Contended { after: Option<Uuid>, attempts: u32 },
 }
 
@@ -219,7 +222,11 @@ async fn batch_retrying(
         match batch(pool, after, opts).await {
             Ok(b) => return Ok(b),
             Err(StoreError::Conflict(e)) if attempt < MAX_ATTEMPTS => {
-                tracing::debug!(error = %e, attempt, "rebuild batch conflicts with a writer; retrying");
+                tracing::debug!(
+                    error = %e,
+                    attempt,
+                    "rebuild batch conflicts with a writer; retrying"
+                );
                 report.retries += 1;
                 tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt))).await;
                 attempt += 1;

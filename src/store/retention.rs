@@ -199,11 +199,19 @@ pub async fn run(pool: PgPool, retention: Retention, mut shutdown: watch::Receiv
         if let Some(cutoff) = retention.cutoff(Utc::now()) {
             match prune(&pool, cutoff, &shutdown).await {
                 Ok(Pass { deleted, end }) if deleted > 0 => {
-                    tracing::info!(deleted, %cutoff, ?end, "stored replies past the retention window deleted");
+                    tracing::info!(
+                        deleted,
+                        %cutoff,
+                        ?end,
+                        "stored replies past the retention window deleted"
+                    );
                 }
                 Ok(Pass { end, .. }) => tracing::debug!(%cutoff, ?end, "nothing to prune"),
                 Err(e) => {
-                    tracing::warn!(error = %e.chain(), "pruning stored replies failed; trying again after the interval");
+                    tracing::warn!(
+                        error = %e.chain(),
+                        "pruning stored replies failed; trying again after the interval"
+                    );
                 }
             }
         }

@@ -51,7 +51,8 @@ pub(super) const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// The `detail` of the 409 a command gets when concurrent writers kept changing its event for
 /// [`CONFLICT_ATTEMPTS`] attempts: it was not applied, and its request id keeps this answer.
-pub const KEPT_CONFLICTING: &str = "Concurrent writers kept changing this event while the command was being applied; it was not applied. Send it again with a new request_id.";
+pub const KEPT_CONFLICTING: &str = "Concurrent writers kept changing this event while the command \
+    was being applied; it was not applied. Send it again with a new request_id.";
 
 /// How the `detail` of the 500 a command gets begins when the database kept failing it alone
 /// ([`FAILURE_ATTEMPTS`]); `failure_text` adds the SQLSTATE. It was not applied, its request
@@ -132,7 +133,11 @@ pub(super) async fn persist_batch(
         }
         if matches!(e, StoreError::Failed(_) | StoreError::Corrupt(_)) {
             let second = piece.split_off(piece.len() / 2);
-            tracing::warn!(error = %e.chain(), size = piece.len() + second.len(), "the database kept failing a batch; applying its halves in turn");
+            tracing::warn!(
+                error = %e.chain(),
+                size = piece.len() + second.len(),
+                "the database kept failing a batch; applying its halves in turn"
+            );
             pending.push_front((second, 1));
             pending.push_front((piece, 1));
             continue;
@@ -140,7 +145,11 @@ pub(super) async fn persist_batch(
         if matches!(e, StoreError::Conflict(_)) {
             metrics::record_kept_conflicting(ConflictScope::Batch);
         }
-        tracing::warn!(error = %e.chain(), size = piece.len(), "batch not applied; applying its commands one by one");
+        tracing::warn!(
+            error = %e.chain(),
+            size = piece.len(),
+            "batch not applied; applying its commands one by one"
+        );
         for c in piece.into_iter().rev() {
             pending.push_front((vec![c], FAILURE_ATTEMPTS));
         }
@@ -165,17 +174,34 @@ pub(super) async fn answer_unapplied(
     let (status, text, dead_letter) = match e {
         StoreError::Conflict(_) => {
             metrics::record_kept_conflicting(ConflictScope::Command);
-            tracing::warn!(request_id = %cmd.request_id, error = %e.chain(), attempts = CONFLICT_ATTEMPTS, "the event kept changing under concurrent writers; the command is not applied and answered 409");
+            tracing::warn!(
+                request_id = %cmd.request_id,
+                error = %e.chain(),
+                attempts = CONFLICT_ATTEMPTS,
+                "the event kept changing under concurrent writers; the command is not applied and \
+                answered 409"
+            );
             (409, KEPT_CONFLICTING.to_string(), None)
         }
         StoreError::Refused(_) => {
-            tracing::warn!(request_id = %cmd.request_id, error = %e.chain(), "the database refused a command; answering 400");
+            tracing::warn!(
+                request_id = %cmd.request_id,
+                error = %e.chain(),
+                "the database refused a command; answering 400"
+            );
             (400, refusal_text(e), None)
         }
         _ => {
             let sqlstate = e.sqlstate();
             metrics::record_db_failed_command(sqlstate.as_deref());
-            tracing::error!(request_id = %cmd.request_id, error = %e.chain(), sqlstate = sqlstate.as_deref().unwrap_or("none"), attempts = FAILURE_ATTEMPTS, "the database kept failing a command; it is not applied, answered 500 and dead-lettered");
+            tracing::error!(
+                request_id = %cmd.request_id,
+                error = %e.chain(),
+                sqlstate = sqlstate.as_deref().unwrap_or("none"),
+                attempts = FAILURE_ATTEMPTS,
+                "the database kept failing a command; it is not applied, answered 500 and \
+                dead-lettered"
+            );
             (
                 500,
                 failure_text(sqlstate.as_deref()),
@@ -249,13 +275,22 @@ pub(super) async fn persist_retrying(
                     return Some(Err(e));
                 }
                 let wait = conflict_backoff(conflicts);
-                tracing::debug!(error = %e.chain(), attempt = conflicts, retry_in = ?wait, "concurrent writer; retrying the batch");
+                tracing::debug!(
+                    error = %e.chain(),
+                    attempt = conflicts,
+                    retry_in = ?wait,
+                    "concurrent writer; retrying the batch"
+                );
                 wait
             }
             Err(e @ (StoreError::Unavailable(_) | StoreError::Url(_) | StoreError::Migrate(_))) => {
                 metrics::record_db_error(DbErrorKind::Unavailable);
                 shared.health.database_ok.store(false, Ordering::Relaxed);
-                tracing::warn!(error = %e.chain(), retry_in = ?backoff, "database unavailable; retrying the batch");
+                tracing::warn!(
+                    error = %e.chain(),
+                    retry_in = ?backoff,
+                    "database unavailable; retrying the batch"
+                );
                 let b = backoff;
                 backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
                 b
@@ -268,7 +303,13 @@ pub(super) async fn persist_retrying(
                 if failed >= failures {
                     return Some(Err(e));
                 }
-                tracing::warn!(error = %e.chain(), sqlstate = e.sqlstate().as_deref().unwrap_or("none"), attempt = failed, retry_in = ?backoff, "the database failed the batch's statement; retrying it");
+                tracing::warn!(
+                    error = %e.chain(),
+                    sqlstate = e.sqlstate().as_deref().unwrap_or("none"),
+                    attempt = failed,
+                    retry_in = ?backoff,
+                    "the database failed the batch's statement; retrying it"
+                );
                 let b = backoff;
                 backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
                 b
@@ -346,15 +387,18 @@ mod tests {
     fn error_replies_are_fixed_texts_with_the_sqlstate() {
         assert_eq!(
             failure_text(Some("57014")),
-            "The database kept failing this command; it was not applied. SQLSTATE 57014. Send it again with a new request_id."
+            "The database kept failing this command; it was not applied. SQLSTATE 57014. Send it \
+            again with a new request_id."
         );
         assert_eq!(
             failure_text(None),
-            "The database kept failing this command; it was not applied. Send it again with a new request_id."
+            "The database kept failing this command; it was not applied. Send it again with a new \
+            request_id."
         );
         assert_eq!(
             failure_reason(Some("55P03")),
-            "the database kept failing this command (SQLSTATE 55P03); it was not applied and was answered 500"
+            "the database kept failing this command (SQLSTATE 55P03); it was not applied and was \
+            answered 500"
         );
         let decode = StoreError::Refused(sqlx::Error::Decode("secret value 0x00".into()));
         let text = refusal_text(&decode);

@@ -103,7 +103,11 @@ impl Processor {
             .subscribe(&[&self.cfg.command_topic])
             .map_err(ProcessorError::Subscribe)?;
         self.health.subscribed.store(true, Ordering::Relaxed);
-        tracing::info!(topic = %self.cfg.command_topic, group = %self.cfg.kafka_group_id, "subscribed");
+        tracing::info!(
+            topic = %self.cfg.command_topic,
+            group = %self.cfg.kafka_group_id,
+            "subscribed"
+        );
         let shared = Arc::new(PipelineParts {
             consumer: Arc::new(self.consumer),
             budget: self.budget,
@@ -188,7 +192,11 @@ impl Processor {
             Err(e)
                 if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::NoOffset) => {}
             Err(e) => {
-                tracing::warn!(error = %e, "final commit failed; the last batch will be redelivered and answered from the stored replies")
+                tracing::warn!(
+                    error = %e,
+                    "final commit failed; the last batch will be redelivered and answered from the \
+                    stored replies"
+                )
             }
         }
         match failed {

@@ -90,7 +90,8 @@ impl ConsumerContext for ProcessorContext {
                 tracing::warn!(
                     partitions = tpl.count(),
                     drained,
-                    "partitions lost (this member's session expired or it was fenced); not committing"
+                    "partitions lost (this member's session expired or it was fenced); not \
+                    committing"
                 );
                 return;
             }
@@ -193,7 +194,8 @@ pub fn create_consumer(
         tracing::warn!(
             property = %property,
             instead = %instead,
-            "KAFKA_PROPERTIES sets a property of the classic group protocol, which the consumer protocol (KAFKA_GROUP_PROTOCOL=consumer) does not take; left out of the consumer"
+            "KAFKA_PROPERTIES sets a property of the classic group protocol, which the consumer \
+            protocol (KAFKA_GROUP_PROTOCOL=consumer) does not take; left out of the consumer"
         );
     }
     // What librdkafka buffers ahead is part of the processor's memory too: the operator's
@@ -213,7 +215,8 @@ pub fn create_consumer(
                 property = key,
                 asked,
                 kept = most,
-                "KAFKA_PROPERTIES asks for more prefetch than MAX_IN_FLIGHT_BYTES allows; kept within it"
+                "KAFKA_PROPERTIES asks for more prefetch than MAX_IN_FLIGHT_BYTES allows; kept \
+                within it"
             );
             c.set(key, most.to_string());
         }

@@ -65,7 +65,10 @@ pub fn feed_producer(
     }
     let mut c = producer_config(cfg);
     if c.get("message.timeout.ms").is_some_and(|v| v != "0") {
-        tracing::warn!("KAFKA_PROPERTIES sets message.timeout.ms: the change feed's producer ignores it (a feed record is never given up on)");
+        tracing::warn!(
+            "KAFKA_PROPERTIES sets message.timeout.ms: the change feed's producer ignores it (a \
+            feed record is never given up on)"
+        );
     }
     c.set("message.timeout.ms", "0")
         .set("enable.gapless.guarantee", "true")
@@ -108,13 +111,24 @@ impl ClientContext for PublisherContext {
             Some(RDKafkaErrorCode::Fatal) => {
                 self.health.producer_fatal.store(true, Ordering::Relaxed);
                 metrics::record_producer_fatal();
-                tracing::error!(error = %error, reason, producer = self.name, "a producer failed for good: nothing more can be published on it; the service reports itself not live and must be restarted");
+                tracing::error!(
+                    error = %error,
+                    reason,
+                    producer = self.name,
+                    "a producer failed for good: nothing more can be published on it; the service \
+                    reports itself not live and must be restarted"
+                );
             }
             Some(RDKafkaErrorCode::AllBrokersDown) => {
                 self.health
                     .producer_connected
                     .store(false, Ordering::Relaxed);
-                tracing::warn!(error = %error, reason, producer = self.name, "a producer reaches no broker; not ready");
+                tracing::warn!(
+                    error = %error,
+                    reason,
+                    producer = self.name,
+                    "a producer reaches no broker; not ready"
+                );
             }
             _ => tracing::warn!(error = %error, reason, producer = self.name, "producer error"),
         }
@@ -157,7 +171,9 @@ pub fn producer_config(cfg: &Config) -> ClientConfig {
         tracing::warn!(
             message_max_bytes = set,
             needed = max_bytes,
-            "KAFKA_PROPERTIES lowers message.max.bytes below MAX_REPLY_BYTES and MAX_MESSAGE_BYTES plus headers: larger replies will be refused and go to the dead-letter topic, each answered by a short error reply"
+            "KAFKA_PROPERTIES lowers message.max.bytes below MAX_REPLY_BYTES and MAX_MESSAGE_BYTES \
+            plus headers: larger replies will be refused and go to the dead-letter topic, each \
+            answered by a short error reply"
         );
     }
     c

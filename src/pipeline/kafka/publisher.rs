@@ -48,7 +48,8 @@ impl std::fmt::Debug for Enqueued {
 #[derive(Clone)]
 pub struct Publisher {
     producer: FutureProducer<PublisherContext>,
-    /// The change feed's producer ([`feed_producer`](super::feed_producer)), for [`Destination::is_feed`] records.
+    /// The change feed's producer ([`feed_producer`](super::feed_producer)), for
+    /// [`Destination::is_feed`] records.
     feed: Option<FutureProducer<PublisherContext>>,
     reply_topic: String,
     dlq_topic: String,
@@ -230,7 +231,11 @@ impl Publisher {
                 }
             }
             Err(e) if record.topic.is_some() && is_unusable_topic(&e) => {
-                tracing::warn!(error = %e, topic = ?record.topic, "reply-to topic unusable; replying on the default topic");
+                tracing::warn!(
+                    error = %e,
+                    topic = ?record.topic,
+                    "reply-to topic unusable; replying on the default topic"
+                );
                 record.topic = None;
                 retry.push(record);
             }
@@ -250,16 +255,36 @@ impl Publisher {
                 match d {
                     Destination::DeadLetter if unusable => {
                         metrics::record_dead_letter_dropped(topic);
-                        tracing::error!(topic, error = %e, request_id = ?request_id, "dead letter dropped: the dead-letter topic is unusable (its command is answered all the same)");
+                        tracing::error!(
+                            topic,
+                            error = %e,
+                            request_id = ?request_id,
+                            "dead letter dropped: the dead-letter topic is unusable (its command \
+                            is answered all the same)"
+                        );
                     }
                     // Once the topic is known to be unusable (logged as an error), a record per
                     // retry would flood the log.
                     _ if known => {
-                        tracing::debug!(topic, error = %e, attempt, request_id = ?request_id, destination = ?d, "the topic is still unusable; will retry");
+                        tracing::debug!(
+                            topic,
+                            error = %e,
+                            attempt,
+                            request_id = ?request_id,
+                            destination = ?d,
+                            "the topic is still unusable; will retry"
+                        );
                         retry.push(record);
                     }
                     _ => {
-                        tracing::warn!(topic, error = %e, attempt, request_id = ?request_id, destination = ?d, "the topic is unknown to the broker or refused; will retry");
+                        tracing::warn!(
+                            topic,
+                            error = %e,
+                            attempt,
+                            request_id = ?request_id,
+                            destination = ?d,
+                            "the topic is unknown to the broker or refused; will retry"
+                        );
                         retry.push(record);
                     }
                 }
@@ -269,7 +294,12 @@ impl Publisher {
                 // takes it (an operator raises its max.message.bytes), the service not ready.
                 metrics::record_publish_failed(record.destination, true);
                 self.topic_unusable(record.destination, &e);
-                tracing::debug!(error = %e, bytes = record.value.len(), destination = ?record.destination, "the topic refuses a change feed record; will retry");
+                tracing::debug!(
+                    error = %e,
+                    bytes = record.value.len(),
+                    destination = ?record.destination,
+                    "the topic refuses a change feed record; will retry"
+                );
                 retry.push(record);
             }
             Err(e) if is_permanent(&e) => {
@@ -277,13 +307,23 @@ impl Publisher {
                 let bytes = record.value.len();
                 match record.destination {
                     Destination::Reply if record.header(header::REPLY_REFUSED).is_none() => {
-                        tracing::error!(error = %e, bytes, "the broker refuses this reply for good; it goes to the dead-letter topic and a short error reply answers the command");
+                        tracing::error!(
+                            error = %e,
+                            bytes,
+                            "the broker refuses this reply for good; it goes to the dead-letter \
+                            topic and a short error reply answers the command"
+                        );
                         let (dead, answer) = refused_reply(record, &e);
                         retry.push(dead);
                         retry.push(answer);
                     }
                     Destination::DeadLetter if bytes > 0 => {
-                        tracing::error!(error = %e, bytes, "the broker refuses this dead letter for good; sending its headers without the value");
+                        tracing::error!(
+                            error = %e,
+                            bytes,
+                            "the broker refuses this dead letter for good; sending its headers \
+                            without the value"
+                        );
                         record.value = Arc::new(Vec::new());
                         record.headers.push((
                             header::DLQ_VALUE_DROPPED.into(),
@@ -292,13 +332,22 @@ impl Publisher {
                         retry.push(record);
                     }
                     _ => {
-                        tracing::error!(error = %e, bytes, destination = ?record.destination, "the broker refuses even this short record for good; dropped");
+                        tracing::error!(
+                            error = %e,
+                            bytes,
+                            destination = ?record.destination,
+                            "the broker refuses even this short record for good; dropped"
+                        );
                     }
                 }
             }
             Err(e) => {
                 metrics::record_publish_failed(record.destination, false);
-                tracing::warn!(error = %e, destination = ?record.destination, "publish failed; will retry");
+                tracing::warn!(
+                    error = %e,
+                    destination = ?record.destination,
+                    "publish failed; will retry"
+                );
                 retry.push(record);
             }
         }
@@ -331,13 +380,32 @@ impl Publisher {
         metrics::record_topic_unusable(d, &topic, true);
         match d {
             Destination::Reply => {
-                tracing::error!(topic, error = %e, "the reply topic is unusable (deleted, or denied by an ACL): replies are retried until it is back, commands wait (none is lost), and the service reports itself not ready")
+                tracing::error!(
+                    topic,
+                    error = %e,
+                    "the reply topic is unusable (deleted, or denied by an ACL): replies are \
+                    retried until it is back, commands wait (none is lost), and the service \
+                    reports itself not ready"
+                )
             }
             Destination::DeadLetter => {
-                tracing::error!(topic, error = %e, "the dead-letter topic is unusable (deleted, or denied by an ACL): dead letters are dropped until it is back (commands go on being answered), and the service reports itself not ready")
+                tracing::error!(
+                    topic,
+                    error = %e,
+                    "the dead-letter topic is unusable (deleted, or denied by an ACL): dead \
+                    letters are dropped until it is back (commands go on being answered), and the \
+                    service reports itself not ready"
+                )
             }
             Destination::Changes | Destination::View => {
-                tracing::error!(topic, error = %e, destination = ?d, "a change feed topic is unusable (deleted, denied by an ACL, or refusing its records): its records are retried until it takes them, commands wait (none is lost, no change is skipped), and the service reports itself not ready")
+                tracing::error!(
+                    topic,
+                    error = %e,
+                    destination = ?d,
+                    "a change feed topic is unusable (deleted, denied by an ACL, or refusing its \
+                    records): its records are retried until it takes them, commands wait (none is \
+                    lost, no change is skipped), and the service reports itself not ready"
+                )
             }
         }
         tokio::spawn(probe(

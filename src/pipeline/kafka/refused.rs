@@ -34,7 +34,8 @@ pub(super) fn refused_reply(record: Outgoing, e: &KafkaError) -> (Outgoing, Outg
         version: None,
         body: json!({
             "detail": format!(
-                "The reply to this command ({} bytes) was refused by the broker ({e}); it is on the dead-letter topic.",
+                "The reply to this command ({} bytes) was refused by the broker ({e}); it is on \
+                the dead-letter topic.",
                 record.value.len()
             ),
             "reply_status": original["status"],

@@ -44,7 +44,13 @@ pub async fn ensure_topics(cfg: &Config) -> Result<(), KafkaError> {
     {
         let replicas = t.partitions().iter().map(|p| p.replicas().len()).min();
         if let Some(replicas) = replicas.filter(|r| *r < allowed) {
-            tracing::error!(topic = t.name(), replicas, brokers, "this topic has fewer replicas than the cluster allows (up to 3): losing one broker can lose its records");
+            tracing::error!(
+                topic = t.name(),
+                replicas,
+                brokers,
+                "this topic has fewer replicas than the cluster allows (up to 3): losing one \
+                broker can lose its records"
+            );
         }
     }
     let missing: Vec<&String> = names
@@ -64,7 +70,8 @@ pub async fn ensure_topics(cfg: &Config) -> Result<(), KafkaError> {
             replication,
             brokers,
             topics = ?missing,
-            "TOPIC_REPLICATION_FACTOR is below what the cluster allows (up to 3): the topics created now can lose records when one broker is lost; leave it at auto"
+            "TOPIC_REPLICATION_FACTOR is below what the cluster allows (up to 3): the topics \
+            created now can lose records when one broker is lost; leave it at auto"
         );
     }
     let max_bytes = producer_max_bytes(cfg).to_string();
@@ -95,7 +102,12 @@ pub async fn ensure_topics(cfg: &Config) -> Result<(), KafkaError> {
     for result in admin.create_topics(&topics, &opts).await? {
         match result {
             Ok(name) => {
-                tracing::info!(topic = %name, partitions = cfg.topic_partitions, replication, "created topic")
+                tracing::info!(
+                    topic = %name,
+                    partitions = cfg.topic_partitions,
+                    replication,
+                    "created topic"
+                )
             }
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((name, code)) => {
