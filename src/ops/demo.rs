@@ -22,7 +22,7 @@ use event_updater::pipeline::kafka;
 use event_updater::store::tokens;
 use event_updater::{Application, Config};
 
-use super::kafka::reply_reader;
+use super::kafka::{authorization_header, reply_reader};
 
 pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
     let _cluster = if broker_answers(&cfg) {
@@ -58,7 +58,7 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
         true,
     )
     .await?;
-    let authorization = format!("Bearer {token}");
+    let authorization = authorization_header(&token);
     let producer: FutureProducer = kafka::client_config(&cfg).create()?;
     let run = &Uuid::new_v4().simple().to_string()[..8];
     let event = Uuid::new_v4();
