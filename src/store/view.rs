@@ -12,8 +12,11 @@ use crate::drf::pyjson;
 
 use super::StoreError;
 
+/// The view's columns as [`view_from_row`] reads them (the JSON ones as text, for Python's
+/// parser).
 pub(crate) const VIEW_COLUMNS: &str = r#"event_uuid, version, "user"::text AS "user", action, app, context::text AS context, client_ip, created, expires, brand::text AS brand"#;
 
+/// The view in a row selected with [`VIEW_COLUMNS`].
 pub(crate) fn view_from_row(r: &sqlx::postgres::PgRow) -> Result<EventState, StoreError> {
     let json = |col: &str| -> Result<Value, StoreError> {
         let text: String = r.try_get(col)?;
@@ -57,7 +60,7 @@ async fn upsert_columns(
     if c.uuid.is_empty() {
         return Ok(());
     }
-    sqlx::query(
+    let q = sqlx::query(
         r#"INSERT INTO events (event_uuid, version, "user", action, app, context, client_ip, created, expires, brand, updated_at)
            SELECT u, v, us::jsonb, a, ap, co::jsonb, ip, cr, ex, br::jsonb, $11
            FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::timestamptz[], $9::timestamptz[], $10::text[])
@@ -66,20 +69,8 @@ async fn upsert_columns(
              version = EXCLUDED.version, "user" = EXCLUDED."user", action = EXCLUDED.action,
              app = EXCLUDED.app, context = EXCLUDED.context, client_ip = EXCLUDED.client_ip,
              expires = EXCLUDED.expires, brand = EXCLUDED.brand, updated_at = EXCLUDED.updated_at"#,
-    )
-    .bind(&c.uuid)
-    .bind(&c.version)
-    .bind(&c.user)
-    .bind(&c.action)
-    .bind(&c.app)
-    .bind(&c.context)
-    .bind(&c.client_ip)
-    .bind(&c.created)
-    .bind(&c.expires)
-    .bind(&c.brand)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
+    );
+    c.bind(q, None).bind(now).execute(&mut **tx).await?;
     Ok(())
 }
 
@@ -98,7 +89,32 @@ pub(super) struct ViewColumns {
     pub(super) brand: Vec<String>,
 }
 
+/// A query of the multi-row statements, its parameters bound in order.
+pub(super) type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+
 impl ViewColumns {
+    /// Binds the columns as the next ten parameters (eleven with `read_versions`, the write
+    /// function's, bound after the versions).
+    pub(super) fn bind<'q>(
+        &'q self,
+        q: PgQuery<'q>,
+        read_versions: Option<&'q Vec<i64>>,
+    ) -> PgQuery<'q> {
+        let q = q.bind(&self.uuid).bind(&self.version);
+        let q = match read_versions {
+            Some(v) => q.bind(v),
+            None => q,
+        };
+        q.bind(&self.user)
+            .bind(&self.action)
+            .bind(&self.app)
+            .bind(&self.context)
+            .bind(&self.client_ip)
+            .bind(&self.created)
+            .bind(&self.expires)
+            .bind(&self.brand)
+    }
+
     pub(super) fn push(&mut self, s: &EventState) {
         self.uuid.push(s.event_uuid);
         self.version.push(s.version);

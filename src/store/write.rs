@@ -2,12 +2,12 @@
 //! function ([`Writes`]).
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, Postgres};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::domain::decide::{Effects, LogRow, Source, StoredReply, ViewRow};
 
-use super::view::ViewColumns;
+use super::view::{PgQuery, ViewColumns};
 use super::StoreError;
 
 /// What one batch writes: log rows, the final view row of each event it touched (with the
@@ -104,8 +104,6 @@ struct LogRows {
     scope: Vec<Vec<u8>>,
 }
 
-type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
-
 impl LogRows {
     /// Binds the columns, in the function's order, as the next eight parameters.
     fn bind<'q>(&'q self, q: PgQuery<'q>) -> PgQuery<'q> {
@@ -141,18 +139,7 @@ struct ViewRows {
 impl ViewRows {
     /// Binds the columns, in the function's order, as the next eleven parameters.
     fn bind<'q>(&'q self, q: PgQuery<'q>) -> PgQuery<'q> {
-        let c = &self.columns;
-        q.bind(&c.uuid)
-            .bind(&c.version)
-            .bind(&self.read_version)
-            .bind(&c.user)
-            .bind(&c.action)
-            .bind(&c.app)
-            .bind(&c.context)
-            .bind(&c.client_ip)
-            .bind(&c.created)
-            .bind(&c.expires)
-            .bind(&c.brand)
+        self.columns.bind(q, Some(&self.read_version))
     }
 
     fn push(&mut self, v: &ViewRow) {
