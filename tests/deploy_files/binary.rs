@@ -76,7 +76,7 @@ pub(crate) fn binary_subcommands() -> BTreeSet<String> {
 
 /// Variables the README's Configuration table lists without a flag: read by the binary, not by
 /// clap (`RUST_LOG`, `LOG_FORMAT`).
-pub(crate) fn env_without_flag() -> BTreeSet<String> {
+fn env_without_flag() -> BTreeSet<String> {
     readme_section("Configuration")
         .lines()
         .filter(|l| l.starts_with("| `"))

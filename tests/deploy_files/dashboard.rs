@@ -9,10 +9,10 @@ use serde_json::Value;
 use crate::support::{json_file, readme_section, str_at, yaml};
 
 /// Labels Prometheus adds to every scraped series.
-pub(crate) const TARGET_LABELS: [&str; 2] = ["instance", "job"];
+const TARGET_LABELS: [&str; 2] = ["instance", "job"];
 
 /// Metric names, with their label names, in PromQL expressions.
-pub(crate) fn promql_metrics(expr: &str) -> Vec<(String, BTreeSet<String>)> {
+fn promql_metrics(expr: &str) -> Vec<(String, BTreeSet<String>)> {
     const KEYWORDS: [&str; 6] = [
         "by",
         "without",
@@ -83,7 +83,7 @@ pub(crate) fn promql_metrics(expr: &str) -> Vec<(String, BTreeSet<String>)> {
 }
 
 /// README's documented metrics (the "Operating it" section): name -> label names.
-pub(crate) fn documented_metrics() -> BTreeMap<String, BTreeSet<String>> {
+fn documented_metrics() -> BTreeMap<String, BTreeSet<String>> {
     let section = readme_section("Operating it");
     section
         .split('`')
@@ -105,7 +105,7 @@ pub(crate) fn documented_metrics() -> BTreeMap<String, BTreeSet<String>> {
 }
 
 /// The histogram series a documented metric exports.
-pub(crate) fn base_metric(name: &str) -> &str {
+fn base_metric(name: &str) -> &str {
     ["_bucket", "_sum", "_count"]
         .iter()
         .find_map(|s| name.strip_suffix(s))
@@ -114,7 +114,7 @@ pub(crate) fn base_metric(name: &str) -> &str {
 
 /// What the binary's metrics module renders after recording one of each happening: metric
 /// series name -> label names.
-pub(crate) fn exported_series() -> BTreeMap<String, BTreeSet<String>> {
+fn exported_series() -> BTreeMap<String, BTreeSet<String>> {
     use event_updater::domain::decide::OutcomeKind;
     use event_updater::domain::reply::Destination;
     use event_updater::metrics;

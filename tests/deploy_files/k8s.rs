@@ -67,7 +67,7 @@ pub(crate) fn k8s_env_names(deployment: &Value, configmap: &Value) -> BTreeSet<S
 }
 
 /// A Kubernetes quantity (`100m`, `1`, `128Mi`) as a number.
-pub(crate) fn quantity(v: &Value) -> f64 {
+fn quantity(v: &Value) -> f64 {
     let s = scalar(v);
     let units = [
         ("Ki", 1024f64),

@@ -7,7 +7,7 @@ use crate::support::readme_section;
 use crate::yaml::root;
 
 /// The Rust files under `dir`, at any depth.
-pub(crate) fn rust_files(dir: &Path) -> Vec<PathBuf> {
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).expect("a folder") {
         let path = entry.expect("entry").path();

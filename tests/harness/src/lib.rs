@@ -1,6 +1,6 @@
 //! The parts that drive event-updater from outside, shared by the integration tests
-//! (`tests/it`) and the benchmark (`event-updater-bench`), so that both start, watch, stop and
-//! read the processor the same way:
+//! (`tests/it`) and the benchmark (`bench/`, `event-updater-bench`), so that both start, watch,
+//! stop and read the processor the same way:
 //! - [`process`]: `event-updater serve` as a child process: started with a log of its own,
 //!   signalled, stopped, and its peak resident set size read;
 //! - [`replies`]: a reader of every partition of a topic, and a collector that keeps each
@@ -8,9 +8,9 @@
 //! - [`http`]: a plain HTTP/1.1 GET of the processor's probes and `/metrics`;
 //! - [`kafka`]: a private Apache Kafka broker for a test that kills or restarts its broker.
 //!
-//! It may not import the `event_updater` library: the benchmark binary lives in that package
-//! and depends on this crate, which would make a cycle. Callers pass what it needs as plain
-//! values (a `tokio::process::Command`, an `rdkafka::ClientConfig`).
+//! It does not import the `event_updater` library (of which it is a dev-dependency): it drives
+//! the processor from outside, as a process. Callers pass what it needs as plain values (a
+//! `tokio::process::Command`, an `rdkafka::ClientConfig`).
 
 pub mod http;
 pub mod kafka;

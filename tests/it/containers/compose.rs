@@ -14,14 +14,14 @@ use crate::support::http_get;
 
 /// `docker-compose` with the project's files, the local images, this test's project name and
 /// host ports.
-pub(super) struct Compose {
+struct Compose {
     project: String,
     env: Vec<(String, String)>,
 }
 
 impl Compose {
     /// Runs `docker-compose args...`: whether it succeeded, its stdout, its stderr.
-    pub(super) fn output(&self, args: &[&str]) -> (bool, String, String) {
+    fn output(&self, args: &[&str]) -> (bool, String, String) {
         let root = env!("CARGO_MANIFEST_DIR");
         let mut cmd = Command::new("docker-compose");
         cmd.current_dir(root)
@@ -48,7 +48,7 @@ impl Compose {
     }
 
     /// Its stdout, or an error with both outputs.
-    pub(super) fn run(&self, args: &[&str]) -> Result<String, String> {
+    fn run(&self, args: &[&str]) -> Result<String, String> {
         match self.output(args) {
             (true, stdout, _) => Ok(stdout),
             (false, stdout, stderr) => Err(format!(
@@ -69,7 +69,7 @@ impl Drop for Compose {
 }
 
 /// `N` distinct ports free on the host now (all held at once while they are picked).
-pub(super) fn free_ports<const N: usize>() -> [u16; N] {
+fn free_ports<const N: usize>() -> [u16; N] {
     let listeners: Vec<std::net::TcpListener> = (0..N)
         .map(|_| std::net::TcpListener::bind("0.0.0.0:0").expect("a free port"))
         .collect();
@@ -293,7 +293,7 @@ async fn the_local_compose_stack_answers_commands_and_serves_metrics() {
 }
 
 /// `s` percent-encoded for a URL's query (every byte but unreserved ones).
-pub(super) fn percent(s: &str) -> String {
+fn percent(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {

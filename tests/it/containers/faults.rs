@@ -10,7 +10,7 @@ use crate::support::exactly_once::{
 };
 use crate::support::wait_for_status;
 
-pub(super) fn outage() -> Duration {
+fn outage() -> Duration {
     Duration::from_secs(env_or("CONTAINER_OUTAGE_SECS", 30))
 }
 

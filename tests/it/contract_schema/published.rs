@@ -18,7 +18,7 @@ use crate::support::{client, Received, TestApp};
 
 /// The records of `topic` (from its start) until `done` says the ones read are enough; every
 /// one must come within 30 s.
-pub(super) async fn read_until(
+async fn read_until(
     app: &TestApp,
     topic: &str,
     done: impl Fn(&[Received]) -> bool,
@@ -37,7 +37,7 @@ pub(super) async fn read_until(
 }
 
 /// Every version `1..=n` of `event` is among `records` (a record may be repeated).
-pub(super) fn versions_up_to(records: &[Received], event: &str, n: i64) -> bool {
+fn versions_up_to(records: &[Received], event: &str, n: i64) -> bool {
     let seen: BTreeSet<i64> = records
         .iter()
         .filter(|r| r.key.as_deref() == Some(event))
@@ -47,7 +47,7 @@ pub(super) fn versions_up_to(records: &[Received], event: &str, n: i64) -> bool 
 }
 
 /// Checks the headers every feed record carries, its key and its value against `v`.
-pub(super) fn check_feed_record(what: &str, r: &Received, event: &str, v: &Validator) {
+fn check_feed_record(what: &str, r: &Received, event: &str, v: &Validator) {
     assert_eq!(r.key.as_deref(), Some(event), "{what}: key");
     assert_eq!(
         r.header(header::SCHEMA_VERSION),
@@ -64,7 +64,7 @@ pub(super) fn check_feed_record(what: &str, r: &Received, event: &str, v: &Valid
 }
 
 /// The value of one topic setting on the broker.
-pub(super) async fn topic_setting(app: &TestApp, topic: &str, name: &str) -> Option<String> {
+async fn topic_setting(app: &TestApp, topic: &str, name: &str) -> Option<String> {
     let admin: AdminClient<DefaultClientContext> = client(&app.cfg).create().expect("admin");
     let described = admin
         .describe_configs([&ResourceSpecifier::Topic(topic)], &AdminOptions::new())

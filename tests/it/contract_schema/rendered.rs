@@ -24,7 +24,7 @@ pub(super) fn body(action: &str, app: &str) -> ValidBody {
 }
 
 /// The log row the processor appends for `a`.
-pub(super) fn log_change(a: &Applied, scope: Option<Vec<u8>>, offset: i64) -> LogChange {
+fn log_change(a: &Applied, scope: Option<Vec<u8>>, offset: i64) -> LogChange {
     LogChange {
         event_uuid: a.state.event_uuid,
         version: a.state.version,

@@ -113,7 +113,7 @@ fn the_reply_schema_refuses_what_the_contract_rules_out() {
 }
 
 /// What a test command should get, and whether the command schema can tell it is wrong.
-pub(super) struct Case {
+struct Case {
     what: &'static str,
     /// The record's value (raw, so that not-JSON can be sent too).
     value: Vec<u8>,
@@ -126,7 +126,7 @@ pub(super) struct Case {
     schema_valid: Option<bool>,
 }
 
-pub(super) fn case(what: &'static str, command: Value, status: u64, schema_valid: bool) -> Case {
+fn case(what: &'static str, command: Value, status: u64, schema_valid: bool) -> Case {
     Case {
         what,
         key: command["event_uuid"].as_str().map(str::to_string),
@@ -138,7 +138,7 @@ pub(super) fn case(what: &'static str, command: Value, status: u64, schema_valid
     }
 }
 
-pub(super) fn raw(
+fn raw(
     what: &'static str,
     value: &[u8],
     status: u64,
@@ -155,7 +155,7 @@ pub(super) fn raw(
     }
 }
 
-pub(super) async fn run(app: &TestApp, c: &Case) -> Received {
+async fn run(app: &TestApp, c: &Case) -> Received {
     let headers: Vec<(&str, &[u8])> = c.headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
     app.send_raw_with(c.key.as_deref(), Some(&c.value), &headers, c.default_auth)
         .await;
