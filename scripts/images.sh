@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the container images the container tests (tests/it/containers.rs) and the local stack
+# Builds the container images the container tests (tests/it/containers/) and the local stack
 # (deploy/local/compose.override.yaml) run, with no registry: nothing is pulled.
 #
 #   event-updater-base:bookworm   Debian bookworm from `debootstrap --variant=minbase` and

@@ -3,7 +3,7 @@
 # images when Docker answers (scripts/images.sh), then runs every test of the workspace.
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh --test it processor::`).
 #
-# Without Docker the container tests (tests/it/containers.rs) are skipped, each saying so
+# Without Docker the container tests (tests/it/containers/) are skipped, each saying so
 # (`SKIPPED containers::...`); with CI=true a missing Docker is a failure instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +16,7 @@ elif [ "${CI:-}" = "true" ]; then
   echo "test: CI=true and Docker does not answer: the container tests cannot run" >&2
   exit 1
 else
-  echo "test: Docker does not answer: the container tests (tests/it/containers.rs) will be SKIPPED, each by name"
+  echo "test: Docker does not answer: the container tests (tests/it/containers/) will be SKIPPED, each by name"
 fi
 # The addresses are given, so the tests use these services (not testcontainers).
 export KAFKA_BOOTSTRAP_SERVERS="${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:9092}"
