@@ -79,7 +79,7 @@ fn free_ports<const N: usize>() -> [u16; N] {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_local_compose_stack_answers_commands_and_serves_metrics() {
     let test = "the_local_compose_stack_answers_commands_and_serves_metrics";
-    if !docker_ready(test) {
+    if !docker_ready(&format!("compose::{test}")) {
         return;
     }
     if let Err(e) = Command::new("docker-compose").arg("version").output() {
@@ -88,7 +88,7 @@ async fn the_local_compose_stack_answers_commands_and_serves_metrics() {
         }
         let _ = writeln!(
             std::io::stderr(),
-            "SKIPPED containers::{test}: docker-compose is not available ({e})"
+            "SKIPPED containers::compose::{test}: docker-compose is not available ({e})"
         );
         return;
     }

@@ -18,7 +18,7 @@ fn outage() -> Duration {
 async fn postgres_cut_off_by_the_network_for_30_s_under_load_loses_and_doubles_nothing() {
     let test = "pgcut";
     if !docker_ready(
-        "postgres_cut_off_by_the_network_for_30_s_under_load_loses_and_doubles_nothing",
+        "faults::postgres_cut_off_by_the_network_for_30_s_under_load_loses_and_doubles_nothing",
     ) {
         return;
     }
@@ -77,7 +77,7 @@ async fn postgres_cut_off_by_the_network_for_30_s_under_load_loses_and_doubles_n
 async fn the_broker_cut_off_by_the_network_for_30_s_under_load_loses_and_doubles_nothing() {
     let test = "brokercut";
     if !docker_ready(
-        "the_broker_cut_off_by_the_network_for_30_s_under_load_loses_and_doubles_nothing",
+        "faults::the_broker_cut_off_by_the_network_for_30_s_under_load_loses_and_doubles_nothing",
     ) {
         return;
     }
@@ -144,7 +144,7 @@ async fn the_broker_cut_off_by_the_network_for_30_s_under_load_loses_and_doubles
 async fn docker_stop_in_the_middle_of_a_batch_then_a_new_container_loses_and_doubles_nothing() {
     let test = "stop";
     if !docker_ready(
-        "docker_stop_in_the_middle_of_a_batch_then_a_new_container_loses_and_doubles_nothing",
+        "faults::docker_stop_in_the_middle_of_a_batch_then_a_new_container_loses_and_doubles_nothing",
     ) {
         return;
     }

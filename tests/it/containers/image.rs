@@ -34,8 +34,9 @@ fn the_modules_feed_defaults_are_the_binarys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_image_runs_unprivileged_reports_its_health_and_stops_on_its_stop_signal() {
     let test = "image";
-    if !docker_ready("the_image_runs_unprivileged_reports_its_health_and_stops_on_its_stop_signal")
-    {
+    if !docker_ready(
+        "image::the_image_runs_unprivileged_reports_its_health_and_stops_on_its_stop_signal",
+    ) {
         return;
     }
     let stack = Stack::start(test, |_| {}).await;
