@@ -10,9 +10,32 @@ use clap::ValueEnum;
 use event_updater::config::Config;
 use event_updater_harness::process::{Log, Processor};
 
-use crate::drain::Feed;
 use crate::procstat::cpu_seconds;
 use crate::run::Scope;
+
+/// Whether a drain's processor publishes the change feed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feed {
+    /// As the processor is configured (on by default), on the phase's own topics: a changes
+    /// topic where `CHANGES_TOPIC` is not empty, a view topic where `VIEW_TOPIC` is not empty.
+    On,
+    /// `CHANGES_TOPIC` and `VIEW_TOPIC` empty: no feed at all.
+    Off,
+}
+
+impl Feed {
+    /// The processor's `CHANGES_TOPIC` and `VIEW_TOPIC` in `scope` (empty: off).
+    pub fn topics(self, cfg: &Config, scope: &Scope) -> (String, String) {
+        let own = |configured: &str, ours: &str| match self {
+            Feed::On if !configured.is_empty() => ours.to_string(),
+            _ => String::new(),
+        };
+        (
+            own(&cfg.changes_topic, &scope.changes),
+            own(&cfg.view_topic, &scope.views),
+        )
+    }
+}
 
 /// `event-updater serve` in a child process, configured through its environment.
 #[derive(Debug)]

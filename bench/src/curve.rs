@@ -13,44 +13,18 @@ use rdkafka::util::Timeout;
 use event_updater_harness::replies::Collector;
 
 use crate::child::ChildProcessor;
+use crate::child::Feed;
 use crate::clients::{create_topics, latency_producer, reader, Pipeline};
 use crate::cost::{show_cost, Cost, Mark};
-use crate::drain::Feed;
 use crate::echo::Echo;
+use crate::percentiles::{percentile, Percentiles};
 use crate::run::{Bench, Scope};
 use crate::scrape::{scrape_histograms, series_percentiles, stage_names, stage_series};
-use crate::units::{fmt_count, fmt_ms};
+use crate::units::fmt_count;
 use crate::workload::{command_headers, with_request_id, Workload, REQUEST_PREFIX, WARMUP_PREFIX};
 
 /// The curve's points, as shares of the drain rate.
 pub const LOADS: [f64; 5] = [0.10, 0.25, 0.50, 0.75, 0.90];
-
-/// Latency percentiles of one run, in milliseconds (an unanswered command counts as
-/// infinitely late, so that it cannot improve a percentile).
-#[derive(Debug, Clone, Copy)]
-pub struct Percentiles {
-    pub p50: f64,
-    pub p99: f64,
-    pub p999: f64,
-    pub max: f64,
-}
-
-impl Percentiles {
-    /// `p50 / p99 / p99.9`.
-    pub fn show(&self) -> String {
-        format!(
-            "{} / {} / {}",
-            fmt_ms(self.p50),
-            fmt_ms(self.p99),
-            fmt_ms(self.p999)
-        )
-    }
-
-    /// `p50 / p99`.
-    pub fn show_p50_p99(&self) -> String {
-        format!("{} / {}", fmt_ms(self.p50), fmt_ms(self.p99))
-    }
-}
 
 /// One point of the latency–load curve: the processor and, at the same rate, the floor.
 #[derive(Debug, Clone)]
@@ -72,7 +46,7 @@ pub struct LoadPoint {
     pub floor: Percentiles,
     pub floor_answered: u64,
     /// Per batch, inside the processor: every stage of its `event_updater_stage_seconds`
-    /// histogram, in the order the stages run ([`stage_rank`]).
+    /// histogram, in the order the stages run ([`crate::scrape::stage_rank`]).
     pub stages: Vec<(String, Percentiles)>,
     /// The processor's window (its commands produced and answered): CPU and WAL per command.
     pub cost: Cost,
@@ -384,12 +358,4 @@ pub async fn produce_paced(
         .await
         .map(|()| total as f64 / seconds.max(1e-9));
     (sent_at, result)
-}
-
-pub fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }

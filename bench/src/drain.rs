@@ -8,10 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use rdkafka::producer::FutureRecord;
 
-use event_updater::config::Config;
 use event_updater_harness::replies::Collector;
 
-use crate::child::{ChildProcessor, Stopped};
+use crate::child::{ChildProcessor, Feed, Stopped};
 use crate::clients::{backlog_producer, create_topics, reader, Pipeline};
 use crate::cost::{self, show_cost, Cost, Mark};
 use crate::echo::PassThrough;
@@ -52,30 +51,6 @@ impl Drain {
     /// load moves less than the rate.
     pub fn cpu_us_per_command(&self) -> f64 {
         self.cpu_seconds * 1e6 / self.commands.max(1) as f64
-    }
-}
-
-/// Whether a drain's processor publishes the change feed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Feed {
-    /// As the processor is configured (on by default), on the phase's own topics: a changes
-    /// topic where `CHANGES_TOPIC` is not empty, a view topic where `VIEW_TOPIC` is not empty.
-    On,
-    /// `CHANGES_TOPIC` and `VIEW_TOPIC` empty: no feed at all.
-    Off,
-}
-
-impl Feed {
-    /// The processor's `CHANGES_TOPIC` and `VIEW_TOPIC` in `scope` (empty: off).
-    pub fn topics(self, cfg: &Config, scope: &Scope) -> (String, String) {
-        let own = |configured: &str, ours: &str| match self {
-            Feed::On if !configured.is_empty() => ours.to_string(),
-            _ => String::new(),
-        };
-        (
-            own(&cfg.changes_topic, &scope.changes),
-            own(&cfg.view_topic, &scope.views),
-        )
     }
 }
 
@@ -336,7 +311,7 @@ pub fn throughput(t: &ReplyTally, span_ms: i64) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::curve::percentile;
+    use crate::percentiles::percentile;
     use crate::tally::reply_status;
     use crate::units::fmt_ms;
 

@@ -6,7 +6,8 @@ use std::time::Instant;
 use anyhow::Context;
 use sqlx::PgPool;
 
-use crate::drain::{Drain, Feed};
+use crate::child::Feed;
+use crate::drain::Drain;
 use crate::run::{Bench, Scope};
 use crate::units::fmt_count;
 

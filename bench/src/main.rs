@@ -68,6 +68,7 @@ mod drain;
 mod echo;
 mod full_log;
 mod ingest;
+mod percentiles;
 mod phases;
 mod procstat;
 mod report;
@@ -79,7 +80,10 @@ mod units;
 mod wal;
 mod workload;
 
+use std::path::PathBuf;
+
 use anyhow::{anyhow, bail, Context};
+use clap::{value_parser, Args, Parser};
 
 use event_updater::config::Config;
 use event_updater::domain::auth::AuthMode;
@@ -89,8 +93,6 @@ use crate::phases::Phase;
 use crate::procstat::load_average;
 use crate::report::Report;
 use crate::run::Bench;
-use clap::{value_parser, Args, Parser};
-use std::path::PathBuf;
 
 /// The benchmark's own options (the processor's, such as `--max-batch`, are its configuration's).
 #[derive(Debug, Clone, Args)]
@@ -202,7 +204,10 @@ async fn run(cfg: Config, args: BenchArgs) -> anyhow::Result<()> {
 }
 
 impl Bench {
-    pub async fn run_phases(&self) -> anyhow::Result<Report> {
+    /// The phases asked for, each on a scope of its own, in their running order
+    /// ([`Phase::ALL`]); the curve's loads are shares of the drain's measured rate (or of
+    /// `--drain-rate` without the drain).
+    async fn run_phases(&self) -> anyhow::Result<Report> {
         let a = &self.args;
         self.progress(format_args!(
             "{} commands over {} events, {}% invalid, MAX_BATCH {}, {} partitions, broker {}",
@@ -300,7 +305,7 @@ impl Bench {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::drain::Feed;
+    use crate::child::Feed;
 
     #[test]
     fn the_feed_is_on_by_default_on_the_scopes_own_topics_and_off_entirely() {

@@ -7,11 +7,12 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 
 use crate::cost::{self, met, or_not_measured, show_cost, Cost};
-use crate::curve::{Curve, LoadPoint, Percentiles};
+use crate::curve::{Curve, LoadPoint};
 use crate::drain::{Drain, DRAIN_FEED_OFF_LABEL, DRAIN_LABEL, NAIVE_LABEL};
 use crate::echo::PassThrough;
 use crate::full_log::Preloaded;
 use crate::ingest::{Ingest, INGEST_CHUNK};
+use crate::percentiles::Percentiles;
 use crate::phases::Phase;
 use crate::procstat::Probe;
 use crate::scrape::stage_rank;

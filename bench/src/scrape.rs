@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use anyhow::bail;
 
-use crate::curve::Percentiles;
+use crate::percentiles::Percentiles;
 
 /// The series of stage `stage` in the processor's stage histogram.
 pub fn stage_series(stage: &str) -> String {

@@ -13,8 +13,8 @@ use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
 
 use crate::child::ChildProcessor;
+use crate::child::Feed;
 use crate::clients::{create_topics, latency_producer, reader};
-use crate::drain::Feed;
 use crate::run::{Bench, Scope};
 use crate::workload::{command_headers, envelope};
 use event_updater_harness::replies::Collector;
