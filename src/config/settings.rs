@@ -199,7 +199,7 @@ impl Config {
     }
 
     /// The settings a batch is decided under.
-    pub fn rules(&self) -> crate::domain::decide::BatchSettings {
+    pub fn batch_settings(&self) -> crate::domain::decide::BatchSettings {
         crate::domain::decide::BatchSettings {
             auth_mode: self.auth_mode,
             max_reply_bytes: self.max_reply_bytes,

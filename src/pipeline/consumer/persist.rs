@@ -258,7 +258,7 @@ pub(super) async fn persist_retrying(
     let mut failed = 0;
     loop {
         let started = Instant::now();
-        let (rules, now) = (shared.cfg.rules(), Utc::now());
+        let (rules, now) = (shared.cfg.batch_settings(), Utc::now());
         let feed = shared.cfg.feed_enabled();
         let applied = store::apply_batch_timed(&shared.pool, commands, rules, now, feed, fit).await;
         let wait = match applied {
