@@ -1,6 +1,5 @@
-//! Latency percentiles, in milliseconds: of timed commands ([`percentile`]), and the shape
-//! [`crate::scrape`] reads off the processor's histograms too; written as the progress lines
-//! show them.
+//! Latency percentiles, in milliseconds: of timed commands ([`percentile`]), and the shape the
+//! processor's histograms are read into too; written as the progress lines show them.
 
 use crate::units::fmt_ms;
 
