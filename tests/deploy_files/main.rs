@@ -4,8 +4,8 @@
 //! binary, Prometheus scrapes it there, and the Grafana dashboard only queries metrics the
 //! README documents and the binary exports; Kafka (deploy/kafka) has one committed
 //! configuration, which its image and compose run through its one launcher; and the source
-//! tree keeps its layout (README's Layout names every file; the domain does no I/O). No broker
-//! or database is needed.
+//! tree keeps its layout (README's Layout names every file; the domain does no I/O; no module
+//! cycle). No broker or database is needed.
 //!
 //! These are the checks only this repository can make. Syntax is left to the real tools, run by
 //! `tests/it/containers/` where Docker is: docker-compose reads the compose files and starts
@@ -22,6 +22,8 @@ mod yaml;
 mod binary;
 /// deploy/compose.yaml and the local override.
 mod compose;
+/// The source tree: no module cycle among the crate's parts.
+mod cycles;
 /// The Grafana dashboard against the README's and the binary's metrics.
 mod dashboard;
 /// deploy/Dockerfile.
