@@ -138,12 +138,7 @@ fn case(what: &'static str, command: Value, status: u64, schema_valid: bool) -> 
     }
 }
 
-fn raw(
-    what: &'static str,
-    value: &[u8],
-    status: u64,
-    schema_valid: Option<bool>,
-) -> Case {
+fn raw(what: &'static str, value: &[u8], status: u64, schema_valid: Option<bool>) -> Case {
     Case {
         what,
         key: Some("raw-key".into()),
