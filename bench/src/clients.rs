@@ -95,7 +95,7 @@ pub struct Pipeline<'p> {
 }
 
 impl<'p> Pipeline<'p> {
-    pub const WINDOW: usize = 100_000;
+    const WINDOW: usize = 100_000;
 
     pub fn new(producer: &'p FutureProducer) -> Self {
         Pipeline {
@@ -131,7 +131,7 @@ impl<'p> Pipeline<'p> {
         }
     }
 
-    pub async fn settle_one(&mut self) -> anyhow::Result<()> {
+    async fn settle_one(&mut self) -> anyhow::Result<()> {
         let Some(f) = self.pending.pop_front() else {
             return Ok(());
         };

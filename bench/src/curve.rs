@@ -24,7 +24,7 @@ use crate::units::fmt_count;
 use crate::workload::{command_headers, with_request_id, Workload, REQUEST_PREFIX, WARMUP_PREFIX};
 
 /// The curve's points, as shares of the drain rate.
-pub const LOADS: [f64; 5] = [0.10, 0.25, 0.50, 0.75, 0.90];
+const LOADS: [f64; 5] = [0.10, 0.25, 0.50, 0.75, 0.90];
 
 /// One point of the latency–load curve: the processor and, at the same rate, the floor.
 #[derive(Debug, Clone)]
@@ -54,7 +54,7 @@ pub struct LoadPoint {
 
 /// What one timed run measured.
 #[derive(Debug, Clone)]
-pub struct TimedRun {
+struct TimedRun {
     pub achieved_rate: f64,
     pub answered: u64,
     pub percentiles: Percentiles,
@@ -225,7 +225,7 @@ impl Bench {
     /// handed to the producer to its reply being read by `replies`. Gives up at the point's
     /// deadline, or 30 s after the last reply.
     #[allow(clippy::too_many_arguments)]
-    pub async fn timed_run(
+    async fn timed_run(
         &self,
         producer: &FutureProducer,
         replies: &Collector,
@@ -274,7 +274,7 @@ impl Bench {
 
     /// How long a point of the curve waits for replies: its own length, plus twice that (at
     /// least a minute) for a processor that fell behind to catch up.
-    pub fn latency_wait(&self) -> Duration {
+    fn latency_wait(&self) -> Duration {
         let run = self.args.latency_seconds;
         Duration::from_secs(run + (2 * run).max(60))
     }
@@ -283,7 +283,7 @@ impl Bench {
 /// Sends warm-up commands to `topic` one at a time until each is answered on `replies`: the
 /// service behind them has joined its group, connected, and is consuming. `alive` fails when
 /// that service is gone. The warm-up replies are then discarded.
-pub async fn warm_up(
+async fn warm_up(
     workload: &Workload,
     producer: &FutureProducer,
     replies: &Collector,
@@ -322,7 +322,7 @@ pub async fn warm_up(
 
 /// Produces commands `base..base + total` at `rate` per second; returns when each was handed
 /// to the producer, and the rate achieved.
-pub async fn produce_paced(
+async fn produce_paced(
     workload: &Workload,
     producer: &FutureProducer,
     topic: &str,

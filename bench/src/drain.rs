@@ -108,7 +108,7 @@ impl Bench {
     }
 
     /// The drain of the `--commands` commands on an empty log, the feed on or off.
-    pub async fn empty_log_drain(
+    async fn empty_log_drain(
         &self,
         scope: Scope,
         feed: Feed,
@@ -209,7 +209,7 @@ impl Bench {
 
     /// Counts what the drain's processor (stopped by now) left on `scope`'s feed topics, for
     /// `applied` applied commands.
-    pub async fn feed_tally(&self, scope: &Scope, applied: u64) -> anyhow::Result<FeedTally> {
+    async fn feed_tally(&self, scope: &Scope, applied: u64) -> anyhow::Result<FeedTally> {
         let (changes, views) = Feed::On.topics(&self.cfg, scope);
         let cfg = self.cfg.clone();
         // librdkafka's metadata, watermark and poll calls block.
@@ -252,7 +252,7 @@ impl Bench {
 
     /// Waits while the processor drains, until every command is answered; fails when the
     /// processor exits or nothing is answered for three minutes.
-    pub async fn await_answers(
+    async fn await_answers(
         &self,
         child: &mut ChildProcessor,
         collector: &Collector,
@@ -296,7 +296,7 @@ pub fn median_drain<'d>(drains: impl Iterator<Item = &'d Drain>) -> Drain {
 
 /// From the first reply to the last record the drain published: the last reply, or a feed
 /// record published after it (`feed_last_ms`).
-pub fn drain_span(t: &ReplyTally, feed_last_ms: Option<i64>) -> i64 {
+fn drain_span(t: &ReplyTally, feed_last_ms: Option<i64>) -> i64 {
     match (t.first_ms, t.last_ms.max(feed_last_ms)) {
         (Some(first), Some(last)) => last - first,
         _ => 0,

@@ -72,7 +72,7 @@ impl Bench {
     }
 }
 
-pub const PRELOAD_LOG: &str = "INSERT INTO event_log (event_uuid, version, request_id, change, recorded_at, source_topic, source_partition, source_offset)
+const PRELOAD_LOG: &str = "INSERT INTO event_log (event_uuid, version, request_id, change, recorded_at, source_topic, source_partition, source_offset)
      SELECT md5('preload-' || (g / 10))::uuid, g % 10 + 1, 'preload-' || g,
             jsonb_build_object('action', 'login', 'app', 'authentik.core', 'user', jsonb_build_object('pk', 1),
                                'context', jsonb_build_object('n', g), 'client_ip', '10.0.0.1'),
@@ -80,7 +80,7 @@ pub const PRELOAD_LOG: &str = "INSERT INTO event_log (event_uuid, version, reque
      FROM generate_series($1::int8, $2::int8 - 1) AS g";
 
 /// The stored replies of those changes, about the size of real ones.
-pub const PRELOAD_REPLIES: &str = "INSERT INTO command_replies (scope, request_id, fingerprint, event_uuid, status, version, reply, handled_at, source_topic, source_partition, source_offset)
+const PRELOAD_REPLIES: &str = "INSERT INTO command_replies (scope, request_id, fingerprint, event_uuid, status, version, reply, handled_at, source_topic, source_partition, source_offset)
      SELECT '\\x'::bytea, 'preload-' || g, sha256(convert_to('preload-' || g, 'UTF8')), md5('preload-' || (g / 10))::uuid,
             (CASE WHEN g % 10 = 0 THEN 201 ELSE 200 END)::int2, g % 10 + 1,
             convert_to(json_build_object('request_id', 'preload-' || g, 'event_uuid', md5('preload-' || (g / 10))::uuid,
@@ -93,7 +93,7 @@ pub const PRELOAD_REPLIES: &str = "INSERT INTO command_replies (scope, request_i
      FROM generate_series($1::int8, $2::int8 - 1) AS g";
 
 /// The views of the preloaded events (`$1`: the number of changes).
-pub const PRELOAD_VIEWS: &str = r#"INSERT INTO events (event_uuid, version, "user", action, app, context, client_ip, created, expires, brand, updated_at)
+const PRELOAD_VIEWS: &str = r#"INSERT INTO events (event_uuid, version, "user", action, app, context, client_ip, created, expires, brand, updated_at)
      SELECT md5('preload-' || e)::uuid, LEAST(10, $1::int8 - e * 10), '{"pk": 1}', 'login', 'authentik.core',
             jsonb_build_object('n', e * 10 + 9), '10.0.0.1', now(), now() + interval '365 days', '{}', now()
      FROM generate_series(0, ($1::int8 - 1) / 10) AS e"#;

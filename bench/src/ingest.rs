@@ -114,7 +114,7 @@ impl Bench {
     /// ([`command::decode`], [`decide_batch`]), against `states` (the events as the log has them
     /// so far). Tokens are not part of the limit: its records carry none, and the
     /// rows are those of authorized commands (one scope).
-    pub fn ingest_rows(
+    fn ingest_rows(
         &self,
         range: std::ops::Range<u64>,
         states: &HashMap<Uuid, EventState>,

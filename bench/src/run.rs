@@ -115,7 +115,7 @@ impl Bench {
 
     /// Fails when the scope's database or one of its topics exists already: the benchmark only
     /// removes what it created itself.
-    pub async fn refuse_existing(&self, scope: &Scope) -> anyhow::Result<()> {
+    async fn refuse_existing(&self, scope: &Scope) -> anyhow::Result<()> {
         let mut c = self.admin_connection().await?;
         let exists: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
@@ -146,7 +146,7 @@ impl Bench {
         Ok(())
     }
 
-    pub fn forget(&self, scope: &Scope) {
+    fn forget(&self, scope: &Scope) {
         if let Ok(mut l) = self.leftovers.lock() {
             l.retain(|s| s.db != scope.db);
         }
@@ -175,7 +175,7 @@ impl Bench {
     }
 
     /// Drops the scope's database and deletes its topics (its clients are gone by now).
-    pub async fn release(&self, scope: &Scope) {
+    async fn release(&self, scope: &Scope) {
         if let Err(e) = self.drop_database(&scope.db).await {
             self.progress(format_args!("could not drop database {}: {e:#}", scope.db));
         }
@@ -247,7 +247,7 @@ impl Bench {
         Ok((pool, authorization))
     }
 
-    pub async fn admin_connection(&self) -> anyhow::Result<PgConnection> {
+    async fn admin_connection(&self) -> anyhow::Result<PgConnection> {
         PgConnection::connect(&self.admin_url)
             .await
             .context("connecting to PostgreSQL")
@@ -268,7 +268,7 @@ impl Bench {
         }
     }
 
-    pub async fn drop_database(&self, name: &str) -> anyhow::Result<()> {
+    async fn drop_database(&self, name: &str) -> anyhow::Result<()> {
         let mut c = self.admin_connection().await?;
         let sql = format!(
             "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
@@ -304,7 +304,7 @@ impl Bench {
 }
 
 /// `url` with its database name replaced by `name` (query parameters kept).
-pub fn with_database(url: &str, name: &str) -> anyhow::Result<String> {
+fn with_database(url: &str, name: &str) -> anyhow::Result<String> {
     let (scheme, rest) = url.split_once("://").context("DATABASE_URL is not a URL")?;
     let (rest, query) = match rest.split_once('?') {
         Some((r, q)) => (r, Some(q)),

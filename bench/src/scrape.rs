@@ -96,7 +96,7 @@ pub fn series_percentiles(before: &Histograms, after: &Histograms, series: &str)
 
 /// p50, p99 (interpolated within buckets, as Prometheus' `histogram_quantile`) and the upper
 /// bound of the highest bucket reached, of what was recorded between two scrapes, in ms.
-pub fn histogram_percentiles(before: &[(f64, f64)], after: &[(f64, f64)]) -> Percentiles {
+fn histogram_percentiles(before: &[(f64, f64)], after: &[(f64, f64)]) -> Percentiles {
     let diff: Vec<(f64, f64)> = after
         .iter()
         .map(|(le, n)| {

@@ -74,7 +74,7 @@ impl ReplyTally {
 }
 
 /// The reply statuses of an applied command (each appends one change).
-pub const APPLIED_STATUSES: [u16; 2] = [200, 201];
+const APPLIED_STATUSES: [u16; 2] = [200, 201];
 
 /// The `status` of a reply value, found without parsing the whole reply (0: none).
 pub fn reply_status(value: &[u8]) -> u16 {

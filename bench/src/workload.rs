@@ -5,16 +5,16 @@
 use rdkafka::message::{Header, OwnedHeaders};
 use uuid::Uuid;
 
-pub const SEED: u64 = 0x0e7e_47a7_e5ee_d004;
+const SEED: u64 = 0x0e7e_47a7_e5ee_d004;
 
 pub const REQUEST_PREFIX: &str = "bench-";
 
 pub const WARMUP_PREFIX: &str = "warmup-";
 
-pub const VALID_ACTIONS: [&str; 3] = ["login", "logout", "model_updated"];
+const VALID_ACTIONS: [&str; 3] = ["login", "logout", "model_updated"];
 
 /// splitmix64 of `z`: the `z`-th draw of a seeded counter-based generator.
-pub fn mix(mut z: u64) -> u64 {
+fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -43,11 +43,11 @@ impl Workload {
         uuid::Builder::from_random_bytes(bytes).into_uuid()
     }
 
-    pub fn is_valid(&self, i: u64) -> bool {
+    fn is_valid(&self, i: u64) -> bool {
         mix(SEED.rotate_left(17) ^ i) % 100 >= self.invalid_percent
     }
 
-    pub fn event_of(&self, i: u64) -> Uuid {
+    fn event_of(&self, i: u64) -> Uuid {
         self.event_uuid(mix(SEED.rotate_left(41) ^ i) % self.events)
     }
 
