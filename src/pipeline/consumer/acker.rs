@@ -17,7 +17,7 @@ use crate::pipeline::kafka::Settled;
 use crate::pipeline::trace;
 
 use super::lane::release;
-use super::processor::{Dispatched, Fetched, PipelineParts};
+use super::parts::{Dispatched, Fetched, PipelineParts};
 use super::CommandConsumer;
 
 /// An acker: finishes its lane's batches in order once their records are acknowledged.

@@ -8,15 +8,13 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
-use rdkafka::TopicPartitionList;
 use tokio::sync::mpsc;
 
 use crate::domain::command::{self, HeaderOverflow, Incoming};
 
-use super::assignment::Partition;
 use super::budget::cost;
-use super::processor::{Fetched, PipelineParts};
-use super::CommandConsumer;
+use super::parts::{Fetched, PipelineParts};
+use super::rebalance::set_paused;
 
 /// How long one `poll` waits for a record, and how long the fetch thread waits for room in a
 /// spent budget before it polls again: far inside any `max.poll.interval.ms`.
@@ -149,32 +147,6 @@ fn dispatch(shared: &PipelineParts, lanes: &[mpsc::UnboundedSender<Fetched>], w:
         return false;
     }
     true
-}
-
-/// Pauses (or resumes) `partitions` of the consumer's assignment.
-pub(super) fn set_paused(consumer: &CommandConsumer, partitions: Vec<Partition>, pause: bool) {
-    if partitions.is_empty() {
-        return;
-    }
-    let mut tpl = TopicPartitionList::new();
-    for (topic, partition) in &partitions {
-        tpl.add_partition(topic, *partition);
-    }
-    let done = if pause {
-        consumer.pause(&tpl)
-    } else {
-        consumer.resume(&tpl)
-    };
-    match done {
-        Ok(()) if pause => {
-            tracing::debug!(
-                partitions = partitions.len(),
-                "in-flight budget spent: partitions paused, polling on"
-            )
-        }
-        Ok(()) => tracing::debug!(partitions = partitions.len(), "partitions resumed"),
-        Err(e) => tracing::warn!(error = %e, pause, "could not pause or resume partitions"),
-    }
 }
 
 /// Drops the records of `batch` fetched in a generation of their partition that has ended

@@ -27,8 +27,8 @@ use super::budget::REPLY_COPIES;
 use super::feed::feed_records;
 use super::fetch::current_only;
 use super::outgoing::outgoing;
+use super::parts::{Dispatched, Fetched, PipelineParts};
 use super::persist::persist_batch;
-use super::processor::{Dispatched, Fetched, PipelineParts};
 
 /// A lane: takes what its queue holds, applies it, hands the replies to the producer, passes
 /// the batch to its acker. On shutdown, finishes the batch in hand and releases the rest.

@@ -85,6 +85,7 @@ mod feed;
 mod fetch;
 mod lane;
 mod outgoing;
+mod parts;
 mod persist;
 mod processor;
 mod rebalance;

@@ -11,7 +11,7 @@ use crate::domain::reply::{
 use crate::metrics;
 use crate::pipeline::trace;
 
-use super::processor::Fetched;
+use super::parts::Fetched;
 
 /// The records a batch publishes: one reply per command, plus a dead letter for each record
 /// that could not be decoded, the first time it is handled. A `reply-to` header is honoured

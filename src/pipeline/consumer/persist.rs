@@ -27,7 +27,7 @@ use crate::domain::reply::detail;
 use crate::metrics::{self, ConflictScope, DbErrorKind};
 use crate::store::{self, Applied, Feed, Fit, StoreError};
 
-use super::processor::{Fetched, PipelineParts};
+use super::parts::{Fetched, PipelineParts};
 
 /// Most attempts at one batch, and then at each of its commands alone, while concurrent writers
 /// keep conflicting with it (see `persist_retrying`).

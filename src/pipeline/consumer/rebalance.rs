@@ -1,22 +1,20 @@
 //! The command consumer: its configuration, and the callbacks that drain what is in flight
 //! before partitions leave, start and end assignment generations, and keep paused what the
-//! fetch thread has paused.
+//! fetch thread has paused ([`set_paused`], which both use).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-
-use rdkafka::ClientContext;
+use rdkafka::{ClientContext, TopicPartitionList};
 
 use crate::config::{Config, ConfigError, GroupProtocol};
 use crate::metrics;
 use crate::pipeline::health::Health;
 use crate::pipeline::kafka;
 
-use super::assignment::Assignment;
-use super::fetch::set_paused;
+use super::assignment::{Assignment, Partition};
 use super::Budget;
 
 /// The longest a revocation waits for what is in flight, whatever the consumer's settings.
@@ -258,6 +256,32 @@ pub(super) fn drain_bound(
         bound = bound.min(share(session));
     }
     bound
+}
+
+/// Pauses (or resumes) `partitions` of the consumer's assignment.
+pub(super) fn set_paused(consumer: &CommandConsumer, partitions: Vec<Partition>, pause: bool) {
+    if partitions.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition) in &partitions {
+        tpl.add_partition(topic, *partition);
+    }
+    let done = if pause {
+        consumer.pause(&tpl)
+    } else {
+        consumer.resume(&tpl)
+    };
+    match done {
+        Ok(()) if pause => {
+            tracing::debug!(
+                partitions = partitions.len(),
+                "in-flight budget spent: partitions paused, polling on"
+            )
+        }
+        Ok(()) => tracing::debug!(partitions = partitions.len(), "partitions resumed"),
+        Err(e) => tracing::warn!(error = %e, pause, "could not pause or resume partitions"),
+    }
 }
 
 #[cfg(test)]

@@ -38,9 +38,9 @@ pub mod unusable;
 pub use config::client_config;
 pub use producers::{
     feed_producer, producer, producer_config, producer_max_bytes, reply_producer, PublisherContext,
-    RECORD_OVERHEAD_BYTES,
+    RECORD_OVERHEAD_BYTES, TOPIC_PROPAGATION_MAX,
 };
 pub use publisher::{Enqueued, Publisher, Settled};
 pub use record::{enqueue_waiting, future_record};
 pub use topics::ensure_topics;
-pub use unusable::{TOPIC_PROPAGATION_MAX, UNUSABLE_TOPIC_ATTEMPTS, UNUSABLE_TOPIC_PROBE};
+pub use unusable::{UNUSABLE_TOPIC_ATTEMPTS, UNUSABLE_TOPIC_PROBE};

@@ -3,6 +3,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -13,7 +14,7 @@ use crate::config::Config;
 use crate::metrics;
 use crate::pipeline::health::Health;
 
-use super::{client_config, TOPIC_PROPAGATION_MAX};
+use super::client_config;
 
 /// What a record may carry besides its value: its key and headers. Replies echo at most
 /// [`MAX_ECHOED_BYTES`](crate::domain::reply::MAX_ECHOED_BYTES) of the command's key and
@@ -26,6 +27,14 @@ pub const RECORD_OVERHEAD_BYTES: usize = 64 * 1024;
 pub fn producer_max_bytes(cfg: &Config) -> usize {
     cfg.max_reply_bytes.max(cfg.max_message_bytes) + RECORD_OVERHEAD_BYTES
 }
+
+/// How long the producer lets a topic the cluster says does not exist be (librdkafka's
+/// `topic.metadata.propagation.max.ms`, 30 s by default) before it fails its records with
+/// "unknown topic", counted from the producer's first use of the topic. The topics are created
+/// at start, before the producer uses them, so their metadata has long propagated by then; a
+/// topic deleted later is reported within this (and
+/// [`UNUSABLE_TOPIC_ATTEMPTS`](super::UNUSABLE_TOPIC_ATTEMPTS)).
+pub const TOPIC_PROPAGATION_MAX: Duration = Duration::from_secs(5);
 
 /// The idempotent producer, configured as for replies and dead letters (for the tools).
 pub fn producer(cfg: &Config) -> Result<FutureProducer, KafkaError> {

@@ -20,13 +20,6 @@ use super::PublisherContext;
 /// created, whose metadata has not reached every broker yet).
 pub const UNUSABLE_TOPIC_ATTEMPTS: u32 = 5;
 
-/// How long the producer lets a topic the cluster says does not exist be (librdkafka's
-/// `topic.metadata.propagation.max.ms`, 30 s by default) before it fails its records with
-/// "unknown topic", counted from the producer's first use of the topic. The topics are created
-/// at start, before the producer uses them, so their metadata has long propagated by then; a
-/// topic deleted later is reported within this (and [`UNUSABLE_TOPIC_ATTEMPTS`]).
-pub const TOPIC_PROPAGATION_MAX: Duration = Duration::from_secs(5);
-
 /// While a topic is unusable, how often its metadata is asked for.
 pub const UNUSABLE_TOPIC_PROBE: Duration = Duration::from_secs(2);
 
