@@ -15,8 +15,9 @@
 //! 409, 422, 200/201) is an [`Action::Apply`]. Decoding never fails: every record becomes a
 //! [`Command`] with an effective request id and something to answer.
 //!
-//! Parts: the record and its header caps ([`record`]), what decoding makes ([`decoded`]: the
-//! command, its action, the refusals), the checks ([`decode`]) and the content's fingerprint.
+//! Parts: the record and its header caps (`record.rs`), what decoding makes (`decoded.rs`: the
+//! command, its action, the refusals), the checks (`decode.rs`) and the content's fingerprint
+//! (`fingerprint.rs`).
 
 mod decode;
 mod decoded;

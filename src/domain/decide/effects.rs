@@ -52,7 +52,7 @@ pub struct LogRow {
     /// The fields the command set.
     pub change: Value,
     pub source: Source,
-    /// The command's scope (see [`Command::scope`]).
+    /// The command's scope (see [`Command::scope`](crate::domain::command::Command::scope)).
     pub scope: Vec<u8>,
 }
 

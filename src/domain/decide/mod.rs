@@ -15,8 +15,8 @@
 //!   with those bytes.
 //! - An event touched by the batch has one view row, with the version it was read at (0: absent).
 //!
-//! Parts: what the batch read ([`read`]), the batch decision ([`batch`]), one new command's
-//! answer ([`answer`]), the outcomes ([`outcome`]) and the rows to write ([`effects`]).
+//! Parts: what the batch read (`read.rs`), the batch decision (`batch.rs`), one new command's
+//! answer (`answer.rs`), the outcomes (`outcome.rs`) and the rows to write (`effects.rs`).
 
 mod answer;
 mod batch;

@@ -12,8 +12,8 @@
 //! `U+10F800 + (surrogate - U+D800)`, and [`Document::surrogates`] says the value holds such
 //! characters. Validation turns both into DRF's answers; neither is ever stored.
 //!
-//! Parts: the parser and its error texts ([`parse`]), the carrier of a parsed command value
-//! ([`document`]), and Python's number texts and the jsonb round trip ([`numbers`]).
+//! Parts: the parser and its error texts (`parse.rs`), the carrier of a parsed command value
+//! (`document.rs`), and Python's number texts and the jsonb round trip (`numbers.rs`).
 
 mod document;
 mod numbers;
