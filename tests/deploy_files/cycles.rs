@@ -12,9 +12,9 @@
 //! `mod.rs` and everything below it); the crate roots are nodes of `src/` beside the top-level
 //! modules, so `main` and `ops` are siblings. A file naming a module of a sibling node is an
 //! edge between the two; naming its own folder's `mod.rs` (an ancestor) is the normal shape of
-//! a folder and no edge. The levels checked are `src/` and its folders ([`DEPTH`]): the
-//! layering of the crate's parts (`drf::validate` and `drf::isodate`, `pipeline::kafka` and
-//! `pipeline::consumer`, `ops` and `main`); a folder deeper down is one node at that depth.
+//! a folder and no edge. Every folder is checked: `src/` (`ops` and `main`), its folders
+//! (`drf::validate` and `drf::isodate`, `pipeline::kafka` and `pipeline::consumer`) and theirs
+//! (the files of `pipeline/consumer/`).
 //! Comments, doc links and strings are not read, nor test-only modules (`#[cfg(test)]`): a unit
 //! test may use the layer above the code it tests.
 
@@ -22,10 +22,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use crate::yaml::root;
-
-/// How deep the levels checked go: `src/` (depth 0) and its folders (`pipeline/`, depth 1),
-/// whose nodes are modules down to depth 2 (`pipeline::consumer`).
-const DEPTH: usize = 2;
 
 /// A module: its crate's name (`lib`, `main`, `bin/<name>`), then its path below the root.
 type ModPath = Vec<String>;
@@ -534,9 +530,8 @@ fn place(module: &ModPath) -> Vec<String> {
 /// reference found for it (file: path).
 type Levels = BTreeMap<Vec<String>, BTreeMap<(String, String), String>>;
 
-/// The edges between sibling nodes of every folder of `src`, with modules below `depth`
-/// counted as their ancestor at `depth`.
-fn levels(src: &Path, depth: usize) -> Levels {
+/// The edges between sibling nodes of every folder of `src`.
+fn levels(src: &Path) -> Levels {
     let graph = Graph::new(src);
     let mut levels = Levels::new();
     for (module, (file, refs)) in &graph.modules {
@@ -545,8 +540,7 @@ fn levels(src: &Path, depth: usize) -> Levels {
                 continue;
             };
             let (from, to) = (place(module), place(&target));
-            let (from, to) = (&from[..from.len().min(depth)], &to[..to.len().min(depth)]);
-            let Some(i) = from.iter().zip(to).position(|(a, b)| a != b) else {
+            let Some(i) = from.iter().zip(&to).position(|(a, b)| a != b) else {
                 continue; // one is the other's folder (or itself)
             };
             let rel = file.strip_prefix(src).unwrap_or(file).display();
@@ -629,7 +623,7 @@ fn cycles(levels: &Levels) -> Vec<String> {
 #[test]
 fn no_module_cycle_in_src() {
     let src = root().join("src");
-    let levels = levels(&src, DEPTH);
+    let levels = levels(&src);
     // The reading itself: the binary calls its commands, a folder's files call each other.
     let top = &levels[&Vec::new()];
     assert!(top.contains_key(&("main".into(), "ops".into())), "{top:?}");
@@ -638,7 +632,7 @@ fn no_module_cycle_in_src() {
         "{top:?}"
     );
     assert!(
-        levels.contains_key(&vec!["pipeline".to_string()]),
+        levels.contains_key(&vec!["pipeline".to_string(), "consumer".to_string()]),
         "{levels:?}"
     );
     let found = cycles(&levels);
@@ -707,7 +701,7 @@ fn the_cycle_check_finds_a_planted_cycle_and_only_that() {
         write(rel, text);
     }
     let src = dir.clone();
-    let lv = levels(&src, usize::MAX);
+    let lv = levels(&src);
     std::fs::remove_dir_all(&dir).ok();
     let top = &lv[&Vec::new()];
     // b reaches x's Thing through lib.rs: an edge to `a`, not to `lib`.
