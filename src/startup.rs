@@ -20,7 +20,8 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::metrics;
-use crate::pipeline::consumer::{self, Budget, Health, Processor};
+use crate::pipeline::consumer::{self, Budget, Processor};
+use crate::pipeline::health::Health;
 use crate::pipeline::http;
 use crate::pipeline::kafka::{self, Publisher};
 use crate::store::retention::{self, Retention};

@@ -196,7 +196,8 @@ impl Bench {
                 show_cost(&point.cost)
             ));
             self.progress(format_args!(
-                "latency at {:.0}% (p50 / p99 / p99.9): end to end {}; inside {}; floor {}; {} of {} answered",
+                "latency at {:.0}% (p50 / p99 / p99.9): end to end {}; \
+                inside {}; floor {}; {} of {} answered",
                 load * 100.0,
                 point.end_to_end.show(),
                 point.inside.show_p50_p99(),

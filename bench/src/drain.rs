@@ -153,7 +153,8 @@ impl Bench {
             .produce_backlog(&scope.commands, n, authorization.as_deref())
             .await?;
         self.progress(format_args!(
-            "{label}: backlog of {n} produced at {} cmd/s; starting the processor (MAX_BATCH {max_batch})",
+            "{label}: backlog of {n} produced at {} cmd/s; \
+            starting the processor (MAX_BATCH {max_batch})",
             fmt_count(produce_rate)
         ));
         self.checkpoint().await;
@@ -184,7 +185,8 @@ impl Bench {
         let span_ms = drain_span(&replies, feed.and_then(|f| f.last_ms()));
         let throughput = throughput(&replies, span_ms);
         self.progress(format_args!(
-            "{label}: {} cmd/s, {} answered, {} duplicates, {} missing, peak RSS {}, CPU {:.1} s; per command: {}",
+            "{label}: {} cmd/s, {} answered, {} duplicates, {} missing, \
+            peak RSS {}, CPU {:.1} s; per command: {}",
             throughput.map_or("-".into(), fmt_count),
             replies.answered,
             replies.duplicates,

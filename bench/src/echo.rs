@@ -13,7 +13,8 @@ use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
 
 use event_updater::config::Config;
-use event_updater::pipeline::consumer::{self, Budget, Health};
+use event_updater::pipeline::consumer::{self, Budget};
+use event_updater::pipeline::health::Health;
 use event_updater::pipeline::kafka;
 
 use crate::clients::{create_topics, reader, Pipeline};
@@ -75,7 +76,8 @@ impl Bench {
         let cost = mark.cost(&probe, &self.admin_url, n).await;
         let rate = n as f64 / seconds.max(1e-9);
         self.progress(format_args!(
-            "pass-through (b): {} cmd/s; Kafka's CPU per record {}, the benchmark's (the client) {}",
+            "pass-through (b): {} cmd/s; Kafka's CPU per record {}, \
+            the benchmark's (the client) {}",
             fmt_count(rate),
             or_not_measured(cost.kafka_us, |us| format!("{us:.1} µs")),
             or_not_measured(cost.bench_us, |us| format!("{us:.1} µs"))

@@ -100,7 +100,8 @@ impl Bench {
         pool.close().await;
         out.rate = n as f64 / db_time.as_secs_f64().max(1e-9);
         self.progress(format_args!(
-            "PostgreSQL ingest (c): {} cmd/s ({} log rows, {} view upserts, {} replies); per command: {}",
+            "PostgreSQL ingest (c): {} cmd/s ({} log rows, {} view upserts, \
+            {} replies); per command: {}",
             fmt_count(out.rate),
             out.log_rows,
             out.view_upserts,

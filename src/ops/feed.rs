@@ -47,7 +47,7 @@ use event_updater::config::Config;
 use event_updater::domain::feed::{self, LogChange};
 use event_updater::domain::reply::Outgoing;
 use event_updater::drf::{isodate, validate};
-use event_updater::pipeline::consumer::Health;
+use event_updater::pipeline::health::Health;
 use event_updater::pipeline::kafka::{self, PublisherContext};
 use event_updater::store::{self, backfill};
 

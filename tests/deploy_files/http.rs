@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use event_updater::pipeline::consumer::Health;
+use event_updater::pipeline::health::Health;
 use serde_json::Value;
 
 use crate::binary::{binary_options, config_from_env, default_port};

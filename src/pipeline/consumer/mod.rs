@@ -90,8 +90,6 @@ mod persist;
 mod processor;
 mod rebalance;
 
-/// The health flags the processor writes, re-exported where its callers look for them.
-pub use crate::pipeline::health::Health;
 pub use budget::Budget;
 pub use persist::{
     CONFLICT_ATTEMPTS, DATABASE_FAILED, DATABASE_FAILED_REASON, DATABASE_REFUSED, FAILURE_ATTEMPTS,
