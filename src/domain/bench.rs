@@ -14,6 +14,7 @@ use crate::domain::command::{decode, Command, Incoming};
 use crate::domain::decide::{decide_batch, BatchSettings, Source, StoredState};
 use crate::domain::feed::{change_record, view_record, LogChange};
 use crate::domain::projection::EventState;
+use crate::domain::reply::header;
 use crate::domain::reply::scope_tag;
 
 const COMMANDS: u64 = 50_000;
@@ -34,7 +35,7 @@ fn incoming(i: u64) -> Incoming {
         key: Some(event.to_string().into_bytes()),
         payload: Some(value.into_bytes()),
         headers: vec![(
-            "authorization".into(),
+            header::AUTHORIZATION.into(),
             Some(format!("Bearer {TOKEN}").into_bytes()),
         )],
         timestamp_ms: Some(1_796_000_000_000),

@@ -3,6 +3,7 @@
 use super::fingerprint::{fingerprint, write_sorted};
 use super::*;
 use crate::domain::auth::{self, AuthMode};
+use crate::domain::reply::header;
 use crate::drf::pyjson;
 use serde_json::json;
 use serde_json::{Map, Value};
@@ -201,7 +202,7 @@ fn request_id_falls_back_to_the_header_then_the_coordinates() {
     m.timestamp_ms = Some(1_796_000_000_000);
     assert_eq!(dec(&m, 1000).request_id, "cmds/2/7@1796000000000");
     m.headers
-        .push(("request-id".into(), Some(b"from-header".to_vec())));
+        .push((header::REQUEST_ID.into(), Some(b"from-header".to_vec())));
     assert_eq!(dec(&m, 1000).request_id, "from-header");
 }
 
@@ -260,8 +261,12 @@ fn without_a_bearer_token_the_value_is_not_parsed_where_auth_is_required() {
         (Some("Bearer"), "Malformed header"),
     ] {
         let mut m = msg("{not json at all");
-        m.headers
-            .extend(header.map(|h| ("authorization".to_string(), Some(h.as_bytes().to_vec()))));
+        m.headers.extend(header.map(|h| {
+            (
+                header::AUTHORIZATION.to_string(),
+                Some(h.as_bytes().to_vec()),
+            )
+        }));
         let c = decode(&m, 1 << 20, AuthMode::Required);
         assert_eq!(rejected(&c), (403, json!({"detail": text})));
         assert!(
@@ -274,7 +279,7 @@ fn without_a_bearer_token_the_value_is_not_parsed_where_auth_is_required() {
     // A bearer token without the shape of an issued one: the store's 403, unparsed.
     let mut m = msg("{not json at all");
     m.headers
-        .push(("authorization".into(), Some(b"Bearer t".to_vec())));
+        .push((header::AUTHORIZATION.into(), Some(b"Bearer t".to_vec())));
     let c = decode(&m, 1 << 20, AuthMode::Required);
     assert_eq!(
         rejected(&c),
@@ -287,7 +292,7 @@ fn without_a_bearer_token_the_value_is_not_parsed_where_auth_is_required() {
     let token = format!("{}{}", auth::TOKEN_PREFIX, "ab".repeat(32));
     let mut m = msg("{not json at all");
     m.headers.push((
-        "authorization".into(),
+        header::AUTHORIZATION.into(),
         Some(format!("Bearer {token}").into_bytes()),
     ));
     let c = decode(&m, 1 << 20, AuthMode::Required);

@@ -2,6 +2,7 @@
 //! then 403 (never stored), then a request id handled before in the scope with other content
 //! (422), then the command itself (409 against the version the batch has reached, else
 //! 201/200); later commands of a batch see the effects of earlier ones.
+use crate::domain::reply::header;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -28,7 +29,7 @@ fn command(value: Value, token: Option<&str>) -> (Command, Source) {
     let headers = token
         .map(|t| {
             vec![(
-                "authorization".to_string(),
+                header::AUTHORIZATION.to_string(),
                 Some(format!("Bearer {t}").into_bytes()),
             )]
         })
