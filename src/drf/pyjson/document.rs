@@ -29,7 +29,8 @@ impl Document {
     }
 }
 
-/// A value that holds no lone surrogate (one built in code, or read with [`super::parse`]).
+/// A value that holds no lone surrogate (one built in code, or read with
+/// [`parse()`](super::parse())).
 impl From<Value> for Document {
     fn from(value: Value) -> Document {
         Document {

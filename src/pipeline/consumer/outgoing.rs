@@ -24,7 +24,8 @@ use super::parts::Fetched;
 /// redelivered or replayed command's stored reply names the record it now answers.
 ///
 /// A dead letter is marked `dlq-kind: command` (only such dead letters are ever replayed as
-/// commands) and carries only the command headers of [`DEAD_LETTER_COPIED_HEADERS`], never its
+/// commands) and carries only the command headers of
+/// [`DEAD_LETTER_COPIED_HEADERS`](crate::domain::reply::DEAD_LETTER_COPIED_HEADERS), never its
 /// credentials or a `dlq-*` header the producer wrote.
 pub(super) fn outgoing(
     cfg: &Config,
