@@ -37,12 +37,14 @@ use super::{feed, sizes, view_from_row, Feed, Fit, StoreError, Writes, VIEW_COLU
 pub async fn apply_batch(
     pool: &PgPool,
     commands: &[(Command, Source)],
-    rules: BatchSettings,
+    settings: BatchSettings,
     now: DateTime<Utc>,
 ) -> Result<Vec<Outcome>, StoreError> {
-    Ok(apply_batch_timed(pool, commands, rules, now, false, None)
-        .await?
-        .outcomes)
+    Ok(
+        apply_batch_timed(pool, commands, settings, now, false, None)
+            .await?
+            .outcomes,
+    )
 }
 
 /// A batch's outcomes, one per command, and its part of the change feed.
@@ -92,7 +94,7 @@ impl Applied {
 pub async fn apply_batch_timed(
     pool: &PgPool,
     commands: &[(Command, Source)],
-    rules: BatchSettings,
+    settings: BatchSettings,
     now: DateTime<Utc>,
     with_feed: bool,
     fit: Option<Fit<'_>>,
@@ -101,7 +103,7 @@ pub async fn apply_batch_timed(
     let now = truncate_to_micros(now);
     let started = Instant::now();
     let mut conn = pool.acquire().await?;
-    let auth_mode = rules.auth_mode;
+    let auth_mode = settings.auth_mode;
     let fit = fit.filter(|_| commands.len() > 1);
     let cap = fit.map_or(UNCAPPED, |f| sizes::value_cap(f.bound, commands.len()));
     let mut read = read_batch(&mut conn, commands, auth_mode, true, cap).await?;
@@ -122,7 +124,7 @@ pub async fn apply_batch_timed(
     }
     let known = read.known;
     let read = started.elapsed();
-    let (outcomes, effects) = decide_batch(commands, known, rules, now);
+    let (outcomes, effects) = decide_batch(commands, known, settings, now);
     let decided = started.elapsed();
     match Writes::of(&effects).write(&mut conn, now).await {
         Ok(()) => {
@@ -140,7 +142,7 @@ pub async fn apply_batch_timed(
                 "a write fence tripped; deciding the batch again under row locks"
             );
             drop(conn);
-            apply_locked(pool, commands, rules, now, with_feed).await
+            apply_locked(pool, commands, settings, now, with_feed).await
         }
         Err(e) => Err(e),
     }
@@ -151,11 +153,11 @@ pub async fn apply_batch_timed(
 pub async fn apply_batch_locked(
     pool: &PgPool,
     commands: &[(Command, Source)],
-    rules: BatchSettings,
+    settings: BatchSettings,
     now: DateTime<Utc>,
 ) -> Result<Vec<Outcome>, StoreError> {
     Ok(
-        apply_locked(pool, commands, rules, truncate_to_micros(now), false)
+        apply_locked(pool, commands, settings, truncate_to_micros(now), false)
             .await?
             .outcomes,
     )
@@ -164,11 +166,11 @@ pub async fn apply_batch_locked(
 async fn apply_locked(
     pool: &PgPool,
     commands: &[(Command, Source)],
-    rules: BatchSettings,
+    settings: BatchSettings,
     now: DateTime<Utc>,
     with_feed: bool,
 ) -> Result<Applied, StoreError> {
-    let auth_mode = rules.auth_mode;
+    let auth_mode = settings.auth_mode;
     let started = Instant::now();
     let mut tx = pool.begin().await?;
     // The offsets, grants and stored answers as on the common path; the views under row locks.
@@ -184,7 +186,7 @@ async fn apply_locked(
     uuids.dedup();
     known.states = load_for_update(&mut tx, &uuids).await?;
     let read = started.elapsed();
-    let (outcomes, effects) = decide_batch(commands, known, rules, now);
+    let (outcomes, effects) = decide_batch(commands, known, settings, now);
     let decided = started.elapsed();
     Writes::of(&effects).write(&mut tx, now).await?;
     let feed = match with_feed {
